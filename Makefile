@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (main job) and `make test` (all tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= hforge-demo
+
+.PHONY: setup demo test test-python test-kernels bench clean
+
+setup:
+	@VENV=$(VENV) scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/hforge demo --out $(OUT)
+
+test: setup test-kernels test-python
+
+# Host build of kernels/*.cu (emulated launch grid) and the nvcc fatbins where nvcc exists.
+test-kernels:
+	cmake -S . -B build/ctest -DHFORGE_BUILD_TESTS=ON
+	cmake --build build/ctest
+	ctest --test-dir build/ctest --output-on-failure
+
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+test-python:
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave
+
+clean:
+	rm -rf build $(OUT) .pytest_cache .benchmarks

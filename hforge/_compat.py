@@ -1,0 +1,13 @@
+"""Import-order fixes for the e3nn/MACE stack; imported first by :mod:`hforge`.
+
+e3nn 0.4.4 loads a bundled pickle with ``torch.load``; torch >= 2.6 defaults to
+``weights_only=True`` and refuses it unless ``slice`` is an allowed global.  ``import
+mace`` hides this by setting ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` process-wide, so
+without this module the behaviour would depend on import order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+torch.serialization.add_safe_globals([slice])

@@ -1,0 +1,1 @@
+"""The ``hforge`` command line (typer); each subcommand lives in its own module."""

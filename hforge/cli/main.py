@@ -1,0 +1,39 @@
+"""Entry point of the ``hforge`` command (``[project.scripts]`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hforge.cli.demo import demo
+from hforge.cli.info import info
+
+app = typer.Typer(
+    name="hforge",
+    help="Predict SIESTA Hamiltonian and overlap matrices from atomic structure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """HForge: SIESTA H and S from atomic structure (eV, Å)."""
+
+
+@app.command("info")
+def info_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+    """Versions, CPU/GPU found, and which kernel backends are usable here (and why not)."""
+    info(as_json)
+
+
+@app.command("demo")
+def demo_command(out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder.")) -> None:
+    """The README's main job."""
+    demo(out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,90 @@
+"""Exception hierarchy of HForge.
+
+Every error HForge raises on purpose is an :class:`HForgeError`.  Errors about a
+file carry its path and print it first, so that a user with a folder of hundreds
+of SIESTA runs knows which one is broken::
+
+    HForgeError
+    ├── InputError (also ValueError)        bad input from the user
+    │   ├── FileFormatError                 malformed, truncated or unreadable file
+    │   ├── BasisMismatchError              basis and matrices/geometry disagree
+    │   ├── UnknownSpeciesError             species absent from a basis or a model
+    │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
+    │   └── ConfigError                     invalid configuration (YAML, CLI options)
+    ├── UnsupportedSystemError              valid input that HForge cannot handle yet
+    ├── ConvergenceError                    a SIESTA run that did not converge
+    ├── ResourceLimitError                  a memory budget too small for the work
+    └── BackendUnavailableError (also RuntimeError)  a kernel backend missing here
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "HForgeError",
+    "InputError",
+    "FileFormatError",
+    "BasisMismatchError",
+    "UnknownSpeciesError",
+    "GeometryError",
+    "ConfigError",
+    "UnsupportedSystemError",
+    "ConvergenceError",
+    "ResourceLimitError",
+    "BackendUnavailableError",
+]
+
+
+class HForgeError(Exception):
+    """Base class of all HForge errors.
+
+    Args:
+        message: what is wrong, in words a user can act on.
+        path: the file or folder concerned, if any; it is printed before the message.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None) -> None:
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class InputError(HForgeError, ValueError):
+    """Input that HForge refuses: the user has to fix it."""
+
+
+class FileFormatError(InputError):
+    """A file that is malformed, truncated, of an unknown kind or unreadable."""
+
+
+class BasisMismatchError(InputError):
+    """A basis that does not match the matrices, geometry or model it is used with."""
+
+
+class UnknownSpeciesError(InputError):
+    """A chemical species that a basis set or a trained model does not know."""
+
+
+class GeometryError(InputError):
+    """A structure that cannot be physical: NaN/inf positions, overlapping atoms, empty or degenerate cell."""
+
+
+class ConfigError(InputError):
+    """A configuration (YAML file or CLI options) that is invalid or inconsistent with the data."""
+
+
+class UnsupportedSystemError(HForgeError):
+    """Valid input that HForge does not support yet (e.g. non-collinear spin, spin-orbit)."""
+
+
+class ConvergenceError(HForgeError):
+    """A calculation (e.g. a SIESTA SCF cycle) that did not converge."""
+
+
+class ResourceLimitError(HForgeError):
+    """A resource budget (e.g. ``max_memory``) below what the work needs; the message names the minimum."""
+
+
+class BackendUnavailableError(HForgeError, RuntimeError):
+    """A kernel backend that cannot run here; the message says why."""

@@ -1,0 +1,66 @@
+"""Shared fixtures: where the project's shared data lives, and test-wide settings.
+
+Shared data (real SIESTA runs) is read from ``$HFORGE_SHARED`` or ``../shared`` beside the
+repository.  When it is missing, tests that need it are skipped on a developer machine but
+**fail** under CI (``CI=true``), so that a CI run never passes without its real-data tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import hforge  # noqa: F401  (applies the e3nn/torch import fix before any test imports e3nn)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+settings.register_profile(
+    "hforge", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("hforge")
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get("HFORGE_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        message = f"shared data not found at {path} (set HFORGE_SHARED)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared data folder (``$HFORGE_SHARED`` or ``../shared``)."""
+    return _require(_shared_root())
+
+
+@pytest.fixture(scope="session")
+def siesta_fixtures(shared_dir: Path) -> Path:
+    """``shared/fixtures/siesta``: real SIESTA outputs (hBN, Si, SrTiO3, H2O, Pt2)."""
+    return _require(shared_dir / "fixtures" / "siesta")
+
+
+@pytest.fixture(scope="session")
+def abn_dir(shared_dir: Path) -> Path:
+    """``shared/abn``: real SIESTA calculations of amorphous BN cells."""
+    return _require(shared_dir / "abn")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
