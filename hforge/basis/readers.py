@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hforge.basis.basis_set import BasisSet, Shell, SpeciesBasis
-from hforge.errors import FileFormatError, HForgeError, UnknownSpeciesError
+from hforge.errors import BasisMismatchError, FileFormatError, HForgeError, UnknownSpeciesError
 
 __all__ = ["read_ion", "read_basis_folder", "ion_files", "BOHR_TO_ANG", "ION_SUFFIXES"]
 
@@ -143,11 +143,16 @@ def read_basis_folder(folder: str | os.PathLike, species_order: Sequence[str] | 
     files = ion_files(folder)
     if not files:
         raise FileFormatError("no .ion, .ion.nc or .ion.xml file in the basis folder", path=folder)
-    if species_order is None:
-        species = [read_ion(p) for p in files.values()]
-        species.sort(key=lambda sp: (abs(sp.Z), sp.symbol))
-        return BasisSet(tuple(species))
-    missing = [s for s in species_order if s not in files]
+    labels = list(files) if species_order is None else list(species_order)
+    missing = [s for s in labels if s not in files]
     if missing:
         raise UnknownSpeciesError(f"no ion file for species {missing} (found {sorted(files)})", path=folder)
-    return BasisSet(tuple(read_ion(files[s]) for s in species_order))
+    species = []
+    for label in labels:
+        sp = read_ion(files[label])
+        if sp.symbol != label:
+            raise BasisMismatchError(f"holds species {sp.symbol!r}, not {label!r} as its name says", path=files[label])
+        species.append(sp)
+    if species_order is None:
+        species.sort(key=lambda sp: (abs(sp.Z), sp.symbol))
+    return BasisSet(tuple(species))
