@@ -17,7 +17,7 @@ _console = Console()
 
 
 def _fail(exc: Exception) -> None:
-    _console.print(f"[red]error:[/red] {exc}")
+    _console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -38,7 +38,7 @@ def convert_command(
     from hforge.io import HSStore, SplitRule, convert
 
     def report_skip(run: str, exc: Exception) -> None:
-        _console.print(f"[yellow]skipped[/yellow] {run}: {exc}")
+        _console.print(f"[yellow]skipped[/yellow] {run}: {exc}", soft_wrap=True)
 
     try:
         report = convert(

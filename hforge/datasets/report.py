@@ -5,7 +5,8 @@ Figures (PNG, matplotlib, Agg):
 * ``onsite_energies.png``: distribution of the onsite energies (diagonal of the onsite blocks of
   the unshifted H, eV) of every orbital of every species;
 * ``decay_with_distance.png``: largest |H_ij| (eV) and |S_ij| of each pair block against the
-  pair distance, per species pair, with the pair cutoff r_i + r_j;
+  pair distance, per species pair, with the pair cutoff r_i + r_j (and, for H, the reach
+  r_i + r_j + 2 r_KB through a third atom's Kleinman-Bylander projector);
 * ``h_heatmap.png``: H(Γ) (unshifted, eV) of one structure, atoms' orbital blocks outlined.
 """
 
@@ -129,6 +130,7 @@ def plot_store(store: HSStore, out_dir: str | os.PathLike, structure: str | int 
     pairs = collect_pairs(store)
     combos = [(i, j) for i in range(len(basis)) for j in range(i, len(basis))]
     cutoffs = basis.pair_cutoffs()
+    kb_cutoffs = basis.pair_cutoffs(include_kb=True) if all(sp.kb_cutoff for sp in basis) else None
     fig, axes = plt.subplots(2, len(combos), figsize=(3.6 * len(combos), 5.6), squeeze=False, sharex=True)
     for c, (i, j) in enumerate(combos):
         sel = ((pairs["si"] == i) & (pairs["sj"] == j)) | ((pairs["si"] == j) & (pairs["sj"] == i))
@@ -136,6 +138,8 @@ def plot_store(store: HSStore, out_dir: str | os.PathLike, structure: str | int 
             ax = axes[row, c]
             ax.scatter(pairs["distance"][sel], np.maximum(pairs[key][sel], 1e-12), s=2, alpha=0.3, lw=0)
             ax.axvline(cutoffs[i, j], color="k", ls="--", lw=0.8, label="r_i + r_j")
+            if key == "h" and kb_cutoffs is not None:
+                ax.axvline(kb_cutoffs[i, j], color="k", ls=":", lw=0.8, label="r_i + r_j + 2 r_KB")
             ax.set_yscale("log")
             ax.set_ylim(1e-8, None)
             ax.set_ylabel(label)

@@ -337,6 +337,7 @@ def convert(
     splits: dict[str, str] | None = None,
     progress: bool = True,
     on_skip: Callable[[str, HForgeError], None] | None = None,
+    relative_to: str | os.PathLike | None = None,
 ) -> ConversionReport:
     """Convert SIESTA runs (files or folders, searched recursively) into a store.
 
@@ -350,6 +351,7 @@ def convert(
         split_rule, splits: the split of each structure (by size, or by name).
         progress: show a progress bar.
         on_skip: called with (run, error) for each run that is skipped.
+        relative_to: record source paths relative to this folder (for stores that travel).
 
     Returns:
         A :class:`ConversionReport`; runs that failed are in ``skipped`` with the reason.
@@ -405,7 +407,8 @@ def convert(
             with h5py.File(part, "r") as h5:
                 data = _read_structure(h5["structure"], BasisSet.from_json(h5.attrs["basis"]), half, str(part))
                 data = _remap(data, merged)
-                data.source = str(h5.attrs["source_path"])
+                source = Path(str(h5.attrs["source_path"]))
+                data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
                 yield name, data, str(h5.attrs["source_sha256"])
 
     write_store(
