@@ -18,18 +18,13 @@ from hforge.io import read_hs
 L_VALUES = range(4)
 finite = st.floats(-1.0, 1.0, allow_nan=False)
 directions = arrays(np.float64, (12, 3), elements=finite).filter(lambda v: np.all(np.linalg.norm(v, axis=1) > 1e-3))
-quaternions = arrays(np.float64, 4, elements=finite).filter(lambda q: np.linalg.norm(q) > 1e-2)
+# Rotations as e3nn's Euler angles: e3nn's own matrix and Wigner-D come from the same angles
+# (D_from_matrix goes back to angles through arccos, which loses ~1e-8 near the identity).
+rotations = st.tuples(st.floats(0, 2 * np.pi), st.floats(0, np.pi), st.floats(0, 2 * np.pi))
 
 
-def rotation_from_quaternion(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+def rotation_matrix(angles: tuple[float, float, float]) -> np.ndarray:
+    return o3.angles_to_matrix(*(torch.tensor(a, dtype=torch.float64) for a in angles)).numpy()
 
 
 def sisl_harmonics(l: int, v: np.ndarray) -> np.ndarray:
@@ -43,7 +38,11 @@ def e3nn_harmonics(l: int, v: np.ndarray) -> np.ndarray:
     return o3.spherical_harmonics(l, torch.from_numpy(v), normalize=True, normalization="component").numpy()
 
 
-def e3nn_wigner(irreps: str, rotation: np.ndarray) -> np.ndarray:
+def e3nn_wigner(irreps: str, angles: tuple[float, float, float]) -> np.ndarray:
+    return o3.Irreps(irreps).D_from_angles(*(torch.tensor(a, dtype=torch.float64) for a in angles)).numpy()
+
+
+def e3nn_wigner_of_matrix(irreps: str, rotation: np.ndarray) -> np.ndarray:
     return o3.Irreps(irreps).D_from_matrix(torch.from_numpy(rotation)).numpy()
 
 
@@ -80,33 +79,33 @@ def test_l1_is_the_signed_permutation_x_y_z_equals_minus_px_minus_py_plus_pz():
 
 
 @pytest.mark.parametrize("l", L_VALUES)
-@given(q=quaternions)
-def test_siesta_rotation_is_e3nn_wigner_d_in_the_other_basis(l, q):
-    rotation = rotation_from_quaternion(q)
+@given(angles=rotations)
+def test_siesta_rotation_is_e3nn_wigner_d_in_the_other_basis(l, angles):
+    rotation = rotation_matrix(angles)
     o = conventions.change_of_basis(l)
-    d_e3nn = e3nn_wigner(f"1x{l}{'e' if l % 2 == 0 else 'o'}", rotation)
+    d_e3nn = e3nn_wigner(f"1x{l}{'e' if l % 2 == 0 else 'o'}", angles)
     np.testing.assert_allclose(o.T @ conventions.siesta_rotation(l, rotation) @ o, d_e3nn, atol=1e-10)
 
 
 @pytest.mark.parametrize("l", L_VALUES)
-@given(q=quaternions, v=directions)
-def test_e3nn_wigner_rotates_converted_siesta_harmonics(l, q, v):
+@given(angles=rotations, v=directions)
+def test_e3nn_wigner_rotates_converted_siesta_harmonics(l, angles, v):
     """Y_e3nn(R v) = D(R) Y_e3nn(v), with Y_e3nn built from SIESTA's harmonics and O_l."""
-    rotation = rotation_from_quaternion(q)
+    rotation = rotation_matrix(angles)
     o = conventions.change_of_basis(l)
-    d = e3nn_wigner(f"1x{l}{'e' if l % 2 == 0 else 'o'}", rotation)
+    d = e3nn_wigner(f"1x{l}{'e' if l % 2 == 0 else 'o'}", angles)
     y = conventions.siesta_real_harmonics(l, v) @ o
     y_rotated = conventions.siesta_real_harmonics(l, v @ rotation.T) @ o
     assert np.abs(y_rotated - y @ d.T).max() < 1e-10
 
 
-@given(q=quaternions)
-def test_block_transforms_round_trip_and_commute_with_rotation(q, abn_basis):
-    rotation = rotation_from_quaternion(q)
+@given(angles=rotations)
+def test_block_transforms_round_trip_and_commute_with_rotation(angles, abn_basis):
+    rotation = rotation_matrix(angles)
     b, n = abn_basis["B"], abn_basis["N"]
     block = np.random.default_rng(0).normal(size=(b.n_orbitals, n.n_orbitals))
     np.testing.assert_allclose(conventions.e3nn_to_siesta(conventions.siesta_to_e3nn(block, b, n), b, n), block, atol=1e-14)
-    d_b, d_n = e3nn_wigner(b.irreps, rotation), e3nn_wigner(n.irreps, rotation)
+    d_b, d_n = e3nn_wigner(b.irreps, angles), e3nn_wigner(n.irreps, angles)
     via_e3nn = conventions.e3nn_to_siesta(d_b @ conventions.siesta_to_e3nn(block, b, n) @ d_n.T, b, n)
     assert np.abs(via_e3nn - conventions.rotate_blocks(block, rotation, b, n)).max() < 1e-10
 
@@ -149,7 +148,7 @@ def test_real_overlaps_have_slater_koster_form_after_rotation_with_e3nn_wigner(s
     change of basis), every S block of real aBN and hBN runs couples only equal m."""
 
     def rotate_e3nn(block, rotation, si, sj):
-        d_i, d_j = e3nn_wigner(si.irreps, rotation), e3nn_wigner(sj.irreps, rotation)
+        d_i, d_j = e3nn_wigner_of_matrix(si.irreps, rotation), e3nn_wigner_of_matrix(sj.irreps, rotation)
         return conventions.e3nn_to_siesta(d_i @ conventions.siesta_to_e3nn(block, si, sj) @ d_j.T, si, sj)
 
     for path in (abn_dir / "runs/abn_8_0/abn_8_0.TSHS", siesta_fixtures / "hBN/aiida.nc"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -40,15 +41,24 @@ def _suffix(path: Path) -> str | None:
 def read_ion(path: str | os.PathLike) -> SpeciesBasis:
     """Read the basis of one species from ``<label>.ion``, ``.ion.nc`` or ``.ion.xml``.
 
+    Results are cached per file (path, size, modification time): converting hundreds of runs
+    that share one basis folder reads it once.
+
     Raises:
         FileFormatError: unknown extension, missing, truncated or malformed file.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     suffix = _suffix(path)
     if suffix is None:
         raise FileFormatError("not a SIESTA ion file (.ion, .ion.nc, .ion.xml)", path=path)
     if not path.is_file():
         raise FileFormatError("no such file", path=path)
+    stat = path.stat()
+    return _read_ion_cached(path, suffix, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _read_ion_cached(path: Path, suffix: str, size: int, mtime_ns: int) -> SpeciesBasis:
     try:
         if suffix == ".ion":
             return _read_ion_text(path)

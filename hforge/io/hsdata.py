@@ -401,16 +401,16 @@ class HSData:
                 raise BasisMismatchError("H and S sparsity patterns differ", path=source)
         no = geom.no
         rows = np.repeat(np.arange(no, dtype=np.int64), np.diff(s_csr.indptr))
-        cols = s_csr.indices.astype(np.int64)
-        image, col_orb = np.divmod(cols, no)
-        shift = np.asarray(geom.lattice.sc_off, dtype=np.int64)[image]
+        image, col_orb = np.divmod(s_csr.indices.astype(np.int64), no)
+        sc_off = np.asarray(geom.lattice.sc_off, dtype=np.int64)
+        rank = np.empty(len(sc_off), dtype=np.int64)  # lexicographic rank of every image
+        rank[np.lexsort(sc_off.T[::-1])] = np.arange(len(sc_off))
         o2a = np.repeat(np.arange(geom.na, dtype=np.int64), file_counts)
         ai, aj = o2a[rows], o2a[col_orb]
-        low, span = shift.min(axis=0), np.ptp(shift, axis=0) + 1
-        keys = _pair_keys(np.stack([ai, aj]), shift, geom.na, low, span)
-        unique_keys, first, pair = np.unique(keys, return_index=True, return_inverse=True)
+        keys = (ai * geom.na + aj) * len(sc_off) + rank[image]  # sorts pairs by (i, j, n)
+        _, first, pair = np.unique(keys, return_index=True, return_inverse=True)
         edge_index = np.stack([ai[first], aj[first]])
-        cell_shift = shift[first]
+        cell_shift = sc_off[image[first]]
         sizes = counts[edge_index[0]] * counts[edge_index[1]]
         block_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(file_counts)])
