@@ -15,6 +15,7 @@ from hforge.basis import BasisSet
 from hforge.errors import (
     BasisMismatchError,
     FileFormatError,
+    GeometryError,
     InvalidMatrixError,
     UnknownSpeciesError,
     UnsupportedSystemError,
@@ -227,6 +228,17 @@ def test_nan_entries_and_indefinite_overlap(siesta_fixtures, tmp_path):
     with pytest.raises(InvalidMatrixError, match="not positive definite"):
         read_hs(tmp_path / "bad_s.nc")
     assert read_hs(tmp_path / "bad_s.nc", validate=False).n_pairs == data.n_pairs
+
+
+def test_overlapping_atoms_and_nan_positions(siesta_fixtures, tmp_path):
+    data = read_hs(siesta_fixtures / "hBN/aiida.nc")
+    squeezed = replace(data, positions=data.positions * np.array([1.0, 0.2, 1.0]))  # B-N bond 1.45 -> 0.29 Å
+    with pytest.raises(GeometryError, match="closer than 0.5"):
+        squeezed.validate()
+    write_hs(replace(data, positions=data.positions * np.nan), tmp_path / "nan.nc")
+    with pytest.raises(GeometryError, match="NaN") as info:
+        read_hs(tmp_path / "nan.nc")
+    assert str(tmp_path / "nan.nc") in str(info.value)
 
 
 def test_basis_missing_a_species_or_with_other_orbital_counts(siesta_fixtures, abn_dir, hbn_copy, tmp_path):

@@ -17,12 +17,15 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from hforge.basis import BasisSet
-from hforge.errors import BasisMismatchError, InvalidMatrixError, UnsupportedSystemError
+from hforge.errors import BasisMismatchError, GeometryError, InvalidMatrixError, UnsupportedSystemError
 
-__all__ = ["HSData", "DENSE_CHECK_MAX_ORBITALS"]
+__all__ = ["HSData", "DENSE_CHECK_MAX_ORBITALS", "MIN_DISTANCE"]
 
 #: ``validate`` checks that S(Γ) is positive definite only up to this many orbitals (dense).
 DENSE_CHECK_MAX_ORBITALS = 6000
+
+#: Atoms closer than this (Å) are overlapping: no SIESTA run of a real material has them.
+MIN_DISTANCE = 0.5
 
 _SPIN_KINDS = {1: "unpolarized", 2: "polarized"}
 
@@ -48,7 +51,8 @@ class HSData:
         edge_index: ``(2, E)`` int64 (row atom i, column atom j) of each pair.
         cell_shift: ``(E, 3)`` int64 lattice translation n of atom j.
         block_ptr: ``(E + 1,)`` int64 offsets of the row-major blocks.
-        h: ``(n_spin, n_values)`` float64 eV, H as the file stores it (shifted: E_F = 0).
+        h: ``(n_spin, n_values)`` float64 eV, H as sisl reads every SIESTA file: ``H - E_F S``
+            (E_F = 0).  The files store the unshifted H and E_F; models learn :attr:`h_unshifted`.
         s: ``(n_values,)`` float64 overlap.
         mask: ``(n_values,)`` bool, True for entries in the file's sparsity pattern.
         fermi_level: E_F in eV (the TSHS/HSX/nc value; ``h_unshifted = h + E_F s``).
@@ -304,12 +308,25 @@ class HSData:
     def validate(self, *, dense_check: bool = True) -> "HSData":
         """Check that the matrices can come from a SIESTA run; returns self.
 
-        Checks: finite H and S; every pair has its partner ``(j, i, -n)``; S(Γ) positive definite (dense Cholesky, up to
+        Checks: finite positions, no two atoms closer than 0.5 Å, a cell of non-zero volume;
+        finite H and S; every pair has its partner ``(j, i, -n)``; S(Γ) positive definite (dense Cholesky, up to
         :data:`DENSE_CHECK_MAX_ORBITALS` orbitals, when ``dense_check``).
 
         Raises:
+            GeometryError: NaN positions, overlapping atoms or a degenerate cell.
             InvalidMatrixError: naming the source file and the first offending entries.
         """
+        if not (np.isfinite(self.positions).all() and np.isfinite(self.cell).all()):
+            raise GeometryError("NaN or infinite positions or cell", path=self.source)
+        if self.pbc.any() and abs(np.linalg.det(self.cell)) < 1e-6:
+            raise GeometryError(f"degenerate cell (volume {np.linalg.det(self.cell):.3g} Å^3)", path=self.source)
+        close = (self.pair_distances() < MIN_DISTANCE) & ~self.onsite
+        if close.any():
+            e = int(np.flatnonzero(close)[0])
+            raise GeometryError(
+                f"atoms closer than {MIN_DISTANCE} Å: pair {self._describe_pair(e)} at {self.pair_distances()[e]:.3f} Å",
+                path=self.source,
+            )
         for name, values in (("H", self.h), ("S", self.s)):
             bad = ~np.isfinite(values)
             if bad.any():
@@ -446,9 +463,8 @@ class HSData:
 
         atoms = self.basis.to_sisl()
         lattice = sisl.Lattice(self.cell.copy(), nsc=self.nsc)
-        if hasattr(lattice, "set_boundary_condition") and not self.pbc.all():
-            bc = [sisl.BoundaryCondition.PERIODIC if p else sisl.BoundaryCondition.UNKNOWN for p in self.pbc]
-            lattice.set_boundary_condition(bc)
+        if not self.pbc.all():
+            lattice.set_boundary_condition([sisl.BoundaryCondition.PERIODIC if p else sisl.BoundaryCondition.OPEN for p in self.pbc])
         return sisl.Geometry(self.positions.copy(), atoms=[atoms[s] for s in self.species], lattice=lattice)
 
     def to_sisl(self) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -222,7 +223,7 @@ def _nc_basis(path: Path, H: Any) -> BasisSet | None:
             sp = SpeciesBasis.from_sisl(atom)
             radii = (group["cutoff"][:] * BOHR_TO_ANG).tolist()
             kb = list(zip(group["pjnl_l"][:].tolist(), (group["kbcutoff"][:] * BOHR_TO_ANG).tolist()))
-            shells = tuple(type(s)(s.n, s.l, s.zeta, s.polarized, r) for s, r in zip(sp.shells, radii))
+            shells = tuple(replace(shell, cutoff=r) for shell, r in zip(sp.shells, radii))
             species.append(SpeciesBasis(sp.symbol, sp.Z, shells, kb))
         return BasisSet(tuple(species))
 
