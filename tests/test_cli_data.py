@@ -27,7 +27,7 @@ def test_inspect_reports_the_numbers_of_an_independent_reading(siesta_fixtures):
     s = H.Sk().toarray()
     assert info["S_min_eigenvalue_gamma"] == pytest.approx(np.linalg.eigvalsh(s)[0], rel=1e-9)
     eig = H.eigh()
-    # inspect symmetrizes H and S; sisl takes their lower triangles: the top state (near-singular S) moves 3e-9
+    # inspect symmetrizes H and S; sisl takes their lower triangles: the top state (near-singular S) moves by 3e-9 relative
     assert info["eigenvalues_gamma_eV"] == pytest.approx([eig[0], eig[-1]], rel=1e-8)
     assert 0 < info["hermiticity_error_H_eV"] < 1e-7 and 0 < info["symmetry_error_S_gamma"] < 1e-8
     table = runner.invoke(app, ["data", "inspect", str(path)])
