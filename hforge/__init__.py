@@ -18,6 +18,7 @@ from hforge.errors import (
     GeometryError,
     HForgeError,
     InputError,
+    InvalidMatrixError,
     ResourceLimitError,
     UnknownSpeciesError,
     UnsupportedSystemError,
@@ -26,7 +27,12 @@ from hforge.errors import (
 __version__ = "0.1.0"
 
 # Public names resolved on first use, so that ``import hforge`` stays cheap.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "BasisSet": "hforge.basis",
+    "HSData": "hforge.io",
+    "read_hs": "hforge.io",
+    "write_hs": "hforge.io",
+}
 
 __all__ = [
     "__version__",
@@ -36,6 +42,7 @@ __all__ = [
     "BasisMismatchError",
     "UnknownSpeciesError",
     "GeometryError",
+    "InvalidMatrixError",
     "ConfigError",
     "UnsupportedSystemError",
     "ConvergenceError",

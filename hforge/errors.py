@@ -10,6 +10,7 @@ of SIESTA runs knows which one is broken::
     │   ├── BasisMismatchError              basis and matrices/geometry disagree
     │   ├── UnknownSpeciesError             species absent from a basis or a model
     │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
+    │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
     │   └── ConfigError                     invalid configuration (YAML, CLI options)
     ├── UnsupportedSystemError              valid input that HForge cannot handle yet
     ├── ConvergenceError                    a SIESTA run that did not converge
@@ -28,6 +29,7 @@ __all__ = [
     "BasisMismatchError",
     "UnknownSpeciesError",
     "GeometryError",
+    "InvalidMatrixError",
     "ConfigError",
     "UnsupportedSystemError",
     "ConvergenceError",
@@ -68,6 +70,10 @@ class UnknownSpeciesError(InputError):
 
 class GeometryError(InputError):
     """A structure that cannot be physical: NaN/inf positions, overlapping atoms, empty or degenerate cell."""
+
+
+class InvalidMatrixError(InputError):
+    """H or S matrices that no valid calculation gives: NaN/inf entries, S not positive definite."""
 
 
 class ConfigError(InputError):

@@ -55,12 +55,15 @@ def abn_dir(shared_dir: Path) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``gpu``-marked tests where torch sees no CUDA device."""
+    """Skip ``gpu``-marked tests where torch sees no CUDA device, and ``slow`` ones unless ``-m`` names them."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skips = []
+    if not torch.cuda.is_available():
+        skips.append(("gpu", pytest.mark.skip(reason="needs a CUDA GPU")))
+    if "slow" not in (config.getoption("markexpr") or ""):
+        skips.append(("slow", pytest.mark.skip(reason="slow: run with -m slow")))
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        for keyword, mark in skips:
+            if keyword in item.keywords:
+                item.add_marker(mark)

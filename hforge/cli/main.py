@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hforge.cli.data import data_app
 from hforge.cli.demo import demo
 from hforge.cli.info import info
 
@@ -16,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(data_app, name="data")
 
 
 @app.callback()

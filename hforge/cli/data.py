@@ -1,0 +1,122 @@
+"""``hforge data``: convert SIESTA runs into a store, inspect an H/S file, store statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["data_app"]
+
+data_app = typer.Typer(help="SIESTA data: convert runs into a store, inspect files, statistics.", no_args_is_help=True)
+_console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    _console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@data_app.command("convert")
+def convert_command(
+    inputs: List[Path] = typer.Argument(..., help="Run folders, folders of runs, or .TSHS/.HSX/.nc/.fdf files."),
+    out: Path = typer.Option(..., "-o", "--out", help="Store file to write (HDF5)."),
+    basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of .ion/.ion.nc/.ion.xml files for every run."),
+    float32: bool = typer.Option(False, "--float32", help="Store H and S as float32 (half the size)."),
+    half: bool = typer.Option(False, "--half", help="Store only the canonical half of the pairs."),
+    train_max_atoms: int = typer.Option(32, help="Structures with at most this many atoms go to 'train'."),
+    val_max_atoms: int = typer.Option(64, help="Larger ones up to this many go to 'val', the rest to 'test'."),
+) -> None:
+    """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped)."""
+    import numpy as np
+
+    from hforge.errors import HForgeError
+    from hforge.io import HSStore, SplitRule, convert
+
+    def report_skip(run: str, exc: Exception) -> None:
+        _console.print(f"[yellow]skipped[/yellow] {run}: {exc}", soft_wrap=True)
+
+    try:
+        report = convert(
+            inputs,
+            out,
+            basis=basis,
+            dtype=np.float32 if float32 else np.float64,
+            half=half,
+            split_rule=SplitRule(train_max_atoms, val_max_atoms),
+            on_skip=report_skip,
+        )
+    except HForgeError as exc:
+        _fail(exc)
+    store = HSStore(report.store)
+    _console.print(
+        f"{store.path}: {len(store)} structures ({len(report.converted)} converted, {len(report.reused)} reused, "
+        f"{len(report.skipped)} skipped), species {store.basis.symbols}, "
+        + ", ".join(f"{s} {len(store.split(s))}" for s in ("train", "val", "test"))
+    )
+    if report.skipped:
+        raise typer.Exit(2)
+
+
+@data_app.command("inspect")
+def inspect_command(
+    file: Path = typer.Argument(..., help="A .TSHS, .HSX, .nc or .fdf file."),
+    basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of ion files (for a bare TSHS)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum."""
+    from hforge.errors import HForgeError
+    from hforge.io import read_hs
+    from hforge.io.inspect import describe
+
+    try:
+        info = describe(read_hs(file, basis=basis, validate=False))
+    except HForgeError as exc:
+        _fail(exc)
+    if as_json:
+        _console.print_json(json.dumps(info))
+        return
+    table = Table(title=str(file), show_header=False)
+    for key, value in info.items():
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    _console.print(table)
+
+
+@data_app.command("stats")
+def stats_command(
+    store: Path = typer.Argument(..., help="A store written by 'hforge data convert'."),
+    out: Path = typer.Option(Path("hforge-stats"), "-o", "--out", help="Folder for the figures and stats.json."),
+    structure: Optional[str] = typer.Option(None, help="Structure of the H heatmap (default: the smallest)."),
+) -> None:
+    """Statistics of a store: numbers, and PNG figures (onsite energies, decay with distance, H heatmap)."""
+    from hforge.datasets.report import plot_store, store_summary
+    from hforge.errors import HForgeError
+    from hforge.io import HSStore
+
+    try:
+        opened = HSStore(store)
+        summary = store_summary(opened)
+        written = plot_store(opened, out, structure=structure)
+    except HForgeError as exc:
+        _fail(exc)
+    _console.print(f"[bold]{store}[/bold]: {summary['structures']} structures, species {summary['species']}")
+    for split, info in summary["splits"].items():
+        _console.print(f"  {split}: {info['structures']} structures, atoms {info['atoms']}, nnz {info['nnz']}")
+    table = Table(title="mean onsite energies (eV, unshifted H) ± std")
+    table.add_column("orbital")
+    species = summary["statistics"]["onsite_energies"]
+    for symbol in species:
+        table.add_column(symbol)
+    names = max(species.values(), key=len)
+    for name in names:
+        table.add_row(
+            name,
+            *(f"{v[name]['mean_eV']:.3f} ± {v[name]['std_eV']:.3f}" if name in v else "" for v in species.values()),
+        )
+    _console.print(table)
+    for path in written:
+        _console.print(f"wrote {path}")

@@ -1,0 +1,80 @@
+"""Datasets of SIESTA H/S for training: the store as a torch ``Dataset``, and bundled samples.
+
+``load("abn-small")`` opens the aBN sample shipped with HForge (float32, canonical half of the
+pairs: 8- to 24-atom training cells and the 64-atom validation cell, made by
+``scripts/make_abn_small.py`` from ``../shared/abn``); ``load(path)`` opens any store written
+by ``hforge data convert``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hforge.errors import ConfigError
+from hforge.io import HSData, HSStore
+
+__all__ = ["HSDataset", "load", "bundled_path", "BUNDLED"]
+
+_DATA = Path(__file__).resolve().parent / "data"
+
+#: Bundled stores by name.
+BUNDLED = {"abn-small": "abn-small.h5"}
+
+
+def bundled_path(name: str) -> Path:
+    """Path of a bundled store (see :data:`BUNDLED`)."""
+    try:
+        return _DATA / BUNDLED[name]
+    except KeyError:
+        raise ConfigError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED)}") from None
+
+
+class HSDataset(torch.utils.data.Dataset):
+    """Structures of a store (optionally one split) as a torch ``Dataset`` of :class:`HSData`.
+
+    Items are read lazily (memory-mapped); ``transform`` (e.g. a graph builder) is applied to
+    each.  The store is reopened in each ``DataLoader`` worker.
+
+    Args:
+        store: an :class:`HSStore` or the path of one.
+        split: ``train``, ``val``, ``test`` or None for all structures.
+        transform: called on every item.
+    """
+
+    def __init__(
+        self, store: HSStore | str | os.PathLike, split: str | None = None, transform: Callable[[HSData], Any] | None = None
+    ) -> None:
+        self.store = store if isinstance(store, HSStore) else HSStore(store)
+        if split is not None and split not in ("train", "val", "test"):
+            raise ConfigError(f"split {split!r}: expected train, val or test")
+        self.indices = list(range(len(self.store))) if split is None else self.store.split(split)
+        self.split = split
+        self.transform = transform
+
+    @property
+    def basis(self):
+        return self.store.basis
+
+    @property
+    def statistics(self):
+        return self.store.statistics
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        data = self.store.read(self.indices[index])
+        return self.transform(data) if self.transform is not None else data
+
+    def __repr__(self) -> str:
+        return f"HSDataset({self.store.path.name!r}, split={self.split!r}, {len(self)} structures)"
+
+
+def load(name: str | os.PathLike, split: str | None = None, transform: Callable[[HSData], Any] | None = None) -> HSDataset:
+    """A bundled dataset by name (``"abn-small"``) or a store by path."""
+    path = bundled_path(name) if isinstance(name, str) and name in BUNDLED else Path(name)
+    return HSDataset(path, split=split, transform=transform)

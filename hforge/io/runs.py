@@ -1,0 +1,107 @@
+"""SIESTA run folders: find them, and refuse runs that did not finish or did not converge."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+from hforge.errors import ConvergenceError, FileFormatError
+from hforge.io.siesta import HS_SUFFIXES, find_hs_file
+
+__all__ = ["find_runs", "run_output", "check_log", "natural_key"]
+
+_NOT_CONVERGED = ("SCF_NOT_CONV", "SCF did not converge")
+_ABNORMAL = "ABNORMAL_TERMINATION"
+_FINISHED = ("Job completed", ">> End of run")
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that puts ``abn_8_0`` before ``abn_16_0``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _is_hs_file(path: Path) -> bool:
+    return path.is_file() and not path.name.endswith(".ion.nc") and path.name.endswith(HS_SUFFIXES)
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any(_is_hs_file(p) or p.suffix == ".fdf" for p in folder.iterdir())
+
+
+def find_runs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into SIESTA runs, in natural order.
+
+    A file (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) is a run; a folder holding such files is a
+    run folder; any other folder is searched recursively.
+
+    Raises:
+        FileFormatError: an input that does not exist.
+    """
+    runs: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileFormatError("no such file or folder", path=path)
+        if path.is_file() or _is_run_folder(path):
+            runs.append(path)
+            continue
+        found = sorted((p.parent for p in path.rglob("*") if _is_hs_file(p) or p.suffix == ".fdf"), key=natural_key)
+        runs.extend(dict.fromkeys(found))
+    return runs
+
+
+def check_log(log: Path) -> None:
+    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run.
+
+    Failed: ``SCF_NOT_CONV`` / "SCF did not converge", ``ABNORMAL_TERMINATION``, or no
+    "Job completed" / ">> End of run" line (killed or still running).
+    """
+    opener = gzip.open if log.name.endswith(".gz") else open
+    try:
+        with opener(log, "rt", errors="replace") as f:
+            text = f.read()
+    except (OSError, EOFError) as exc:
+        raise FileFormatError(f"cannot read the SIESTA log: {exc}", path=log) from exc
+    if any(marker in text for marker in _NOT_CONVERGED):
+        raise ConvergenceError("the SCF did not converge (SCF_NOT_CONV in the SIESTA log)", path=log)
+    if _ABNORMAL in text:
+        raise ConvergenceError("SIESTA stopped abnormally (ABNORMAL_TERMINATION)", path=log)
+    if not any(marker in text for marker in _FINISHED):
+        raise ConvergenceError("SIESTA did not finish: no 'Job completed' in its log (killed?)", path=log)
+
+
+def run_output(run: str | os.PathLike) -> Path:
+    """The H/S file of a run (a file or a run folder), after checking its SIESTA log if any.
+
+    In a folder: the file named by the fdf's ``SystemLabel`` (``.nc``, ``.TSHS``, ``.HSX``),
+    else the only H/S file there.
+
+    Raises:
+        ConvergenceError: no H/S output, or a log that shows a failed or unconverged SCF.
+        FileFormatError: several candidate files and no fdf to choose.
+    """
+    run = Path(run)
+    folder = run.parent if run.is_file() else run
+    stem = run.name.rsplit(".", 1)[0] if run.is_file() else None
+    logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
+    if stem is not None:
+        logs = [p for p in logs if p.name.split(".out")[0] == stem] or logs
+    for log in logs[:1]:
+        check_log(log)
+    if run.is_file():
+        return find_hs_file(run) if run.suffix == ".fdf" else run
+    fdfs = sorted(folder.glob("*.fdf"))
+    hs_files = sorted(p for p in folder.iterdir() if _is_hs_file(p))
+    for fdf in fdfs:
+        try:
+            return find_hs_file(fdf)
+        except FileFormatError:
+            continue
+    if len(hs_files) == 1:
+        return hs_files[0]
+    if not hs_files:
+        raise ConvergenceError("no H/S output (.TSHS/.HSX/.nc): the run did not finish or did not save H", path=folder)
+    raise FileFormatError(f"several H/S files and no fdf to choose: {[p.name for p in hs_files]}", path=folder)

@@ -1,0 +1,504 @@
+"""Read and write SIESTA H/S files (TSHS, HSX, CDF ``.nc``, through an ``.fdf``) as :class:`HSData`.
+
+sisl reads every format; HForge adds what sisl leaves out: the species and basis of a bare
+TSHS (from the ``fdf``/``XV`` beside it and a folder of ion files), integrity checks before a
+corrupted Fortran file reaches sisl's readers, and bit-exact writing.  sisl converts eV to Ry
+and Å to Bohr by multiplying with rounded constants, which loses the last bit of about one
+value in eight; :func:`write_hs` stores instead, for every value, the float64 that sisl reads
+back as exactly the value in memory (found by stepping ulps), so that file -> HSData -> file
+is exact.  TSHS files are written through sisl's own Fortran writer; sisl writes E_F = 0 there,
+so the E_F record is then set in place.  ``.nc`` files are written by sisl and their values
+replaced with the exact ones through netCDF4.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hforge.basis import BasisSet, SpeciesBasis
+from hforge.basis.readers import BOHR_TO_ANG, ion_files, read_basis_folder
+from hforge.errors import (
+    BasisMismatchError,
+    FileFormatError,
+    HForgeError,
+    UnknownSpeciesError,
+    UnsupportedSystemError,
+)
+from hforge.io.hsdata import HSData
+
+__all__ = ["read_hs", "write_hs", "find_hs_file", "HS_SUFFIXES", "RY_TO_EV"]
+
+#: Matrix files in the order an fdf's SystemLabel is resolved (sisl's order).
+HS_SUFFIXES = (".nc", ".TSHS", ".HSX")
+
+
+def _ry() -> float:
+    from sisl.unit.siesta import unit_convert
+
+    return float(unit_convert("Ry", "eV"))
+
+
+#: eV per Rydberg, the constant sisl uses for SIESTA files.
+RY_TO_EV = _ry()
+
+_BASIS_ATTRIBUTE = "hforge_basis"
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------
+def _kind(path: Path) -> str:
+    name = path.name
+    if name.endswith(".ion.nc"):
+        raise FileFormatError("a basis file, not an H/S file: use hforge.basis.read_ion", path=path)
+    for suffix in (*HS_SUFFIXES, ".fdf"):
+        if name.endswith(suffix):
+            return suffix
+    raise FileFormatError("unknown H/S file kind: expected .TSHS, .HSX, .nc or .fdf", path=path)
+
+
+def find_hs_file(fdf: str | os.PathLike) -> Path:
+    """The H/S file an fdf points at: ``<SystemLabel>.nc``, ``.TSHS`` or ``.HSX`` beside it.
+
+    Raises:
+        FileFormatError: none exists.
+    """
+    fdf = Path(fdf)
+    label = _fdf_label(fdf)
+    for suffix in HS_SUFFIXES:
+        candidate = fdf.with_name(label + suffix)
+        if candidate.is_file():
+            return candidate
+    raise FileFormatError(
+        f"no {label}.nc, {label}.TSHS or {label}.HSX beside it (SaveHS / TS.HS.Save / CDF.Save)", path=fdf
+    )
+
+
+def _fdf_label(fdf: Path) -> str:
+    import sisl
+
+    try:
+        return str(sisl.get_sile(str(fdf)).get("SystemLabel", default="siesta"))
+    except Exception as exc:
+        raise FileFormatError(f"cannot read the fdf: {exc}", path=fdf) from exc
+
+
+def _fortran_records(path: Path) -> list[tuple[int, int]]:
+    """(offset of data, length) of every record of a Fortran sequential unformatted file.
+
+    Raises:
+        FileFormatError: truncated file or corrupted record markers.
+    """
+    size = path.stat().st_size
+    records = []
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            head = f.read(4)
+            if len(head) < 4:
+                raise FileFormatError(f"truncated: {size - pos} stray bytes at byte {pos}", path=path)
+            (length,) = struct.unpack("<i", head)
+            end = pos + 8 + length
+            if length < 0 or end > size:
+                raise FileFormatError(
+                    f"truncated or corrupted: record {len(records)} at byte {pos} announces {length} bytes, "
+                    f"the file has {size - pos - 8} left",
+                    path=path,
+                )
+            f.seek(pos + 4 + length)
+            (tail,) = struct.unpack("<i", f.read(4))
+            if tail != length:
+                raise FileFormatError(
+                    f"corrupted: record {len(records)} at byte {pos} has markers {length} and {tail}", path=path
+                )
+            records.append((pos + 4, length))
+            pos = end
+    return records
+
+
+def _check_fortran_file(path: Path, kind: str) -> None:
+    """Reject truncated/corrupted TSHS/HSX files before sisl's Fortran readers see them."""
+    from sisl.io.siesta import _siesta
+
+    records = _fortran_records(path)
+    reader = _siesta.read_tshs_sizes if kind == ".TSHS" else _siesta.read_hsx_sizes
+    sizes = [int(x) for x in reader(str(path))]
+    nspin, na_u, no_u, _, nnz = sizes
+    plausible = (
+        nspin in (1, 2, 4, 8)
+        and 0 < na_u <= no_u <= nnz
+        and nnz * 4 <= path.stat().st_size
+        and len(records) >= no_u
+    )
+    if not plausible:
+        raise FileFormatError(
+            f"corrupted header: spin {nspin}, {na_u} atoms, {no_u} orbitals, {nnz} non-zeros "
+            f"do not fit a file of {path.stat().st_size} bytes",
+            path=path,
+        )
+
+
+def _read_sisl(path: Path, kind: str) -> tuple[Any, Any, float]:
+    """(sile, Hamiltonian, E_F in eV) through sisl, errors named."""
+    import sisl
+
+    if kind in (".TSHS", ".HSX"):
+        _check_fortran_file(path, kind)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sile = sisl.get_sile(str(path))
+            H = sile.read_hamiltonian()
+            fermi = float(np.atleast_1d(sile.read_fermi_level())[0])
+    except HForgeError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(f"sisl cannot read it: {type(exc).__name__}: {exc}", path=path) from exc
+    if H.spin.kind not in (H.spin.UNPOLARIZED, H.spin.POLARIZED):
+        raise UnsupportedSystemError(
+            f"{H.spin!s} calculation: HForge handles unpolarized and collinear spin-polarized H only", path=path
+        )
+    return sile, H, fermi
+
+
+def _file_species_labels(kind: str, H: Any) -> tuple[list[str], np.ndarray] | None:
+    """(labels of the species, species index per atom) the H/S file records, None for a TSHS."""
+    if kind == ".TSHS":
+        return None
+    atoms = H.geometry.atoms
+    return [a.tag for a in atoms.atom], np.asarray(atoms.species, dtype=np.int64)
+
+
+def _neighbour_species(path: Path, n_atoms: int) -> tuple[list[str], np.ndarray] | None:
+    """Species labels and indices from the fdf (or XV) beside a file, None if there is none."""
+    import sisl
+
+    stem = path.name.rsplit(".", 1)[0]
+    fdfs = [path.with_name(stem + ".fdf")] + sorted(path.parent.glob("*.fdf"))
+    fdf = next((f for f in fdfs if f.is_file()), None)
+    candidates: list[tuple[Path, Callable[[Any], Any]]] = []
+    if fdf is not None:
+        candidates.append((fdf, lambda sile: sile.read_geometry(order=["fdf"])))
+    xv = path.with_name(stem + ".XV")
+    if xv.is_file():
+        candidates.append((xv, lambda sile: sile.read_geometry()))
+    for source, read in candidates:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                geom = read(sisl.get_sile(str(source)))
+        except Exception as exc:
+            raise FileFormatError(f"cannot read the species: {exc}", path=source) from exc
+        if geom is None:
+            continue
+        if geom.na != n_atoms:
+            raise BasisMismatchError(f"{geom.na} atoms, the H/S file {path.name} has {n_atoms}", path=source)
+        return [a.tag for a in geom.atoms.atom], np.asarray(geom.atoms.species, dtype=np.int64)
+    return None
+
+
+def _nc_basis(path: Path, H: Any) -> BasisSet | None:
+    """The basis a CDF ``.nc`` file stores: HForge's own record if written by HForge, else the
+    SIESTA BASIS group (sisl's shells with the stored radii, which sisl does not keep)."""
+    import netCDF4
+
+    with netCDF4.Dataset(str(path)) as nc:
+        if _BASIS_ATTRIBUTE in nc.ncattrs():
+            return BasisSet.from_json(nc.getncattr(_BASIS_ATTRIBUTE))
+        if "BASIS" not in nc.groups:
+            return None
+        groups = nc.groups["BASIS"].groups
+        species = []
+        for atom in H.geometry.atoms.atom:
+            group = groups.get(atom.tag)
+            if group is None or "orbnl_l" not in group.variables:
+                return None
+            sp = SpeciesBasis.from_sisl(atom)
+            radii = (group["cutoff"][:] * BOHR_TO_ANG).tolist()
+            kb = list(zip(group["pjnl_l"][:].tolist(), (group["kbcutoff"][:] * BOHR_TO_ANG).tolist()))
+            shells = tuple(replace(shell, cutoff=r) for shell, r in zip(sp.shells, radii))
+            species.append(SpeciesBasis(sp.symbol, sp.Z, shells, kb))
+        return BasisSet(tuple(species))
+
+
+def _basis_folders(path: Path) -> list[Path]:
+    """Where ion files are looked for: the file's folder and up to two above, each itself and its ``basis/``."""
+    ancestors = [path.parent, *list(path.parent.parents)[:2]]
+    return [folder for ancestor in ancestors for folder in (ancestor, ancestor / "basis")]
+
+
+def _resolve_basis(
+    path: Path,
+    kind: str,
+    H: Any,
+    basis: BasisSet | str | os.PathLike | None,
+    atom_species: Sequence[str] | None = None,
+) -> tuple[BasisSet, np.ndarray]:
+    """The basis and the species index of every atom, checked against the file."""
+    if atom_species is not None:
+        if len(atom_species) != H.geometry.na:
+            raise BasisMismatchError(f"{len(atom_species)} species given for {H.geometry.na} atoms", path=path)
+        labels = list(dict.fromkeys(atom_species))
+        labelled = labels, np.array([labels.index(a) for a in atom_species], dtype=np.int64)
+    else:
+        labelled = _file_species_labels(kind, H) or _neighbour_species(path, H.geometry.na)
+    file_basis: BasisSet | None = None
+    if kind == ".nc":
+        file_basis = _nc_basis(path, H)
+    elif kind == ".HSX":
+        try:
+            file_basis = BasisSet.from_sisl(H.geometry.atoms)
+        except BasisMismatchError:
+            file_basis = None
+
+    if isinstance(basis, (str, os.PathLike)):
+        basis = read_basis_folder(basis)
+    if basis is None and file_basis is not None and all(sp.cutoff is not None for sp in file_basis):
+        basis = file_basis
+    if basis is None and labelled is not None:
+        for folder in _basis_folders(path):
+            if folder.is_dir() and set(labelled[0]) <= set(ion_files(folder)):
+                basis = read_basis_folder(folder, species_order=labelled[0])
+                break
+    if basis is None:
+        basis = file_basis
+    if basis is None:
+        raise BasisMismatchError(
+            "the file carries no basis (a bare TSHS): pass basis= a folder of .ion/.ion.nc/.ion.xml files, "
+            "and keep the run's fdf beside it for the species",
+            path=path,
+        )
+
+    if labelled is None:
+        if len(basis) != 1:
+            raise BasisMismatchError(
+                f"the file does not say which of the species {basis.symbols} each atom is: keep the run's "
+                "fdf (or XV) beside it",
+                path=path,
+            )
+        return basis, np.zeros(H.geometry.na, dtype=np.int64)
+    labels, species = labelled
+    try:
+        lookup = np.array([basis.index(label) for label in labels], dtype=np.int64)
+    except UnknownSpeciesError as exc:
+        raise UnknownSpeciesError(exc.message, path=path) from None
+    if file_basis is not None and file_basis is not basis:
+        for label in set(labels) & set(file_basis.symbols):
+            sp = file_basis[label]
+            if not basis[label].same_orbitals(sp):
+                raise BasisMismatchError(
+                    f"species {label!r}: the file has shells {[s.name for s in sp.shells]}, the basis "
+                    f"{[s.name for s in basis[label].shells]}",
+                    path=path,
+                )
+    return basis, lookup[species]
+
+
+def read_hs(
+    path: str | os.PathLike,
+    basis: BasisSet | str | os.PathLike | None = None,
+    *,
+    spin: int | str | None = None,
+    species: Sequence[str] | None = None,
+    validate: bool = True,
+) -> HSData:
+    """Read H and S of one SIESTA calculation into :class:`HSData`.
+
+    Args:
+        path: a ``.TSHS``, ``.HSX`` or CDF ``.nc`` file, or the run's ``.fdf`` (its
+            ``SystemLabel`` then names the file: ``.nc``, ``.TSHS``, ``.HSX`` in that order).
+        basis: a :class:`BasisSet` or a folder of ion files.  Default: the basis stored in the
+            file (``.nc``), else ion files found beside the file or in a ``basis/`` folder next
+            to its folder or the one above, else the shells the HSX file stores (no radii).
+            Atoms get their species from the file, or for a TSHS from the ``fdf``/``XV`` beside it.
+        spin: None keeps every spin channel; 0/``"up"`` or 1/``"down"`` keeps one.
+        species: the species label of every atom, for a bare TSHS without its fdf/XV.
+        validate: run :meth:`HSData.validate` (finite values, S(Γ) positive definite, ...).
+
+    Raises:
+        FileFormatError: missing, unknown, truncated or corrupted file.
+        UnsupportedSystemError: non-collinear or spin-orbit calculation.
+        UnknownSpeciesError: a species of the file that the basis lacks.
+        BasisMismatchError: orbital counts or shells that disagree with the basis.
+        InvalidMatrixError: NaN/inf entries, S not positive definite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError("no such file", path=path)
+    kind = _kind(path)
+    if kind == ".fdf":
+        path = find_hs_file(path)
+        kind = _kind(path)
+    _, H, fermi = _read_sisl(path, kind)
+    basis_set, atom_index = _resolve_basis(path, kind, H, basis, species)
+    data = HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path))
+    if spin is not None:
+        channel = {"up": 0, "down": 1}.get(spin, spin) if isinstance(spin, str) else spin
+        if channel not in range(data.n_spin):
+            raise UnsupportedSystemError(f"spin channel {spin!r} of a {data.spin} calculation", path=path)
+        data = data.select_spin(int(channel))
+    return data.validate() if validate else data
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------
+def _preimage(target: np.ndarray, forward: Callable[[np.ndarray], np.ndarray], guess: np.ndarray) -> np.ndarray:
+    """``x`` with ``forward(x) == target`` bitwise, stepping ``guess`` by ulps (monotone ``forward``).
+
+    Where no float64 maps exactly onto ``target`` the nearest candidate is kept.
+    """
+    x = np.array(guess, dtype=np.float64)
+    for _ in range(16):
+        got = forward(x)
+        low, high = got < target, got > target
+        if not (low.any() or high.any()):
+            break
+        x = np.where(low, np.nextafter(x, np.inf), np.where(high, np.nextafter(x, -np.inf), x))
+    return x
+
+
+def _to_stored(values: np.ndarray, factor: float) -> np.ndarray:
+    """Values in file units whose product with ``factor`` (as sisl reads) gives ``values``."""
+    values = np.asarray(values, dtype=np.float64)
+    return _preimage(values, lambda x: x * factor, values / factor)
+
+
+def _siesta_layout(data: HSData) -> dict[str, np.ndarray]:
+    """HSData in SIESTA's file layout (the transpose of sisl's in-memory matrix).
+
+    The file holds, in row ``a`` and supercell column ``(s, b)``, sisl's element
+    ``(b, (-s, a))``: for a value of pair (i, j, n) at (row orbital r, column orbital c), file
+    row c and column ``isc(-n) * no + r``, with ``isc`` SIESTA's supercell order.
+    """
+    from sisl.io.siesta import _siesta
+
+    nsc = data.nsc.astype(np.int32)
+    isc = np.asarray(_siesta.siesta_sc_off(*nsc), dtype=np.int64).T  # (n_s, 3)
+    half = nsc // 2
+    code = lambda n: ((n[:, 0] + half[0]) * nsc[1] + n[:, 1] + half[1]) * nsc[2] + n[:, 2] + half[2]  # noqa: E731
+    index_of = np.empty(int(np.prod(nsc)), dtype=np.int64)
+    index_of[code(isc)] = np.arange(len(isc))
+    flat, rows, cols = data._orbital_coords()
+    shift = data.cell_shift[data.value_pair[flat]]
+    if np.any(np.abs(shift) > half):
+        raise BasisMismatchError(f"cell shifts beyond nsc = {data.nsc.tolist()}", path=data.source)
+    file_row = cols
+    file_col = index_of[code(-shift)] * data.n_orbitals + rows
+    order = np.lexsort((file_col, file_row))
+    return {
+        "isc": isc,
+        "ncol": np.bincount(file_row, minlength=data.n_orbitals).astype(np.int32),
+        "list_col": (file_col[order] + 1).astype(np.int32),
+        "flat": flat[order],
+    }
+
+
+def _geometry_bohr(data: HSData) -> tuple[np.ndarray, np.ndarray]:
+    return _to_stored(data.cell, BOHR_TO_ANG), _to_stored(data.positions, BOHR_TO_ANG)
+
+
+def _write_tshs(data: HSData, path: Path) -> None:
+    from sisl.io.siesta import _siesta
+
+    layout = _siesta_layout(data)
+    flat = layout["flat"]
+    s = data.s[flat].astype(np.float64)
+    # sisl reads H_eV = (H_Ry - E_F,Ry S) * Ry: store the unshifted H_Ry that reads back exactly.
+    ef = _to_stored(np.array([data.fermi_level]), RY_TO_EV)[0]
+    shift = ef * s
+    h = data.h[:, flat].T.astype(np.float64)
+    h_ry = _preimage(h, lambda x: (x - shift[:, None]) * RY_TO_EV, h / RY_TO_EV + shift[:, None])
+    cell, xyz = _geometry_bohr(data)
+    nsc = data.nsc.astype(np.int32)
+    _siesta.write_tshs_hs(
+        str(path),
+        int(nsc[0]),
+        int(nsc[1]),
+        int(nsc[2]),
+        np.asfortranarray(cell.T),
+        np.asfortranarray(xyz.T),
+        data.orbital_offsets.astype(np.int32),
+        layout["ncol"],
+        layout["list_col"],
+        np.asfortranarray(h_ry),
+        s,
+        np.asfortranarray(layout["isc"].T.astype(np.int32)),
+    )
+    # sisl's writer records E_F = 0: set the (Ef, Qtot, Temp) record, the 7th.
+    offset, length = _fortran_records(path)[6]
+    if length != 24:
+        raise FileFormatError(f"unexpected TSHS layout written by sisl (record 7 has {length} bytes)", path=path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack("<d", ef))
+
+
+def _write_nc(data: HSData, path: Path) -> None:
+    import netCDF4
+    import sisl
+
+    H = data.to_sisl()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sisl.get_sile(str(path), mode="w").write_hamiltonian(H, Ef=data.fermi_level)
+    layout = _siesta_layout(data)
+    flat = layout["flat"]
+    with netCDF4.Dataset(str(path), "r+") as nc:
+        sparse = nc.groups["SPARSE"]
+        if len(sparse.dimensions["nnzs"]) != len(flat):
+            raise FileFormatError(
+                f"sisl wrote {len(sparse.dimensions['nnzs'])} non-zeros, expected {len(flat)}", path=path
+            )
+        ef = float(_to_stored(np.array([data.fermi_level]), RY_TO_EV)[0])
+        ef_read = ef * RY_TO_EV
+        s = data.s[flat].astype(np.float64)
+        sparse["n_col"][:] = layout["ncol"]
+        sparse["list_col"][:] = layout["list_col"]
+        sparse["isc_off"][:] = layout["isc"].astype(np.int32)
+        sparse["S"][:] = s
+        # sisl reads H_eV = H_Ry * Ry + S * (-E_F): store the H_Ry that reads back exactly.
+        shift = s * -np.array(ef_read) if ef_read != 0 else np.zeros_like(s)
+        for d in range(data.n_spin):
+            h = data.h[d, flat].astype(np.float64)
+            sparse["H"][d, :] = _preimage(h, lambda x: x * RY_TO_EV + shift, (h - shift) / RY_TO_EV)
+        nc["Ef"][:] = ef
+        cell, xyz = _geometry_bohr(data)
+        nc["cell"][:] = cell
+        nc["xa"][:] = xyz
+        nc.setncattr(_BASIS_ATTRIBUTE, data.basis.to_json())
+
+
+def write_hs(data: HSData, path: str | os.PathLike) -> Path:
+    """Write H and S as a SIESTA ``.TSHS`` or CDF ``.nc`` file, atomically (temp file + rename).
+
+    Reading the result back (with the same basis) gives the same H, S, E_F, geometry and
+    supercell bit for bit.  A ``.nc`` file also records the basis; a TSHS cannot.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileFormatError: an extension other than ``.TSHS``/``.nc``.
+    """
+    path = Path(path)
+    writers = {".TSHS": _write_tshs, ".nc": _write_nc}
+    writer = writers.get(path.suffix)
+    if writer is None:
+        raise FileFormatError("HForge writes .TSHS and .nc files", path=path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        writer(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+

@@ -1,0 +1,443 @@
+"""The dataset store: many structures' H and S in one HDF5 file, read lazily.
+
+Layout (``format = "hforge-hsstore"``, version 1)::
+
+    /                     attrs: format, version, basis (JSON), basis_hash, dtype, half
+    /manifest             JSON list, one entry per structure (name, source, source_sha256,
+                          n_atoms, species counts, n_orbitals, n_pairs, nnz, fermi_level, split, ...)
+    /structures/<name>/   cell, positions, species, pbc, nsc, edge_index, cell_shift, block_ptr,
+                          mask (np.packbits of HSData.mask), h (n_spin, nnz) and s (nnz,): the
+                          values inside the mask only; attrs fermi_level, source, n_values
+    /statistics/          the arrays of :class:`~hforge.io.statistics.StoreStatistics`
+
+Uncompressed datasets are contiguous and read through ``np.memmap``; a store
+written with ``compression`` is read through h5py.  With ``half=True`` only the canonical half
+of the pairs is stored and the partners are rebuilt as transposes on reading (H's asymmetry,
+~1e-8 eV in SIESTA output, is then dropped).
+
+Conversion (:func:`convert`) writes every structure to its own part file first (temp + rename,
+named by the SHA-256 of its source file), so a killed conversion resumes where it stopped;
+the store itself is assembled in a temp file and renamed, so a half-written store never
+appears.  Runs that fail (no output, unconverged SCF, unreadable or inconsistent files) are
+reported and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from hforge.basis import BasisSet
+from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
+from hforge.io.hsdata import HSData
+from hforge.io.runs import find_runs, run_output
+from hforge.io.siesta import read_hs
+from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
+
+__all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
+
+FORMAT = "hforge-hsstore"
+VERSION = 1
+_ARRAYS = ("cell", "positions", "species", "pbc", "nsc", "edge_index", "cell_shift", "block_ptr")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Structures with at most ``train_max_atoms`` atoms train, up to ``val_max_atoms`` validate,
+    larger ones test (train on small cells, judge transfer to large ones)."""
+
+    train_max_atoms: int = 32
+    val_max_atoms: int = 64
+
+    def __call__(self, n_atoms: int) -> str:
+        if n_atoms <= self.train_max_atoms:
+            return "train"
+        return "val" if n_atoms <= self.val_max_atoms else "test"
+
+
+# ---------------------------------------------------------------------------------------
+# writing one structure
+# ---------------------------------------------------------------------------------------
+def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, compression: str | None) -> None:
+    data = data.canonical_half() if half else data
+    options = {"compression": compression, "shuffle": True} if compression else {}
+    for name in _ARRAYS:
+        group.create_dataset(name, data=getattr(data, name))
+    group.create_dataset("h", data=data.h[:, data.mask].astype(dtype), **options)
+    group.create_dataset("s", data=data.s[data.mask].astype(dtype), **options)
+    group.create_dataset("mask", data=np.packbits(data.mask), **options)
+    group.attrs["n_values"] = data.n_values
+    group.attrs["fermi_level"] = data.fermi_level
+    group.attrs["source"] = data.source or ""
+
+
+def _array(dataset: Any, filename: str) -> np.ndarray:
+    """The dataset as an array: memory-mapped when contiguous and uncompressed."""
+    offset = dataset.id.get_offset() if dataset.chunks is None and dataset.compression is None else None
+    if offset is None or dataset.size == 0:
+        return dataset[()]
+    return np.memmap(filename, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
+
+
+def _read_structure(group: Any, basis: BasisSet, half: bool, filename: str) -> HSData:
+    arrays = {name: _array(group[name], filename) for name in _ARRAYS}
+    mask = np.unpackbits(group["mask"][()], count=int(group.attrs["n_values"])).astype(bool)
+    h_packed, s_packed = _array(group["h"], filename), _array(group["s"], filename)
+    h = np.zeros((h_packed.shape[0], len(mask)), dtype=h_packed.dtype)
+    h[:, mask] = h_packed
+    s = np.zeros(len(mask), dtype=s_packed.dtype)
+    s[mask] = s_packed
+    data = HSData(
+        basis=basis,
+        h=h,
+        s=s,
+        mask=mask,
+        fermi_level=float(group.attrs["fermi_level"]),
+        source=str(group.attrs["source"]) or None,
+        **arrays,
+    )
+    return data.expand_half() if half else data
+
+
+def _manifest_entry(name: str, data: HSData, sha: str) -> dict[str, Any]:
+    symbols = data.basis.symbols
+    counts = np.bincount(data.species, minlength=len(symbols))
+    return {
+        "name": name,
+        "source": data.source,
+        "source_sha256": sha,
+        "n_atoms": data.n_atoms,
+        "species": {symbols[k]: int(c) for k, c in enumerate(counts) if c},
+        "n_orbitals": data.n_orbitals,
+        "n_pairs": data.n_pairs,
+        "n_values": data.n_values,
+        "nnz": data.nnz,
+        "n_spin": data.n_spin,
+        "nsc": data.nsc.tolist(),
+        "fermi_level": data.fermi_level,
+    }
+
+
+def _save_statistics(h5: Any, stats: StoreStatistics) -> None:
+    group = h5.create_group("statistics")
+    for name in StoreStatistics.ARRAYS:
+        group.create_dataset(name, data=getattr(stats, name))
+
+
+def write_store(
+    path: str | os.PathLike,
+    structures: Iterable[tuple[str, HSData, str]],
+    *,
+    basis: BasisSet,
+    dtype: Any = np.float64,
+    half: bool = False,
+    compression: str | None = None,
+    split_rule: SplitRule = SplitRule(),
+    splits: dict[str, str] | None = None,
+) -> Path:
+    """Write ``(name, data, source_sha256)`` structures into a store at ``path``, atomically.
+
+    Every structure must use ``basis`` (same species indices).  Statistics and the manifest are
+    computed while writing.  ``splits`` overrides the split of named structures.
+    """
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    manifest = []
+    accumulator = StatisticsAccumulator(basis)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            root = h5.create_group("structures")
+            for name, data, sha in structures:
+                if data.basis.hash != basis.hash:
+                    raise BasisMismatchError(f"structure {name!r} uses another basis than the store", path=data.source)
+                _write_structure(root.create_group(name), data, np.dtype(dtype), half, compression)
+                accumulator.add(data)
+                entry = _manifest_entry(name, data, sha)
+                entry["split"] = (splits or {}).get(name) or split_rule(data.n_atoms)
+                manifest.append(entry)
+            h5.attrs.update(
+                {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "basis": basis.to_json(),
+                    "basis_hash": basis.hash,
+                    "dtype": np.dtype(dtype).name,
+                    "half": half,
+                    "split_rule": json.dumps(vars(split_rule)),
+                }
+            )
+            h5.create_dataset("manifest", data=json.dumps(manifest))
+            _save_statistics(h5, accumulator.result())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------
+class HSStore:
+    """A store opened read-only; structures are read on demand (memory-mapped when possible).
+
+    The HDF5 file is opened lazily in each process, so a store can be shared by the workers of
+    a torch ``DataLoader``.
+
+    Raises:
+        FileFormatError: the file is missing or not an HForge store.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileFormatError("no such store", path=self.path)
+        try:
+            with h5py.File(self.path, "r") as h5:
+                if h5.attrs.get("format") != FORMAT:
+                    raise FileFormatError("not an HForge store (no format attribute)", path=self.path)
+                self.version = int(h5.attrs["version"])
+                self.basis = BasisSet.from_json(h5.attrs["basis"])
+                self.dtype = np.dtype(h5.attrs["dtype"])
+                self.half = bool(h5.attrs["half"])
+                self.split_rule = SplitRule(**json.loads(h5.attrs["split_rule"]))
+                self.manifest: list[dict[str, Any]] = json.loads(h5["manifest"][()])
+                stats = {name: h5["statistics"][name][()] for name in StoreStatistics.ARRAYS}
+        except HForgeError:
+            raise
+        except Exception as exc:
+            raise FileFormatError(f"cannot read the store: {exc}", path=self.path) from exc
+        self.statistics = StoreStatistics(basis=self.basis, **stats)
+        self._h5: Any = None
+        self._pid: int | None = None
+
+    def _file(self) -> Any:
+        import h5py
+
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def names(self) -> list[str]:
+        return [entry["name"] for entry in self.manifest]
+
+    def split(self, split: str) -> list[int]:
+        """Indices of the structures of a split (``train``, ``val``, ``test``)."""
+        return [k for k, entry in enumerate(self.manifest) if entry["split"] == split]
+
+    def read(self, key: int | str) -> HSData:
+        """One structure as :class:`HSData` (H, S in the store's dtype)."""
+        name = self.manifest[key]["name"] if isinstance(key, (int, np.integer)) else key
+        return _read_structure(self._file()["structures"][name], self.basis, self.half, str(self.path))
+
+    def __getitem__(self, key: int | str) -> HSData:
+        return self.read(key)
+
+    def __iter__(self):
+        return (self.read(k) for k in range(len(self)))
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_h5"], state["_pid"] = None, None
+        return state
+
+    def __repr__(self) -> str:
+        splits = {s: len(self.split(s)) for s in ("train", "val", "test")}
+        return f"HSStore({str(self.path)!r}, {len(self)} structures {splits}, species {self.basis.symbols})"
+
+
+# ---------------------------------------------------------------------------------------
+# conversion of SIESTA runs
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did."""
+
+    store: Path
+    converted: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def n_structures(self) -> int:
+        return len(self.converted) + len(self.reused)
+
+
+def _merge_basis(merged: BasisSet | None, new: BasisSet, source: str) -> BasisSet:
+    """``merged`` extended by the species of ``new`` it lacks (same label must mean same basis)."""
+    if merged is None:
+        return new
+    extra = []
+    for sp in new:
+        if sp.symbol in merged:
+            if BasisSet((merged[sp.symbol],)).hash != BasisSet((sp,)).hash:
+                raise BasisMismatchError(f"species {sp.symbol!r} has another basis than in earlier runs", path=source)
+        else:
+            extra.append(sp)
+    return BasisSet(merged.species + tuple(extra)) if extra else merged
+
+
+def _remap(data: HSData, basis: BasisSet) -> HSData:
+    """The same structure with species indices into ``basis``."""
+    from dataclasses import replace
+
+    lookup = np.array([basis.index(s) for s in data.basis.symbols], dtype=np.int64)
+    return replace(data, basis=basis, species=lookup[data.species])
+
+
+def _run_name(run: Path, used: set[str]) -> str:
+    base = run.name.rsplit(".", 1)[0] if run.is_file() else run.name
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}-{k}"
+    used.add(name)
+    return name
+
+
+def convert(
+    inputs: Sequence[str | os.PathLike],
+    store: str | os.PathLike,
+    *,
+    basis: BasisSet | str | os.PathLike | None = None,
+    dtype: Any = np.float64,
+    half: bool = False,
+    compression: str | None = None,
+    split_rule: SplitRule = SplitRule(),
+    splits: dict[str, str] | None = None,
+    progress: bool = True,
+    on_skip: Callable[[str, HForgeError], None] | None = None,
+    relative_to: str | os.PathLike | None = None,
+) -> ConversionReport:
+    """Convert SIESTA runs (files or folders, searched recursively) into a store.
+
+    Args:
+        inputs: run folders, folders of run folders, or H/S files / fdfs.
+        store: the store file to write (replaced atomically at the end).
+        basis: a BasisSet or folder of ion files for every run; default: each run's own.
+        dtype: float64 (exact) or float32 (half the size).
+        half: store only the canonical half of the pairs.
+        compression: an h5py filter (``"gzip"``); compressed stores are not memory-mapped.
+        split_rule, splits: the split of each structure (by size, or by name).
+        progress: show a progress bar.
+        on_skip: called with (run, error) for each run that is skipped.
+        relative_to: record source paths relative to this folder (for stores that travel).
+
+    Returns:
+        A :class:`ConversionReport`; runs that failed are in ``skipped`` with the reason.
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    store = Path(store)
+    if isinstance(basis, (str, os.PathLike)):
+        basis = BasisSet.from_folder(basis)
+    parts = store.with_name(store.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    for stale in store.parent.glob(f".{store.name}.*.tmp"):
+        stale.unlink()
+    options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
+    old = HSStore(store) if store.is_file() else None
+    same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
+    old_by_sha = {e["source_sha256"]: e["name"] for e in old.manifest} if same_options else {}
+
+    report = ConversionReport(store)
+    done: list[tuple[str, Path]] = []
+    used: set[str] = set()
+    merged: BasisSet | None = basis
+    runs = find_runs(inputs)
+    for run in tqdm(runs, desc="converting SIESTA runs", unit="run", disable=not progress):
+        name = _run_name(run, used)
+        try:
+            source = run_output(run)
+            sha = file_sha256(source)
+            part = parts / f"{sha[:32]}-{options}.h5"
+            if part.is_file() and (basis is None or _part_basis(part).hash == basis.hash):
+                report.reused.append(name)
+            elif sha in old_by_sha and (basis is None or old.basis.hash == basis.hash):
+                _save_part(part, old.read(old_by_sha[sha]), dtype, half, sha)
+                report.reused.append(name)
+            else:
+                _save_part(part, read_hs(source, basis=basis), dtype, half, sha)
+                report.converted.append(name)
+            part_basis = _part_basis(part)
+            merged = _merge_basis(merged, part_basis, str(source))
+            done.append((name, part))
+        except HForgeError as exc:
+            report.skipped.append((str(run), str(exc)))
+            if on_skip is not None:
+                on_skip(str(run), exc)
+    if old is not None:
+        old.close()
+    if not done:
+        raise FileFormatError(f"no structure converted from {len(runs)} runs; nothing written", path=store)
+
+    def structures() -> Iterable[tuple[str, HSData, str]]:
+        for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
+            with h5py.File(part, "r") as h5:
+                data = _read_structure(h5["structure"], BasisSet.from_json(h5.attrs["basis"]), half, str(part))
+                data = _remap(data, merged)
+                source = Path(str(h5.attrs["source_path"]))
+                data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
+                yield name, data, str(h5.attrs["source_sha256"])
+
+    write_store(
+        store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
+        split_rule=split_rule, splits=splits,
+    )
+    shutil.rmtree(parts)
+    return report
+
+
+def _save_part(part: Path, data: HSData, dtype: Any, half: bool, sha: str) -> None:
+    """One structure in its own file, atomically."""
+    import h5py
+
+    tmp = part.with_name(f".{part.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
+            h5.attrs["basis"] = data.basis.to_json()
+            h5.attrs["source_path"] = data.source or ""
+            h5.attrs["source_sha256"] = sha
+        os.replace(tmp, part)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _part_basis(part: Path) -> BasisSet:
+    import h5py
+
+    with h5py.File(part, "r") as h5:
+        return BasisSet.from_json(h5.attrs["basis"])

@@ -1,0 +1,181 @@
+"""The dataset store: conversion of real SIESTA runs, resumability, atomicity, statistics, splits."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hforge.io.store as store_module
+from hforge.datasets import HSDataset, load
+from hforge.errors import ConvergenceError, FileFormatError
+from hforge.io import HSStore, SplitRule, convert, read_hs
+from hforge.io.runs import check_log, find_runs, run_output
+
+
+def copy_run(abn_dir: Path, name: str, dest: Path) -> Path:
+    run = dest / name
+    shutil.copytree(abn_dir / "runs" / name, run)
+    for f in run.iterdir():
+        f.chmod(0o644)
+    return run
+
+
+@pytest.fixture()
+def runs(abn_dir, tmp_path) -> Path:
+    """A folder of runs: two good aBN cells, an unconverged one, an unfinished one, one without output."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    shutil.copytree(abn_dir / "basis", tmp_path / "basis")  # the shared layout: runs/ beside basis/
+    for name in ("abn_8_0", "abn_8_1"):
+        copy_run(abn_dir, name, root)
+    bad = copy_run(abn_dir, "abn_8_2", root)
+    log = gzip.decompress((bad / "abn_8_2.out.gz").read_bytes()).decode()
+    cut = log.index("SCF Convergence by")
+    (bad / "abn_8_2.out.gz").write_bytes(
+        gzip.compress((log[:cut] + "SCF_NOT_CONV: SCF did not converge in maximum number of steps (required).\n").encode())
+    )
+    killed = copy_run(abn_dir, "abn_8_3", root)
+    (killed / "abn_8_3.out.gz").write_bytes(gzip.compress(log[: len(log) // 2].encode()))
+    empty = root / "abn_8_4"
+    empty.mkdir()
+    shutil.copy(abn_dir / "runs/abn_8_4/abn_8_4.fdf", empty)
+    return root
+
+
+def test_run_checks(runs):
+    assert [p.name for p in find_runs([runs])] == ["abn_8_0", "abn_8_1", "abn_8_2", "abn_8_3", "abn_8_4"]
+    assert run_output(runs / "abn_8_0").name == "abn_8_0.TSHS"
+    with pytest.raises(ConvergenceError, match="did not converge") as info:
+        run_output(runs / "abn_8_2")
+    assert "abn_8_2.out.gz" in str(info.value)
+    with pytest.raises(ConvergenceError, match="did not finish"):
+        run_output(runs / "abn_8_3")
+    with pytest.raises(ConvergenceError, match="no H/S output"):
+        run_output(runs / "abn_8_4")
+    plain = runs / "x.out"
+    plain.write_text("scf: 1\nSCF cycle converged after 11 iterations\nJob completed\n")
+    check_log(plain)
+
+
+def test_convert_reports_and_skips_bad_runs_and_stores_exact_data(runs, tmp_path, abn_dir):
+    skipped = []
+    report = convert([runs], tmp_path / "s.h5", progress=False, on_skip=lambda run, exc: skipped.append(type(exc)))
+    assert report.converted == ["abn_8_0", "abn_8_1"] and report.reused == []
+    assert [Path(run).name for run, _ in report.skipped] == ["abn_8_2", "abn_8_3", "abn_8_4"]
+    assert skipped == [ConvergenceError] * 3
+    assert not (tmp_path / "s.h5.parts").exists()
+    store = HSStore(tmp_path / "s.h5")
+    assert store.names == ["abn_8_0", "abn_8_1"] and store.basis.symbols == ["B", "N"]
+    for entry in store.manifest:
+        original = read_hs(runs / entry["name"] / f"{entry['name']}.TSHS")
+        stored = store.read(entry["name"])
+        for name in ("h", "s", "mask", "edge_index", "cell_shift", "block_ptr", "positions", "cell", "species", "nsc"):
+            np.testing.assert_array_equal(getattr(stored, name), getattr(original, name), err_msg=name)
+        assert stored.fermi_level == original.fermi_level and stored.basis == original.basis
+        assert entry["source_sha256"] == store_module.file_sha256(original.source)
+        assert entry["species"] == {"B": 4, "N": 4} and entry["split"] == "train" and entry["nnz"] == original.nnz
+
+
+def test_conversion_resumes_after_a_kill_and_never_leaves_a_half_store(runs, tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    real_read = store_module.read_hs
+    calls = []
+
+    def killed_on_second(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(store_module, "read_hs", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        convert([runs / "abn_8_0", runs / "abn_8_1"], out, progress=False)
+    assert not out.exists()
+    assert len(list((tmp_path / "s.h5.parts").glob("*.h5"))) == 1
+    assert not list(tmp_path.glob(".*tmp*")) and not list((tmp_path / "s.h5.parts").glob(".*tmp*"))
+    monkeypatch.setattr(store_module, "read_hs", real_read)
+    report = convert([runs / "abn_8_0", runs / "abn_8_1"], out, progress=False)
+    assert report.reused == ["abn_8_0"] and report.converted == ["abn_8_1"]
+    # adding a run to a finished store re-reads only the new one
+    (runs / "abn_8_2" / "abn_8_2.out.gz").unlink()
+    report = convert([runs], out, progress=False)
+    assert report.reused == ["abn_8_0", "abn_8_1"] and report.converted == ["abn_8_2"]
+    assert len(HSStore(out)) == 3
+
+
+def test_nothing_converted_writes_nothing(runs, tmp_path):
+    with pytest.raises(FileFormatError, match="nothing written"):
+        convert([runs / "abn_8_4"], tmp_path / "s.h5", progress=False)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_statistics_match_a_direct_computation(runs, tmp_path, siesta_fixtures):
+    convert([runs / "abn_8_0", runs / "abn_8_1"], tmp_path / "s.h5", progress=False)
+    store = HSStore(tmp_path / "s.h5")
+    data = [store.read(k) for k in range(len(store))]
+    stats = store.statistics
+    for symbol in ("B", "N"):
+        k = store.basis.index(symbol)
+        diagonals = np.array(
+            [np.diag(d.block(e, "h_unshifted")) for d in data for e in np.flatnonzero(d.onsite) if d.species[d.edge_index[0, e]] == k]
+        )
+        mean, std = stats.onsite_energies(symbol)
+        np.testing.assert_allclose(mean, diagonals.mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(std, diagonals.std(axis=0), rtol=1e-9)
+    # B-N off-site, shells 2pZ1 (index 2) x 2sZ1 (index 0): entries collected block by block
+    b, n = store.basis.index("B"), store.basis.index("N")
+    h_vals, s_vals = [], []
+    for d in data:
+        for e in np.flatnonzero(~d.onsite):
+            if tuple(d.species[d.edge_index[:, e]]) == (b, n):
+                rows, cols = slice(2, 5), slice(0, 1)
+                mask = d.mask[d.block_ptr[e] : d.block_ptr[e + 1]].reshape(13, 13)[rows, cols]
+                h_vals.append(d.block(e, "h_unshifted")[rows, cols][mask])
+                s_vals.append(d.block(e, "s")[rows, cols][mask])
+    h_vals, s_vals = np.concatenate(h_vals), np.concatenate(s_vals)
+    assert stats.block_count[0, b, n, 2, 0] == len(h_vals)
+    np.testing.assert_allclose(stats.h_mean[0, b, n, 2, 0], h_vals.mean(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.block_std("B", "N")[2, 0], h_vals.std(), rtol=1e-9)
+    np.testing.assert_allclose(stats.block_std("B", "N", matrix="s")[2, 0], s_vals.std(), rtol=1e-9)
+    assert "2sZ1" in stats.to_dict()["onsite_energies"]["B"]
+
+
+def test_splits_half_float32_and_torch_dataset(runs, tmp_path, abn_dir):
+    run16 = copy_run(abn_dir, "abn_16_0", runs)
+    out = tmp_path / "s.h5"
+    convert([runs / "abn_8_0", run16], out, progress=False, half=True, dtype=np.float32, split_rule=SplitRule(8, 16))
+    store = HSStore(out)
+    assert store.half and store.dtype == np.float32
+    assert [e["split"] for e in store.manifest] == ["train", "val"]
+    original = read_hs(run16 / "abn_16_0.TSHS")
+    stored = store.read("abn_16_0")
+    assert stored.h.dtype == np.float32
+    np.testing.assert_array_equal(stored.mask, original.mask)
+    np.testing.assert_array_equal(stored.edge_index, original.edge_index)
+    np.testing.assert_allclose(stored.h, original.h, rtol=0, atol=2e-6)  # float32 + SIESTA's 1e-8 asymmetry
+    np.testing.assert_allclose(stored.s, original.s, rtol=0, atol=1e-7)
+    full = (tmp_path / "full.h5")
+    convert([runs / "abn_8_0", run16], full, progress=False)
+    assert out.stat().st_size < 0.3 * full.stat().st_size
+
+    train = HSDataset(out, split="train")
+    assert len(train) == 1 and train[0].n_atoms == 8
+    everything = load(out)
+    loader = torch.utils.data.DataLoader(everything, batch_size=2, collate_fn=list)
+    (batch,) = list(loader)
+    assert [d.n_atoms for d in batch] == [8, 16]
+    clone = pickle.loads(pickle.dumps(everything.store))
+    np.testing.assert_array_equal(clone.read(1).h, stored.h)
+
+
+def test_not_a_store(tmp_path, siesta_fixtures):
+    with pytest.raises(FileFormatError, match="no such store"):
+        HSStore(tmp_path / "none.h5")
+    with pytest.raises(FileFormatError, match="cannot read the store|not an HForge store"):
+        HSStore(siesta_fixtures / "hBN/aiida.nc")
