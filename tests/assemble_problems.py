@@ -144,6 +144,8 @@ def shared_problems() -> list[Problem]:
                              name="row range, mask"),
         random_pairs_problem(rng, 6, n_pairs=20, orbital_choices=small, name="row range"),
         random_pairs_problem(rng, 3, reach=(1, 1, 0), n_pairs=8, orbital_choices=small, name="nsc given"),
+        random_pairs_problem(rng, 5, n_pairs=12, orbital_choices=(0, 2, 3), mask_fraction=0.7,
+                             name="atoms without orbitals, mask"),
     ]
     for problem in problems:  # short decimals keep the file small; parsing them is exact both sides
         problem.blocks[:] = np.round(problem.blocks, 3)

@@ -123,6 +123,7 @@ problem_parameters = st.fixed_dictionaries(
         "n_matrices": st.integers(1, 3),
         "mask_fraction": st.sampled_from([1.0, 0.7, 0.0]),
         "dtype": st.sampled_from([np.float64, np.float32]),
+        "orbital_choices": st.sampled_from([(1, 4, 9, 13), (0, 1, 5)]),  # 0: an atom without orbitals
     }
 )
 

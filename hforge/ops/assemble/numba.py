@@ -29,6 +29,8 @@ from hforge.ops.row_pointer import row_pointer
 
 __all__ = ["NumbaPlan", "fill_numba", "plan_numba"]
 
+_PARALLEL_SCAN_ROWS = 1 << 22
+
 
 @dataclass(frozen=True)
 class NumbaPlan:
@@ -114,6 +116,7 @@ def _describe_pairs(
         n_row = orbitals_per_atom[atom_begin + a]
         first_row = orbital_offset[atom_begin + a] - row_begin
         previous = -1
+        dense_count = 0
         for q in range(end - begin):
             p, source = begin + q, begin + order[q]
             if key[source] == previous:
@@ -124,14 +127,16 @@ def _describe_pairs(
             n_col[p] = orbitals_per_atom[col_atom]
             transposed[p] = slot[source] >= n_pairs
             block[p] = block_ptr[slot[source] - n_pairs] if transposed[p] else block_ptr[slot[source]]
+            if not masked:
+                dense_count += n_col[p]
+                continue
             for r in range(n_row):
-                if not masked:
-                    row_counts[first_row + r] += n_col[p]
-                    continue
                 src, step = _block_row(block[p], transposed[p], r, n_row, n_col[p])
                 for c in range(n_col[p]):
                     if mask[src + c * step]:
                         row_counts[first_row + r] += 1
+        if not masked:  # block-dense: every row of the atom holds the same columns
+            row_counts[first_row : first_row + n_row] = dense_count
     return first_col, block, transposed, n_col, row_counts, repeated.sum()
 
 
@@ -253,7 +258,10 @@ def plan_numba(inputs: AssemblyInputs) -> tuple[np.ndarray, NumbaPlan]:
     )
     if repeated:
         raise InputError("assemble_csr: a pair (i, j, n) is given twice (or with its partner (j, i, -n))")
-    return row_pointer(row_counts, backend="numba"), NumbaPlan(atom_pair_ptr, *descriptors)
+    # A parallel scan pays off only for millions of rows; below, one more parallel region costs
+    # more (on a loaded machine, milliseconds) than numpy's cumsum over the rows.
+    scan = "numba" if row_counts.shape[0] >= _PARALLEL_SCAN_ROWS else "torch"
+    return row_pointer(row_counts, backend=scan), NumbaPlan(atom_pair_ptr, *descriptors)
 
 
 def fill_numba(
