@@ -157,12 +157,35 @@ def _prefetch(typingctx, array, index):
         byte_pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
-        name = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+        # LLVM >= 17 reads every pointer as opaque `ptr`; older llvmlite builds emit typed `i8*`.
+        name = "llvm.prefetch.p0" if llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
         function = cgutils.get_or_insert_function(builder.module, function_type, name)
         builder.call(function, [byte_pointer, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
+
+
+@numba.njit(cache=True)
+def _probe_prefetch(array):
+    _prefetch(array, 0)
+
+
+@numba.njit(inline="always")
+def _no_prefetch(array, index):
+    pass
+
+
+def _checked_prefetch():
+    """``_prefetch``, or a no-op where this numba/LLVM cannot compile it (a hint only)."""
+    try:
+        _probe_prefetch(np.zeros(1))
+    except Exception:  # numba raises several error types for an intrinsic that LLVM rejects
+        return _no_prefetch
+    return _prefetch
+
+
+_block_prefetch = _checked_prefetch()
 
 
 @numba.njit(parallel=True, cache=True)
@@ -201,7 +224,7 @@ def _fill(
                 if r == 0:
                     for x in range(0, n_row * n_col, 8):  # 8 float64 to a 64-byte line
                         for k in range(n_matrices):
-                            _prefetch(blocks[k], pair_block[p] + x)
+                            _block_prefetch(blocks[k], pair_block[p] + x)
                 src, step = _block_row(pair_block[p], pair_transposed[p], r, n_row, n_col)
                 if masked:
                     for c in range(n_col):
