@@ -26,7 +26,10 @@ from hforge.errors import (
 __version__ = "0.1.0"
 
 # Public names resolved on first use, so that ``import hforge`` stays cheap.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "assemble_csr": "hforge.ops.assemble",
+    "plan_csr_assembly": "hforge.ops.assemble",
+}
 
 __all__ = [
     "__version__",

@@ -207,6 +207,25 @@ def test_row_ranges_equal_slices_of_the_whole(backend):
     np.testing.assert_array_equal(data, whole.data)
 
 
+def test_row_ranges_stream_into_memory_maps(tmp_path):
+    """Chunked assembly straight into .npy files on disk, as a huge cell would be written."""
+    problem = random_pairs_problem(np.random.default_rng(8), 7, n_pairs=30)
+    whole = plan_csr_assembly(**problem.kwargs())
+    want = whole.fill(problem.blocks)
+    indices = np.lib.format.open_memmap(tmp_path / "indices.npy", "w+", np.int32, (whole.nnz,))
+    data = np.lib.format.open_memmap(tmp_path / "data.npy", "w+", np.float64, (whole.nnz, 2))
+    first_row = np.concatenate([[0], np.cumsum(problem.orbitals_per_atom)])
+    problem.nsc = whole.nsc
+    for begin, end in [(0, 4), (4, 7)]:
+        part = plan_csr_assembly(**problem.kwargs(), atoms=(begin, end))
+        start = whole.indptr[first_row[begin]]
+        part.fill(problem.blocks, indices_out=indices[start : start + part.nnz], data_out=data[start : start + part.nnz])
+    indices.flush()
+    data.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "indices.npy"), want.indices)
+    np.testing.assert_array_equal(np.load(tmp_path / "data.npy"), want.data)
+
+
 def test_row_range_needs_only_the_pairs_touching_it():
     problem = random_pairs_problem(np.random.default_rng(5), 8, n_pairs=40)
     whole = assemble(problem, "numba")

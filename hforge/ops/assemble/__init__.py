@@ -76,6 +76,11 @@ class AssemblyPlan:
         """First orbital row of the range."""
         return self.inputs.row_begin
 
+    @property
+    def nsc(self) -> tuple[int, int, int]:
+        """Supercells per lattice direction (given, or chosen from the pairs)."""
+        return self.inputs.nsc
+
     def fill(
         self,
         blocks: Sequence[Any] | Any,

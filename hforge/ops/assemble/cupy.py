@@ -76,7 +76,7 @@ def plan_cupy(inputs: AssemblyInputs) -> tuple[Any, CupyPlan]:
     )
     order = cupy.argsort(keys)
     keys = keys[order]
-    n_directed = int(cupy.searchsorted(keys, _NO_PAIR))
+    n_directed = int(cupy.count_nonzero(keys != _NO_PAIR))  # HF_NO_PAIR sorts last
     keys, slots = keys[:n_directed], order[:n_directed]
     if n_directed > 1 and bool((keys[1:] == keys[:-1]).any()):
         raise InputError("assemble_csr: a pair (i, j, n) is given twice (or with its partner (j, i, -n))")
