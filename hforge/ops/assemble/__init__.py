@@ -31,6 +31,7 @@ import numpy as np
 from hforge.errors import InputError
 from hforge.ops.assemble.csr import AssembledCSR
 from hforge.ops.assemble.layout import (
+    INT32_MAX,
     AssemblyInputs,
     array_module,
     check_assembly_inputs,
@@ -45,7 +46,7 @@ __all__ = ["AssembledCSR", "AssemblyPlan", "assemble_csr", "is_canonical", "plan
 _IMPLEMENTED = ("cupy", "numba", "torch")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AssemblyPlan:
     """The CSR pattern of the rows of an atom range: everything but the values.
 
@@ -143,8 +144,8 @@ def _check_output(indices: Any, data: Any, nnz: int, n_matrices: int, dtype: Any
         raise InputError("assemble_csr: output buffers must live where the inputs do (numpy or cupy)")
     if indices.shape != (nnz,) or indices.dtype not in (np.int32, np.int64) or not indices.flags.c_contiguous:
         raise InputError(f"assemble_csr: indices_out must be C-contiguous int32/int64 of shape ({nnz},)")
-    if indices.dtype == np.int32 and n_cols > np.iinfo(np.int32).max:
-        raise InputError(f"assemble_csr: {n_cols} columns do not fit int32 indices")
+    if indices.dtype == np.int32 and max(n_cols, nnz) > INT32_MAX:
+        raise InputError(f"assemble_csr: {n_cols} columns or {nnz} nonzeros do not fit int32 indices")
     if data.shape != (nnz, n_matrices) or data.dtype != dtype or not data.flags.c_contiguous:
         raise InputError(f"assemble_csr: data_out must be C-contiguous {dtype} of shape ({nnz}, {n_matrices})")
 

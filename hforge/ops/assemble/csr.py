@@ -17,7 +17,7 @@ def _host(array: Any) -> np.ndarray:
     return array.get() if hasattr(array, "get") else array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AssembledCSR:
     """K sparse matrices on one CSR pattern, laid out as sisl's ``SparseCSR``.
 

@@ -29,7 +29,7 @@ _FILL_KERNELS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CupyPlan:
     """Directed pairs sorted by key (row atom, supercell, column atom) and their column offsets.
 

@@ -53,7 +53,7 @@ def default_index_dtype(n_cols: int, nnz: int) -> np.dtype:
     return np.dtype(np.int32) if max(n_cols, nnz) <= INT32_MAX else np.dtype(np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AssemblyInputs:
     """A validated assembly problem (all arrays C-contiguous, of one array library).
 

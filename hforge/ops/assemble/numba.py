@@ -32,7 +32,7 @@ __all__ = ["NumbaPlan", "fill_numba", "plan_numba"]
 _PARALLEL_SCAN_ROWS = 1 << 22
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NumbaPlan:
     """Directed pairs of the atom range, grouped by row atom, in column order.
 
