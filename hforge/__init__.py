@@ -32,6 +32,8 @@ _LAZY: dict[str, str] = {
     "HSData": "hforge.io",
     "read_hs": "hforge.io",
     "write_hs": "hforge.io",
+    "assemble_csr": "hforge.ops.assemble",
+    "plan_csr_assembly": "hforge.ops.assemble",
 }
 
 __all__ = [

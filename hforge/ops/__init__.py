@@ -3,7 +3,18 @@
 Each op takes ``backend="auto" | "torch" | "numba" | "triton" | "cupy"``; see :mod:`hforge.ops.backends`.
 """
 
+from hforge.ops.assemble import AssembledCSR, AssemblyPlan, assemble_csr, plan_csr_assembly
 from hforge.ops.backends import BACKENDS, BackendStatus, backend_status, resolve_backend
 from hforge.ops.row_pointer import row_pointer
 
-__all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "row_pointer"]
+__all__ = [
+    "BACKENDS",
+    "AssembledCSR",
+    "AssemblyPlan",
+    "BackendStatus",
+    "assemble_csr",
+    "backend_status",
+    "plan_csr_assembly",
+    "resolve_backend",
+    "row_pointer",
+]

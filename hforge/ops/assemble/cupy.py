@@ -1,0 +1,117 @@
+"""GPU CSR assembly: launches ``kernels/assemble.cu`` through CuPy (launch sequence documented there).
+
+The host build of the same kernels, driven in the same order by
+``kernels/host/test_assemble.cpp``, is what the CPU-only CI tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hforge.errors import InputError
+from hforge.ops._cuda import load_module
+from hforge.ops.assemble.layout import AssemblyInputs
+from hforge.ops.row_pointer import row_pointer
+
+__all__ = ["CupyPlan", "fill_cupy", "plan_cupy"]
+
+_THREADS_PER_BLOCK = 256
+_MAX_BLOCKS = 1 << 20  # the fill kernel strides over the rest
+_NO_PAIR = np.iinfo(np.int64).max
+_FILL_KERNELS = {
+    (np.dtype(np.float64), np.dtype(np.int32)): "hf_assemble_fill_f64_i32",
+    (np.dtype(np.float64), np.dtype(np.int64)): "hf_assemble_fill_f64_i64",
+    (np.dtype(np.float32), np.dtype(np.int32)): "hf_assemble_fill_f32_i32",
+    (np.dtype(np.float32), np.dtype(np.int64)): "hf_assemble_fill_f32_i64",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class CupyPlan:
+    """Directed pairs sorted by key (row atom, supercell, column atom) and their column offsets.
+
+    Attributes:
+        keys: ``(D,)`` int64 sorted keys.
+        slots: ``(D,)`` int64, ``e`` for block e as it is, ``E + e`` for its transpose.
+        pair_offsets: ``(D,)`` int64 offset of each block within its rows, or, with a mask,
+            ``(D * max_orbitals,)`` per block row.
+    """
+
+    keys: Any
+    slots: Any
+    pair_offsets: Any
+
+
+def _grid(n_threads: int) -> tuple[int]:
+    return (max(1, min(_MAX_BLOCKS, -(-n_threads // _THREADS_PER_BLOCK))),)
+
+
+def _mask_pointer(inputs: AssemblyInputs) -> Any:
+    import cupy
+
+    return cupy.uint64(0) if inputs.mask is None else inputs.mask
+
+
+def plan_cupy(inputs: AssemblyInputs) -> tuple[Any, CupyPlan]:
+    """Keys, sort, row counts and ``indptr`` (int64, on the GPU) of the atom range.
+
+    Raises:
+        InputError: a pair given twice (two blocks for the same rows and columns).
+    """
+    import cupy
+
+    module = load_module("assemble")
+    i64 = cupy.int64
+    n_pairs, n_atoms = inputs.n_pairs, inputs.n_atoms
+    n_range = inputs.atom_end - inputs.atom_begin
+    keys = cupy.empty(2 * n_pairs, dtype=i64)
+    module.get_function("hf_assemble_pair_keys")(
+        _grid(n_pairs),
+        (_THREADS_PER_BLOCK,),
+        (inputs.edge_index, inputs.cell_shift, i64(n_pairs), inputs.sc_lookup, *map(i64, inputs.nsc),
+         i64(n_atoms), i64(inputs.atom_begin), i64(inputs.atom_end), keys),
+    )
+    order = cupy.argsort(keys)
+    keys = keys[order]
+    n_directed = int(cupy.count_nonzero(keys != _NO_PAIR))  # HF_NO_PAIR sorts last
+    keys, slots = keys[:n_directed], order[:n_directed]
+    if n_directed > 1 and bool((keys[1:] == keys[:-1]).any()):
+        raise InputError("assemble_csr: a pair (i, j, n) is given twice (or with its partner (j, i, -n))")
+    atom_pair_ptr = cupy.searchsorted(keys, cupy.arange(n_range + 1, dtype=i64) * (n_atoms * inputs.n_supercells))
+    max_orbitals = inputs.max_orbitals
+    row_counts = cupy.zeros(inputs.n_rows, dtype=i64)
+    pair_offsets = cupy.empty(n_directed * (1 if inputs.mask is None else max_orbitals), dtype=i64)
+    module.get_function("hf_assemble_row_counts")(
+        _grid(n_range * max_orbitals),
+        (_THREADS_PER_BLOCK,),
+        (keys, slots, atom_pair_ptr, i64(n_range), i64(max_orbitals), inputs.orbitals_per_atom,
+         inputs.orbital_offset, i64(inputs.atom_begin), i64(n_atoms), i64(n_pairs), inputs.block_ptr,
+         _mask_pointer(inputs), row_counts, pair_offsets),
+    )
+    return row_pointer(row_counts, backend="cupy"), CupyPlan(keys, slots, pair_offsets)
+
+
+def fill_cupy(
+    inputs: AssemblyInputs, plan: CupyPlan, indptr: Any, blocks: tuple[Any, ...], indices: Any, data: Any
+) -> None:
+    """Write column indices and the ``(nnz, K)`` values of the planned rows into ``indices`` and ``data``."""
+    import cupy
+
+    name = _FILL_KERNELS.get((np.dtype(data.dtype), np.dtype(indices.dtype)))
+    if name is None:
+        raise InputError(f"assemble_csr (cupy): no kernel for values {data.dtype} with indices {indices.dtype}")
+    i64 = cupy.int64
+    block_pointers = cupy.asarray([b.data.ptr for b in blocks], dtype=cupy.uint64)
+    max_orbitals = inputs.max_orbitals
+    n_directed = int(plan.keys.shape[0])
+    load_module("assemble").get_function(name)(
+        _grid(n_directed * max_orbitals * max_orbitals),
+        (_THREADS_PER_BLOCK,),
+        (plan.keys, plan.slots, i64(n_directed), i64(max_orbitals), inputs.orbitals_per_atom, inputs.orbital_offset,
+         i64(inputs.atom_begin), i64(inputs.n_atoms), i64(inputs.n_supercells), i64(inputs.n_pairs),
+         inputs.block_ptr, _mask_pointer(inputs), plan.pair_offsets, block_pointers, i64(len(blocks)), indptr,
+         indices, data),
+    )
