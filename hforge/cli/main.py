@@ -8,6 +8,8 @@ import typer
 
 from hforge.cli.demo import demo
 from hforge.cli.info import info
+from hforge.cli.siesta_runs import run_command, siesta_inputs_command
+from hforge.cli.structure import abn_command
 
 app = typer.Typer(
     name="hforge",
@@ -33,6 +35,16 @@ def info_command(as_json: bool = typer.Option(False, "--json", help="Print JSON 
 def demo_command(out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder.")) -> None:
     """The README's main job."""
     demo(out)
+
+
+data_app = typer.Typer(help="SIESTA data: run inputs, runs, stores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+data_app.command("siesta-inputs")(siesta_inputs_command)
+data_app.command("run")(run_command)
+
+structure_app = typer.Typer(help="Atomic structures: generators.", no_args_is_help=True)
+app.add_typer(structure_app, name="structure")
+structure_app.command("abn")(abn_command)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ reference cells), so numbers from :func:`structure_statistics` compare one-to-on
   Tersoff cut-off is 1.95-2.00 Å), so any cut-off in that gap gives the same bonds;
 - coordination = number of bonds of an atom; homonuclear fraction = B-B and N-N bonds / all bonds;
 - density from ASE's atomic masses (B 10.81, N 14.007 u) and the cell volume;
-- the RDF is a histogram of all pair distances in 0.02 Å bins from 0, normalised by the shell volume
-  4πr²Δr; its first peak is the centre of its highest bin below ``rdf_rmax`` = 3 Å.
+- the RDF is a histogram of all pair distances in 0.02 Å bins from 0 to ``rdf_rmax`` = 3 Å, normalised
+  by the shell volume 4πr²Δr; its first peak is the centre of its highest bin below the bond cut-off
+  (the first coordination shell; in a crystal the second shell's bin can be higher).
 
 Neighbours come from vesin directly (this layer does not import :mod:`hforge.graph`).
 """
@@ -47,7 +48,7 @@ class StructureStatistics:
         n_bonds: number of bonds (each periodic image counted once).
         mean_BN_bond: mean length of the heteronuclear (B-N) bonds; NaN if there is none.
         dmin: shortest interatomic distance, periodic images included; inf if none below ``rdf_rmax``.
-        rdf_first_peak: position of the RDF's highest bin below ``rdf_rmax`` (bin centre); NaN if none.
+        rdf_first_peak: centre of the RDF's highest bin below the bond cut-off; NaN without bonds.
     """
 
     natoms: int
@@ -145,6 +146,7 @@ def structure_statistics(
     symbols = np.array(atoms.get_chemical_symbols())
     by_species = {str(s): float(coordination[symbols == s].mean()) for s in dict.fromkeys(symbols)}
     r, g = _rdf(d[d < rdf_rmax], n, _number_density(atoms), rdf_rmax, rdf_bin)
+    first_shell = np.where(r < bond_cutoff, g, 0.0)
     mass_g = atoms.get_masses().sum() * _AMU_G
     return StructureStatistics(
         natoms=n,
@@ -156,5 +158,5 @@ def structure_statistics(
         n_bonds=int(bond.sum()),
         mean_BN_bond=float(d[bond][~homonuclear].mean()) if (~homonuclear).any() else float("nan"),
         dmin=float(d.min()) if len(d) else float("inf"),
-        rdf_first_peak=float(r[np.argmax(g)]) if g.any() else float("nan"),
+        rdf_first_peak=float(r[np.argmax(first_shell)]) if first_shell.any() else float("nan"),
     )
