@@ -26,7 +26,14 @@ from hforge.errors import (
 __version__ = "0.1.0"
 
 # Public names resolved on first use, so that ``import hforge`` stays cheap.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "amorphous_bn": "hforge.structures",
+    "structure_statistics": "hforge.structures",
+    "validate_structure": "hforge.structures",
+    "neighbour_list": "hforge.graph",
+    "orbital_pair_list": "hforge.graph",
+    "PairList": "hforge.graph",
+}
 
 __all__ = [
     "__version__",

@@ -21,7 +21,7 @@ def siesta_inputs_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace run folders whose input differs."),
 ) -> None:
     """Write one SIESTA run folder per structure with exactly the template's settings (geometry replaced)."""
-    from hforge.io.siesta_runs import write_siesta_inputs
+    from hforge.datasets.siesta_runs import write_siesta_inputs
 
     with user_errors():
         folders = write_siesta_inputs(structures, template, out, basis=basis, overwrite=overwrite)
@@ -33,7 +33,7 @@ def run_command(
     siesta: str | None = typer.Option(None, "--siesta", help="SIESTA command (default: $SIESTA, else `siesta`)."),
 ) -> None:
     """Run the unfinished SIESTA runs one by one (resumable); report unconverged and failed runs."""
-    from hforge.io.siesta_runs import run_siesta
+    from hforge.datasets.siesta_runs import run_siesta
 
     with user_errors():
         statuses = run_siesta(out, executable=siesta)
