@@ -7,7 +7,8 @@ neighbour counts are those of aBN. Two searches:
 - ``orbital``: per-species-pair cut-offs r_i + r_j of the aBN DZP basis (B-B 7.48, B-N 6.52,
   N-N 5.56 Å), the blocks of S; ASE and matscipy take them as a dict of element-pair cut-offs.
 
-hforge's lists are sorted by (i, j, n) and hold int64 indices; the baselines are unsorted. vesin
+hforge's lists are sorted by (i, j, n) and hold int64 indices (``hforge-unsorted``: ``sort=False``);
+the baselines are unsorted; ``vesin-raw`` is vesin alone, without hforge's filtering and int64 copies. vesin
 (inside hforge) uses all cores unless OMP_NUM_THREADS is set; ASE and matscipy use one. Run:
 
     .venv/bin/python -m pytest benchmarks/bench_graph.py --benchmark-only --benchmark-group-by=group,func,param:cell
@@ -32,58 +33,47 @@ def cell(request):
     return random_bn_cell(request.param, density=2.2, seed=0)
 
 
-def run(benchmark, function, n_atoms):
-    rounds = 5 if n_atoms <= 10_000 else 2
-    return benchmark.pedantic(function, rounds=rounds, iterations=1, warmup_rounds=0)
+def searches(atoms, cutoff):
+    """``library -> callable returning the pair count`` for one cut-off (float or element-pair dict)."""
+    from ase.neighborlist import neighbor_list as ase_list
+    from matscipy.neighbours import neighbour_list as matscipy_list
+    from vesin import NeighborList
 
-
-def species_of(atoms):
-    return (atoms.numbers == 7).astype(np.int64)
-
-
-@pytest.mark.benchmark(group="graph")
-@pytest.mark.parametrize("library", ["hforge", "vesin-raw", "matscipy", "ase"])
-def test_model_cutoff(benchmark, cell, library):
-    n = len(cell)
-    if library == "ase" and n > 10_000:
-        pytest.skip("ASE needs minutes and >10 GB at 10^5 atoms")
-    positions, box, pbc = cell.positions, cell.cell.array, cell.pbc
-    if library == "hforge":
-        pairs = run(benchmark, lambda: neighbour_list(positions, box, pbc, MODEL_CUTOFF), n)
-        count = pairs.n_pairs
-    elif library == "vesin-raw":
-        from vesin import NeighborList
-
-        search = NeighborList(cutoff=MODEL_CUTOFF, full_list=True)
-        count = len(run(benchmark, lambda: search.compute(positions, box, pbc, "ijSdD"), n)[0])
-    elif library == "matscipy":
-        from matscipy.neighbours import neighbour_list as matscipy_list
-
-        count = len(run(benchmark, lambda: matscipy_list("ijSdD", cell, MODEL_CUTOFF), n)[0])
-    else:
-        from ase.neighborlist import neighbor_list as ase_list
-
-        count = len(run(benchmark, lambda: ase_list("ijSdD", cell, MODEL_CUTOFF), n)[0])
-    benchmark.extra_info.update(n_atoms=n, n_pairs=count, pairs_per_atom=count / n)
-
-
-@pytest.mark.benchmark(group="graph")
-@pytest.mark.parametrize("library", ["hforge", "matscipy", "ase"])
-def test_orbital_cutoffs(benchmark, cell, library):
-    n = len(cell)
-    if library == "ase" and n > 10_000:
-        pytest.skip("ASE needs minutes and >10 GB at 10^5 atoms")
-    positions, box, pbc = cell.positions, cell.cell.array, cell.pbc
-    if library == "hforge":
+    positions, box, pbc = atoms.positions, atoms.cell.array, atoms.pbc
+    if isinstance(cutoff, dict):
         radii = np.array([RADII["B"], RADII["N"]])
-        species = species_of(cell)
-        count = run(benchmark, lambda: orbital_pair_list(positions, box, pbc, species, radii, onsite=False), n).n_pairs
-    elif library == "matscipy":
-        from matscipy.neighbours import neighbour_list as matscipy_list
-
-        count = len(run(benchmark, lambda: matscipy_list("ijSdD", cell, PAIR_CUTOFFS), n)[0])
+        species = (atoms.numbers == 7).astype(np.int64)
+        ours = lambda sort: orbital_pair_list(positions, box, pbc, species, radii, onsite=False, sort=sort).n_pairs  # noqa: E731
     else:
-        from ase.neighborlist import neighbor_list as ase_list
+        ours = lambda sort: neighbour_list(positions, box, pbc, cutoff, sort=sort).n_pairs  # noqa: E731
+    calls = {
+        "hforge": lambda: ours(True),
+        "hforge-unsorted": lambda: ours(False),
+        "matscipy": lambda: len(matscipy_list("ijSdD", atoms, cutoff)[0]),
+        "ase": lambda: len(ase_list("ijSdD", atoms, cutoff)[0]),
+    }
+    if not isinstance(cutoff, dict):
+        search = NeighborList(cutoff=cutoff, full_list=True)
+        calls["vesin-raw"] = lambda: len(search.compute(positions, box, pbc, "ijSdD")[0])
+    return calls
 
-        count = len(run(benchmark, lambda: ase_list("ijSdD", cell, PAIR_CUTOFFS), n)[0])
+
+def measure(benchmark, atoms, cutoff, library):
+    n = len(atoms)
+    if library == "ase" and n > 10_000:
+        pytest.skip("ASE needs minutes and >10 GB at 10^5 atoms")
+    rounds = 5 if n <= 10_000 else 2
+    count = benchmark.pedantic(searches(atoms, cutoff)[library], rounds=rounds, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update(n_atoms=n, n_pairs=count, pairs_per_atom=count / n)
+
+
+@pytest.mark.benchmark(group="graph")
+@pytest.mark.parametrize("library", ["hforge", "hforge-unsorted", "vesin-raw", "matscipy", "ase"])
+def test_model_cutoff(benchmark, cell, library):
+    measure(benchmark, cell, MODEL_CUTOFF, library)
+
+
+@pytest.mark.benchmark(group="graph")
+@pytest.mark.parametrize("library", ["hforge", "hforge-unsorted", "matscipy", "ase"])
+def test_orbital_cutoffs(benchmark, cell, library):
+    measure(benchmark, cell, PAIR_CUTOFFS, library)

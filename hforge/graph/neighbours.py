@@ -125,30 +125,34 @@ def neighbour_list(
     n_atoms = len(positions)
     largest, matrix, species = _cutoff_matrix(cutoff, species, n_atoms)
     search = NeighborList(cutoff=largest, full_list=not half)
-    i, j, shift, distance, vector = search.compute(positions, cell, pbc, "ijSdD")
-    i, j, shift = i.astype(np.int64), j.astype(np.int64), shift.astype(np.int64)
-    keep = distance < (largest if matrix is None else matrix[species[i], species[j]])
-    if not keep.all():
-        i, j, shift, distance, vector = i[keep], j[keep], shift[keep], distance[keep], vector[keep]
+    # copy=False: views into `search`, copied below by the filter/sort/astype before it is freed.
+    i, j, shift, distance = search.compute(positions, cell, pbc, "ijSd", copy=False)
+    keep = np.flatnonzero(distance < (largest if matrix is None else matrix[species[i], species[j]]))
+    i, j, shift = i.take(keep).astype(np.int64), j.take(keep).astype(np.int64), shift.take(keep, axis=0)
+    shift = shift.astype(np.int64)
+    del search
     if half:
         flip = (i > j) | ((i == j) & _lexicographically_negative(shift))
         i, j = np.where(flip, j, i), np.where(flip, i, j)
         shift[flip] *= -1
-        vector[flip] *= -1
     if onsite:
         atoms = np.arange(n_atoms, dtype=np.int64)
         i, j = np.concatenate([i, atoms]), np.concatenate([j, atoms])
         shift = np.concatenate([shift, np.zeros((n_atoms, 3), dtype=np.int64)])
-        distance = np.concatenate([distance, np.zeros(n_atoms)])
-        vector = np.concatenate([vector, np.zeros((n_atoms, 3))])
     if sort:
         order = _sort_order(i, j, shift, n_atoms)
-        i, j, shift, distance, vector = i[order], j[order], shift[order], distance[order], vector[order]
+        i, j, shift = i.take(order), j.take(order), shift.take(order, axis=0)
+    # The geometry from its definition, r_ij = x_j + n @ cell - x_i, for the kept pairs only
+    # (broadcast products: a (E, 3) @ (3, 3) matmul is many times slower).
+    vector = positions.take(j, axis=0) - positions.take(i, axis=0)
+    for axis in np.flatnonzero(pbc):
+        vector += shift[:, axis, None] * cell[axis]
+    distance = np.sqrt(np.einsum("ij,ij->i", vector, vector))
     return PairList(
         edge_index=np.stack([i, j]),
-        cell_shift=np.ascontiguousarray(shift),
-        distances=np.ascontiguousarray(distance),
-        vectors=np.ascontiguousarray(vector),
+        cell_shift=shift,
+        distances=distance,
+        vectors=vector,
         n_atoms=n_atoms,
         half=half,
     )
