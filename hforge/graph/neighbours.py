@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hforge.errors import InputError
+from hforge.graph._sort import radix_argsort
 from hforge.structures.validate import check_arrays
 
 __all__ = ["PairList", "neighbour_list", "orbital_pair_list"]
@@ -75,16 +76,20 @@ def _lexicographically_negative(shift: np.ndarray) -> np.ndarray:
     return shift[np.arange(len(shift)), first] < 0
 
 
+_RADIX_MIN_PAIRS = 200_000  # below this np.argsort is as fast (and needs no compilation)
+
+
 def _sort_order(i: np.ndarray, j: np.ndarray, shift: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Order of the pairs by ``(i, j, n0, n1, n2)``, through one int64 key where it fits."""
+    """Order of the pairs by ``(i, j, n0, n1, n2)``: one int64 key where it fits, radix-sorted when large."""
     if len(i) == 0:
         return np.zeros(0, dtype=np.int64)
     low = shift.min(axis=0)
     span = shift.max(axis=0) - low + 1
-    if float(n_atoms) ** 2 * float(np.prod(span)) < 2.0**62:
-        code = ((shift[:, 0] - low[0]) * span[1] + (shift[:, 1] - low[1])) * span[2] + (shift[:, 2] - low[2])
-        return np.argsort((i * n_atoms + j) * int(np.prod(span)) + code)
-    return np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
+    if float(n_atoms) ** 2 * float(np.prod(span)) >= 2.0**62:
+        return np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
+    code = ((shift[:, 0] - low[0]) * span[1] + (shift[:, 1] - low[1])) * span[2] + (shift[:, 2] - low[2])
+    key = (i * n_atoms + j) * int(np.prod(span)) + code
+    return radix_argsort(key) if len(key) >= _RADIX_MIN_PAIRS else np.argsort(key)
 
 
 def neighbour_list(
