@@ -237,3 +237,12 @@ def test_cli_structure_abn_writes_any_ase_format(tmp_path):
     assert result.exit_code == 1 and "even" in result.output
     result = CliRunner().invoke(app, ["structure", "abn", "8", "-o", str(tmp_path / "x.nope")])
     assert result.exit_code == 1 and "cannot write" in result.output
+
+
+def test_progress_chunks_do_not_change_the_trajectory(small_cells, monkeypatch):
+    """The MD runs in chunks (for the progress bar) that LAMMPS treats as one run: bit-identical cells."""
+    import hforge.structures.amorphous as generator
+
+    monkeypatch.setattr(generator, "_CHUNK_STEPS", 10**9)
+    single_run = amorphous_bn(8, seed=1, protocol="fast", progress=False)
+    np.testing.assert_array_equal(single_run.positions, small_cells[(8, 1)].positions)

@@ -198,10 +198,12 @@ def _run_chunked(lmp, steps: int, progress: _Progress) -> None:
         progress.update(chunk)
 
 
-def _minimise(lmp, force_tolerance: float, max_iterations: int, progress: _Progress) -> None:
-    """CG until the largest force component is below ``force_tolerance`` eV/Å (or CG stalls)."""
+def _minimise(lmp, force_tolerance: float, max_iterations: int, progress: _Progress) -> int:
+    """CG until the largest force component is below ``force_tolerance`` eV/Å (or CG stalls); iterations done."""
+    start = int(lmp.get_thermo("step"))
     lmp.command(f"minimize 0.0 {force_tolerance:g} {max_iterations} {10 * max_iterations}")
     progress.update(1)
+    return int(lmp.get_thermo("step")) - start
 
 
 def amorphous_bn(
@@ -229,7 +231,8 @@ def amorphous_bn(
         ``ase.Atoms``: cubic periodic cell, B atoms first then N (SIESTA species order), positions
         wrapped into the cell. ``atoms.info`` holds ``seed``, ``target_density_g_cm3``, ``potential``,
         ``protocol``, ``epot_eV_per_atom``, ``final_fmax_eV_A``, ``melt_temperature_end_K``,
-        ``melt_msd_A2`` and ``md_seconds``, as in ``shared/abn/structures/*.xyz``.
+        ``melt_msd_A2`` (as in ``shared/abn/structures/*.xyz``), ``final_cg_iterations`` and
+        ``md_seconds`` (wall time).
 
     Raises:
         InputError: odd or too small ``n_atoms``, density out of range, unknown protocol.
@@ -281,7 +284,7 @@ def amorphous_bn(
                     melt_msd = float(lmp.numpy.extract_compute("msd", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)[3])
             lmp.commands_list(["unfix nve", "uncompute msd"])
             bar.phase("minimise")
-            _minimise(lmp, protocol.force_tolerance, protocol.max_iterations, bar)
+            iterations = _minimise(lmp, protocol.force_tolerance, protocol.max_iterations, bar)
             atoms, fmax = _extract(lmp, start.cell.array)
             epot = float(lmp.get_thermo("pe")) / n_atoms
     finally:
@@ -294,6 +297,7 @@ def amorphous_bn(
         protocol=protocol.description(),
         epot_eV_per_atom=epot,
         final_fmax_eV_A=fmax,
+        final_cg_iterations=iterations,
         melt_temperature_end_K=melt_temperature_end,
         melt_msd_A2=melt_msd,
         md_seconds=time.perf_counter() - began,
