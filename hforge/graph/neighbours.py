@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hforge.errors import InputError
-from hforge.graph._sort import radix_argsort
+from hforge.graph._kernels import canonical_pairs, gather_pairs, pair_order
 from hforge.structures.validate import check_arrays
 
 __all__ = ["PairList", "neighbour_list", "orbital_pair_list"]
@@ -71,27 +71,6 @@ def _cutoff_matrix(cutoff, species, n_atoms: int) -> tuple[float, np.ndarray | N
     return float(matrix.max()), matrix, species.astype(np.int64)
 
 
-def _lexicographically_negative(shift: np.ndarray) -> np.ndarray:
-    first = np.argmax(shift != 0, axis=1)
-    return shift[np.arange(len(shift)), first] < 0
-
-
-_RADIX_MIN_PAIRS = 200_000  # below this np.argsort is as fast (and needs no compilation)
-
-
-def _sort_order(i: np.ndarray, j: np.ndarray, shift: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Order of the pairs by ``(i, j, n0, n1, n2)``: one int64 key where it fits, radix-sorted when large."""
-    if len(i) == 0:
-        return np.zeros(0, dtype=np.int64)
-    low = shift.min(axis=0)
-    span = shift.max(axis=0) - low + 1
-    if float(n_atoms) ** 2 * float(np.prod(span)) >= 2.0**62:
-        return np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
-    code = ((shift[:, 0] - low[0]) * span[1] + (shift[:, 1] - low[1])) * span[2] + (shift[:, 2] - low[2])
-    key = (i * n_atoms + j) * int(np.prod(span)) + code
-    return radix_argsort(key) if len(key) >= _RADIX_MIN_PAIRS else np.argsort(key)
-
-
 def neighbour_list(
     positions: np.ndarray,
     cell: np.ndarray,
@@ -130,29 +109,13 @@ def neighbour_list(
     n_atoms = len(positions)
     largest, matrix, species = _cutoff_matrix(cutoff, species, n_atoms)
     search = NeighborList(cutoff=largest, full_list=not half)
-    # copy=False: views into `search`, copied below by the filter/sort/astype before it is freed.
+    # copy=False: views into `search`, read by the kernels before `search` is freed.
     i, j, shift, distance = search.compute(positions, cell, pbc, "ijSd", copy=False)
     keep = np.flatnonzero(distance < (largest if matrix is None else matrix[species[i], species[j]]))
-    i, j, shift = i.take(keep).astype(np.int64), j.take(keep).astype(np.int64), shift.take(keep, axis=0)
-    shift = shift.astype(np.int64)
-    del search
-    if half:
-        flip = (i > j) | ((i == j) & _lexicographically_negative(shift))
-        i, j = np.where(flip, j, i), np.where(flip, i, j)
-        shift[flip] *= -1
-    if onsite:
-        atoms = np.arange(n_atoms, dtype=np.int64)
-        i, j = np.concatenate([i, atoms]), np.concatenate([j, atoms])
-        shift = np.concatenate([shift, np.zeros((n_atoms, 3), dtype=np.int64)])
-    if sort:
-        order = _sort_order(i, j, shift, n_atoms)
-        i, j, shift = i.take(order), j.take(order), shift.take(order, axis=0)
-    # The geometry from its definition, r_ij = x_j + n @ cell - x_i, for the kept pairs only
-    # (broadcast products: a (E, 3) @ (3, 3) matmul is many times slower).
-    vector = positions.take(j, axis=0) - positions.take(i, axis=0)
-    for axis in np.flatnonzero(pbc):
-        vector += shift[:, axis, None] * cell[axis]
-    distance = np.sqrt(np.einsum("ij,ij->i", vector, vector))
+    rows, cols, shifts = canonical_pairs(i, j, shift, keep, half, n_atoms if onsite else 0)
+    del search, i, j, shift, distance
+    order = pair_order(rows, cols, shifts, n_atoms) if sort else np.arange(len(rows))
+    i, j, shift, vector, distance = gather_pairs(order, rows, cols, shifts, positions, cell)
     return PairList(
         edge_index=np.stack([i, j]),
         cell_shift=shift,
