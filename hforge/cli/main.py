@@ -8,8 +8,8 @@ import typer
 
 from hforge.cli.demo import demo
 from hforge.cli.info import info
-from hforge.cli.siesta_runs import run_command, siesta_inputs_command
-from hforge.cli.structure import abn_command
+from hforge.cli.siesta_runs import register as register_siesta_commands
+from hforge.cli.structure import structure_app
 
 app = typer.Typer(
     name="hforge",
@@ -18,6 +18,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# `hforge data`: the data helper's hforge/cli/data.py defines data_app; use that one when merging.
+data_app = typer.Typer(help="SIESTA data: run inputs, runs, stores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+register_siesta_commands(data_app)
+app.add_typer(structure_app, name="structure")
 
 
 @app.callback()
@@ -35,16 +40,6 @@ def info_command(as_json: bool = typer.Option(False, "--json", help="Print JSON 
 def demo_command(out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder.")) -> None:
     """The README's main job."""
     demo(out)
-
-
-data_app = typer.Typer(help="SIESTA data: run inputs, runs, stores.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-data_app.command("siesta-inputs")(siesta_inputs_command)
-data_app.command("run")(run_command)
-
-structure_app = typer.Typer(help="Atomic structures: generators.", no_args_is_help=True)
-app.add_typer(structure_app, name="structure")
-structure_app.command("abn")(abn_command)
 
 
 if __name__ == "__main__":

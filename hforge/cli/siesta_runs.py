@@ -10,7 +10,7 @@ from rich.table import Table
 
 from hforge.cli._errors import user_errors
 
-__all__ = ["run_command", "siesta_inputs_command"]
+__all__ = ["register", "run_command", "siesta_inputs_command"]
 
 
 def siesta_inputs_command(
@@ -50,3 +50,9 @@ def run_command(
     if bad:
         console.print(f"[red]{len(bad)} run(s) not converged:[/red] {', '.join(bad)}")
         raise typer.Exit(1)
+
+
+def register(data_app: typer.Typer) -> None:
+    """Add ``siesta-inputs`` and ``run`` to the ``hforge data`` sub-app."""
+    data_app.command("siesta-inputs")(siesta_inputs_command)
+    data_app.command("run")(run_command)

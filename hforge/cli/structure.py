@@ -9,9 +9,12 @@ from rich.console import Console
 
 from hforge.cli._errors import user_errors
 
-__all__ = ["abn_command"]
+__all__ = ["abn_command", "structure_app"]
+
+structure_app = typer.Typer(help="Atomic structures: generators.", no_args_is_help=True)
 
 
+@structure_app.command("abn")
 def abn_command(
     n_atoms: int = typer.Argument(..., help="Number of atoms (even: equal B and N)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output file; its extension picks the format (ASE)."),
