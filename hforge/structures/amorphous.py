@@ -7,12 +7,20 @@ The protocol is the one that made ``shared/abn/structures`` (the project's SIEST
 2. conjugate-gradient minimisation (removes close contacts); velocities drawn at the melt temperature;
 3. Langevin thermostat (damping 0.1 ps) + NVE, time step 0.5 fs: melt at 4000 K for 10 ps, linear
    quench to 300 K at 10 K/ps, anneal 5 ps at 300 K;
-4. conjugate-gradient minimisation at fixed cell.
+4. conjugate-gradient minimisation at fixed cell (then FIRE where CG stalls).
+
+The shared cells themselves cannot be regenerated bit for bit (their random numbers came from
+another script, and their densities were drawn from 2.15-2.25 g/cm³); their statistics are matched.
 
 The potential is :func:`~hforge.structures.lammps.tersoff_bn_potential`. The result is deterministic
-for a seed (and a number of threads). The full protocol costs about 770k MD steps (~0.9 µs per atom
-and step on one core), i.e. ~1 min for 64 atoms and ~12 min for 1000; :data:`PROTOCOLS` ``"fast"``
-(for large cells) trades structural quality for ~60x fewer steps: see :class:`MeltQuenchProtocol`.
+for a seed (and a number of threads): the same cell, bit for bit. Cost, one core of an AMD EPYC
+(~0.8 µs per atom and MD step): the full protocol is 770k steps, ~40 s for 64 atoms and ~15 min for
+1000; :data:`PROTOCOLS` ``"fast"`` (20.8k steps: 2 ps melt, quench at 500 K/ps, 1 ps anneal) takes
+~30 s for 10^3 atoms, ~5 min for 10^4 and ~1 h for 10^5, and leaves more defects (10^3-10^4 atoms:
+~70 % 3-fold, ~18 % 2-fold, ~12 % 4-fold, against ~85/6/9 % with the full protocol at 10^3 atoms).
+The final minimisation reaches 1e-6 eV/Å in small cells; in cells of 10^4 atoms and more CG stalls
+(Tersoff's cut-off function) and FIRE leaves forces of a few 0.01-0.1 eV/Å, the energy converged to
+~1e-6 eV/atom; ``atoms.info["final_fmax_eV_A"]`` records it.
 """
 
 from __future__ import annotations
