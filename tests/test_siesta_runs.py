@@ -210,3 +210,35 @@ def test_cli_siesta_inputs(abn_dir, tmp_path):
     assert (tmp_path / "abn_8_0" / "abn_8_0.fdf").read_bytes() == (
         abn_dir / "runs" / "abn_8_0" / "abn_8_0.fdf"
     ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda t: t.replace("%endblock ChemicalSpeciesLabel\n", ""), "FileFormatError", "no %endblock"),
+        (lambda t: t.replace("  2 7 N\n", "  2 N\n"), "FileFormatError", "bad ChemicalSpeciesLabel"),
+        (lambda t: t.replace("ChemicalSpeciesLabel", "ChemicalSpecies"), "FileFormatError", "no %block Chem"),
+        (lambda t: t + "%block Zmatrix\n%endblock Zmatrix\n", "InputError", "Zmatrix"),
+        (lambda t: t + "%include missing.fdf\n", "FileFormatError", "missing.fdf"),
+    ],
+)
+def test_malformed_templates_are_refused(abn_dir, tmp_path, edit, error, message):
+    import hforge.errors
+
+    template = tmp_path / "template" / "t.fdf"
+    template.parent.mkdir()
+    template.write_text(edit((abn_dir / "runs" / "abn_8_0" / "abn_8_0.fdf").read_text()))
+    structure = abn_dir / "structures" / "8" / "abn_8_0.xyz"
+    with pytest.raises(getattr(hforge.errors, error), match=message):
+        write_siesta_inputs([structure], template, tmp_path / "out", basis=abn_dir / "basis")
+
+
+def test_included_files_are_copied(abn_dir, tmp_path):
+    template = tmp_path / "template" / "t.fdf"
+    template.parent.mkdir()
+    template.write_text((abn_dir / "runs" / "abn_8_0" / "abn_8_0.fdf").read_text() + "%include extra.fdf\n")
+    (template.parent / "extra.fdf").write_text("SCF.DM.Tolerance 1.e-6\n")
+    structure = abn_dir / "structures" / "8" / "abn_8_0.xyz"
+    (folder,) = write_siesta_inputs([structure], template, tmp_path / "out", basis=abn_dir / "basis")
+    assert (folder / "extra.fdf").read_text() == "SCF.DM.Tolerance 1.e-6\n"
+    assert (folder / "abn_8_0.fdf").read_text().endswith("%include extra.fdf\n")

@@ -109,6 +109,9 @@ def _parse_fdf(path: Path) -> list[_Item]:
                 end = next((e for e in range(k + 1, len(lines)) if lines[e].lower().split()[:1] == ["%endblock"]), None)
                 if end is None:
                     raise FileFormatError(f"%block {words[1]} has no %endblock", path=path)
+                closing = lines[end].split()[1:2]
+                if closing and _normalise(closing[0]) != _normalise(words[1]):
+                    raise FileFormatError(f"%block {words[1]} has no %endblock (next: {lines[end].strip()})", path=path)
             items.append(_Item("block", _normalise(words[1]), words, tuple(lines[k : end + 1])))
             k = end
         else:
@@ -162,8 +165,12 @@ class SiestaTemplate:
         species = []
         for line in blocks["chemicalspecieslabel"].lines[1:-1]:
             words = line.split("#")[0].split()
-            if words:
+            if not words:
+                continue
+            try:
                 species.append((int(words[0]), int(words[1]), words[2]))
+            except (ValueError, IndexError):
+                raise FileFormatError(f"bad ChemicalSpeciesLabel line {line.strip()!r}", path=path) from None
         user_basis = "userbasis" in keys and _is_true(keys["userbasis"].value)
         netcdf = "userbasisnetcdf" in keys and _is_true(keys["userbasisnetcdf"].value)
         searched = [Path(basis)] if basis is not None else [path.parent, path.parent.parent / "basis",
