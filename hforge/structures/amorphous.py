@@ -37,6 +37,7 @@ from ase.data import atomic_masses, atomic_numbers
 
 from hforge.errors import GeometryError, InputError
 from hforge.structures.lammps import TERSOFF_BN_CITATION, open_lammps, tersoff_bn_potential
+from hforge.structures.validate import validate_structure
 
 __all__ = ["DENSITY_RANGE", "PROTOCOLS", "MeltQuenchProtocol", "amorphous_bn", "random_bn_cell"]
 
@@ -320,7 +321,7 @@ def amorphous_bn(
         melt_msd_A2=melt_msd,
         md_seconds=time.perf_counter() - began,
     )
-    return atoms
+    return validate_structure(atoms)
 
 
 def _setup(lmp, start: Atoms, potential: Path) -> None:
