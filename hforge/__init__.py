@@ -34,6 +34,12 @@ _LAZY: dict[str, str] = {
     "write_hs": "hforge.io",
     "assemble_csr": "hforge.ops.assemble",
     "plan_csr_assembly": "hforge.ops.assemble",
+    "amorphous_bn": "hforge.structures",
+    "structure_statistics": "hforge.structures",
+    "validate_structure": "hforge.structures",
+    "neighbour_list": "hforge.graph",
+    "orbital_pair_list": "hforge.graph",
+    "PairList": "hforge.graph",
 }
 
 __all__ = [

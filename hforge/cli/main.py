@@ -9,6 +9,8 @@ import typer
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo
 from hforge.cli.info import info
+from hforge.cli.siesta_runs import register as register_siesta_commands
+from hforge.cli.structure import structure_app
 
 app = typer.Typer(
     name="hforge",
@@ -18,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+register_siesta_commands(data_app)
+app.add_typer(structure_app, name="structure")
 
 
 @app.callback()

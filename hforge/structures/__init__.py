@@ -1,0 +1,29 @@
+"""Atomic structures: the amorphous-BN generator, structure statistics and validation.
+
+- :func:`amorphous_bn`: melt-quench MD (LAMMPS, B-N Tersoff) of a cubic periodic aBN cell.
+- :func:`structure_statistics`: coordination, homonuclear bonds, bond lengths, density, RDF peak.
+- :func:`validate_structure`: NaN positions, overlapping atoms, empty/degenerate cells -> GeometryError.
+"""
+
+from __future__ import annotations
+
+from hforge.structures.amorphous import DENSITY_RANGE, PROTOCOLS, MeltQuenchProtocol, amorphous_bn, random_bn_cell
+from hforge.structures.lammps import tersoff_bn_potential
+from hforge.structures.statistics import BOND_CUTOFF, StructureStatistics, radial_distribution, structure_statistics
+from hforge.structures.validate import MIN_DISTANCE, check_arrays, validate_structure
+
+__all__ = [
+    "BOND_CUTOFF",
+    "DENSITY_RANGE",
+    "MIN_DISTANCE",
+    "PROTOCOLS",
+    "MeltQuenchProtocol",
+    "StructureStatistics",
+    "amorphous_bn",
+    "check_arrays",
+    "radial_distribution",
+    "random_bn_cell",
+    "structure_statistics",
+    "tersoff_bn_potential",
+    "validate_structure",
+]
