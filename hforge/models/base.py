@@ -1,0 +1,154 @@
+"""What both model kinds share: the trunk, the S embedding, output scaling, and the forward pass.
+
+``model(batch) -> HSBlocks``: flat-packed H (unshifted, eV) and S blocks on ``batch.block_ptr``,
+every structure's onsite blocks first, then its canonical-half hopping blocks (the layout of
+:class:`~hforge.graph.GraphBatch`, which :func:`~hforge.ops.assemble.assemble_csr` consumes).
+
+Forward: interaction vectors -> MACE trunk (node features) -> per kind, the inputs of the H head
+(descriptors) and of the S head (a species embedding: S is a two-centre quantity, a function of
+the species pair and ``r_ij`` alone) -> onsite blocks per atom, scaled and shifted (see
+:mod:`hforge.models.scaling`) -> hopping blocks in chunks of ``config.pair_chunk`` pairs
+(pair vectors, radial basis, heads) -> per structure, onsite then hopping values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hforge.basis import BasisSet
+from hforge.errors import InputError
+from hforge.graph.model_graph import GraphBatch, GraphBuilder
+from hforge.io.statistics import StoreStatistics
+from hforge.models.config import ModelConfig
+from hforge.models.layers import onsite_entries
+from hforge.models.scaling import BlockScaling
+from hforge.models.trunk import MaceTrunk
+
+__all__ = ["HSBlocks", "HSModel", "pair_vectors"]
+
+
+@dataclass(frozen=True)
+class HSBlocks:
+    """Predicted flat-packed blocks on a batch's ``block_ptr``: ``h`` (unshifted H, eV) and ``s``."""
+
+    h: torch.Tensor
+    s: torch.Tensor
+
+
+def pair_vectors(
+    positions: torch.Tensor, cell: torch.Tensor, graph_of_atom: torch.Tensor, index: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """``r_ij = x_j + n @ cell - x_i`` (Å) of pairs ``index (2, E)`` with shifts ``(E, 3)``, ``cell (B, 3, 3)``."""
+    i, j = index
+    if cell.shape[0] == 1:
+        offset = shift.to(positions.dtype) @ cell[0]
+    else:
+        offset = torch.einsum("ek,ekl->el", shift.to(positions.dtype), cell[graph_of_atom[i]])
+    return positions[j] - positions[i] + offset
+
+
+class HSModel(torch.nn.Module):
+    """Base of :class:`~hforge.models.EquivariantHSModel` and :class:`~hforge.models.InvariantHSModel`.
+
+    Args:
+        config: the architecture.
+        basis: a basis holding (at least) the config's species; kept restricted to them.
+        statistics: training-data statistics for the output scaling (None: unit scale, no shift).
+
+    Subclasses set ``h_head`` and ``s_head`` (with ``onsite(inputs, species)`` giving unscaled
+    onsite blocks, ``hopping_scale(scaling)`` and ``hopping(inputs, species, pair_index, vectors,
+    distances, scale)`` giving scaled hopping blocks) and implement :meth:`head_inputs`.
+    """
+
+    def __init__(self, config: ModelConfig, basis: BasisSet, statistics: StoreStatistics | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.basis = config.check_basis(basis)
+        self.register_buffer("n_orb", torch.as_tensor(self.basis.n_orbitals), persistent=False)
+        self.trunk = MaceTrunk(config)
+        self.scaling = BlockScaling(self.basis, statistics)
+        self.s_embedding = torch.nn.Embedding(len(self.basis), config.s_channels)
+        torch.nn.init.normal_(self.s_embedding.weight)
+
+    # ---- to implement -------------------------------------------------------------------------
+    def head_inputs(
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[Any, Any]:
+        """Trunk features ``(N, irreps)`` (and the interaction graph) -> inputs of the H head and of the S head."""
+        raise NotImplementedError
+
+    # ---- shared ---------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.s_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.s_embedding.weight.device
+
+    @property
+    def entry_ptr(self) -> torch.Tensor:
+        """``(n_species**2 + 1,)`` offsets of every pair type's entries in the scaling's entry tables."""
+        sizes = (self.n_orb[:, None] * self.n_orb[None, :]).reshape(-1)
+        return torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+
+    def graph_builder(self, *, spin: int | None = None) -> GraphBuilder:
+        """The :class:`~hforge.graph.GraphBuilder` of this model (its basis, ``r_max`` and pair cut-offs)."""
+        return GraphBuilder(self.basis, r_max=self.config.r_max, include_kb=self.config.include_kb, spin=spin)
+
+    def count_parameters(self) -> dict[str, int]:
+        """Trainable parameters per top-level part and in total."""
+        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
+        counts = {k: v for k, v in counts.items() if v}
+        counts["s_embedding"] = self.s_embedding.weight.numel()
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def _onsite(self, head: Any, inputs: Any, species: torch.Tensor, matrix: str) -> torch.Tensor:
+        raw = head.onsite(inputs, species)
+        ptr = self.entry_ptr
+        scale = onsite_entries(self.scaling.entry_scale(matrix, onsite=True).to(raw.dtype), ptr, self.n_orb, species)
+        shift = onsite_entries(self.scaling.entry_shift(matrix).to(raw.dtype), ptr, self.n_orb, species)
+        return raw * scale + shift
+
+    def forward(self, batch: GraphBatch) -> HSBlocks:
+        """Predicted H and S blocks of every block pair of ``batch`` (see the module docstring)."""
+        if batch.species.numel() and int(batch.species.max()) >= len(self.basis):
+            raise InputError(f"batch species index {int(batch.species.max())} outside the model's {len(self.basis)} species")
+        dtype, device = self.dtype, self.device
+        batch = batch.to(device)
+        positions, cell, species = batch.positions.to(dtype), batch.cell.to(dtype), batch.species
+        graph_of_atom = batch.batch
+        vectors = pair_vectors(positions, cell, graph_of_atom, batch.edge_index, batch.edge_shift)
+        features = self.trunk(species, vectors, batch.edge_index)
+        h_inputs, s_inputs = self.head_inputs(features, species, batch.edge_index, vectors)
+        onsite = (self._onsite(self.h_head, h_inputs, species, "h"), self._onsite(self.s_head, s_inputs, species, "s"))
+        hop = batch.hopping_pairs()
+        pair_index, pair_shift = batch.pair_index[:, hop], batch.pair_shift[hop]
+        scales = (self.h_head.hopping_scale(self.scaling), self.s_head.hopping_scale(self.scaling))
+        h_parts, s_parts = [], []
+        chunk = self.config.pair_chunk
+        for start in range(0, pair_index.shape[1], chunk):
+            index = pair_index[:, start : start + chunk]
+            r = pair_vectors(positions, cell, graph_of_atom, index, pair_shift[start : start + chunk])
+            distances = torch.linalg.norm(r, dim=1)
+            h_parts.append(self.h_head.hopping(h_inputs, species, index, r, distances, scales[0]))
+            s_parts.append(self.s_head.hopping(s_inputs, species, index, r, distances, scales[1]))
+        empty = positions.new_zeros(0)
+        hopping = (torch.cat(h_parts) if h_parts else empty, torch.cat(s_parts) if s_parts else empty)
+        h, s = (self._interleave(batch, on, hop_values) for on, hop_values in zip(onsite, hopping))
+        return HSBlocks(h=h, s=s)
+
+    @staticmethod
+    def _interleave(batch: GraphBatch, onsite: torch.Tensor, hopping: torch.Tensor) -> torch.Tensor:
+        """Per structure: its onsite values, then its hopping values."""
+        if batch.n_graphs == 1:
+            return torch.cat([onsite, hopping])
+        first_hop = batch.pair_ptr[:-1] + torch.diff(batch.atom_ptr)
+        onsite_sizes = (batch.block_ptr[first_hop] - batch.block_ptr[batch.pair_ptr[:-1]]).tolist()
+        hop_sizes = (batch.block_ptr[batch.pair_ptr[1:]] - batch.block_ptr[first_hop]).tolist()
+        pieces = zip(torch.split(onsite, onsite_sizes), torch.split(hopping, hop_sizes))
+        return torch.cat([part for pair in pieces for part in pair])

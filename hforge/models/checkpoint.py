@@ -1,0 +1,161 @@
+"""Self-describing checkpoints: config, basis, code version and weights in one file, written atomically.
+
+A checkpoint is a ``torch.save`` dict readable with ``weights_only=True``::
+
+    format "hforge-model", version 1, hforge_version, git_commit (or None),
+    config (ModelConfig.to_dict()), basis (BasisSet.to_dict()), state_dict, extra (dict)
+
+``extra`` is free for the caller (training adds optimizer, scheduler, EMA, RNG states, step).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hforge.basis import BasisSet
+from hforge.errors import ConfigError, FileFormatError
+from hforge.io.statistics import StoreStatistics
+from hforge.models.base import HSModel
+from hforge.models.config import ModelConfig
+from hforge.models.layers import quiet_codegen
+
+__all__ = ["FORMAT", "VERSION", "build_model", "init_trunk_from_mace", "load_checkpoint", "load_model", "save_model"]
+
+FORMAT = "hforge-model"
+VERSION = 1
+
+
+def build_model(config: ModelConfig, basis: BasisSet, statistics: StoreStatistics | None = None) -> HSModel:
+    """A fresh model of ``config.kind`` for ``basis`` (restricted to ``config.species``).
+
+    Raises:
+        UnknownSpeciesError: a species of the config that the basis lacks.
+        BasisMismatchError: a basis without orbital radii.
+    """
+    from hforge.models.equivariant import EquivariantHSModel
+    from hforge.models.invariant import InvariantHSModel
+
+    cls = EquivariantHSModel if config.kind == "equivariant" else InvariantHSModel
+    with quiet_codegen():
+        return cls(config, basis, statistics)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def save_model(model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (config, basis, code version, weights, ``extra``) to ``path`` atomically.
+
+    The file is written next to ``path`` under a temporary name and renamed over it, so a killed
+    write never leaves a partial checkpoint.  Returns the path.
+    """
+    import hforge
+
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "hforge_version": hforge.__version__,
+        "git_commit": _git_commit(),
+        "config": model.config.to_dict(),
+        "basis": model.basis.to_dict(),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tuple[HSModel, dict[str, Any]]:
+    """The model of a checkpoint and the checkpoint dict (``extra``, versions, ...).
+
+    Raises:
+        FileFormatError: a missing or unreadable file, or one that is not an HForge model checkpoint.
+        ConfigError: a checkpoint whose config is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError("no such checkpoint file", path=path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors alike
+        raise FileFormatError(f"not a readable torch checkpoint: {type(exc).__name__}: {exc}", path=path) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise FileFormatError(f"not an HForge model checkpoint (format {FORMAT!r} expected)", path=path)
+    if payload.get("version") != VERSION:
+        raise FileFormatError(f"checkpoint version {payload.get('version')!r}; this HForge reads version {VERSION}", path=path)
+    missing = [k for k in ("config", "basis", "state_dict") if k not in payload]
+    if missing:
+        raise FileFormatError(f"checkpoint lacks {missing}", path=path)
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=path) from None
+    model = build_model(config, BasisSet.from_dict(payload["basis"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise FileFormatError(f"weights do not fit the stored config: {exc}", path=path) from exc
+    return model.to(map_location), payload
+
+
+def load_model(path: str | os.PathLike, *, map_location: Any = "cpu") -> HSModel:
+    """The model of a checkpoint written by :func:`save_model` (see :func:`load_checkpoint`)."""
+    return load_checkpoint(path, map_location=map_location)[0]
+
+
+def init_trunk_from_mace(model: HSModel, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Copy a local MACE model's trunk weights (embedding, radial, interactions, products) into ``model``.
+
+    The MACE file (a whole model saved by mace-torch, or its ``state_dict``) must have the same
+    species (atomic numbers, in order) and trunk hyper-parameters (channels, ``max_ell``,
+    ``node_l_max`` kept in the last layer, correlation, radial sizes); tensors whose name or shape
+    differ are skipped and listed.  Nothing is downloaded.
+
+    Returns:
+        ``{"copied": [...], "skipped": [...]}`` tensor names of the trunk.
+
+    Raises:
+        FileFormatError: an unreadable file.
+        ConfigError: other species than the model's.
+    """
+    path = Path(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)  # a user-named local file
+    except Exception as exc:
+        raise FileFormatError(f"cannot read a MACE model: {type(exc).__name__}: {exc}", path=path) from exc
+    state = loaded.state_dict() if isinstance(loaded, torch.nn.Module) else loaded
+    if not isinstance(state, dict) or "atomic_numbers" not in state:
+        raise FileFormatError("not a MACE model (no atomic_numbers)", path=path)
+    theirs = [int(z) for z in state["atomic_numbers"]]
+    ours = [sp.Z for sp in model.basis]
+    if theirs != ours:
+        raise ConfigError(f"MACE model species Z={theirs}, the HForge model's Z={ours} (same order needed)", path=path)
+    trunk = model.trunk.state_dict()
+    copied, skipped = [], []
+    for name, value in trunk.items():
+        other = state.get(name)
+        if isinstance(other, torch.Tensor) and other.shape == value.shape:
+            trunk[name] = other.to(value.dtype)
+            copied.append(name)
+        else:
+            skipped.append(name)
+    model.trunk.load_state_dict(trunk)
+    return {"copied": copied, "skipped": skipped}

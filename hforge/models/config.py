@@ -1,0 +1,154 @@
+"""The model configuration: a small frozen dataclass, validated, serialised into every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from hforge.basis import BasisSet
+from hforge.errors import ConfigError, UnknownSpeciesError
+from hforge.ops.backends import BACKENDS
+
+__all__ = ["KINDS", "ModelConfig"]
+
+#: Model kinds: ``equivariant`` (CG blocks from equivariant features) and ``invariant`` (MLPs
+#: from invariant descriptors and the Cartesian pair vector; the non-equivariant baseline).
+KINDS = ("equivariant", "invariant")
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model's architecture (weights aside).
+
+    Descriptor trunk (MACE's blocks, shared by both kinds):
+
+    Attributes:
+        kind: ``"equivariant"`` or ``"invariant"``.
+        species: the species labels the model knows, in the order of its basis.
+        r_max: cut-off of the interaction graph (Å).
+        num_interactions: MACE interaction + product layers.
+        channels: channels of every node irrep of the trunk.
+        max_ell: largest degree of the interaction edges' spherical harmonics.
+        node_l_max: largest degree of the node features (``Cx0e+Cx1o+Cx2e`` for 2), kept in the last
+            layer: the equivariant heads need them.
+        correlation: body order of MACE's symmetric contraction.
+        num_bessel: Bessel functions of the interaction edges' radial embedding.
+        num_polynomial_cutoff: order of MACE's polynomial cut-off envelope.
+        radial_mlp: hidden sizes of MACE's radial MLPs.
+        avg_num_neighbors: MACE's message normalisation (neighbours within ``r_max``; aBN at
+            2.2 g/cm^3 has about 0.107 atoms/Å^3, i.e. 41 within 4.5 Å).
+
+    Heads (one for H, one for S, on the shared trunk):
+
+    Attributes:
+        pair_l_max: largest degree of the spherical harmonics of the pair direction (equivariant;
+            4 couples d with d).
+        pair_num_basis: Bessel functions of ``|r_ij| / r_cut(s_i, s_j)`` for the pair features,
+            ``r_cut`` the pair cut-off (``r_i + r_j``, beyond ``r_max``).
+        radial_hidden: hidden sizes of the MLPs giving the equivariant heads' radial weights
+            (and of both kinds' S heads).
+        block_hidden: hidden sizes of the invariant model's block MLPs.
+        s_channels: channels of the species embedding that drives the S heads.
+        include_kb: also predict H's Kleinman-Bylander blocks (pairs up to
+            ``r_i + r_j + 2 max r_KB``); default off (see docs/design.md for the measured cost).
+        pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
+        dtype: ``"float32"`` or ``"float64"``.
+        backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
+    """
+
+    kind: str = "equivariant"
+    species: tuple[str, ...] = ("B", "N")
+    r_max: float = 4.5
+    num_interactions: int = 2
+    channels: int = 16
+    max_ell: int = 2
+    node_l_max: int = 2
+    correlation: int = 2
+    num_bessel: int = 8
+    num_polynomial_cutoff: int = 5
+    radial_mlp: tuple[int, ...] = (32, 32)
+    avg_num_neighbors: float = 40.0
+    pair_l_max: int = 4
+    pair_num_basis: int = 8
+    radial_hidden: tuple[int, ...] = (32,)
+    block_hidden: tuple[int, ...] = (64, 64)
+    s_channels: int = 8
+    include_kb: bool = False
+    pair_chunk: int = 65536
+    dtype: str = "float32"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("species", "radial_mlp", "radial_hidden", "block_hidden"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"model config: {name}={getattr(self, name)!r}: {why}")
+
+        if self.kind not in KINDS:
+            raise bad("kind", f"choose one of {', '.join(KINDS)}")
+        if not self.species or len(set(self.species)) != len(self.species) or not all(isinstance(s, str) and s for s in self.species):
+            raise bad("species", "need at least one species label, each once")
+        if not self.r_max > 0:
+            raise bad("r_max", "must be positive (Å)")
+        positive = ("num_interactions", "channels", "correlation", "num_bessel", "num_polynomial_cutoff",
+                    "pair_num_basis", "s_channels", "pair_chunk")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("max_ell", "node_l_max", "pair_l_max"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 4:
+                raise bad(name, "must be an integer in 0..4")
+        for name in ("radial_mlp", "radial_hidden", "block_hidden"):
+            if not all(isinstance(n, int) and n >= 1 for n in getattr(self, name)):
+                raise bad(name, "hidden sizes must be positive integers")
+        if not self.avg_num_neighbors > 0:
+            raise bad("avg_num_neighbors", "must be positive")
+        if self.dtype not in _DTYPES:
+            raise bad("dtype", f"choose one of {', '.join(_DTYPES)}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise bad("backend", f"choose auto or one of {', '.join(BACKENDS)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def check_basis(self, basis: BasisSet) -> BasisSet:
+        """The basis restricted to :attr:`species`, in that order.
+
+        Raises:
+            UnknownSpeciesError: a species of the config that the basis lacks.
+            BasisMismatchError: the basis lacks orbital radii (needed for the pair cut-offs).
+        """
+        missing = [s for s in self.species if s not in basis]
+        if missing:
+            raise UnknownSpeciesError(f"model config: species {missing} are not in the basis (it has {basis.symbols})")
+        basis = basis.select(self.species)
+        basis.pair_cutoffs(include_kb=self.include_kb)  # raises BasisMismatchError without radii
+        return basis
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: unknown fields or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model config: unknown fields {unknown}; known: {sorted(known)}")
+        return cls(**data)

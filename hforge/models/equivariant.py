@@ -1,0 +1,337 @@
+r"""The equivariant model: MACE trunk -> Clebsch-Gordan blocks through the fused kernels.
+
+Hopping block of a canonical pair ``(i, j, n)`` (one head per matrix, :class:`EquivariantHead`),
+``hforge.ops.cg_blocks.edge_blocks`` in symmetric mode::
+
+    m[p, c, M] = R_p,c(i, j, r) sum sqrt(2L+1) C^{l1 l2 L} x[n_p, c, l1] Y_l2(r / |r|)
+    B          = (f(i, j, r) + f(j, i, -r)^T) / 2,   f = Q (sum_{p, c} W[type, slot, p, c] m[p, c])
+
+with ``x`` the atoms' channel-wise node features (row atom for side-0 paths, column atom for
+side-1), ``Y`` e3nn's spherical harmonics of the pair direction up to ``pair_l_max`` (4: d-d needs
+0e..4e), ``Q`` the change of basis to SIESTA's orbital order and ``W`` mixing weights per ordered
+species pair, slot and path.  The radial weights ``R`` are an MLP of a Bessel basis of
+``|r| / r_cut(s_i, s_j)`` (reaching the orbital pair cut-off, beyond the trunk's ``r_max``) and of
+both atoms' scalar features, ``[rbf, a_i, a_j]`` for side-0 paths and ``[rbf, a_j, a_i]`` for
+side-1, times a polynomial envelope: the pair features combine both atoms' descriptors, and
+``R(j, i, -r)`` is ``R(i, j, r)`` with sides swapped, so the block of ``(j, i, -n)`` is exactly the
+transpose of the block of ``(i, j, n)`` and predicting the canonical half alone is exactly
+permutation-equivariant.
+
+Onsite blocks: ``onsite_blocks`` (linear in the node features, symmetrised) of features holding
+every irrep a block needs (``0e 1o 1e 2e 2o 3o 3e 4e`` for d shells): the trunk's features and
+their channel-wise tensor squares, mixed by an ``e3nn.o3.Linear``.
+
+S head: the same machinery with node features replaced by a learned species embedding
+(``C_s x 0e``).  The paths ``0e x Y_L -> L`` then give exactly the two-centre form
+``S_ab(r) = sum_L f_abL(|r|) [C^{l_a l_b L} Y_L(r^)]`` with ``L`` of the natural parity
+(``(-1)^{l_a + l_b}``), which every two-centre integral has: S is exact in form, a function of the
+species pair and ``r_ij`` alone; its onsite blocks are per-species constants ``lambda I``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from e3nn import o3
+
+from hforge.basis import BasisSet
+from hforge.basis.conventions import change_of_basis
+from hforge.io.statistics import StoreStatistics
+from hforge.models.base import HSModel
+from hforge.models.config import ModelConfig
+from hforge.models.layers import PairMLP, PairRadial, mlp
+from hforge.models.scaling import BlockScaling
+from hforge.ops.cg_blocks import CGDescriptor, cg_descriptor, channelwise_from_e3nn, edge_blocks, onsite_blocks
+
+__all__ = ["EquivariantHSModel", "EquivariantHead", "EquivariantInputs", "OnsiteFeatures"]
+
+
+class EquivariantInputs(NamedTuple):
+    """Inputs of an :class:`EquivariantHead`: channel-wise ``x (N, C, K)`` for the hopping blocks,
+    ``onsite (N, C_on, K_on)`` for the onsite blocks, ``scalars (N, F)`` for the radial weights, and
+    ``environment`` (flat onsite blocks added unscaled, or None)."""
+
+    x: torch.Tensor
+    onsite: torch.Tensor
+    scalars: torch.Tensor
+    environment: torch.Tensor | None = None
+
+
+def _irreps_string(channels: int, spec: list[tuple[int, int]]) -> str:
+    return "+".join(f"{channels}x{l}{'e' if p == 1 else 'o'}" for l, p in spec)
+
+
+def _descriptor(basis: BasisSet, node_spec: list[tuple[int, int]], l_sh: int | None) -> CGDescriptor:
+    shells = [[shell.l for shell in sp.shells] for sp in basis]
+    max_l = max(l for ls in shells for l in ls)
+    return cg_descriptor(shells, node_irreps=node_spec, l_sh=l_sh, conventions={l: change_of_basis(l) for l in range(max_l + 1)})
+
+
+def _mixing_weights(row_ptr: np.ndarray, channels: int) -> torch.nn.Parameter:
+    """``(rows, C)`` weights, each slot's rows ~ N(0, 1 / (C * rows of the slot)): outputs of order one."""
+    rows = np.diff(row_ptr)
+    std = np.repeat(1.0 / np.sqrt(channels * np.maximum(rows, 1)), rows)
+    return torch.nn.Parameter(torch.randn(int(row_ptr[-1]), channels) * torch.from_numpy(std).float()[:, None])
+
+
+class OnsiteFeatures(torch.nn.Module):
+    """Node features with every irrep the onsite blocks need: ``[x, x (x) x]`` (channel-wise tensor
+    products of two linear maps of ``x``, all pairs of irreps) mixed into ``C x keys``."""
+
+    def __init__(self, irreps_in: o3.Irreps, keys: list[tuple[int, int]], channels: int) -> None:
+        super().__init__()
+        self.left = o3.Linear(irreps_in, irreps_in)
+        self.right = o3.Linear(irreps_in, irreps_in)
+        wanted = {o3.Irrep(l, p) for l, p in keys}
+        out, instructions = [], []
+        for i1, (mul, ir1) in enumerate(irreps_in):
+            for i2, (_, ir2) in enumerate(irreps_in):
+                for ir in ir1 * ir2:
+                    if ir in wanted and i1 <= i2:
+                        instructions.append((i1, i2, len(out), "uuu", False))
+                        out.append((mul, ir))
+        self.product = o3.TensorProduct(irreps_in, irreps_in, o3.Irreps(out), instructions)
+        self.irreps_out = o3.Irreps(_irreps_string(channels, keys))
+        self.linear = o3.Linear(irreps_in + self.product.irreps_out, self.irreps_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.cat([x, self.product(self.left(x), self.right(x))], dim=1))
+
+
+class EdgeAttributes(torch.nn.Module):
+    r"""Edge attributes ``Y'`` of ``edge_blocks``: the pair direction's spherical harmonics plus both
+    atoms' equivariant features, so that a block couples atom ``i``'s features with atom ``j``'s.
+
+    ``edge_blocks`` is linear in one atom's features per path (``x_i (x) Y`` or ``x_j (x) Y``); with
+    ``Y'_l = Y_l(r^) + sum_c alpha_lc (x_i[c, l] + (-1)^l x_j[c, l])`` for the node irreps ``l`` of
+    natural parity, paths also carry ``x_i (x) x_j`` (the relative orientation of the two atoms'
+    environments).  ``alpha`` is an MLP of symmetric pair inputs (Bessel basis, ``a_i + a_j``,
+    ``a_i a_j``) times the envelope, so ``Y'`` of the reversed pair ``(j, i, -r)`` is ``(-1)^l Y'``
+    exactly as for ``Y(-r)``: the symmetric mode's transpose identity holds unchanged.
+
+    Args:
+        coupled: ``(node irrep index, l)`` of the irreps joining ``Y'``.
+        node_offset: first component of every node irrep in ``x``'s last axis.
+        channels: ``C`` of ``x``.
+        input_dim: width of the symmetric pair inputs.
+        config: the model config (``radial_hidden``).
+    """
+
+    def __init__(self, coupled: list[tuple[int, int]], node_offset: np.ndarray, channels: int, input_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.coupled = [(int(node_offset[q]), l) for q, l in coupled]
+        self.channels = channels
+        self.mlp = mlp([input_dim, *config.radial_hidden, len(coupled) * channels])
+
+    def forward(
+        self, harmonics: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, inputs: torch.Tensor, envelope: torch.Tensor
+    ) -> torch.Tensor:
+        alpha = (self.mlp(inputs) * envelope[:, None]).view(len(inputs), len(self.coupled), self.channels)
+        degrees = int(round(harmonics.shape[1] ** 0.5))
+        pieces = [harmonics[:, l * l : (l + 1) ** 2] for l in range(degrees)]
+        for k, (offset, l) in enumerate(self.coupled):
+            feature = x[i, :, offset : offset + 2 * l + 1] + (-1) ** l * x[j, :, offset : offset + 2 * l + 1]
+            pieces[l] = pieces[l] + torch.einsum("ec,ecm->em", alpha[:, k], feature)
+        return torch.cat(pieces, dim=1)
+
+
+class CGPairBlocks(torch.nn.Module):
+    """Blocks of pairs through ``edge_blocks`` (symmetric mode), radial weights from an MLP of the
+    pair's Bessel basis and both atoms' scalars (see the module docstring).
+
+    Args:
+        basis: the model's basis.
+        node_spec: ``(l, parity)`` of the channel-wise node features.
+        channels: their channels.
+        scalar_dim: width of the per-atom scalars feeding the radial MLP.
+        cutoffs: ``(n_species, n_species)`` pair cut-offs (Å) of the radial basis and envelope.
+        config: the model config (``pair_l_max``, ``pair_num_basis``, ``radial_hidden``, ``backend``).
+    """
+
+    def __init__(
+        self, basis: BasisSet, node_spec: list[tuple[int, int]], channels: int, scalar_dim: int, cutoffs: np.ndarray, config: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.backend = config.backend
+        self.channels = channels
+        self.desc = _descriptor(basis, node_spec, config.pair_l_max)
+        self.weight = _mixing_weights(self.desc.mix_ptr, channels)
+        self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
+        self.radial_mlp = PairMLP(config.pair_num_basis, scalar_dim, config.radial_hidden, self.desc.n_side_paths * channels)
+        self.spherical_harmonics = o3.SphericalHarmonics(
+            o3.Irreps.spherical_harmonics(config.pair_l_max), normalize=True, normalization="component"
+        )
+        self.register_buffer("mix_slot", torch.from_numpy(np.array(self.desc.mix_slot)), persistent=False)
+        # node irreps of natural parity that can join the edge attributes (see EdgeAttributes)
+        coupled = [(q, l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l and l <= config.pair_l_max]
+        self.attributes = EdgeAttributes(coupled, self.desc.node_offset, channels, 2 * scalar_dim + config.pair_num_basis, config) if coupled else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scalars: torch.Tensor,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        vectors: torch.Tensor,
+        distances: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flat blocks of the pairs ``pair_index (2, E)`` with vectors ``r_ij (E, 3)``; ``scale (n_slots,)``
+        multiplies every slot (folded into the mixing weights)."""
+        i, j = pair_index
+        bessel, envelope = self.radial(distances, species[i], species[j])
+        terms = self.radial_mlp.node_terms(scalars)
+        radial = torch.cat([self.radial_mlp(bessel, terms, i, j), self.radial_mlp(bessel, terms, j, i)], dim=1)
+        radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
+        weight = self.weight if scale is None else self.weight * scale.to(self.weight.dtype)[self.mix_slot][:, None]
+        attributes = self.spherical_harmonics(vectors)
+        if self.attributes is not None:
+            symmetric = torch.cat([bessel, scalars[i] + scalars[j], scalars[i] * scalars[j]], dim=1)
+            attributes = self.attributes(attributes, x, i, j, symmetric, envelope)
+        return edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+
+
+def _symmetric(blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """``(M, n * n)`` row-major blocks -> ``(B + B^T) / 2``, same shape."""
+    square = blocks.view(-1, n, n)
+    return (0.5 * (square + square.transpose(1, 2))).reshape(-1, n * n)
+
+
+def sum_over_neighbours(blocks: torch.Tensor, centre: torch.Tensor, species: torch.Tensor, n_orb: torch.Tensor) -> torch.Tensor:
+    """Symmetrised per-atom sums of ``n_i x n_i`` blocks (one per edge, centre atom ``centre (E,)``),
+    flat in atom order."""
+    sizes = n_orb[species] ** 2
+    if torch.unique(n_orb[torch.unique(species)]).numel() == 1:  # one block size: no per-entry index
+        n = int(n_orb[species[0]])
+        summed = blocks.new_zeros(species.shape[0], n * n).index_add(0, centre, blocks.view(-1, n * n))
+        return _symmetric(summed, n).reshape(-1)
+    edge_sizes = sizes[centre]
+    edge_ptr = torch.cumsum(edge_sizes, 0) - edge_sizes
+    atom_ptr = torch.cumsum(sizes, 0) - sizes
+    out = blocks.new_zeros(int(sizes.sum()))
+    for s in torch.unique(species).tolist():
+        n = int(n_orb[s])
+        local = torch.arange(n * n, device=blocks.device)
+        edges = torch.nonzero(species[centre] == s).squeeze(1)
+        atoms = torch.nonzero(species == s).squeeze(1)
+        summed = blocks.new_zeros(species.shape[0], n * n).index_add(0, centre[edges], blocks[edge_ptr[edges][:, None] + local])
+        out = out.index_put(((atom_ptr[atoms][:, None] + local).reshape(-1),), _symmetric(summed[atoms], n).reshape(-1))
+    return out
+
+
+class EnvironmentOnsite(torch.nn.Module):
+    """Onsite blocks as a sum over neighbours of two-centre-like blocks (the crystal-field form).
+
+    ``B_i = sum_j b(i, j', r_ij)`` over the interaction graph, ``b`` a :class:`CGPairBlocks` whose
+    column atom ``j'`` has atom ``i``'s species (an ``n_i x n_i`` block) and atom ``j``'s scalar
+    features: ``sum_L g_abL(|r_ij|, a_i, a_j) C Y_L(r_ij)``, every ``L`` of natural parity up to
+    ``pair_l_max``, from the geometry directly (node features up to ``node_l_max`` alone reach
+    neither ``3o`` p-d nor, in planar sites, much else).
+    """
+
+    def __init__(self, basis: BasisSet, channels: int, r_max: float, config: ModelConfig) -> None:
+        super().__init__()
+        n_species = len(basis)
+        self.pairs = CGPairBlocks(basis, [(0, 1)], channels, channels, np.full((n_species, n_species), r_max), config)
+
+    def forward(
+        self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_orb: torch.Tensor
+    ) -> torch.Tensor:
+        """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges."""
+        n_atoms, n_edges = scalars.shape[0], edge_index.shape[1]
+        i, j = edge_index
+        virtual = torch.arange(n_atoms, n_atoms + n_edges, device=i.device)
+        nodes = torch.cat([scalars, scalars[j]])
+        blocks = self.pairs(
+            nodes[:, :, None], nodes, torch.cat([species, species[i]]), torch.stack([i, virtual]), vectors,
+            torch.linalg.norm(vectors, dim=1),
+        )
+        return sum_over_neighbours(blocks, i, species, n_orb)
+
+
+class EquivariantHead(torch.nn.Module):
+    """Onsite and hopping blocks of one matrix (see the module docstring).
+
+    Args:
+        matrix: ``"h"`` or ``"s"`` (which scaling tables apply).
+        basis: the model's basis.
+        node_spec, channels, scalar_dim, cutoffs, config: as :class:`CGPairBlocks` (hopping blocks).
+        onsite_spec, onsite_channels: ``(l, parity)`` and channels of the onsite node features.
+    """
+
+    def __init__(
+        self,
+        matrix: str,
+        basis: BasisSet,
+        node_spec: list[tuple[int, int]],
+        channels: int,
+        onsite_spec: list[tuple[int, int]],
+        onsite_channels: int,
+        scalar_dim: int,
+        cutoffs: np.ndarray,
+        config: ModelConfig,
+    ) -> None:
+        super().__init__()
+        self.matrix = matrix
+        self.pairs = CGPairBlocks(basis, node_spec, channels, scalar_dim, cutoffs, config)
+        self.onsite_desc = _descriptor(basis, onsite_spec, None)
+        self.onsite_weight = _mixing_weights(self.onsite_desc.onsite_ptr, onsite_channels)
+
+    def hopping_scale(self, scaling: BlockScaling) -> torch.Tensor:
+        """``(n_slots,)`` scale of every slot, folded into the mixing weights."""
+        return scaling.slot_scale(self.matrix, onsite=False)
+
+    def onsite(self, inputs: EquivariantInputs, species: torch.Tensor) -> torch.Tensor:
+        """Unscaled onsite blocks of every atom, flat, atom order."""
+        blocks = onsite_blocks(inputs.onsite, self.onsite_weight, species, self.onsite_desc)
+        return blocks if inputs.environment is None else blocks + inputs.environment
+
+    def hopping(
+        self,
+        inputs: EquivariantInputs,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        vectors: torch.Tensor,
+        distances: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scaled hopping blocks of the pairs ``pair_index (2, E)`` with vectors ``r_ij (E, 3)``, flat."""
+        return self.pairs(inputs.x, inputs.scalars, species, pair_index, vectors, distances, scale)
+
+
+class EquivariantHSModel(HSModel):
+    """Equivariant H and S predictor (see the module docstring and :class:`~hforge.models.base.HSModel`)."""
+
+    def __init__(self, config: ModelConfig, basis: BasisSet, statistics: StoreStatistics | None = None) -> None:
+        super().__init__(config, basis, statistics)
+        irreps = self.trunk.irreps_out
+        node_spec = [(ir.l, ir.p) for _, ir in irreps]
+        keys = [(int(l), int(p)) for l, p in _descriptor(self.basis, (), None).keys]
+        channels = config.channels
+        self.onsite_features = OnsiteFeatures(irreps, keys, channels)
+        self.h_head = EquivariantHead(
+            "h", self.basis, node_spec, channels, keys, channels, channels,
+            self.basis.pair_cutoffs(include_kb=config.include_kb), config,
+        )
+        scalar = [(0, 1)]
+        self.s_head = EquivariantHead(
+            "s", self.basis, scalar, config.s_channels, scalar, config.s_channels, config.s_channels,
+            self.basis.pair_cutoffs(), config,
+        )
+        self.environment = EnvironmentOnsite(self.basis, channels, config.r_max, config)
+        self.to(config.torch_dtype)
+
+    def head_inputs(
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[EquivariantInputs, EquivariantInputs]:
+        x = channelwise_from_e3nn(features, self.trunk.irreps_out)
+        onsite = channelwise_from_e3nn(self.onsite_features(features), self.onsite_features.irreps_out)
+        scalars = x[:, :, 0]
+        environment = self.environment(scalars, species, edge_index, vectors, self.n_orb)
+        embedding = self.s_embedding(species)
+        return (
+            EquivariantInputs(x, onsite, scalars, environment),
+            EquivariantInputs(embedding[:, :, None], embedding[:, :, None], embedding),
+        )

@@ -1,0 +1,193 @@
+"""The non-equivariant baseline: invariant descriptors and the Cartesian pair vector into MLPs.
+
+Same trunk, S embedding, output scaling, pair list and assembly as the equivariant model; only the
+heads differ (:class:`InvariantHead`):
+
+* node inputs: the trunk's features reduced to invariants, per channel the scalar and the norm of
+  every ``l > 0`` irrep (``C (1 + node_l_max)`` numbers per atom); the S head gets the species
+  embedding instead;
+* onsite block of atom ``i``: a per-species output layer on an MLP of its inputs and of a sum over
+  its neighbours within ``r_max`` of an MLP of ``[a_i, a_j, Bessel(|r| / r_max), r / r_max]`` (the
+  Cartesian vector again: onsite blocks depend on the orientation of the environment, which
+  invariants alone cannot give), symmetrised ``(B + B^T) / 2``;
+* hopping block of a canonical pair ``(i, j, n)``: an MLP of ``[a_i, a_j, Bessel(|r| / r_cut),
+  r / r_cut]`` (the raw Cartesian vector, so the block depends on the orientation without any
+  equivariance constraint) with an output layer per ordered species pair giving the
+  ``n_orb_i x n_orb_j`` entries directly, symmetrised as ``(f(i, j, r) + f(j, i, -r)^T) / 2``: the
+  block of ``(j, i, -n)`` is exactly the transpose and relabelling atoms leaves it unchanged, so only
+  rotations are learned rather than built in.  Blocks are multiplied by the pair envelope.
+
+Rotations can be taught by augmentation: :class:`~hforge.graph.RandomRotation`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from hforge.basis import BasisSet
+from hforge.io.statistics import StoreStatistics
+from hforge.models.base import HSModel
+from hforge.models.config import ModelConfig
+from hforge.models.layers import PairMLP, PairRadial, mlp
+from hforge.models.scaling import BlockScaling
+
+__all__ = ["InvariantHSModel", "InvariantHead", "InvariantInputs", "invariant_features"]
+
+
+class InvariantInputs(NamedTuple):
+    """Inputs of an :class:`InvariantHead`: ``pair (N, F)`` per-atom inputs of the hopping MLP and
+    ``onsite (N, F_on)`` of the onsite MLP."""
+
+    pair: torch.Tensor
+    onsite: torch.Tensor
+
+
+def invariant_features(features: torch.Tensor, irreps) -> torch.Tensor:
+    """e3nn-layout features ``(N, irreps.dim)`` -> per channel: scalars and norms of ``l > 0`` irreps."""
+    parts, start = [], 0
+    for mul, ir in irreps:
+        block = features[:, start : start + mul * ir.dim].reshape(-1, mul, ir.dim)
+        start += mul * ir.dim
+        parts.append(block[:, :, 0] if ir.l == 0 else torch.sqrt(block.pow(2).sum(-1) + 1e-8))
+    return torch.cat(parts, dim=1)
+
+
+def _output_layers(width: int, sizes: list[int]) -> tuple[torch.nn.ParameterList, torch.nn.ParameterList]:
+    """One ``(width, n)`` weight (PyTorch's default uniform init) and zero bias per output size."""
+    bound = 1.0 / np.sqrt(width)
+    weights = torch.nn.ParameterList(torch.nn.Parameter(torch.empty(width, n).uniform_(-bound, bound)) for n in sizes)
+    biases = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(n)) for n in sizes)
+    return weights, biases
+
+
+def _scatter(total: int, rows: list[tuple[torch.Tensor, torch.Tensor]], block_ptr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flat values: block rows ``(n_k, size_k)`` of the pairs ``idx_k`` at ``block_ptr[idx_k]``."""
+    sizes = {int(block.shape[1]) for _, block in rows}
+    n_pairs = block_ptr.shape[0] - 1
+    if len(sizes) == 1:  # one block size: a row-indexed copy, no per-entry index
+        size = sizes.pop()
+        out = like.new_zeros(n_pairs, size)
+        for idx, block in rows:
+            out = out.index_copy(0, idx, block)
+        return out.reshape(-1)
+    out = like.new_zeros(total)
+    for idx, block in rows:
+        positions = block_ptr[idx][:, None] + torch.arange(block.shape[1], device=idx.device)[None, :]
+        out = out.index_put((positions.reshape(-1),), block.reshape(-1))
+    return out
+
+
+class InvariantHead(torch.nn.Module):
+    """Onsite and hopping blocks of one matrix from invariant per-atom inputs (module docstring).
+
+    Args:
+        matrix: ``"h"`` or ``"s"``.
+        basis: the model's basis.
+        node_dim: width of the per-atom inputs of the hopping MLP.
+        onsite_dim: width of the per-atom inputs of the onsite MLP.
+        cutoffs: ``(n_species, n_species)`` pair cut-offs (Å).
+        config: the model config (``pair_num_basis``, ``block_hidden``, ``num_polynomial_cutoff``).
+    """
+
+    def __init__(
+        self, matrix: str, basis: BasisSet, node_dim: int, onsite_dim: int, cutoffs: np.ndarray, config: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.matrix = matrix
+        n_orb = basis.n_orbitals.tolist()
+        self.n_species = len(n_orb)
+        self.n_orb = n_orb
+        hidden = list(config.block_hidden)
+        self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
+        self.pair = PairMLP(config.pair_num_basis + 3, node_dim, hidden, 0)
+        self.onsite_mlp = torch.nn.Sequential(mlp([onsite_dim, *hidden]), torch.nn.SiLU())
+        pair_sizes = [a * b for a in n_orb for b in n_orb]
+        self.pair_weight, self.pair_bias = _output_layers(hidden[-1], pair_sizes)
+        self.onsite_weight, self.onsite_bias = _output_layers(hidden[-1], [n * n for n in n_orb])
+        ptr = np.concatenate([[0], np.cumsum(pair_sizes)])
+        self.entry_ptr = ptr.tolist()
+
+    def hopping_scale(self, scaling: BlockScaling) -> torch.Tensor:
+        """Scale of every block entry of every pair type."""
+        return scaling.entry_scale(self.matrix, onsite=False)
+
+    def onsite(self, inputs: InvariantInputs, species: torch.Tensor) -> torch.Tensor:
+        """Unscaled, symmetric onsite blocks of every atom, flat, atom order."""
+        hidden = self.onsite_mlp(inputs.onsite)
+        sizes = torch.as_tensor(self.n_orb, device=species.device)[species] ** 2
+        block_ptr = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+        rows = []
+        for s in torch.unique(species).tolist():
+            idx = torch.nonzero(species == s).squeeze(1)
+            n = self.n_orb[s]
+            block = (hidden[idx] @ self.onsite_weight[s] + self.onsite_bias[s]).view(-1, n, n)
+            rows.append((idx, (0.5 * (block + block.transpose(1, 2))).reshape(-1, n * n)))
+        return _scatter(int(block_ptr[-1]), rows, block_ptr, hidden)
+
+    def hopping(
+        self,
+        inputs: InvariantInputs,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        vectors: torch.Tensor,
+        distances: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scaled, symmetrised hopping blocks of the pairs ``pair_index (2, E)``, flat."""
+        i, j = pair_index
+        si, sj = species[i], species[j]
+        bessel, envelope = self.radial(distances, si, sj)
+        unit = vectors / self.radial.cutoffs[si, sj][:, None]
+        terms = self.pair.node_terms(inputs.pair)
+        forward = self.pair(torch.cat([bessel, unit], dim=1), terms, i, j)
+        reverse = self.pair(torch.cat([bessel, -unit], dim=1), terms, j, i)
+        pair_type = si * self.n_species + sj
+        sizes = torch.as_tensor(self.n_orb, device=species.device)
+        sizes = sizes[si] * sizes[sj]
+        block_ptr = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+        rows = []
+        for t in torch.unique(pair_type).tolist():
+            a, b = divmod(t, self.n_species)
+            t_rev = b * self.n_species + a
+            idx = torch.nonzero(pair_type == t).squeeze(1)
+            direct = forward[idx] @ self.pair_weight[t] + self.pair_bias[t]
+            swapped = (reverse[idx] @ self.pair_weight[t_rev] + self.pair_bias[t_rev]).view(-1, self.n_orb[b], self.n_orb[a])
+            block = 0.5 * (direct + swapped.transpose(1, 2).reshape(direct.shape))
+            entry_scale = scale[self.entry_ptr[t] : self.entry_ptr[t + 1]].to(block.dtype)
+            rows.append((idx, block * envelope[idx, None] * entry_scale))
+        return _scatter(int(block_ptr[-1]), rows, block_ptr, forward)
+
+
+class InvariantHSModel(HSModel):
+    """Non-equivariant H and S predictor (see the module docstring and :class:`~hforge.models.base.HSModel`)."""
+
+    def __init__(self, config: ModelConfig, basis: BasisSet, statistics: StoreStatistics | None = None) -> None:
+        super().__init__(config, basis, statistics)
+        node_dim = config.channels * (config.node_l_max + 1)
+        hidden = list(config.block_hidden)
+        n_species = len(self.basis)
+        self.environment_radial = PairRadial(np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff)
+        self.environment = PairMLP(config.pair_num_basis + 3, node_dim, hidden, 0)
+        self.h_head = InvariantHead(
+            "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config
+        )
+        self.s_head = InvariantHead("s", self.basis, config.s_channels, config.s_channels, self.basis.pair_cutoffs(), config)
+        self.to(config.torch_dtype)
+
+    def head_inputs(
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[InvariantInputs, InvariantInputs]:
+        nodes = invariant_features(features, self.trunk.irreps_out)
+        i, j = edge_index
+        bessel, envelope = self.environment_radial(torch.linalg.norm(vectors, dim=1), species[i], species[j])
+        edge = torch.cat([bessel, vectors / self.config.r_max], dim=1)
+        messages = self.environment(edge, self.environment.node_terms(nodes), i, j) * envelope[:, None]
+        summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
+        embedding = self.s_embedding(species)
+        return (
+            InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1)),
+            InvariantInputs(embedding, embedding),
+        )

@@ -1,0 +1,101 @@
+"""Small building blocks shared by the heads: the pair radial basis and the pair MLP."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from mace.modules.radial import BesselBasis, PolynomialCutoff
+
+__all__ = ["PairMLP", "PairRadial", "mlp", "onsite_entries", "quiet_codegen"]
+
+
+@contextlib.contextmanager
+def quiet_codegen() -> Iterator[None]:
+    """Silence the (harmless) TorchScript warnings of e3nn's code generation while modules are built."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The TorchScript type system", category=UserWarning)
+        yield
+
+
+class PairRadial(torch.nn.Module):
+    """Radial basis of a pair that reaches its own cut-off: ``u = |r_ij| / r_cut(s_i, s_j)``.
+
+    Returns ``(bessel (E, num_basis), envelope (E,))``: ``sqrt(2) sin(n pi u) / u`` for
+    ``n = 1..num_basis``, and MACE's polynomial envelope of ``u`` (1 at 0, 0 from ``u = 1`` on, with
+    ``p - 1`` vanishing derivatives), so that blocks fade out smoothly at the pair cut-off.
+
+    Args:
+        cutoffs: ``(n_species, n_species)`` pair cut-offs (Å).
+        num_basis: Bessel functions.
+        p: envelope order.
+    """
+
+    def __init__(self, cutoffs: np.ndarray, num_basis: int, p: int) -> None:
+        super().__init__()
+        self.register_buffer("cutoffs", torch.as_tensor(np.asarray(cutoffs, dtype=np.float64)))
+        self.bessel = BesselBasis(r_max=1.0, num_basis=num_basis)
+        self.envelope = PolynomialCutoff(r_max=1.0, p=p)
+
+    def forward(self, distances: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = (distances / self.cutoffs[species_i, species_j])[:, None]
+        return self.bessel(u), self.envelope(u)[:, 0]
+
+
+def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:
+    """``Linear -> SiLU -> ... -> Linear`` through ``sizes`` (no activation after the last)."""
+    layers: list[torch.nn.Module] = []
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if k:
+            layers.append(torch.nn.SiLU())
+        layers.append(torch.nn.Linear(n_in, n_out))
+    return torch.nn.Sequential(*layers)
+
+
+class PairMLP(torch.nn.Module):
+    """An MLP of ``[edge features, node_i features, node_j features]`` with the node terms of its first
+    layer computed once per atom (``W [e, a_i, a_j] = W_e e + (W_i a)[i] + (W_j a)[j]``).
+
+    Args:
+        edge_dim, node_dim: input widths.
+        hidden: hidden sizes (at least one).
+        out_dim: output width, or 0 for no output layer (the caller applies its own).
+    """
+
+    def __init__(self, edge_dim: int, node_dim: int, hidden: Sequence[int], out_dim: int) -> None:
+        super().__init__()
+        self.edge = torch.nn.Linear(edge_dim, hidden[0])
+        self.node_i = torch.nn.Linear(node_dim, hidden[0], bias=False)
+        self.node_j = torch.nn.Linear(node_dim, hidden[0], bias=False)
+        self.rest = mlp([*hidden, out_dim]) if out_dim else mlp(hidden)
+        self.width = out_dim or hidden[-1]
+
+    def node_terms(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_i a, W_j a)``, each ``(N, hidden[0])``."""
+        return self.node_i(nodes), self.node_j(nodes)
+
+    def forward(
+        self, edge: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        first = self.edge(edge) + terms[0][i] + terms[1][j]
+        return self.rest(torch.nn.functional.silu(first)) if len(self.rest) else torch.nn.functional.silu(first)
+
+
+def onsite_entries(table: torch.Tensor, entry_ptr: torch.Tensor, n_orb: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    """Per-atom onsite blocks from a per-pair-type entry table, flat-packed in atom order.
+
+    Args:
+        table: ``(sum of pair block sizes,)`` (``desc.pair_entry_ptr`` layout).
+        entry_ptr: ``(n_species**2 + 1,)`` offsets of every pair type in ``table``.
+        n_orb: ``(n_species,)`` orbitals per species.
+        species: ``(N,)``.
+    """
+    n_species = n_orb.shape[0]
+    sizes = n_orb[species] ** 2
+    start = entry_ptr[species * (n_species + 1)]
+    ptr = torch.cumsum(sizes, 0) - sizes
+    local = torch.arange(int(sizes.sum()), device=table.device) - torch.repeat_interleave(ptr, sizes)
+    return table[torch.repeat_interleave(start, sizes) + local]

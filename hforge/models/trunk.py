@@ -1,0 +1,109 @@
+"""The descriptor trunk, composed of mace-torch's own blocks, shared by both model kinds.
+
+Species one-hot -> ``LinearNodeEmbeddingBlock`` (``C x 0e``); interaction edges -> ``RadialEmbeddingBlock``
+(Bessel x polynomial envelope) and e3nn spherical harmonics up to ``max_ell``; then
+``num_interactions`` times an interaction block (``RealAgnosticInteractionBlock`` first,
+``RealAgnosticResidualInteractionBlock`` after, as in MACE) and an ``EquivariantProductBasisBlock``
+(symmetric contraction of order ``correlation``).  Unlike MACE's energy model, the last layer keeps
+every node irrep ``C x (0e + 1o + 2e + ...)`` up to ``node_l_max``: the equivariant heads need them.
+
+The output goes through e3nn's equivariant ``BatchNorm`` (norms of each irrep channel, running
+statistics in evaluation mode): at initialisation MACE's features are of order 1e-3 (small radial
+weights, messages divided by ``avg_num_neighbors``), which would leave the heads' weights far from
+their optimum in Adam's step size.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import nn, o3
+from mace.modules.blocks import (
+    EquivariantProductBasisBlock,
+    LinearNodeEmbeddingBlock,
+    RadialEmbeddingBlock,
+    RealAgnosticInteractionBlock,
+    RealAgnosticResidualInteractionBlock,
+)
+
+from hforge.models.config import ModelConfig
+from hforge.models.layers import quiet_codegen
+
+__all__ = ["MaceTrunk", "node_irreps"]
+
+
+def node_irreps(channels: int, l_max: int) -> o3.Irreps:
+    """``Cx0e+Cx1o+Cx2e+...`` up to ``l_max`` (natural parity)."""
+    return o3.Irreps("+".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(l_max + 1)))
+
+
+class MaceTrunk(torch.nn.Module):
+    """MACE descriptors of every atom.
+
+    Args:
+        config: the model config (trunk fields).
+
+    ``forward(species, vectors, edge_index)``: ``species (N,)`` int64, ``vectors (E, 3)`` the
+    interaction edges' ``r_ij`` (Å), ``edge_index (2, E)`` (sender, receiver); returns
+    ``(N, irreps_out.dim)`` node features in e3nn's layout, ``irreps_out = node_irreps(C, node_l_max)``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        n_species = len(config.species)
+        self.n_species = n_species
+        channels = config.channels
+        attr_irreps = o3.Irreps(f"{n_species}x0e")
+        hidden = node_irreps(channels, config.node_l_max)
+        sh_irreps = o3.Irreps.spherical_harmonics(config.max_ell)
+        interaction_irreps = (sh_irreps * channels).sort()[0].simplify()
+        self.irreps_out = hidden
+        self.node_embedding = LinearNodeEmbeddingBlock(attr_irreps, o3.Irreps(f"{channels}x0e"))
+        self.radial_embedding = RadialEmbeddingBlock(
+            r_max=config.r_max, num_bessel=config.num_bessel, num_polynomial_cutoff=config.num_polynomial_cutoff
+        )
+        edge_feats_irreps = o3.Irreps(f"{config.num_bessel}x0e")
+        self.spherical_harmonics = o3.SphericalHarmonics(sh_irreps, normalize=True, normalization="component")
+        self.interactions = torch.nn.ModuleList()
+        self.products = torch.nn.ModuleList()
+        features_irreps = o3.Irreps(f"{channels}x0e")
+        for layer in range(config.num_interactions):
+            block = RealAgnosticInteractionBlock if layer == 0 else RealAgnosticResidualInteractionBlock
+            with quiet_codegen():
+                self.interactions.append(
+                    block(
+                        node_attrs_irreps=attr_irreps,
+                        node_feats_irreps=features_irreps,
+                        edge_attrs_irreps=sh_irreps,
+                        edge_feats_irreps=edge_feats_irreps,
+                        target_irreps=interaction_irreps,
+                        hidden_irreps=hidden,
+                        avg_num_neighbors=config.avg_num_neighbors,
+                        radial_MLP=list(config.radial_mlp),
+                    )
+                )
+                self.products.append(
+                    EquivariantProductBasisBlock(
+                        node_feats_irreps=interaction_irreps,
+                        target_irreps=hidden,
+                        correlation=config.correlation,
+                        num_elements=n_species,
+                        use_sc=layer > 0,
+                    )
+                )
+            features_irreps = hidden
+        self.norm = nn.BatchNorm(hidden)
+
+    def forward(self, species: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        dtype = vectors.dtype
+        node_attrs = torch.nn.functional.one_hot(species, self.n_species).to(dtype)
+        features = self.node_embedding(node_attrs)
+        lengths = torch.linalg.norm(vectors, dim=1, keepdim=True)
+        edge_feats, cutoff = self.radial_embedding(lengths, node_attrs, edge_index, species)
+        edge_attrs = self.spherical_harmonics(vectors)
+        for interaction, product in zip(self.interactions, self.products):
+            features, sc = interaction(
+                node_attrs=node_attrs, node_feats=features, edge_attrs=edge_attrs, edge_feats=edge_feats,
+                edge_index=edge_index, cutoff=cutoff,
+            )
+            features = product(node_feats=features, sc=sc, node_attrs=node_attrs)
+        return self.norm(features)

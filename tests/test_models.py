@@ -1,0 +1,370 @@
+"""hforge.models: symmetry (rotation, translation, permutation, periodic image) against SIESTA-convention
+Wigner matrices, learning, other species, edge cases, backends, checkpoints and config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from scipy.spatial.transform import Rotation
+
+from hforge.basis.conventions import species_rotation
+from hforge.datasets import load
+from hforge.errors import BackendUnavailableError, ConfigError, FileFormatError, UnknownSpeciesError
+from hforge.graph import StructureArrays, collate
+from hforge.io import HSData, read_hs
+from hforge.io.statistics import StatisticsAccumulator
+from hforge.models import (
+    ModelConfig,
+    assemble_prediction,
+    build_model,
+    load_checkpoint,
+    load_model,
+    predict_hamiltonian,
+    save_model,
+)
+
+#: A small architecture: the tests check properties, not accuracy.
+SMALL = dict(
+    channels=8, radial_mlp=(16,), radial_hidden=(16,), block_hidden=(32,), s_channels=4, num_bessel=6, pair_num_basis=6
+)
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+KINDS = ("equivariant", "invariant")
+
+
+def make(kind, basis, statistics=None, dtype="float64", seed=0, **options):
+    torch.manual_seed(seed)
+    config = ModelConfig(kind=kind, species=tuple(basis.symbols), dtype=dtype, **{**SMALL, **options})
+    return build_model(config, basis, statistics).eval()
+
+
+def predict(model, arrays):
+    graph = model.graph_builder().from_arrays(arrays)
+    with torch.no_grad():
+        return graph, model(graph)
+
+
+@pytest.fixture(scope="module")
+def abn():
+    return load("abn-small")
+
+
+@pytest.fixture(scope="module")
+def cell8(abn):
+    data = abn[0]
+    return StructureArrays(data.positions, data.cell, data.pbc, data.species)
+
+
+def blocks_by_pair(graph, values, basis):
+    """``{(i, j, n): block}`` of a one-structure prediction."""
+    edge, shift, ptr = graph.structure_pairs(0)
+    n_orb = basis.n_orbitals[graph.species.numpy()]
+    values = values.detach().double().numpy()
+    return {
+        (int(i), int(j), tuple(n)): values[ptr[e] : ptr[e + 1]].reshape(n_orb[i], n_orb[j])
+        for e, (i, j, n) in enumerate(zip(edge[0], edge[1], shift.tolist()))
+    }
+
+
+def lookup(blocks, i, j, n):
+    """The block of ``(i, j, n)``: stored, or the transpose of its partner ``(j, i, -n)``."""
+    if (i, j, n) in blocks:
+        return blocks[(i, j, n)]
+    return blocks[(j, i, tuple(-x for x in n))].T
+
+
+def transform(arrays, kind, rng):
+    """A symmetry of the structure: ``(new arrays, old atom of each new atom, lattice shift m of each
+    new atom: x_new = R x_old[map] + m @ cell_new, rotation R)``."""
+    n = len(arrays.positions)
+    rotation, shifts, atom_map = np.eye(3), np.zeros((n, 3), dtype=np.int64), np.arange(n)
+    positions, cell, species = arrays.positions.copy(), arrays.cell.copy(), arrays.species.copy()
+    if kind == "rotation":
+        rotation = Rotation.random(random_state=rng).as_matrix()
+        positions, cell = positions @ rotation.T, cell @ rotation.T
+    elif kind == "translation":
+        positions = positions + rng.normal(size=3) * 3.0
+    elif kind == "permutation":
+        atom_map = rng.permutation(n)
+        positions, species = positions[atom_map], species[atom_map]
+    elif kind == "image":
+        moved = rng.choice(n, size=max(1, n // 2), replace=False)
+        shifts[moved] = rng.integers(-2, 3, size=(len(moved), 3)) * arrays.pbc
+        positions = positions + shifts @ cell
+    return StructureArrays(positions, cell, arrays.pbc, species), atom_map, shifts, rotation
+
+
+def symmetry_error(model, arrays, kind, seed=0):
+    """Max |B_new - D B_old D^T| / max |B_old| over all H and S blocks, and the two predictions."""
+    rng = np.random.default_rng(seed)
+    new, atom_map, shifts, rotation = transform(arrays, kind, rng)
+    old_graph, old = predict(model, arrays)
+    new_graph, out = predict(model, new)
+    basis = model.basis
+    d = [species_rotation(sp, rotation) for sp in basis]
+    worst, size = 0.0, 0.0
+    for matrix in ("h", "s"):
+        before = blocks_by_pair(old_graph, getattr(old, matrix), basis)
+        after = blocks_by_pair(new_graph, getattr(out, matrix), basis)
+        assert len(before) == len(after)
+        for (k, l, n), block in after.items():
+            i, j = int(atom_map[k]), int(atom_map[l])
+            n_old = tuple(int(x) for x in np.asarray(n) + shifts[l] - shifts[k])
+            want = d[new.species[k]] @ lookup(before, i, j, n_old) @ d[new.species[l]].T
+            worst = max(worst, float(np.abs(block - want).max()))
+            size = max(size, float(np.abs(want).max()))
+    return worst / size, (old_graph, old), (new_graph, out)
+
+
+def gamma_spectra(model, graph, blocks, threshold=1e-3):
+    """Eigenvalues at Γ of H, of S, and of H on S's eigenvectors above ``threshold`` (canonical orthogonalization)."""
+    hamiltonian = assemble_prediction(model, graph, blocks)
+    h = hamiltonian.Hk(format="array").real.astype(np.float64)
+    s = hamiltonian.Sk(format="array").real.astype(np.float64)
+    w, u = np.linalg.eigh(s)
+    keep = u[:, w > threshold] / np.sqrt(w[w > threshold])
+    return np.linalg.eigvalsh(h), w, np.linalg.eigvalsh(keep.T @ h @ keep)
+
+
+# ------------------------------------------------------------------------------- symmetry
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["rotation", "translation", "permutation", "image"])
+def test_equivariant_model_blocks_transform_like_siesta_orbitals(abn, cell8, kind, dtype):
+    model = make("equivariant", abn.basis, abn.statistics, dtype=dtype)
+    error, before, after = symmetry_error(model, cell8, kind)
+    assert error < TOLERANCE[dtype], f"{kind}: relative block error {error:.2e}"
+    if dtype == "float64":
+        for a, b in zip(gamma_spectra(model, *before), gamma_spectra(model, *after)):
+            np.testing.assert_allclose(b, a, atol=1e-8 * max(1.0, np.abs(a).max()))
+
+
+@pytest.mark.parametrize("kind", ["translation", "permutation", "image"])
+def test_invariant_model_is_exactly_invariant_except_under_rotations(abn, cell8, kind):
+    model = make("invariant", abn.basis, abn.statistics)
+    error, _, _ = symmetry_error(model, cell8, kind)
+    assert error < 1e-10
+
+
+def test_invariant_model_rotation_violation_is_measured(abn, cell8, record_property):
+    model = make("invariant", abn.basis, abn.statistics)
+    errors = [symmetry_error(model, cell8, "rotation", seed)[0] for seed in range(3)]
+    _, before, after = symmetry_error(model, cell8, "rotation")
+    shift = max(np.abs(a - b).max() for a, b in zip(gamma_spectra(model, *before), gamma_spectra(model, *after)))
+    record_property("invariant_rotation_block_error", max(errors))
+    record_property("invariant_rotation_gamma_eigenvalue_change", shift)
+    print(f"non-equivariant model, random rotations: relative block error {max(errors):.3e}, Γ eigenvalues move {shift:.3e}")
+    assert all(np.isfinite(errors)) and np.isfinite(shift)
+    assert min(errors) > 1e-6  # it is not equivariant: a rotation changes its blocks
+
+
+# ------------------------------------------------------------------------------- learning
+def train(model, graph, steps, lr):
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    target_h, target_s = graph.h.to(model.dtype), graph.s.to(model.dtype)
+    losses = []
+    for _ in range(steps):
+        out = model(graph)
+        loss = ((out.h - target_h) ** 2).mean() + 100 * ((out.s - target_s) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        out = model(graph)
+    return losses, float((out.h - target_h).abs()[graph.mask].mean())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_models_learn_a_small_cell(abn, kind):
+    model = make(kind, abn.basis, abn.statistics, dtype="float32")
+    graph = model.graph_builder()(abn[0])
+    losses, _ = train(model, graph, 25, 1e-2)
+    assert losses[-1] < losses[0] / 4, f"{kind}: loss {losses[0]:.3e} -> {losses[-1]:.3e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_models_overfit_a_small_cell_below_one_mev(abn, kind):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind), abn.basis, abn.statistics)
+    graph = model.graph_builder()(abn[0])
+    _, mae = train(model, graph, 1500, 5e-3)
+    assert mae < 1e-3, f"{kind}: H MAE {mae * 1e3:.2f} meV"
+
+
+# ------------------------------------------------------------------------------- other systems
+def statistics_of(data):
+    accumulator = StatisticsAccumulator(data.basis)
+    accumulator.add(data)
+    return accumulator.result()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mixed_species_srtio3(siesta_fixtures, kind):
+    data = read_hs(siesta_fixtures / "SrTiO3_unpolarized" / "SrTiO3.HSX")
+    model = make(kind, data.basis, statistics_of(data))
+    graph = model.graph_builder()(data)
+    sizes = np.diff(graph.block_ptr.numpy())
+    assert set(sizes.tolist()) >= {14 * 14, 19 * 19, 13 * 13, 14 * 19, 19 * 13}
+    with torch.no_grad():
+        out = model(graph)
+    assert out.h.shape == graph.h.shape and torch.isfinite(out.h).all() and torch.isfinite(out.s).all()
+    arrays = StructureArrays(data.positions, data.cell, data.pbc, data.species)
+    if kind == "equivariant":
+        assert symmetry_error(model, arrays, "rotation")[0] < 1e-10
+        assert symmetry_error(model, arrays, "permutation")[0] < 1e-10
+    losses, _ = train(model, graph, 10, 1e-2)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_periodic_molecule(siesta_fixtures, kind):
+    import ase
+
+    data = read_hs(siesta_fixtures / "H2O_dipole" / "h2o_dipole.HSX")
+    symbols = [data.basis.symbols[s] for s in data.species]
+    molecule = ase.Atoms(symbols, positions=data.positions, pbc=False)
+    model = make(kind, data.basis)
+    hamiltonian = predict_hamiltonian(model, molecule)
+    assert list(hamiltonian.nsc) == [1, 1, 1] and hamiltonian.no == data.n_orbitals
+    h = hamiltonian.Hk(format="array")
+    np.testing.assert_allclose(h, h.T, atol=1e-12)
+    if kind == "equivariant":
+        arrays = StructureArrays(data.positions, np.zeros((3, 3)), np.zeros(3, bool), data.species)
+        assert symmetry_error(model, arrays, "rotation")[0] < 1e-10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_atom_alone_and_with_its_images(abn, kind):
+    import ase
+
+    model = make(kind, abn.basis, abn.statistics)
+    alone = predict_hamiltonian(model, ase.Atoms("B", pbc=False))
+    assert alone.no == 13 and list(alone.nsc) == [1, 1, 1]
+    h = alone.Hk(format="array").real
+    np.testing.assert_allclose(h, h.T, atol=1e-12)
+    if kind == "equivariant":  # an isolated atom: a spherical onsite block, lambda I per l shell pair
+        s_block = alone.Sk(format="array").real
+        np.testing.assert_allclose(np.diag(s_block)[2:5], s_block[2, 2], rtol=1e-12)
+    crystal = predict_hamiltonian(model, ase.Atoms("N", cell=np.eye(3) * 2.6, pbc=True))
+    assert crystal.nsc.max() >= 5  # the atom's own images up to r_N + r_N = 5.56 Å
+    k = np.array([0.1, 0.23, -0.31])
+    hk, sk = crystal.Hk(k, format="array"), crystal.Sk(k, format="array")
+    np.testing.assert_allclose(hk, hk.conj().T, atol=1e-12)
+    np.testing.assert_allclose(sk, sk.conj().T, atol=1e-12)
+
+
+def test_batched_prediction_equals_one_structure_at_a_time(abn):
+    for kind in KINDS:
+        model = make(kind, abn.basis, abn.statistics)
+        builder = model.graph_builder()
+        graphs = [builder(abn[k]) for k in (0, 1, 2)]
+        with torch.no_grad():
+            batched = model(collate(graphs))
+            alone = [model(g) for g in graphs]
+        batch = collate(graphs)
+        for b, out in enumerate(alone):
+            torch.testing.assert_close(batch.split_values(batched.h)[b], out.h, rtol=0, atol=1e-11)
+            torch.testing.assert_close(batch.split_values(batched.s)[b], out.s, rtol=0, atol=1e-11)
+
+
+def test_predicted_hamiltonian_is_the_predicted_blocks(abn):
+    model = make("equivariant", abn.basis, abn.statistics)
+    data = abn[0]
+    hamiltonian = predict_hamiltonian(model, data)
+    graph, out = predict(model, StructureArrays(data.positions, data.cell, data.pbc, data.species))
+    edge, shift, ptr = graph.structure_pairs(0)
+    values = np.stack([out.h.numpy(), out.s.numpy()])
+    half = HSData(
+        cell=data.cell, positions=data.positions, species=data.species, basis=abn.basis, edge_index=edge, cell_shift=shift,
+        block_ptr=ptr, h=values[:1], s=values[1], mask=np.ones(len(values[1]), bool), nsc=hamiltonian.nsc,
+    ).expand_half()
+    k = np.array([0.2, -0.1, 0.35])
+    np.testing.assert_allclose(hamiltonian.Hk(k, format="array"), half.matrix_at_k(k), atol=1e-12)
+    np.testing.assert_allclose(hamiltonian.Sk(k, format="array"), half.matrix_at_k(k, which="s"), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- kernels and gradients
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_and_numba_backends_agree_and_every_parameter_learns(abn, kind):
+    data = abn[0]
+    outputs, grads = {}, {}
+    for backend in ("torch", "numba"):
+        model = make(kind, abn.basis, abn.statistics, backend=backend).train()
+        graph = model.graph_builder()(data)
+        out = model(graph)
+        loss = ((out.h - graph.h) ** 2).mean() + ((out.s - graph.s) ** 2).mean()
+        loss.backward()
+        outputs[backend] = (out.h.detach(), out.s.detach())
+        grads[backend] = {name: p.grad for name, p in model.named_parameters()}
+    for a, b in zip(outputs["torch"], outputs["numba"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for name, grad in grads["numba"].items():
+        assert grad is not None and torch.isfinite(grad).all(), name
+        torch.testing.assert_close(grad, grads["torch"][name], rtol=1e-7, atol=1e-10, msg=name)
+    assert sum(float(g.abs().sum() > 0) for g in grads["numba"].values()) >= 0.9 * len(grads["numba"])
+
+
+# ------------------------------------------------------------------------------- checkpoints and config
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_round_trip(abn, cell8, tmp_path, kind):
+    model = make(kind, abn.basis, abn.statistics, dtype="float32")
+    path = save_model(model, tmp_path / "model.pt", extra={"step": 7})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
+    loaded, payload = load_checkpoint(path)
+    assert loaded.config == model.config and loaded.basis == model.basis and payload["extra"] == {"step": 7}
+    assert payload["hforge_version"] and payload["format"] == "hforge-model"
+    _, before = predict(model, cell8)
+    _, after = predict(load_model(path).eval(), cell8)
+    assert torch.equal(before.h, after.h) and torch.equal(before.s, after.s)
+
+
+def test_checkpoint_errors(abn, tmp_path):
+    with pytest.raises(FileFormatError):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FileFormatError):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(FileFormatError):
+        load_model(tmp_path / "other.pt")
+    model = make("equivariant", abn.basis)
+    save_model(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["config"]["channels"] = 4
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(FileFormatError, match="weights do not fit"):
+        load_model(tmp_path / "bad.pt")
+    payload["config"]["kind"] = "nonsense"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_config_validation(abn):
+    with pytest.raises(ConfigError, match="kind"):
+        ModelConfig(kind="transformer")
+    with pytest.raises(ConfigError, match="channels"):
+        ModelConfig(channels=0)
+    with pytest.raises(ConfigError, match="pair_l_max"):
+        ModelConfig(pair_l_max=5)
+    with pytest.raises(ConfigError, match="dtype"):
+        ModelConfig(dtype="float16")
+    with pytest.raises(ConfigError, match="species"):
+        ModelConfig(species=("B", "B"))
+    with pytest.raises(ConfigError, match="unknown fields"):
+        ModelConfig.from_dict({"kind": "equivariant", "colour": "blue"})
+    config = ModelConfig(kind="invariant", r_max=4.0)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(UnknownSpeciesError):
+        build_model(ModelConfig(species=("B", "C")), abn.basis)
+    model = make("equivariant", abn.basis, backend="cupy")
+    with pytest.raises(BackendUnavailableError):
+        model(model.graph_builder()(abn[0]))
+    import ase
+
+    with pytest.raises(UnknownSpeciesError):
+        predict_hamiltonian(model, ase.Atoms("BC", positions=[[0, 0, 0], [1.4, 0, 0]]))
