@@ -26,7 +26,12 @@ from hforge.errors import (
 __version__ = "0.1.0"
 
 # Public names resolved on first use, so that ``import hforge`` stays cheap.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "cg_descriptor": "hforge.ops.cg_blocks",
+    "edge_blocks": "hforge.ops.cg_blocks",
+    "irreps_to_blocks": "hforge.ops.cg_blocks",
+    "onsite_blocks": "hforge.ops.cg_blocks",
+}
 
 __all__ = [
     "__version__",

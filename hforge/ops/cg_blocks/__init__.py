@@ -233,6 +233,7 @@ def edge_blocks(
         return edge_blocks_reference(x, Y, R, W, edge_index, species, block_ptr, desc, symmetric)
     if symmetric:
         W = symmetrize_weights(W, desc)
+    edge_index = edge_index.to(torch.int64)
     args = (
         x.transpose(1, 2).contiguous(), Y.contiguous(), R.contiguous(), W.contiguous(),
         edge_index[0].contiguous(), edge_index[1].contiguous(), _pair_type(pair_species, desc), block_ptr, desc,

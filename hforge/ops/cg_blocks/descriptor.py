@@ -34,7 +34,11 @@ slot ``s = (a, b, L)`` contributes to the shell-pair sub-block of the block::
 The map from the coupled-irreps vector to the block is then orthogonal, so its inverse is its
 transpose (``blocks_to_irreps``).  A block transforms as ``D'_{l_a} B D'_{l_b}^T`` with
 ``D'_l = U_l D_l U_l^T`` when ``t`` transforms with ``D_L``.  Only nonzero ``Q`` entries are
-stored (``q_*`` tables, ``|Q| > 1e-13``).
+stored (``|Q| > 1e-13``), twice, as CSR matrices per pair type whose rows start at
+``pair_entry_ptr[t]``: ``qb_*`` (rows = block entries ``i * n_cols + j``, columns ``qb_index`` =
+coupled-irrep index) for irreps -> blocks and ``qi_*`` (rows = coupled irreps, columns = block
+entries) for blocks -> irreps.  ``q_matrix(l_a, l_b, L)`` returns a dense ``Q``; shell pairs are
+runs of slots (``shellpair_ptr`` per pair type, ``shellpair_slot_ptr`` per shell pair).
 
 Transposition: ``C^{l_b l_a L}[j, i, M] = (-1)^(l_a + l_b + L) C^{l_a l_b L}[i, j, M]`` (checked
 at build time), so the block of the reversed pair ``B^T`` has the coupled irreps
@@ -50,7 +54,12 @@ A *path* ``p = (side, q, l2, L)`` couples the node irrep ``q`` of the row atom (
 the column atom (side 1) with ``Y_{l2}`` into ``L``, for every key ``(L, p_q (-1)^l2)`` in
 ``keys``.  Side-0 paths come first, side-1 paths repeat them in the same order
 (``path_swap`` pairs them).  Its coefficients are ``cg_val = sqrt(2L + 1) C^{l1 l2 L}[m1, m2, M]``
-(nonzeros only, ``cg_m2`` indexes ``Y`` directly).
+(nonzeros only, rows ``cg_ptr[p]`` .. ``cg_ptr[p + 1]``; ``cg_m2`` indexes ``Y`` directly).  Paths of
+one key, in path order, are ``key_path[key_path_ptr[k]:key_path_ptr[k + 1]]`` (``path_rank`` is a
+path's position there: side-0 paths take the first half); kernels lay the tensor products out
+key-major, ``key_tp_ptr[k] + M * n_key_paths + rank`` rows of ``C`` channels.
+``ptk_slot[ptk_ptr[t * n_keys + k]:ptk_ptr[t * n_keys + k + 1]]`` are the slots of pair type ``t``
+with key ``k``.
 
 Channel mixing (``mix_*`` tables)
 ---------------------------------

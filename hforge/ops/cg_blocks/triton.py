@@ -27,6 +27,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
@@ -310,6 +311,7 @@ class EdgeBlocksTriton(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # noqa: D102
         x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
         desc = ctx.desc
