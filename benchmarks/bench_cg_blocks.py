@@ -64,8 +64,7 @@ def make_case(n_edges: int) -> SimpleNamespace:
     Y = o3.spherical_harmonics(list(range(L_SH + 1)), vectors, normalize=True, normalization="component")
     x = torch.randn(n_atoms, o3.Irreps(NODE_IRREPS).dim, generator=gen, dtype=DTYPE)
     R = torch.randn(n_edges, desc.n_paths, CHANNELS, generator=gen, dtype=DTYPE)
-    n_rows = np.diff(desc.key_path_ptr)[desc.slot_key[desc.mix_slot]]
-    W = torch.randn(desc.n_mix, CHANNELS, generator=gen, dtype=DTYPE) / torch.tensor(np.sqrt(n_rows * CHANNELS), dtype=DTYPE)[:, None]
+    W = desc.init_weights("edge", CHANNELS, dtype=DTYPE, generator=gen)
     pair_species = species[edge_index]
     pair_type = pair_species[0] * desc.n_species + pair_species[1]
     return SimpleNamespace(

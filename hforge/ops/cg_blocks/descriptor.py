@@ -193,9 +193,6 @@ class CGDescriptor:
         shells = self.species_shells
         self.n_species = len(shells)
         self.n_orb = _i64([sum(2 * l + 1 for l in ls) for ls in shells])
-        self.shell_ptr = _ptr([len(ls) for ls in shells])
-        self.shell_l = _i64([l for ls in shells for l in ls])
-        self.shell_offset = _i64([sum(2 * k + 1 for k in ls[:a]) for ls in shells for a in range(len(ls))])
         s = self.n_species
         self.n_pair_types = s * s
         self.pair_n_rows = _i64([self.n_orb[t // s] for t in range(s * s)])
@@ -363,6 +360,19 @@ class CGDescriptor:
         self.onsite_slot = np.repeat(np.arange(self.n_slots, dtype=np.int64), counts)
 
     # ----------------------------------------------------------------- helpers
+    def init_weights(self, kind: str, channels: int, *, dtype: Any = None, generator: Any = None) -> Any:
+        """Random ``W`` for :func:`edge_blocks` (``kind="edge"``, ``(n_mix, C)``) or :func:`onsite_blocks`
+        (``"onsite"``, ``(n_onsite, C)``), normal with variance ``1 / fan_in`` of each row's slot
+        (``fan_in`` = rows of the slot x channels), so that unit-variance inputs give unit-variance slots."""
+        import torch
+
+        if kind not in ("edge", "onsite"):
+            raise InputError(f"init_weights: kind must be 'edge' or 'onsite', got {kind!r}")
+        ptr, slot = (self.mix_ptr, self.mix_slot) if kind == "edge" else (self.onsite_ptr, self.onsite_slot)
+        fan_in = torch.as_tensor(np.diff(ptr)[slot] * channels, dtype=dtype or torch.get_default_dtype())
+        weights = torch.randn(len(slot), channels, generator=generator, dtype=fan_in.dtype)
+        return weights / torch.sqrt(fan_in)[:, None]
+
     def irreps_of_pair(self, species_i: int, species_j: int) -> str:
         """e3nn ``Irreps`` string of the coupled-irreps vector of a pair (slot order, not simplified)."""
         t = species_i * self.n_species + species_j

@@ -24,11 +24,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from hforge.ops.cg_blocks.descriptor import CGDescriptor
 
-__all__ = ["EdgeBlocksNumba", "IrrepsToBlocksNumba"]
+__all__ = ["EdgeBlocksNumba", "apply_q_numba"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}  # lets LLVM vectorize the channel reductions
 
@@ -56,7 +55,7 @@ def _apply_q(values, pair_type, block_ptr, pair_entry_ptr, ptr, index, val, out)
         _gather_rows(values, block_ptr[e], pair_entry_ptr[t], block_ptr[e + 1] - block_ptr[e], ptr, index, val, out)
 
 
-def _q_apply(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def apply_q_numba(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
     """Coupled irreps -> blocks through ``Q`` (``transpose=False``) or blocks -> coupled irreps through ``Q^T``."""
     values = values.contiguous()
     out = torch.empty_like(values)
@@ -67,20 +66,6 @@ def _q_apply(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Ten
             getattr(desc, f"{name}_index"), desc.tables("cpu", values.dtype)[f"{name}_val"].numpy(), out.numpy(),
         )
     return out
-
-
-class IrrepsToBlocksNumba(torch.autograd.Function):
-    """Coupled irreps -> blocks (``transpose=False``) or blocks -> coupled irreps (``True``); each the other's backward."""
-
-    @staticmethod
-    def forward(ctx, values, pair_type, block_ptr, desc, transpose):  # noqa: D102
-        ctx.saved = (pair_type, block_ptr, desc, transpose)
-        return _q_apply(values, pair_type, block_ptr, desc, transpose)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        pair_type, block_ptr, desc, transpose = ctx.saved
-        return IrrepsToBlocksNumba.apply(grad, pair_type, block_ptr, desc, not transpose), None, None, None, None
 
 
 @numba.njit(inline="always")
@@ -316,8 +301,9 @@ class EdgeBlocksNumba(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
+            raise RuntimeError("edge_blocks (numba): second derivatives are not implemented; use backend='torch'")
         x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
         desc = ctx.desc
         need_x, need_Y, need_R, need_W = ctx.needs_input_grad[:4]
