@@ -40,6 +40,10 @@ _LAZY: dict[str, str] = {
     "neighbour_list": "hforge.graph",
     "orbital_pair_list": "hforge.graph",
     "PairList": "hforge.graph",
+    "cg_descriptor": "hforge.ops.cg_blocks",
+    "edge_blocks": "hforge.ops.cg_blocks",
+    "irreps_to_blocks": "hforge.ops.cg_blocks",
+    "onsite_blocks": "hforge.ops.cg_blocks",
 }
 
 __all__ = [

@@ -105,3 +105,23 @@ def test_missing_radii_are_reported(siesta_fixtures, tmp_path):
     assert basis.symbols == ["N", "B"] and basis["B"].cutoff is None
     with pytest.raises(BasisMismatchError, match="radii"):
         basis.pair_cutoffs()
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_valence_charge_from_every_ion_format(abn_dir, suffix):
+    """Z_valence of the aBN pseudopotentials: B 3, N 5 (the ``Valence charge`` of each file)."""
+    basis = BasisSet.from_files([abn_dir / "basis" / f"{s}{suffix}" for s in "BN"])
+    np.testing.assert_array_equal(basis.valence_charges, [3.0, 5.0])
+    again = BasisSet.from_json(basis.to_json())
+    np.testing.assert_array_equal(again.valence_charges, [3.0, 5.0])
+    # metadata of the pseudopotential: a basis without it is the same basis
+    stripped = BasisSet.from_dict({"species": [{**sp, "valence_charge": None} for sp in basis.to_dict()["species"]]})
+    assert stripped == basis and stripped.hash == basis.hash
+    assert np.isnan(stripped.valence_charges).all()
+
+
+def test_valence_charge_from_the_basis_group_of_a_siesta_nc(siesta_fixtures):
+    from hforge.io import read_hs
+
+    data = read_hs(siesta_fixtures / "hBN" / "aiida.nc")
+    assert {sp.symbol: sp.valence_charge for sp in data.basis} == {"B": 3.0, "N": 5.0}

@@ -95,17 +95,24 @@ class SpeciesBasis:
         kb_projectors: ``(l, radius Å)`` of each Kleinman-Bylander projector where the source
             records them (``.ion*`` files), else None.  H couples orbitals up to
             ``r_i + r_j + 2 max(kb radius)`` apart through a third atom's projector.
+        valence_charge: electrons of the neutral atom that the pseudopotential treats
+            explicitly (Z_valence; B 3, N 5), where the source records it (``.ion*`` files, the
+            BASIS group of a ``.nc``), else None.  Like the radii it describes the pseudopotential,
+            not the orbitals: equality and :attr:`BasisSet.hash` ignore it.
     """
 
     symbol: str
     Z: int
     shells: tuple[Shell, ...]
     kb_projectors: tuple[tuple[int, float], ...] | None = None
+    valence_charge: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shells", tuple(self.shells))
         if self.kb_projectors is not None:
             object.__setattr__(self, "kb_projectors", tuple((int(l), float(r)) for l, r in self.kb_projectors))
+        if self.valence_charge is not None:
+            object.__setattr__(self, "valence_charge", float(self.valence_charge))
 
     @property
     def n_orbitals(self) -> int:
@@ -171,7 +178,9 @@ class SpeciesBasis:
 
     # ---- conversions -------------------------------------------------------------------
     @classmethod
-    def from_sisl(cls, atom: Any, kb_projectors: Iterable[tuple[int, float]] | None = None) -> "SpeciesBasis":
+    def from_sisl(
+        cls, atom: Any, kb_projectors: Iterable[tuple[int, float]] | None = None, valence_charge: float | None = None
+    ) -> "SpeciesBasis":
         """From a :class:`sisl.Atom` whose orbitals carry n, l, m, zeta (and P, R).
 
         Raises:
@@ -201,7 +210,8 @@ class SpeciesBasis:
             radius = float(orb.R) if np.isfinite(orb.R) and orb.R > 0 else None
             shells.append(Shell(int(orb.n), l, int(orb.zeta), bool(orb.P), radius))
             i += 2 * l + 1
-        return cls(str(atom.tag), int(atom.Z), tuple(shells), None if kb_projectors is None else tuple(kb_projectors))
+        kb = None if kb_projectors is None else tuple(kb_projectors)
+        return cls(str(atom.tag), int(atom.Z), tuple(shells), kb, valence_charge)
 
     def to_sisl(self) -> Any:
         """A :class:`sisl.Atom` with one :class:`sisl.AtomicOrbital` per orbital (R = cutoff)."""
@@ -223,6 +233,7 @@ class SpeciesBasis:
             "Z": self.Z,
             "shells": [[s.n, s.l, s.zeta, s.polarized, s.cutoff] for s in self.shells],
             "kb_projectors": None if self.kb_projectors is None else [list(p) for p in self.kb_projectors],
+            "valence_charge": self.valence_charge,
         }
 
     @classmethod
@@ -234,6 +245,7 @@ class SpeciesBasis:
             int(data["Z"]),
             tuple(Shell(int(n), int(l), int(z), bool(p), None if r is None else float(r)) for n, l, z, p, r in data["shells"]),
             None if kb is None else tuple((int(l), float(r)) for l, r in kb),
+            data.get("valence_charge"),
         )
 
 
@@ -287,6 +299,11 @@ class BasisSet:
     def n_orbitals(self) -> np.ndarray:
         """``(n_species,)`` int64: orbitals per atom of each species."""
         return np.array([sp.n_orbitals for sp in self.species], dtype=np.int64)
+
+    @property
+    def valence_charges(self) -> np.ndarray:
+        """``(n_species,)`` float64 Z_valence of each species (NaN where the source does not record it)."""
+        return np.array([np.nan if sp.valence_charge is None else sp.valence_charge for sp in self.species])
 
     @property
     def irreps(self) -> list[str]:

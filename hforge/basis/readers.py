@@ -80,6 +80,7 @@ def _read_ion_sisl(path: Path, suffix: str) -> SpeciesBasis:
 
         with netCDF4.Dataset(str(path)) as nc:
             kb = list(zip(nc["pjnl_l"][:].tolist(), (nc["kbcutoff"][:] * BOHR_TO_ANG).tolist()))
+            valence = float(nc.getncattr("Valence_charge")) if "Valence_charge" in nc.ncattrs() else None
     else:
         import xml.etree.ElementTree as ET
 
@@ -88,7 +89,8 @@ def _read_ion_sisl(path: Path, suffix: str) -> SpeciesBasis:
             (int(p.get("l")), float(p.find("radfunc/cutoff").text) * BOHR_TO_ANG)
             for p in root.iterfind("kbs/projector")
         ]
-    return SpeciesBasis.from_sisl(atom, kb_projectors=kb)
+        valence = float(root.findtext("valence")) if root.find("valence") is not None else None
+    return SpeciesBasis.from_sisl(atom, kb_projectors=kb, valence_charge=valence)
 
 
 def _read_ion_text(path: Path) -> SpeciesBasis:
@@ -101,7 +103,7 @@ def _read_ion_text(path: Path) -> SpeciesBasis:
     for k, line in enumerate(lines):
         value, _, comment = line.partition("#")
         comment = comment.strip()
-        if comment in ("Symbol", "Label", "Atomic number"):
+        if comment in ("Symbol", "Label", "Atomic number", "Valence charge"):
             header[comment] = value.strip()
         elif comment.startswith("Lmax for basis"):
             n_shells = int(value.split()[1])
@@ -121,7 +123,8 @@ def _read_ion_text(path: Path) -> SpeciesBasis:
             f"found {len(shells)} and {len(kb)}",
             path=path,
         )
-    return SpeciesBasis(header["Label"], int(header["Atomic number"]), tuple(shells), tuple(kb))
+    valence = float(header["Valence charge"]) if "Valence charge" in header else None
+    return SpeciesBasis(header["Label"], int(header["Atomic number"]), tuple(shells), tuple(kb), valence)
 
 
 def _cutoff_line(lines: list[str], k: int, path: Path) -> float:

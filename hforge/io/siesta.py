@@ -224,7 +224,8 @@ def _nc_basis(path: Path, H: Any) -> BasisSet | None:
             radii = (group["cutoff"][:] * BOHR_TO_ANG).tolist()
             kb = list(zip(group["pjnl_l"][:].tolist(), (group["kbcutoff"][:] * BOHR_TO_ANG).tolist()))
             shells = tuple(replace(shell, cutoff=r) for shell, r in zip(sp.shells, radii))
-            species.append(SpeciesBasis(sp.symbol, sp.Z, shells, kb))
+            valence = float(group.getncattr("Valence_charge")) if "Valence_charge" in group.ncattrs() else None
+            species.append(SpeciesBasis(sp.symbol, sp.Z, shells, kb, valence))
         return BasisSet(tuple(species))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from hforge.basis import BasisSet
 from hforge.io.hsdata import HSData
 
-__all__ = ["StoreStatistics", "StatisticsAccumulator"]
+__all__ = ["StoreStatistics", "StatisticsAccumulator", "block_type_shape", "value_block_types"]
 
 
 def _tables(basis: BasisSet) -> tuple[np.ndarray, int, int]:
@@ -29,6 +29,31 @@ def _tables(basis: BasisSet) -> tuple[np.ndarray, int, int]:
     for k, sp in enumerate(basis):
         table[k, : sp.n_orbitals] = sp.orbital_shell
     return table, max_orb, max_shell
+
+
+def block_type_shape(basis: BasisSet) -> tuple[int, int, int, int, int]:
+    """Shape of the per-block-type arrays: (onsite or not, species i, species j, shell i, shell j)."""
+    n_sp, max_shell = len(basis), max(len(sp.shells) for sp in basis)
+    return (2, n_sp, n_sp, max_shell, max_shell)
+
+
+def value_block_types(
+    basis: BasisSet, species: np.ndarray, edge_index: np.ndarray, cell_shift: np.ndarray, block_ptr: np.ndarray
+) -> np.ndarray:
+    """``(n_values,)`` int64 block type of every flat value of a pair list: its flat index into
+    arrays of shape :func:`block_type_shape` (``StoreStatistics.h_std.ravel()[types]`` is the std
+    of every entry).  Onsite means the pair ``(i, i, 0)``; blocks are row-major (docs/design.md)."""
+    table, _, max_shell = _tables(basis)
+    species = np.asarray(species, dtype=np.int64)
+    edge_index = np.asarray(edge_index, dtype=np.int64)
+    sizes = np.diff(np.asarray(block_ptr, dtype=np.int64))
+    pair = np.repeat(np.arange(len(sizes)), sizes)
+    si, sj = species[edge_index[:, pair]]
+    cols = basis.n_orbitals[sj]
+    local = np.arange(len(pair)) - np.repeat(np.asarray(block_ptr[:-1], dtype=np.int64), sizes)
+    onsite = ((edge_index[0] == edge_index[1]) & ~np.asarray(cell_shift).any(axis=1))[pair]
+    n_sp = len(basis)
+    return (((onsite * n_sp + si) * n_sp + sj) * max_shell + table[si, local // cols]) * max_shell + table[sj, local % cols]
 
 
 @dataclass
@@ -145,10 +170,10 @@ class StatisticsAccumulator:
     _s: _Moments = field(init=False)
 
     def __post_init__(self) -> None:
-        self._table, self._max_orb, self._max_shell = _tables(self.basis)
+        self._max_orb = int(self.basis.n_orbitals.max())
         n_sp = len(self.basis)
         self._onsite = _Moments.zeros((n_sp, self._max_orb))
-        block_shape = (2, n_sp, n_sp, self._max_shell, self._max_shell)
+        block_shape = block_type_shape(self.basis)
         self._h = _Moments.zeros(block_shape)
         self._s = _Moments.zeros(block_shape)
 
@@ -157,10 +182,9 @@ class StatisticsAccumulator:
         mask = data.mask
         pair = data.value_pair[mask]
         rows, cols = (x[mask] for x in data.value_orbitals())
-        si, sj = data.species[data.edge_index[:, pair]]
+        si = data.species[data.edge_index[0, pair]]
         onsite = data.onsite[pair]
-        n_sp, ms = len(self.basis), self._max_shell
-        bins = (((onsite * n_sp + si) * n_sp + sj) * ms + self._table[si, rows]) * ms + self._table[sj, cols]
+        bins = value_block_types(self.basis, data.species, data.edge_index, data.cell_shift, data.block_ptr)[mask]
         h = data.h_unshifted[:, mask].astype(np.float64)
         s = data.s[mask].astype(np.float64)
         diagonal = onsite & (rows == cols)

@@ -5,6 +5,7 @@ Each op takes ``backend="auto" | "torch" | "numba" | "triton" | "cupy"``; see :m
 
 from hforge.ops.assemble import AssembledCSR, AssemblyPlan, assemble_csr, plan_csr_assembly
 from hforge.ops.backends import BACKENDS, BackendStatus, backend_status, resolve_backend
+from hforge.ops.cg_blocks import blocks_to_irreps, cg_descriptor, edge_blocks, irreps_to_blocks, onsite_blocks
 from hforge.ops.row_pointer import row_pointer
 
 __all__ = [
@@ -15,6 +16,11 @@ __all__ = [
     "assemble_csr",
     "backend_status",
     "plan_csr_assembly",
+    "blocks_to_irreps",
+    "cg_descriptor",
+    "edge_blocks",
+    "irreps_to_blocks",
+    "onsite_blocks",
     "resolve_backend",
     "row_pointer",
 ]

@@ -39,9 +39,10 @@ Equivariance: with ``x`` rotated by e3nn's ``D`` (per node irrep, parity include
 ``r -> g r``, every block ``(a, b)`` becomes ``D'_{l_a} B D'_{l_b}^T``, ``D'_l = U_l D_l U_l^T``.
 
 Backends (``backend=``): ``torch`` (the readable reference, autograd everywhere), ``numba``
-(CPU, parallel, float32/float64), ``triton`` (GPU; CPU under ``TRITON_INTERPRET=1``).  The fused
-backends differentiate ``x``, ``Y``, ``R``, ``W`` (``Y`` only when it requires grad) once
-(no double backward).
+(CPU, parallel, float32/float64), ``triton`` (GPU; CPU under ``TRITON_INTERPRET=1``); no ``cupy``
+backend yet.  ``auto`` picks numba on CPU and triton on CUDA tensors.  The fused ``edge_blocks``
+backends differentiate ``x``, ``Y``, ``R`` and ``W`` (each only when it requires grad) once: a
+second derivative raises.  ``irreps_to_blocks`` is linear and differentiable to any order.
 """
 
 from __future__ import annotations
@@ -87,13 +88,27 @@ def _check_block_ptr(block_ptr: torch.Tensor | None, pair_species: torch.Tensor,
     expected = block_pointer(pair_species, desc)
     if block_ptr is None:
         return expected
-    if block_ptr.shape != expected.shape or not torch.equal(torch.diff(block_ptr), torch.diff(expected)):
-        raise InputError("block_ptr does not match the block sizes of the pairs' species")
+    if block_ptr.shape != expected.shape or int(block_ptr[0]) != 0 or not torch.equal(torch.diff(block_ptr), torch.diff(expected)):
+        raise InputError("block_ptr must start at 0 and match the block sizes of the pairs' species")
     return block_ptr.to(torch.int64).contiguous()
 
 
 def _backend(backend: str, tensor: torch.Tensor, op: str) -> str:
     return resolve_backend(backend, on_gpu=tensor.is_cuda, implemented=_IMPLEMENTED, op=op)
+
+
+class _LinearMap(torch.autograd.Function):
+    """``Q`` (``transpose=False``: irreps -> blocks) or ``Q^T`` through a backend's kernel; each is the other's backward."""
+
+    @staticmethod
+    def forward(ctx, values, kernel, pair_type, block_ptr, desc, transpose):  # noqa: D102
+        ctx.saved = (kernel, pair_type, block_ptr, desc, transpose)
+        return kernel(values, pair_type, block_ptr, desc, transpose)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        kernel, pair_type, block_ptr, desc, transpose = ctx.saved
+        return _LinearMap.apply(grad, kernel, pair_type, block_ptr, desc, not transpose), None, None, None, None, None
 
 
 def _map(values: torch.Tensor, pair_species: torch.Tensor, desc: CGDescriptor, block_ptr, backend: str, transpose: bool, op: str):
@@ -103,13 +118,13 @@ def _map(values: torch.Tensor, pair_species: torch.Tensor, desc: CGDescriptor, b
         raise InputError(f"{op}: values of shape {tuple(values.shape)}, expected ({int(block_ptr[-1])},) for these pairs")
     name = _backend(backend, values, op)
     if name == "numba":
-        from hforge.ops.cg_blocks.numba import IrrepsToBlocksNumba
+        from hforge.ops.cg_blocks.numba import apply_q_numba
 
-        return IrrepsToBlocksNumba.apply(values, pair_type, block_ptr, desc, transpose)
+        return _LinearMap.apply(values, apply_q_numba, pair_type, block_ptr, desc, transpose)
     if name == "triton":
-        from hforge.ops.cg_blocks.triton import IrrepsToBlocksTriton
+        from hforge.ops.cg_blocks.triton import apply_q_triton
 
-        return IrrepsToBlocksTriton.apply(values, pair_type, block_ptr, desc, transpose)
+        return _LinearMap.apply(values, apply_q_triton, pair_type, block_ptr, desc, transpose)
     from hforge.ops.cg_blocks import reference
 
     fn = reference.blocks_to_irreps_reference if transpose else reference.irreps_to_blocks_reference
@@ -233,6 +248,7 @@ def edge_blocks(
         return edge_blocks_reference(x, Y, R, W, edge_index, species, block_ptr, desc, symmetric)
     if symmetric:
         W = symmetrize_weights(W, desc)
+    edge_index = edge_index.to(torch.int64)
     args = (
         x.transpose(1, 2).contiguous(), Y.contiguous(), R.contiguous(), W.contiguous(),
         edge_index[0].contiguous(), edge_index[1].contiguous(), _pair_type(pair_species, desc), block_ptr, desc,

@@ -34,7 +34,11 @@ slot ``s = (a, b, L)`` contributes to the shell-pair sub-block of the block::
 The map from the coupled-irreps vector to the block is then orthogonal, so its inverse is its
 transpose (``blocks_to_irreps``).  A block transforms as ``D'_{l_a} B D'_{l_b}^T`` with
 ``D'_l = U_l D_l U_l^T`` when ``t`` transforms with ``D_L``.  Only nonzero ``Q`` entries are
-stored (``q_*`` tables, ``|Q| > 1e-13``).
+stored (``|Q| > 1e-13``), twice, as CSR matrices per pair type whose rows start at
+``pair_entry_ptr[t]``: ``qb_*`` (rows = block entries ``i * n_cols + j``, columns ``qb_index`` =
+coupled-irrep index) for irreps -> blocks and ``qi_*`` (rows = coupled irreps, columns = block
+entries) for blocks -> irreps.  ``q_matrix(l_a, l_b, L)`` returns a dense ``Q``; shell pairs are
+runs of slots (``shellpair_ptr`` per pair type, ``shellpair_slot_ptr`` per shell pair).
 
 Transposition: ``C^{l_b l_a L}[j, i, M] = (-1)^(l_a + l_b + L) C^{l_a l_b L}[i, j, M]`` (checked
 at build time), so the block of the reversed pair ``B^T`` has the coupled irreps
@@ -50,7 +54,12 @@ A *path* ``p = (side, q, l2, L)`` couples the node irrep ``q`` of the row atom (
 the column atom (side 1) with ``Y_{l2}`` into ``L``, for every key ``(L, p_q (-1)^l2)`` in
 ``keys``.  Side-0 paths come first, side-1 paths repeat them in the same order
 (``path_swap`` pairs them).  Its coefficients are ``cg_val = sqrt(2L + 1) C^{l1 l2 L}[m1, m2, M]``
-(nonzeros only, ``cg_m2`` indexes ``Y`` directly).
+(nonzeros only, rows ``cg_ptr[p]`` .. ``cg_ptr[p + 1]``; ``cg_m2`` indexes ``Y`` directly).  Paths of
+one key, in path order, are ``key_path[key_path_ptr[k]:key_path_ptr[k + 1]]`` (``path_rank`` is a
+path's position there: side-0 paths take the first half); kernels lay the tensor products out
+key-major, ``key_tp_ptr[k] + M * n_key_paths + rank`` rows of ``C`` channels.
+``ptk_slot[ptk_ptr[t * n_keys + k]:ptk_ptr[t * n_keys + k + 1]]`` are the slots of pair type ``t``
+with key ``k``.
 
 Channel mixing (``mix_*`` tables)
 ---------------------------------
@@ -184,9 +193,6 @@ class CGDescriptor:
         shells = self.species_shells
         self.n_species = len(shells)
         self.n_orb = _i64([sum(2 * l + 1 for l in ls) for ls in shells])
-        self.shell_ptr = _ptr([len(ls) for ls in shells])
-        self.shell_l = _i64([l for ls in shells for l in ls])
-        self.shell_offset = _i64([sum(2 * k + 1 for k in ls[:a]) for ls in shells for a in range(len(ls))])
         s = self.n_species
         self.n_pair_types = s * s
         self.pair_n_rows = _i64([self.n_orb[t // s] for t in range(s * s)])
@@ -354,6 +360,19 @@ class CGDescriptor:
         self.onsite_slot = np.repeat(np.arange(self.n_slots, dtype=np.int64), counts)
 
     # ----------------------------------------------------------------- helpers
+    def init_weights(self, kind: str, channels: int, *, dtype: Any = None, generator: Any = None) -> Any:
+        """Random ``W`` for :func:`edge_blocks` (``kind="edge"``, ``(n_mix, C)``) or :func:`onsite_blocks`
+        (``"onsite"``, ``(n_onsite, C)``), normal with variance ``1 / fan_in`` of each row's slot
+        (``fan_in`` = rows of the slot x channels), so that unit-variance inputs give unit-variance slots."""
+        import torch
+
+        if kind not in ("edge", "onsite"):
+            raise InputError(f"init_weights: kind must be 'edge' or 'onsite', got {kind!r}")
+        ptr, slot = (self.mix_ptr, self.mix_slot) if kind == "edge" else (self.onsite_ptr, self.onsite_slot)
+        fan_in = torch.as_tensor(np.diff(ptr)[slot] * channels, dtype=dtype or torch.get_default_dtype())
+        weights = torch.randn(len(slot), channels, generator=generator, dtype=fan_in.dtype)
+        return weights / torch.sqrt(fan_in)[:, None]
+
     def irreps_of_pair(self, species_i: int, species_j: int) -> str:
         """e3nn ``Irreps`` string of the coupled-irreps vector of a pair (slot order, not simplified)."""
         t = species_i * self.n_species + species_j

@@ -11,12 +11,12 @@
    ``t[s, M] = sum_{r, c} W[mix_ptr[s] + r, c] m_k[M, r, c]`` (the rows of a slot are contiguous);
 3. the block is gathered through the CSR change of basis ``Q`` (rows = block entries).
 
-Nothing of size ``E x paths x C`` is written.  The backward maps the block gradient to the
-coupled irreps (``Q^T``, one output-sized buffer), then runs *node-parallel* over a CSR of edges
-grouped by their row atom (side-0 paths) and by their column atom (side-1 paths): every
-(edge, side) is visited exactly once and touches only its side's half of each key's paths, so
+Nothing of size ``E x paths x C`` is written.  The backward runs *node-parallel* over a CSR of
+edges grouped by their row atom (side-0 paths) and by their column atom (side-1 paths): every
+(edge, side) is visited exactly once, maps the block gradient to the coupled irreps (``Q^T``,
+per-chunk scratch) and touches only its side's half of each key's paths, so
 ``dR`` and ``dY`` are written without races, ``dx[n]`` is accumulated by the one thread that owns
-node ``n``, and ``dW`` goes to per-chunk buffers summed at the end.
+node ``n``, and ``dW`` goes to per-thread buffers summed at the end.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ import torch
 
 from hforge.ops.cg_blocks.descriptor import CGDescriptor
 
-__all__ = ["EdgeBlocksNumba", "IrrepsToBlocksNumba"]
+__all__ = ["EdgeBlocksNumba", "apply_q_numba"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}  # lets LLVM vectorize the channel reductions
 
 
 def _n_chunks(n_items: int) -> int:
-    return max(1, min(n_items, 8 * numba.get_num_threads()))
+    """Work items of a parallel loop; they are handed out one at a time (``parallel_chunksize(1)``),
+    so that a thread slowed down by other processes does not hold the others back."""
+    return max(1, min(n_items, 32 * numba.get_num_threads()))
 
 
 @numba.njit(inline="always")
@@ -53,30 +55,17 @@ def _apply_q(values, pair_type, block_ptr, pair_entry_ptr, ptr, index, val, out)
         _gather_rows(values, block_ptr[e], pair_entry_ptr[t], block_ptr[e + 1] - block_ptr[e], ptr, index, val, out)
 
 
-def _q_apply(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def apply_q_numba(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
     """Coupled irreps -> blocks through ``Q`` (``transpose=False``) or blocks -> coupled irreps through ``Q^T``."""
     values = values.contiguous()
     out = torch.empty_like(values)
     name = "qi" if transpose else "qb"
-    _apply_q(
-        values.numpy(), pair_type.numpy(), block_ptr.numpy(), desc.pair_entry_ptr, getattr(desc, f"{name}_ptr"),
-        getattr(desc, f"{name}_index"), desc.tables("cpu", values.dtype)[f"{name}_val"].numpy(), out.numpy(),
-    )
+    with numba.parallel_chunksize(1):
+        _apply_q(
+            values.numpy(), pair_type.numpy(), block_ptr.numpy(), desc.pair_entry_ptr, getattr(desc, f"{name}_ptr"),
+            getattr(desc, f"{name}_index"), desc.tables("cpu", values.dtype)[f"{name}_val"].numpy(), out.numpy(),
+        )
     return out
-
-
-class IrrepsToBlocksNumba(torch.autograd.Function):
-    """Coupled irreps -> blocks (``transpose=False``) or blocks -> coupled irreps (``True``); each the other's backward."""
-
-    @staticmethod
-    def forward(ctx, values, pair_type, block_ptr, desc, transpose):  # noqa: D102
-        ctx.saved = (pair_type, block_ptr, desc, transpose)
-        return _q_apply(values, pair_type, block_ptr, desc, transpose)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        pair_type, block_ptr, desc, transpose = ctx.saved
-        return IrrepsToBlocksNumba.apply(grad, pair_type, block_ptr, desc, not transpose), None, None, None, None
 
 
 @numba.njit(inline="always")
@@ -158,14 +147,15 @@ def _edge_forward(
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _edge_backward(
-    gt, x, Y, R, W, pair_type, block_ptr, csr_ptr, csr_edge, chunk_node_ptr,
+    grad, x, Y, R, W, pair_type, block_ptr, csr_ptr, csr_edge, chunk_node_ptr, pair_entry_ptr, qi_ptr, qi_index, qi_val,
     slot_L, slot_offset, mix_ptr, key_path_ptr, key_tp_ptr, key_L, ptk_ptr, ptk_slot, n_keys,
     path_l1, path_L, path_key, path_rank, path_node_offset, cg_ptr, cg_m1, cg_m2, cg_M, cg_val,
-    max_n1, max_nL, need_x, need_R, need_W, need_Y, gx, gR, gW, gY,
+    max_pair_size, max_n1, max_nL, need_x, need_R, need_W, need_Y, gx, gR, gW, gY,
 ):  # pragma: no cover
     n_side_paths = R.shape[1] // 2
     C = x.shape[2]
     for ch in numba.prange(chunk_node_ptr.shape[0] - 1):
+        gt = np.empty(max_pair_size, dtype=x.dtype)
         A = np.empty((max_n1, max_nL), dtype=x.dtype)
         a = np.empty((max_nL, C), dtype=x.dtype)
         ga = np.empty((max_nL, C), dtype=x.dtype)
@@ -178,6 +168,12 @@ def _edge_backward(
                     e = csr_edge[side, j_edge]
                     pt = pair_type[e]
                     base = block_ptr[e]
+                    entry0 = pair_entry_ptr[pt]
+                    for i in range(block_ptr[e + 1] - base):  # coupled-irreps gradient: Q^T grad
+                        acc = 0.0
+                        for q in range(qi_ptr[entry0 + i], qi_ptr[entry0 + i + 1]):
+                            acc += qi_val[q] * grad[base + qi_index[q]]
+                        gt[i] = acc
                     # gm_k[M, r, c] = sum_s gt[s, M] W[mix_ptr[s] + r, c] over this side's ranks r
                     for k in range(n_keys):
                         j0 = ptk_ptr[pt * n_keys + k]
@@ -195,7 +191,7 @@ def _edge_backward(
                             w0 = (mix_ptr[s] + r0) * C
                             w_rows = W[w0 : w0 + half]
                             for M in range(2 * key_L[k] + 1):
-                                g = gt[base + slot_offset[s] + M]
+                                g = gt[slot_offset[s] + M]
                                 o = (key_tp_ptr[k] + M * n_rank + r0) * C
                                 gm_rows = gm[o : o + half]
                                 for i in range(half):
@@ -234,9 +230,9 @@ def _edge_backward(
                             for j in range(j0, j1):
                                 s = ptk_slot[j]
                                 w0 = (mix_ptr[s] + path_rank[p]) * C
-                                gw_row = gW[ch, w0 : w0 + C]
+                                gw_row = gW[numba.get_thread_id(), w0 : w0 + C]
                                 for M in range(nL):
-                                    g = gt[base + slot_offset[s] + M]
+                                    g = gt[slot_offset[s] + M]
                                     for c in range(C):
                                         gw_row[c] += g * a[M, c]
                         if need_x:
@@ -292,39 +288,43 @@ class EdgeBlocksNumba(torch.autograd.Function):
         out = torch.empty(int(block_ptr[-1]), dtype=x.dtype)
         tb = desc.tables("cpu", x.dtype)
         if src.shape[0]:
-            _edge_forward(
-                x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), pair_type.numpy(),
-                block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
-                desc.key_path_ptr, desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.n_keys, desc.path_side,
-                desc.path_l1, desc.path_L, desc.path_key, desc.path_rank, desc.path_node_offset,
-                desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M, tb["cg_val"].numpy(),
-                desc.pair_entry_ptr, desc.qb_ptr, desc.qb_index, tb["qb_val"].numpy(),
-                int(desc.pair_block_size.max()), *_sizes(desc), _n_chunks(src.shape[0]), out.numpy(),
-            )
+            with numba.parallel_chunksize(1):
+                _edge_forward(
+                    x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), pair_type.numpy(),
+                    block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
+                    desc.key_path_ptr, desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.n_keys, desc.path_side,
+                    desc.path_l1, desc.path_L, desc.path_key, desc.path_rank, desc.path_node_offset,
+                    desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M, tb["cg_val"].numpy(),
+                    desc.pair_entry_ptr, desc.qb_ptr, desc.qb_index, tb["qb_val"].numpy(),
+                    int(desc.pair_block_size.max()), *_sizes(desc), _n_chunks(src.shape[0]), out.numpy(),
+                )
         return out
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
+            raise RuntimeError("edge_blocks (numba): second derivatives are not implemented; use backend='torch'")
         x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
         desc = ctx.desc
         need_x, need_Y, need_R, need_W = ctx.needs_input_grad[:4]
-        gt = _q_apply(grad, pair_type, block_ptr, desc, transpose=True)
         csr_ptr, csr_edge, chunk_node_ptr = _csr_by_node(src.numpy(), dst.numpy(), x.shape[0])
         dtype = x.dtype
         unused = torch.empty((1, 1, 1), dtype=dtype)
         gx = torch.zeros_like(x) if need_x else unused
         gR = torch.zeros_like(R) if need_R else unused
-        gW = torch.zeros((chunk_node_ptr.shape[0] - 1, W.numel()), dtype=dtype) if need_W else unused[0]
+        gW = torch.zeros((numba.get_num_threads(), W.numel()), dtype=dtype) if need_W else unused[0]  # one per thread
         gY = torch.zeros((2,) + Y.shape, dtype=dtype) if need_Y else unused
         if src.shape[0]:
-            _edge_backward(
-                gt.numpy(), x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), pair_type.numpy(), block_ptr.numpy(),
-                csr_ptr, csr_edge, chunk_node_ptr, desc.slot_L, desc.slot_offset, desc.mix_ptr, desc.key_path_ptr,
-                desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.ptk_slot, desc.n_keys, desc.path_l1, desc.path_L,
-                desc.path_key, desc.path_rank, desc.path_node_offset, desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M,
-                desc.tables("cpu", dtype)["cg_val"].numpy(), *_sizes(desc),
-                need_x, need_R, need_W, need_Y, gx.numpy(), gR.numpy(), gW.numpy(), gY.numpy(),
-            )
+            with numba.parallel_chunksize(1):
+                _edge_backward(
+                    grad.contiguous().numpy(), x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), pair_type.numpy(),
+                    block_ptr.numpy(), csr_ptr, csr_edge, chunk_node_ptr, desc.pair_entry_ptr, desc.qi_ptr, desc.qi_index,
+                    desc.tables("cpu", dtype)["qi_val"].numpy(), desc.slot_L, desc.slot_offset, desc.mix_ptr, desc.key_path_ptr,
+                    desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.ptk_slot, desc.n_keys, desc.path_l1, desc.path_L,
+                    desc.path_key, desc.path_rank, desc.path_node_offset, desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M,
+                    desc.tables("cpu", dtype)["cg_val"].numpy(), int(desc.pair_block_size.max()), *_sizes(desc),
+                    need_x, need_R, need_W, need_Y, gx.numpy(), gR.numpy(), gW.numpy(), gY.numpy(),
+                )
         return (
             gx if need_x else None,
             gY.sum(0) if need_Y else None,

@@ -34,7 +34,7 @@ from hforge.errors import BackendUnavailableError
 from hforge.ops.backends import triton_interpreted
 from hforge.ops.cg_blocks.descriptor import CGDescriptor, wigner_3j
 
-__all__ = ["EdgeBlocksTriton", "IrrepsToBlocksTriton"]
+__all__ = ["EdgeBlocksTriton", "apply_q_triton"]
 
 BLOCK_E = 16  # edges per program (>= 16: tl.dot's smallest tile)
 _BUILT_INTERPRETED = triton_interpreted()
@@ -257,7 +257,7 @@ def _edge_backward_kernel(
                 tl.atomic_add(gY_ptr + e[:, None] * NSH + l2 * l2 + m2[None, :], gyp, mask=y_mask)
 
 
-def _launch_q(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def apply_q_triton(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
     _check_mode(values)
     values = values.contiguous()
     out = torch.empty_like(values)
@@ -271,20 +271,6 @@ def _launch_q(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Te
         TRANSPOSE=transpose, BLOCK_E=BLOCK_E, LP=tb["LP"], SPP=tb["SPP"],
     )
     return out
-
-
-class IrrepsToBlocksTriton(torch.autograd.Function):
-    """Coupled irreps -> blocks (``transpose=False``) or back (``True``); each the other's backward."""
-
-    @staticmethod
-    def forward(ctx, values, pair_type, block_ptr, desc, transpose):  # noqa: D102
-        ctx.saved = (pair_type, block_ptr, desc, transpose)
-        return _launch_q(values, pair_type, block_ptr, desc, transpose)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        pair_type, block_ptr, desc, transpose = ctx.saved
-        return IrrepsToBlocksTriton.apply(grad, pair_type, block_ptr, desc, not transpose), None, None, None, None
 
 
 class EdgeBlocksTriton(torch.autograd.Function):
@@ -311,12 +297,14 @@ class EdgeBlocksTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
+            raise RuntimeError("edge_blocks (triton): second derivatives are not implemented; use backend='torch'")
         x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
         desc = ctx.desc
         need_x, need_Y, need_R, need_W = ctx.needs_input_grad[:4]
-        gx, gR, gW, gY = (torch.zeros_like(v) for v in (x, R, W, Y))
+        gx, gY, gR, gW = (torch.zeros_like(v) if need else v.new_empty(1) for v, need in zip((x, Y, R, W), (need_x, need_Y, need_R, need_W)))
         if src.shape[0]:
-            gt = _launch_q(grad, pair_type, block_ptr, desc, transpose=True)
+            gt = apply_q_triton(grad, pair_type, block_ptr, desc, transpose=True)
             tb = _device_tables(desc, str(x.device), x.dtype)
             order, tile_pt, tile_start, tile_len = _tiles(pair_type, desc.n_pair_types)
             _edge_backward_kernel[(tile_pt.shape[0],)](

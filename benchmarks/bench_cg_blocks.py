@@ -1,0 +1,284 @@
+"""Fused CG edge blocks against the same math composed from e3nn and from cuequivariance-torch (CPU).
+
+    .venv/bin/python -m pytest benchmarks/bench_cg_blocks.py --benchmark-only --benchmark-group-by=param:n_edges
+
+Model size: DZP boron/nitrogen (13 orbitals, 169 coupled irreps 0e..4e per pair), node features
+32x0e+32x1o+32x2e, spherical harmonics up to l_sh = 3, 52 uvu paths (26 from each atom of the
+pair), float32, 100 edges per atom.  Every composition is first checked equal to hforge's
+blocks on a slice of the same inputs (same weights, mapped), then timed on the same inputs:
+
+* ``e3nn``: ``o3.TensorProduct`` (uvu, per-edge weights R) on ``x_i`` and on ``x_j``, then per
+  pair type an ``o3.Linear`` to the pair's coupled irreps and the dense change of basis
+  (graph2mat's composition), scattered into the flat-packed blocks;
+* ``cueq``: the same with ``cuet.ChannelWiseTensorProduct`` and ``cuet.Linear``
+  (``method="naive"``, cuequivariance-torch's pure-torch path);
+* ``hforge-<backend>``: :func:`hforge.ops.cg_blocks.edge_blocks`, e3nn-layout features converted
+  inside the timed call.
+
+At 10^5 edges e3nn's composition in one call is killed for memory (24 GB machine), so both
+compositions run in chunks of 10^4 edges (forward: concatenated; backward: accumulated per
+chunk); hforge runs every size in one call.
+
+``extra_info`` of each benchmark holds ``peak_extra_mb`` (largest peak RSS above the RSS before
+a timed call, through ``/proc/self/clear_refs``), ``output_mb`` and ``input_grad_mb``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import re
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import hforge  # noqa: F401  (e3nn import fix first)
+from e3nn import o3
+
+from hforge.ops.cg_blocks import block_pointer, cg_descriptor, channelwise_from_e3nn, edge_blocks
+from hforge.ops.cg_blocks.reference import change_of_basis
+
+DZP = (0, 0, 1, 1, 2)
+CHANNELS = 32
+NODE_IRREPS = f"{CHANNELS}x0e+{CHANNELS}x1o+{CHANNELS}x2e"
+L_SH = 3
+EDGES_PER_ATOM = 100
+EDGE_COUNTS = [10_000, 100_000]
+BASELINE_CHUNK = 10_000
+DTYPE = torch.float32
+
+
+@cache
+def make_case(n_edges: int) -> SimpleNamespace:
+    gen = torch.Generator().manual_seed(0)
+    desc = cg_descriptor([DZP, DZP], node_irreps=NODE_IRREPS, l_sh=L_SH)
+    n_atoms = max(2, n_edges // EDGES_PER_ATOM)
+    species = torch.randint(0, 2, (n_atoms,), generator=gen)
+    edge_index = torch.randint(0, n_atoms, (2, n_edges), generator=gen)
+    vectors = torch.randn(n_edges, 3, generator=gen, dtype=DTYPE)
+    Y = o3.spherical_harmonics(list(range(L_SH + 1)), vectors, normalize=True, normalization="component")
+    x = torch.randn(n_atoms, o3.Irreps(NODE_IRREPS).dim, generator=gen, dtype=DTYPE)
+    R = torch.randn(n_edges, desc.n_paths, CHANNELS, generator=gen, dtype=DTYPE)
+    W = desc.init_weights("edge", CHANNELS, dtype=DTYPE, generator=gen)
+    pair_species = species[edge_index]
+    pair_type = pair_species[0] * desc.n_species + pair_species[1]
+    return SimpleNamespace(
+        desc=desc, x=x, Y=Y, R=R, W=W, edge_index=edge_index, species=species, pair_type=pair_type,
+        block_ptr=block_pointer(pair_species, desc), grad=torch.randn(int(n_edges * 169), generator=gen, dtype=DTYPE),
+    )
+
+
+def _hforge(backend: str):
+    def run(case, x, R, W):
+        xc = channelwise_from_e3nn(x, NODE_IRREPS)
+        return edge_blocks(xc, case.Y, R, W, case.edge_index, case.species, case.desc, block_ptr=case.block_ptr, backend=backend)
+
+    return run
+
+
+def _side_path(desc, q: int, l2: int, L: int) -> int:
+    """The side-0 path coupling node irrep ``q`` with ``Y_l2`` into ``L``."""
+    hits = [p for p in range(desc.n_side_paths) if (desc.path_node_irrep[p], desc.path_l2[p], desc.path_L[p]) == (q, l2, L)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+class _Composition(torch.nn.Module):
+    """Tensor product on both atoms, per-pair-type linear mixing, dense change of basis, flat-packed scatter."""
+
+    def __init__(self, desc, W):
+        super().__init__()
+        self.desc = desc
+        self.setup()
+        self.linears = torch.nn.ModuleList([self.make_linear(t, W) for t in range(desc.n_pair_types)])
+        self.cob = [change_of_basis(desc, t, DTYPE, "cpu").T.contiguous() for t in range(desc.n_pair_types)]
+
+    def forward(self, case, x, R, W=None):  # W: the linears hold the mixing weights
+        m = torch.cat([self.tensor_product(case, x, R, side) for side in (0, 1)], dim=1)
+        out = torch.empty(int(case.block_ptr[-1]), dtype=x.dtype)
+        for t in range(self.desc.n_pair_types):
+            idx = torch.nonzero(case.pair_type == t).squeeze(1)
+            blocks = self.linears[t](m[idx]) @ self.cob[t]
+            positions = case.block_ptr[idx][:, None] + torch.arange(blocks.shape[1])
+            out = out.index_put((positions.reshape(-1),), blocks.reshape(-1))
+        return out
+
+    def mixing_row(self, t: int, i_in: int, i_out: int) -> int:
+        """W row of the input segment ``i_in`` (path order of the linear's input) into slot ``i_out`` of pair type ``t``."""
+        d = self.desc
+        s = d.slot_ptr[t] + i_out
+        return int(d.mix_ptr[s] + d.path_rank[self.input_paths[i_in]])
+
+
+class E3nnComposition(_Composition):
+    def setup(self):
+        desc = self.desc
+        side = [(int(desc.path_node_irrep[p]), int(desc.path_l2[p]), p) for p in range(desc.n_side_paths)]
+        self.mid = o3.Irreps([(CHANNELS, (int(desc.path_L[p]), int(desc.key_parity[desc.path_key[p]]))) for p in range(desc.n_side_paths)])
+        self.input_paths = list(range(desc.n_paths))
+        self.tp = o3.TensorProduct(
+            NODE_IRREPS, o3.Irreps.spherical_harmonics(L_SH), self.mid, [(q, l2, p, "uvu", True) for q, l2, p in side],
+            shared_weights=False, internal_weights=False, irrep_normalization="component", path_normalization="none",
+        )
+
+    def make_linear(self, t, W):
+        d = self.desc
+        linear = o3.Linear(self.mid + self.mid, d.irreps_of_pair(t // d.n_species, t % d.n_species))
+        with torch.no_grad():
+            linear.weight.copy_(torch.cat([W[self.mixing_row(t, ins.i_in, ins.i_out)] / ins.path_weight for ins in linear.instructions]))
+        return linear
+
+    def tensor_product(self, case, x, R, side):
+        d = self.desc
+        weights = R[:, side * d.n_side_paths : (side + 1) * d.n_side_paths].reshape(R.shape[0], -1)
+        return self.tp(x[case.edge_index[side]], case.Y, weights)
+
+
+class CueComposition(_Composition):
+    def setup(self):
+        import cuequivariance as cue
+        import cuequivariance_torch as cuet
+
+        desc = self.desc
+        self.cue, self.cuet = cue, cuet
+        keys = [cue.O3(L, p) for L, p in desc.keys]
+        node, sh = cue.Irreps("O3", NODE_IRREPS), cue.Irreps("O3", "+".join(f"{l}{'eo'[l % 2]}" for l in range(L_SH + 1)))
+        poly = cue.descriptors.channelwise_tensor_product(node, sh, keys)
+        self.tp_out = poly.operands[-1].irreps
+        # cue's output segment w <-> hforge side path, and cue's coefficients / (sqrt(2L+1) e3nn wigner_3j) (+1 or -1)
+        self.segment_path, self.segment_sign = [], []
+        for path in sorted(poly.polynomial.operations[0][1].paths, key=lambda pa: pa.indices[0]):
+            w, q, l2, out = path.indices
+            assert w == out
+            p = _side_path(desc, q, l2, list(self.tp_out)[out].ir.l)
+            l1, L = int(desc.path_l1[p]), int(desc.path_L[p])
+            ref = math.sqrt(2 * L + 1) * o3.wigner_3j(l1, l2, L, dtype=torch.float64).numpy()
+            self.segment_path.append(p)
+            self.segment_sign.append(float(np.sum(np.asarray(path.coefficients) * ref) / np.sum(ref * ref)))
+        self.input_paths = self.segment_path + [p + desc.n_side_paths for p in self.segment_path]
+        self.tp = cuet.ChannelWiseTensorProduct(
+            node, sh, keys, layout=cue.mul_ir, shared_weights=False, internal_weights=False, method="naive", dtype=DTYPE
+        )
+        self.sign = torch.tensor(self.segment_sign, dtype=DTYPE)
+
+    def make_linear(self, t, W):
+        cue, cuet, d = self.cue, self.cuet, self.desc
+        irreps_in = self.tp_out + self.tp_out
+        irreps_out = cue.Irreps("O3", d.irreps_of_pair(t // d.n_species, t % d.n_species))
+        linear = cuet.Linear(irreps_in, irreps_out, layout=cue.mul_ir, internal_weights=True, shared_weights=True, method="naive", dtype=DTYPE)
+        stp = cue.descriptors.linear(irreps_in, irreps_out).polynomial.operations[0][1]
+        weight = torch.zeros_like(linear.weight)
+        for path in stp.paths:
+            w, i_in, i_out = path.indices
+            weight[0, w * CHANNELS : (w + 1) * CHANNELS] = W[self.mixing_row(t, i_in, i_out)] / float(np.asarray(path.coefficients))
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        return linear
+
+    def tensor_product(self, case, x, R, side):
+        d = self.desc
+        paths = torch.tensor(self.segment_path) + side * d.n_side_paths
+        weights = (R[:, paths] * self.sign[None, :, None]).reshape(R.shape[0], -1)
+        return self.tp(x, case.Y, weights, indices_1=case.edge_index[side])
+
+
+IMPLEMENTATIONS = {
+    "e3nn": lambda desc, W: E3nnComposition(desc, W),
+    "cueq": lambda desc, W: CueComposition(desc, W),
+    "hforge-numba": lambda desc, W: _hforge("numba"),
+    "hforge-torch": lambda desc, W: _hforge("torch"),
+}
+
+
+def _slice(case: SimpleNamespace, start: int, stop: int) -> SimpleNamespace:
+    """The edges ``start:stop`` of a case (block pointers rebased to 0)."""
+    part = SimpleNamespace(**vars(case))
+    part.edge_index, part.Y, part.pair_type = case.edge_index[:, start:stop], case.Y[start:stop], case.pair_type[start:stop]
+    part.block_ptr = case.block_ptr[start : stop + 1] - case.block_ptr[start]
+    part.grad = case.grad[int(case.block_ptr[start]) : int(case.block_ptr[stop])]
+    return part
+
+
+@torch.no_grad()
+def _check_equal(name: str, fn, case) -> None:
+    """The composition reproduces hforge's reference blocks on the first 300 edges."""
+    small, R = _slice(case, 0, 300), case.R[:300]
+    expected = _hforge("torch")(small, case.x, R, case.W)
+    err = float((fn(small, case.x, R, case.W) - expected).abs().max() / expected.abs().max())
+    assert err < 1e-4, f"{name} differs from hforge's reference by {err:.2e} (relative)"
+
+
+def _call(fn, case, mode: str, chunk: int):
+    """One forward (no grad) or forward + backward, ``chunk`` edges at a time (gradients accumulate)."""
+    n_edges = case.edge_index.shape[1]
+    if mode == "forward":
+        with torch.no_grad():
+            parts = [fn(_slice(case, a, min(a + chunk, n_edges)), case.x, case.R[a : a + chunk], case.W) for a in range(0, n_edges, chunk)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    x, R, W = (t.detach().requires_grad_() for t in (case.x, case.R, case.W))
+    if chunk >= n_edges:
+        fn(case, x, R, W).backward(case.grad)
+    for a in range(0, n_edges if chunk < n_edges else 0, chunk):
+        part = _slice(case, a, min(a + chunk, n_edges))
+        fn(part, x, R[a : a + chunk], W).backward(part.grad)
+    if isinstance(fn, torch.nn.Module):
+        fn.zero_grad(set_to_none=True)
+    return x.grad, R.grad
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
+
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def _with_peak_memory(fn, peaks: list):
+    """``fn`` that also appends its peak RSS above the RSS before the call (MiB; Linux) to ``peaks``."""
+
+    def run(*args):
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)  # give freed heap pages back, so that the next call's pages show in RSS
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            return fn(*args)
+        before = _rss_kib("VmRSS")
+        result = fn(*args)
+        peaks.append((_rss_kib("VmHWM") - before) / 1024)
+        return result
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("n_edges", EDGE_COUNTS, ids=lambda n: f"E{n:.0e}".replace("+0", ""))
+def test_cg_blocks(benchmark, n_edges, impl, mode):
+    if impl == "hforge-torch" and n_edges > 10_000:
+        pytest.skip("the reference materializes every path: tests only")
+    case = make_case(n_edges)
+    fn = IMPLEMENTATIONS[impl](case.desc, case.W)
+    _check_equal(impl, fn, case)  # also the warm-up (e3nn code generation, numba compilation)
+    # e3nn and cueq at 1e5 edges in one call exceed the 24 GB of this machine (measured: OOM-killed
+    # at 24 GB in e3nn's forward); they run in chunks of BASELINE_CHUNK edges, hforge in one call.
+    chunk = n_edges if impl.startswith("hforge") else BASELINE_CHUNK
+    peaks: list[float] = []
+    fast = impl == "hforge-numba"
+    benchmark.group = f"cg_blocks {n_edges:.0e} edges"
+    benchmark.pedantic(_with_peak_memory(_call, peaks), (fn, case, mode, chunk), rounds=3 if fast else 1, warmup_rounds=1 if fast else 0)
+    benchmark.extra_info.update(
+        chunk=chunk,
+        peak_extra_mb=round(max(peaks), 1) if peaks else math.nan,
+        output_mb=round(int(case.block_ptr[-1]) * 4 / 2**20, 1),
+        input_grad_mb=0.0 if mode == "forward" else round((case.x.numel() + case.R.numel() + case.W.numel()) * 4 / 2**20, 1),
+    )

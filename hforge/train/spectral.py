@@ -1,0 +1,451 @@
+"""Γ-point generalized eigenvalues of (H, S): errors in meV and a differentiable loss.
+
+The DZP basis of dense aBN is nearly linearly dependent: S(Γ) has eigenvalues down to ~5e-5 and
+about 10 % of them below 1e-3.  The generalized eigenvalues of ``H c = E S c`` are therefore very
+sensitive to errors in H: random 1 meV noise on every entry moves the states near the gap by
+1-3 eV.  *Canonical orthogonalization* removes that sensitivity: with ``S = U diag(s) U^T``, keep
+the eigenvectors with ``s > threshold`` (default :data:`DEFAULT_THRESHOLD` = 1e-3) and
+diagonalise ``X^T H X`` with ``X = U_kept diag(s_kept)^(-1/2)`` (so ``X^T S X = 1``).  Each side
+(prediction, reference) is orthogonalized with its own S.
+
+Pairing of two spectra (:func:`eigenvalue_metrics`): eigenvalues are sorted and paired by index
+from the bottom: state k with state k.  The *occupied* states are the lowest ``n_occupied``
+(electrons from the valence charges of the basis, two per state; :func:`n_occupied_states`); the
+*window* is the set of reference states within ``±window`` eV of the reference gap centre
+(midpoint of its HOMO and LUMO), compared with the predicted states of the same indices.  After
+orthogonalization the two sides may keep different numbers of states (their S differ): the
+dropped directions are combinations of nearly dependent orbitals whose states lie at the top of
+the spectrum (tens to hundreds of eV above the gap), so pairing from the bottom keeps the low
+states matched; window indices beyond the shorter spectrum are left out and counted
+(``n_window_unpaired``).
+
+Loss (:func:`eigenvalue_loss`): see :class:`EigenvalueTarget`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hforge.basis import BasisSet
+from hforge.errors import BasisMismatchError, InputError, InvalidMatrixError
+from hforge.io import HSData
+from hforge.ops.assemble import is_canonical
+from hforge.train.metrics import MEV_PER_EV, _check_same_structure
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_WINDOW",
+    "GammaLayout",
+    "SpectrumErrors",
+    "EigenMetrics",
+    "EigenvalueTarget",
+    "canonical_orthogonalization",
+    "generalized_eigenvalues",
+    "n_occupied_states",
+    "spectrum_errors",
+    "eigenvalue_metrics",
+    "compare_spectra",
+    "eigenvalue_target",
+    "eigenvalue_loss",
+]
+
+#: Overlap eigenvalues below this are dropped by canonical orthogonalization.
+DEFAULT_THRESHOLD = 1e-3
+#: Half-width (eV) of the energy window around the gap centre.
+DEFAULT_WINDOW = 2.0
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """float64 tensor (no copy for float64 numpy arrays or tensors)."""
+    return torch.as_tensor(x).to(torch.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# dense Γ matrices from flat blocks
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class GammaLayout:
+    """How the flat blocks of a pair list fold into the dense Γ-point matrix ``Σ_n M(n)``.
+
+    A canonical-half pair list (every pair canonical, see :func:`hforge.ops.assemble.is_canonical`)
+    also contributes the transpose of each non-onsite block (its partner ``(j, i, -n)``); any
+    other list is taken to hold every partner itself.  The result is symmetrised,
+    ``(M + M^T) / 2`` (SIESTA's H is symmetric to ~1e-8 eV only).
+
+    Attributes:
+        n_orbitals: orbitals of the cell.
+        index: ``(n_values,)`` int64 position ``row * n + col`` of every value.
+        mirror_values: int64 values that are also written transposed (half lists).
+        mirror_index: their transposed positions ``col * n + row``.
+    """
+
+    n_orbitals: int
+    index: np.ndarray
+    mirror_values: np.ndarray
+    mirror_index: np.ndarray
+
+    @classmethod
+    def of(cls, edge_index: Any, cell_shift: Any, block_ptr: Any, orbital_offsets: Any) -> "GammaLayout":
+        """From a pair list and the first orbital of every atom (``(N + 1,)``, last = n_orbitals)."""
+        edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
+        cell_shift = np.asarray(cell_shift, dtype=np.int64).reshape(-1, 3)
+        block_ptr = np.asarray(block_ptr, dtype=np.int64)
+        offsets = np.asarray(orbital_offsets, dtype=np.int64)
+        counts = np.diff(offsets)
+        sizes = np.diff(block_ptr)
+        pair = np.repeat(np.arange(len(sizes)), sizes)
+        i, j = edge_index[:, pair]
+        local = np.arange(int(block_ptr[-1])) - block_ptr[pair]
+        rows = offsets[i] + local // counts[j]
+        cols = offsets[j] + local % counts[j]
+        n = int(offsets[-1])
+        half = bool(is_canonical(edge_index, cell_shift).all())
+        onsite = (edge_index[0] == edge_index[1]) & ~cell_shift.any(axis=1)
+        mirror = np.flatnonzero(~onsite[pair]) if half else np.zeros(0, dtype=np.int64)
+        return cls(n, rows * n + cols, mirror, cols[mirror] * n + rows[mirror])
+
+    @classmethod
+    def from_hsdata(cls, data: HSData) -> "GammaLayout":
+        """The layout of ``data``'s pairs."""
+        return cls.of(data.edge_index, data.cell_shift, data.block_ptr, data.orbital_offsets)
+
+    def dense(self, values: Any) -> Any:
+        """``(n, n)`` symmetric Γ matrix of flat ``values``: a numpy array for numpy input, a
+        tensor (differentiable) for a tensor."""
+        n = self.n_orbitals
+        if isinstance(values, torch.Tensor):
+            out = torch.zeros(n * n, dtype=values.dtype, device=values.device)
+            out = out.index_add(0, torch.as_tensor(self.index, device=values.device), values)
+            if len(self.mirror_values):
+                mirror = torch.as_tensor(self.mirror_values, device=values.device)
+                out = out.index_add(0, torch.as_tensor(self.mirror_index, device=values.device), values[mirror])
+            out = out.reshape(n, n)
+            return 0.5 * (out + out.T)
+        values = np.asarray(values, dtype=np.float64)
+        out = np.bincount(self.index, weights=values, minlength=n * n)
+        if len(self.mirror_values):
+            out += np.bincount(self.mirror_index, weights=values[self.mirror_values], minlength=n * n)
+        out = out.reshape(n, n)
+        return 0.5 * (out + out.T)
+
+
+# ---------------------------------------------------------------------------------------
+# eigenvalues
+# ---------------------------------------------------------------------------------------
+def canonical_orthogonalization(s: Any, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+    """``X = U_kept diag(s_kept)^(-1/2)`` (``(n, m)`` float64 tensor, ``X^T S X = 1``): the
+    eigenvectors of the symmetric (or Hermitian) ``s`` with eigenvalue above ``threshold``."""
+    if threshold <= 0:
+        raise InputError(f"canonical orthogonalization threshold must be positive, got {threshold}")
+    s = torch.as_tensor(s)
+    s = s.to(torch.complex128 if s.is_complex() else torch.float64)
+    evals, evecs = torch.linalg.eigh(s)
+    keep = evals > threshold
+    return evecs[:, keep] / torch.sqrt(evals[keep])
+
+
+def generalized_eigenvalues(h: Any, s: Any, threshold: float | None = None) -> np.ndarray:
+    """Sorted eigenvalues of ``H c = E S c`` (dense symmetric/Hermitian; float64 numpy).
+
+    Args:
+        h, s: ``(n, n)`` matrices (arrays or tensors).
+        threshold: None solves the raw problem (Cholesky of S); a value canonically
+            orthogonalizes first (fewer eigenvalues: one per kept S eigenvector).
+
+    Raises:
+        InvalidMatrixError: ``threshold=None`` and S is not positive definite.
+    """
+    with torch.no_grad():
+        h, s = torch.as_tensor(h), torch.as_tensor(s)
+        dtype = torch.complex128 if (h.is_complex() or s.is_complex()) else torch.float64
+        h, s = h.to(dtype), s.to(dtype)
+        if threshold is not None:
+            x = canonical_orthogonalization(s, threshold)
+            return torch.linalg.eigvalsh(x.mH @ h @ x).numpy()
+        chol, info = torch.linalg.cholesky_ex(s)
+        if int(info):
+            low = float(torch.linalg.eigvalsh(s)[0])
+            raise InvalidMatrixError(f"S is not positive definite (smallest eigenvalue {low:.3e}): give a threshold")
+        a = torch.linalg.solve_triangular(chol, h, upper=False)
+        a = torch.linalg.solve_triangular(chol, a.mH, upper=False)
+        return torch.linalg.eigvalsh(a).numpy()
+
+
+def n_occupied_states(basis: BasisSet, species: Any, *, charge: float = 0.0) -> int:
+    """Doubly occupied states of a spin-unpolarized cell: ``ceil((Σ Z_valence - charge) / 2)``.
+
+    Raises:
+        BasisMismatchError: the basis records no valence charge (read it from ``.ion`` files, or
+            pass the number of occupied states to the metrics yourself).
+    """
+    zval = basis.valence_charges[np.asarray(species, dtype=np.int64)]
+    if np.isnan(zval).any():
+        missing = sorted({basis.symbols[k] for k in np.asarray(species)[np.isnan(zval)]})
+        raise BasisMismatchError(
+            f"the basis records no valence charge for {missing}: read it from .ion/.ion.xml/.ion.nc files "
+            "or give n_occupied"
+        )
+    return int(math.ceil(round(float(zval.sum()) - charge, 6) / 2))
+
+
+@dataclass
+class SpectrumErrors:
+    """Errors of paired eigenvalues (energies in eV, errors in meV).
+
+    Attributes:
+        window_mae_meV, window_max_meV: over the reference states within ±window of its gap centre.
+        occupied_mae_meV, occupied_max_meV: over the lowest ``n_occupied`` states.
+        occupied_mean_error_meV: mean signed error (prediction - reference) of the occupied states:
+            a uniform energy offset of the prediction shows here.
+        n_window: window states compared; n_window_unpaired: window states beyond the shorter spectrum.
+        n_states_ref, n_states_pred: eigenvalues of each side (kept S eigenvectors).
+        gap_centre_eV, gap_ref_eV, gap_pred_eV: reference gap centre, HOMO-LUMO gaps.
+    """
+
+    window_mae_meV: float
+    window_max_meV: float
+    occupied_mae_meV: float
+    occupied_max_meV: float
+    occupied_mean_error_meV: float
+    n_window: int
+    n_window_unpaired: int
+    n_states_ref: int
+    n_states_pred: int
+    gap_centre_eV: float
+    gap_ref_eV: float
+    gap_pred_eV: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def spectrum_errors(pred: np.ndarray, ref: np.ndarray, n_occupied: int, window: float = DEFAULT_WINDOW) -> SpectrumErrors:
+    """Errors of two sorted spectra (eV), paired by index from the bottom (module docstring).
+
+    Raises:
+        InputError: a spectrum without a LUMO (``n_occupied`` not below both lengths).
+    """
+    if n_occupied < 1 or n_occupied >= min(len(pred), len(ref)):
+        raise InputError(
+            f"{n_occupied} occupied states need a HOMO and a LUMO: the spectra have {len(ref)} (reference) "
+            f"and {len(pred)} (prediction) states"
+        )
+    centre = 0.5 * (ref[n_occupied - 1] + ref[n_occupied])
+    in_window = np.flatnonzero(np.abs(ref - centre) <= window)
+    paired = in_window[in_window < len(pred)]
+    err_w = MEV_PER_EV * np.abs(pred[paired] - ref[paired])
+    err_o = MEV_PER_EV * (pred[:n_occupied] - ref[:n_occupied])
+    nan = float("nan")
+    return SpectrumErrors(
+        window_mae_meV=float(err_w.mean()) if len(err_w) else nan,
+        window_max_meV=float(err_w.max()) if len(err_w) else nan,
+        occupied_mae_meV=float(np.abs(err_o).mean()),
+        occupied_max_meV=float(np.abs(err_o).max()),
+        occupied_mean_error_meV=float(err_o.mean()),
+        n_window=len(paired),
+        n_window_unpaired=len(in_window) - len(paired),
+        n_states_ref=len(ref),
+        n_states_pred=len(pred),
+        gap_centre_eV=float(centre),
+        gap_ref_eV=float(ref[n_occupied] - ref[n_occupied - 1]),
+        gap_pred_eV=float(pred[n_occupied] - pred[n_occupied - 1]),
+    )
+
+
+@dataclass
+class EigenMetrics:
+    """Γ-point eigenvalue errors, raw and canonically orthogonalized.
+
+    Attributes:
+        raw: errors of the raw generalized problem (None when a predicted S is not positive definite).
+        orthogonalized: errors after canonical orthogonalization (each side with its own S).
+        threshold, window, n_occupied: the settings used.
+        eigenvalues: the four sorted spectra (eV): ``ref_raw``, ``pred_raw``, ``ref_orthogonalized``,
+            ``pred_orthogonalized`` (for plots; not in :meth:`to_dict`).
+    """
+
+    raw: SpectrumErrors | None
+    orthogonalized: SpectrumErrors
+    threshold: float
+    window: float
+    n_occupied: int
+    eigenvalues: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "threshold": self.threshold,
+            "window_eV": self.window,
+            "n_occupied": self.n_occupied,
+            "raw": None if self.raw is None else self.raw.to_dict(),
+            "orthogonalized": self.orthogonalized.to_dict(),
+        }
+
+
+def eigenvalue_metrics(
+    h_pred: Any,
+    s_pred: Any,
+    h_ref: Any,
+    s_ref: Any,
+    n_occupied: int,
+    *,
+    window: float = DEFAULT_WINDOW,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> EigenMetrics:
+    """Γ-point eigenvalue errors of a predicted ``(H, S)`` against a reference (dense matrices).
+
+    Args:
+        h_pred, s_pred, h_ref, s_ref: ``(n, n)`` symmetric matrices (eV for H).
+        n_occupied: occupied states (:func:`n_occupied_states`).
+        window: half-width (eV) of the window around the reference gap centre.
+        threshold: canonical-orthogonalization threshold on the eigenvalues of S.
+
+    Returns:
+        raw and orthogonalized errors; pairing as in the module docstring.
+    """
+    spectra = {
+        "ref_orthogonalized": generalized_eigenvalues(h_ref, s_ref, threshold),
+        "pred_orthogonalized": generalized_eigenvalues(h_pred, s_pred, threshold),
+        "ref_raw": generalized_eigenvalues(h_ref, s_ref),
+    }
+    try:
+        spectra["pred_raw"] = generalized_eigenvalues(h_pred, s_pred)
+        raw = spectrum_errors(spectra["pred_raw"], spectra["ref_raw"], n_occupied, window)
+    except InvalidMatrixError:
+        raw = None
+    ortho = spectrum_errors(spectra["pred_orthogonalized"], spectra["ref_orthogonalized"], n_occupied, window)
+    return EigenMetrics(raw, ortho, threshold, window, n_occupied, spectra)
+
+
+def compare_spectra(
+    prediction: HSData,
+    reference: HSData,
+    *,
+    n_occupied: int | None = None,
+    window: float = DEFAULT_WINDOW,
+    threshold: float = DEFAULT_THRESHOLD,
+    spin: int = 0,
+) -> EigenMetrics:
+    """:func:`eigenvalue_metrics` of two structures (Γ matrices built from their blocks; the
+    prediction's ``h_unshifted`` and ``s`` on its own pairs, the reference's unshifted H)."""
+    _check_same_structure(prediction, reference)
+    if n_occupied is None:
+        n_occupied = n_occupied_states(reference.basis, reference.species)
+    pred_layout, ref_layout = GammaLayout.from_hsdata(prediction), GammaLayout.from_hsdata(reference)
+    return eigenvalue_metrics(
+        pred_layout.dense(prediction.h_unshifted[spin]),
+        pred_layout.dense(prediction.s),
+        ref_layout.dense(reference.h_unshifted[spin]),
+        ref_layout.dense(reference.s),
+        n_occupied,
+        window=window,
+        threshold=threshold,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# differentiable loss
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class EigenvalueTarget:
+    """What :func:`eigenvalue_loss` compares a predicted H with, built once per structure.
+
+    The loss diagonalises ``X^T H_pred X`` with ``X`` the canonical orthogonalization of the
+    *reference* S (no gradient flows through S: its eigenvectors are degenerate in these cells and
+    their derivatives undefined) and compares the selected eigenvalues with the reference's.
+
+    Degeneracies: ``torch.linalg.eigvalsh`` back-propagates ``V diag(g) V^T``, with no
+    ``1/(λ_i - λ_j)`` factors, so gradients stay finite at degenerate eigenvalues; and the targets
+    of each group of reference states closer than ``degeneracy_tol`` are replaced by the group
+    mean, so that the loss is a symmetric function of the eigenvalues of every group (hence
+    differentiable where the predicted group stays degenerate).  Selected states are extended to
+    whole groups.
+
+    Attributes:
+        layout: folds the predicted flat values into the Γ matrix.
+        x: ``(n, m)`` float64 canonical orthogonalization of the reference S.
+        states: ``(k,)`` int64 indices of the compared states in the sorted spectrum.
+        target: ``(k,)`` float64 reference eigenvalues (eV), group-averaged.
+    """
+
+    layout: GammaLayout
+    x: torch.Tensor
+    states: torch.Tensor
+    target: torch.Tensor
+
+
+def eigenvalue_target(
+    reference: HSData,
+    n_occupied: int | None = None,
+    *,
+    layout: GammaLayout | None = None,
+    window: float | None = DEFAULT_WINDOW,
+    occupied: bool = True,
+    threshold: float = DEFAULT_THRESHOLD,
+    degeneracy_tol: float = 1e-3,
+    spin: int = 0,
+) -> EigenvalueTarget:
+    """The loss target of one structure.
+
+    Args:
+        reference: the SIESTA structure.
+        n_occupied: occupied states; default from the basis' valence charges.
+        layout: the Γ layout of the *predicted* pair list (e.g. the canonical half); default the
+            reference's own pairs.
+        window: include the states within ±window eV of the (orthogonalized) reference gap
+            centre; None for none.
+        occupied: include every occupied state.
+        threshold: canonical-orthogonalization threshold.
+        degeneracy_tol: reference states closer than this (eV) form one degenerate group.
+        spin: spin channel.
+    """
+    if n_occupied is None:
+        n_occupied = n_occupied_states(reference.basis, reference.species)
+    ref_layout = GammaLayout.from_hsdata(reference)
+    h = torch.as_tensor(ref_layout.dense(reference.h_unshifted[spin]))
+    x = canonical_orthogonalization(ref_layout.dense(reference.s), threshold)
+    evals = torch.linalg.eigvalsh(x.T @ h @ x).numpy()
+    if not 0 < n_occupied < len(evals):
+        raise InputError(f"{n_occupied} occupied states in a spectrum of {len(evals)}")
+    select = np.zeros(len(evals), dtype=bool)
+    if occupied:
+        select[:n_occupied] = True
+    if window is not None:
+        centre = 0.5 * (evals[n_occupied - 1] + evals[n_occupied])
+        select |= np.abs(evals - centre) <= window
+    if not select.any():
+        raise InputError("the eigenvalue target selects no state: enable occupied or give a window")
+    group = np.concatenate([[0], np.cumsum(np.diff(evals) > degeneracy_tol)])
+    select = np.isin(group, group[select])  # whole degenerate groups
+    means = np.bincount(group, weights=evals) / np.bincount(group)
+    states = np.flatnonzero(select)
+    return EigenvalueTarget(
+        layout=layout if layout is not None else ref_layout,
+        x=x,
+        states=torch.as_tensor(states),
+        target=torch.as_tensor(means[group[states]]),
+    )
+
+
+def eigenvalue_loss(
+    h_pred: torch.Tensor, target: EigenvalueTarget, *, kind: Literal["mse", "mae"] = "mse"
+) -> torch.Tensor:
+    """Mean squared (eV²) or absolute (eV) error of the selected orthogonalized Γ eigenvalues.
+
+    Args:
+        h_pred: ``(n_values,)`` predicted unshifted H on ``target.layout``'s pairs (differentiable).
+        target: from :func:`eigenvalue_target`.
+        kind: ``"mse"`` or ``"mae"``.
+    """
+    if h_pred.shape != (len(target.layout.index),):
+        raise InputError(f"h_pred has shape {tuple(h_pred.shape)}, the target's layout {len(target.layout.index)} values")
+    h = target.layout.dense(h_pred.to(torch.float64))
+    x = target.x.to(h.device)
+    evals = torch.linalg.eigvalsh(x.T @ h @ x)
+    err = evals[target.states.to(h.device)] - target.target.to(h.device)
+    return (err * err).mean() if kind == "mse" else err.abs().mean()
