@@ -182,6 +182,23 @@ def test_invariant_model_rotation_violation_is_measured(eval_model, cell8, recor
     assert min(errors) > 1e-6  # it is not equivariant: a rotation changes its blocks
 
 
+def test_cartesian_monomials_of_the_invariant_model():
+    from hforge.models.invariant import DirectionalPairMLP, cartesian_monomials
+
+    layer = DirectionalPairMLP(4, 2, [8], degree=4)
+    assert layer.exponents.shape == (3 + 6 + 10 + 15, 3) and set(layer.exponents.sum(1).tolist()) == {1, 2, 3, 4}
+    rng = np.random.default_rng(0)
+    u = torch.from_numpy(rng.normal(size=(200_000, 3)))
+    u = u / u.norm(dim=1, keepdim=True)
+    values = cartesian_monomials(u, layer.exponents, layer.rms)
+    np.testing.assert_allclose(values.pow(2).mean(0).numpy(), 1.0, atol=0.02)  # unit mean square on the sphere
+    x, y, z = u[:5].T
+    np.testing.assert_allclose(values[:5, 4] * layer.rms[4], x * y)  # exponents (1, 1, 0)
+    axis = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    cartesian_monomials(axis, layer.exponents, layer.rms).sum().backward()
+    assert torch.isfinite(axis.grad).all()  # no pow: finite gradients at zero components
+
+
 # ------------------------------------------------------------------------------- learning
 def train(model, graph, steps, lr, final_lr=None, report_every=0):
     """Adam on ``MSE(H) + 100 MSE(S)``, the learning rate decaying exponentially to ``final_lr``;
