@@ -370,6 +370,18 @@ def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind):
     assert torch.equal(before.h, after.h) and torch.equal(before.s, after.s)
 
 
+@pytest.mark.parametrize("direction", ["vector", "monomials"])
+def test_invariant_checkpoints_written_before_invariant_direction_existed(abn, cell8, tmp_path, direction):
+    model = make("invariant", abn.basis, abn.statistics, invariant_direction=direction)
+    save_model(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["config"]["invariant_direction"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt").eval()
+    assert loaded.config.invariant_direction == direction
+    assert torch.equal(predict(model, cell8)[1].h, predict(loaded, cell8)[1].h)
+
+
 def test_checkpoint_errors(abn, tmp_path):
     with pytest.raises(FileFormatError):
         load_model(tmp_path / "missing.pt")
@@ -401,6 +413,8 @@ def test_config_validation(abn):
         ModelConfig(pair_l_max=5)
     with pytest.raises(ConfigError, match="dtype"):
         ModelConfig(dtype="float16")
+    with pytest.raises(ConfigError, match="invariant_direction"):
+        ModelConfig(invariant_direction="polar")
     with pytest.raises(ConfigError, match="species"):
         ModelConfig(species=("B", "B"))
     with pytest.raises(ConfigError, match="unknown fields"):

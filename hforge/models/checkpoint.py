@@ -104,8 +104,12 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     missing = [k for k in ("config", "basis", "state_dict") if k not in payload]
     if missing:
         raise FileFormatError(f"checkpoint lacks {missing}", path=path)
+    stored = dict(payload["config"])
+    if "invariant_direction" not in stored:  # written before the field existed: the weights tell
+        gated = any(key.endswith("pair.gate.weight") for key in payload["state_dict"])
+        stored["invariant_direction"] = "monomials" if gated else "vector"
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        config = ModelConfig.from_dict(stored)
     except ConfigError as exc:
         raise ConfigError(exc.message, path=path) from None
     model = build_model(config, BasisSet.from_dict(payload["basis"]))

@@ -11,13 +11,16 @@ from hforge.basis import BasisSet
 from hforge.errors import ConfigError, UnknownSpeciesError
 from hforge.ops.backends import BACKENDS
 
-__all__ = ["KINDS", "ModelConfig"]
+__all__ = ["INVARIANT_DIRECTIONS", "KINDS", "ModelConfig"]
 
 #: Model kinds: ``equivariant`` (CG blocks from equivariant features) and ``invariant`` (MLPs
 #: from invariant descriptors and the Cartesian pair vector; the non-equivariant baseline).
 KINDS = ("equivariant", "invariant")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: How the invariant model sees a pair's direction (:attr:`ModelConfig.invariant_direction`).
+INVARIANT_DIRECTIONS = ("monomials", "vector")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class ModelConfig:
             (and of both kinds' S heads).
         block_hidden: hidden sizes of the invariant model's block MLPs.
         s_channels: channels of the species embedding that drives the S heads.
+        invariant_direction: how the invariant model sees a pair's direction: ``"monomials"``
+            (Cartesian monomials of ``r / |r|`` up to ``pair_l_max`` gating the pair MLP, the default)
+            or ``"vector"`` (the raw ``r / r_cut`` beside the radial basis, the first version: it
+            learns angular dependence slowly). Checkpoints written before this field existed are
+            read as the one their weights fit.
         include_kb: also predict H's Kleinman-Bylander blocks (pairs up to
             ``r_i + r_j + 2 max r_KB``); default off: on the 64-atom aBN validation cell they are
             7.9 % of H's entries, |H| <= 0.43 meV, and leaving them out moves Γ eigenvalues by
@@ -80,6 +88,7 @@ class ModelConfig:
     radial_hidden: tuple[int, ...] = (32,)
     block_hidden: tuple[int, ...] = (64, 64)
     s_channels: int = 8
+    invariant_direction: str = "monomials"
     include_kb: bool = False
     pair_chunk: int = 65536
     dtype: str = "float32"
@@ -116,6 +125,8 @@ class ModelConfig:
                 raise bad(name, "hidden sizes must be positive integers")
         if not self.avg_num_neighbors > 0:
             raise bad("avg_num_neighbors", "must be positive")
+        if self.invariant_direction not in INVARIANT_DIRECTIONS:
+            raise bad("invariant_direction", f"choose one of {', '.join(INVARIANT_DIRECTIONS)}")
         if self.dtype not in _DTYPES:
             raise bad("dtype", f"choose one of {', '.join(_DTYPES)}")
         if self.backend not in ("auto", *BACKENDS):

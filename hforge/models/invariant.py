@@ -14,7 +14,8 @@ heads differ (:class:`InvariantHead`):
   radial/chemical factor is what a block entry is; an MLP of the raw vector ``r / r_cut`` alone
   learns it slowly (measured on the 8-atom aBN cell, test config, 25 Adam steps at 1e-2: loss
   0.51 -> 0.41 with ``[Bessel, r / r_cut]``, 0.48 -> 0.07 with this; equivariant 0.55 -> 0.02).
-  The weights are free, so nothing constrains the blocks to rotate correctly;
+  The weights are free, so nothing constrains the blocks to rotate correctly.
+  ``ModelConfig.invariant_direction="vector"`` keeps that first version (:class:`VectorPairMLP`);
 * onsite block of atom ``i``: a per-species output layer on an MLP of its inputs and of a sum over
   its neighbours within ``r_max`` of a directional pair MLP (onsite blocks depend on the
   orientation of the environment, which invariants alone cannot give), symmetrised ``(B + B^T) / 2``;
@@ -41,7 +42,16 @@ from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
 
-__all__ = ["DirectionalPairMLP", "InvariantHSModel", "InvariantHead", "InvariantInputs", "cartesian_monomials", "invariant_features"]
+__all__ = [
+    "DirectionalPairMLP",
+    "InvariantHSModel",
+    "InvariantHead",
+    "InvariantInputs",
+    "VectorPairMLP",
+    "cartesian_monomials",
+    "invariant_features",
+    "pair_mlp",
+]
 
 
 class InvariantInputs(NamedTuple):
@@ -124,10 +134,33 @@ class DirectionalPairMLP(torch.nn.Module):
         return self.mlp.node_terms(nodes)
 
     def forward(
-        self, radial: torch.Tensor, direction: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor
+        self, radial: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor, cutoff: torch.Tensor,
+        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor,
     ) -> torch.Tensor:
-        angular = cartesian_monomials(direction, self.exponents, self.rms.to(direction.dtype))
+        """``radial (E, R)``, pair vectors ``(E, 3)`` Å, their lengths and cut-offs ``(E,)``."""
+        angular = cartesian_monomials(vectors / distances[:, None], self.exponents, self.rms.to(vectors.dtype))
         return self.mlp(torch.cat([radial, angular], dim=1), terms, i, j) * self.gate(angular)
+
+
+class VectorPairMLP(PairMLP):
+    """The first version's pair MLP (``invariant_direction="vector"``): ``[radial, r / r_cut]`` and
+    both atoms' inputs, same call as :class:`DirectionalPairMLP`."""
+
+    def __init__(self, num_radial: int, node_dim: int, hidden: list[int]) -> None:
+        super().__init__(num_radial + 3, node_dim, hidden, 0)
+
+    def forward(
+        self, radial: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor, cutoff: torch.Tensor,
+        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor,
+    ) -> torch.Tensor:
+        return super().forward(torch.cat([radial, vectors / cutoff[:, None]], dim=1), terms, i, j)
+
+
+def pair_mlp(num_radial: int, node_dim: int, hidden: list[int], config: ModelConfig) -> torch.nn.Module:
+    """The invariant model's pair MLP chosen by ``config.invariant_direction``."""
+    if config.invariant_direction == "vector":
+        return VectorPairMLP(num_radial, node_dim, hidden)
+    return DirectionalPairMLP(num_radial, node_dim, hidden, config.pair_l_max)
 
 
 def _output_layers(width: int, sizes: list[int]) -> tuple[torch.nn.ParameterList, torch.nn.ParameterList]:
@@ -177,7 +210,7 @@ class InvariantHead(torch.nn.Module):
         self.n_orb = n_orb
         hidden = list(config.block_hidden)
         self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
-        self.pair = DirectionalPairMLP(config.pair_num_basis, node_dim, hidden, config.pair_l_max)
+        self.pair = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
         self.onsite_mlp = torch.nn.Sequential(mlp([onsite_dim, *hidden]), torch.nn.SiLU())
         pair_sizes = [a * b for a in n_orb for b in n_orb]
         self.pair_weight, self.pair_bias = _output_layers(hidden[-1], pair_sizes)
@@ -215,10 +248,10 @@ class InvariantHead(torch.nn.Module):
         i, j = pair_index
         si, sj = species[i], species[j]
         bessel, envelope = self.radial(distances, si, sj)
-        direction = vectors / distances[:, None]
+        cutoff = self.radial.cutoffs[si, sj].to(vectors.dtype)
         terms = self.pair.node_terms(inputs.pair)
-        forward = self.pair(bessel, direction, terms, i, j)
-        reverse = self.pair(bessel, -direction, terms, j, i)
+        forward = self.pair(bessel, vectors, distances, cutoff, terms, i, j)
+        reverse = self.pair(bessel, -vectors, distances, cutoff, terms, j, i)
         pair_type = si * self.n_species + sj
         sizes = torch.as_tensor(self.n_orb, device=species.device)
         sizes = sizes[si] * sizes[sj]
@@ -245,7 +278,7 @@ class InvariantHSModel(HSModel):
         hidden = list(config.block_hidden)
         n_species = len(self.basis)
         self.environment_radial = PairRadial(np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff)
-        self.environment = DirectionalPairMLP(config.pair_num_basis, node_dim, hidden, config.pair_l_max)
+        self.environment = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
         self.h_head = InvariantHead(
             "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config
         )
@@ -260,7 +293,8 @@ class InvariantHSModel(HSModel):
         lengths = torch.linalg.norm(vectors, dim=1)
         bessel, envelope = self.environment_radial(lengths, species[i], species[j])
         terms = self.environment.node_terms(nodes)
-        messages = self.environment(bessel, vectors / lengths[:, None], terms, i, j) * envelope[:, None]
+        cutoff = torch.full_like(lengths, self.config.r_max)
+        messages = self.environment(bessel, vectors, lengths, cutoff, terms, i, j) * envelope[:, None]
         summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
         embedding = self.s_embedding(species)
         return (
