@@ -88,11 +88,11 @@ class ModelConfig:
     radial_hidden: tuple[int, ...] = (32,)
     block_hidden: tuple[int, ...] = (64, 64)
     s_channels: int = 8
-    invariant_direction: str = "monomials"
     include_kb: bool = False
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
+    invariant_direction: str = "monomials"
 
     def __post_init__(self) -> None:
         for name in ("species", "radial_mlp", "radial_hidden", "block_hidden"):
