@@ -127,6 +127,8 @@ class LossConfig:
     kind: ``mse`` or ``mae``.
     reduction: ``entries`` (mean over entries) or ``types`` (mean within each block type, then
         over types; single-process only).
+    normalize: divide each entry's error by its block type's standard deviation; false: errors in
+        physical units (H in eV, S dimensionless).
     shift_invariant: remove each structure's best uniform shift ``c S`` from the H errors.
     eigen_weight: weight of the Γ eigenvalue loss (eV², canonically orthogonalized with the
         reference S; states within ``eigen_window`` eV of the gap centre and the occupied ones).
@@ -137,6 +139,7 @@ class LossConfig:
     s_weight: float = 1.0
     kind: str = "mse"
     reduction: str = "entries"
+    normalize: bool = True
     shift_invariant: bool = False
     eigen_weight: float = 0.0
     eigen_window: float = 2.0
@@ -346,6 +349,7 @@ loss:
   s_weight: 1.0            # normalised S block loss
   kind: mse                # mse or mae
   reduction: entries       # entries, or types (each block type weighs the same; single process)
+  normalize: true          # errors / std of their block type; false: H in eV, S unitless
   shift_invariant: false   # ignore a uniform shift c*S of H (SIESTA's energy zero is arbitrary)
   eigen_weight: 0.0        # Γ eigenvalue loss (eV^2), canonically orthogonalized with the reference S
   eigen_window: 2.0        # eV around the gap centre (plus the occupied states)

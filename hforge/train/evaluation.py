@@ -13,6 +13,7 @@ atoms) the pooled block metrics and the mean eigenvalue errors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -25,7 +26,7 @@ from hforge.models import HSModel
 from hforge.train.metrics import BlockMetrics, compare_blocks
 from hforge.train.spectral import DEFAULT_THRESHOLD, DEFAULT_WINDOW, compare_spectra, n_occupied_states
 
-__all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "predict_blocks", "summary_row", "with_valence"]
+__all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "nan_mean", "predict_blocks", "summary_row", "with_valence"]
 
 #: Eigenvalue metrics (dense Γ problem) are skipped above this many orbitals.
 MAX_EIGEN_ORBITALS = 6000
@@ -64,6 +65,12 @@ def predict_blocks(model: HSModel, data: HSData) -> HSData:
         cell_shift=shift, block_ptr=ptr, h=out.h.double().cpu().numpy()[None], s=out.s.double().cpu().numpy(),
         mask=np.ones(int(ptr[-1]), bool), pbc=data.pbc, nsc=data.nsc, source=data.source,
     )
+
+
+def nan_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _eigen_summary(eig: dict[str, Any] | None) -> dict[str, float]:
@@ -167,15 +174,10 @@ def evaluate_structures(
         blocks = BlockMetrics.combine(pooled[n_atoms]).to_dict()
         summary = summary_row(blocks)
         keys = sorted({k for row in eig_rows[n_atoms] for k in row})
-        summary.update({k: float(np.mean([row.get(k, np.nan) for row in eig_rows[n_atoms]])) for k in keys})
+        summary.update({k: nan_mean([row.get(k, np.nan) for row in eig_rows[n_atoms]]) for k in keys})
         result.groups[str(n_atoms)] = {"n_structures": len(pooled[n_atoms]), "summary": summary, "blocks": blocks}
     return result
 
 
 def _name(data: HSData) -> str:
-    from pathlib import Path
-
-    if not data.source:
-        return "structure"
-    source = str(data.source)
-    return source.split("::")[-1] if "::" in source else Path(source).stem
+    return Path(data.source).stem if data.source else "structure"

@@ -50,7 +50,7 @@ from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
 from hforge.models import HSModel, build_model, load_checkpoint, save_model
 from hforge.train.config import TrainConfig
-from hforge.train.evaluation import check_data_basis, evaluate_structures, with_valence
+from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
 from hforge.train.metrics import BlockLoss
 from hforge.train.spectral import GammaLayout, eigenvalue_loss, eigenvalue_target
 
@@ -302,6 +302,9 @@ class Trainer:
             self.data.store.statistics, kind=config.loss.kind, reduction=config.loss.reduction,
             h_weight=config.loss.h_weight, s_weight=config.loss.s_weight, shift_invariant=config.loss.shift_invariant,
         ).to(self.device)
+        if not config.loss.normalize:
+            for scale in (self.loss_fn.h_scale, self.loss_fn.s_scale):
+                scale.fill_(1.0)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float = math.inf
         self.elapsed_s = 0.0
@@ -415,12 +418,12 @@ class Trainer:
             out.h, graph.h.to(device, dtype), types.to(device), out.s, graph.s.to(device, dtype), batch=value_batch.to(device)
         )
         loss = terms["loss"] * fraction
-        logged = {name: float(value) * fraction for name, value in terms.items() if name != "loss"}
+        logged = {name: float(value.detach()) * fraction for name, value in terms.items() if name != "loss"}
         if self.config.loss.eigen_weight > 0:
             pieces = graph.split_values(out.h)
             eig = sum(eigenvalue_loss(h, item.eigen) for h, item in zip(pieces, items)) * (weight_scale / float(totals[1]))
             loss = loss + self.config.loss.eigen_weight * eig.to(loss.dtype)
-            logged["eig"] = float(eig)
+            logged["eig"] = float(eig.detach())
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if world > 1:
@@ -443,7 +446,7 @@ class Trainer:
                 for e, p in zip(self.ema.parameters(), self.model.parameters()):
                     e.lerp_(p, 1 - decay)
         names = sorted(logged)
-        summed = self.dist.all_sum(torch.tensor([float(loss)] + [logged[n] for n in names], dtype=torch.float64))
+        summed = self.dist.all_sum(torch.tensor([float(loss.detach())] + [logged[n] for n in names], dtype=torch.float64))
         record = {"loss": float(summed[0]), **{f"loss_{n}": float(v) for n, v in zip(names, summed[1:])}}
         record.update(lr=lr, grad_norm=grad_norm, structures=len(batch), atoms=sum(self.sizes[k] for k in batch))
         return record
@@ -458,7 +461,7 @@ class Trainer:
         model.train(model is self.model)
         rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
         keys = sorted({k for row in rows.values() for k in row})
-        mean = {k: float(np.nanmean([row.get(k, np.nan) for row in rows.values()])) for k in keys}
+        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
         return {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
 
     # ---- loop ---------------------------------------------------------------------------------
