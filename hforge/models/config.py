@@ -46,7 +46,8 @@ class ModelConfig:
 
     Attributes:
         pair_l_max: largest degree of the spherical harmonics of the pair direction (equivariant;
-            4 couples d with d).
+            4 couples d with d), or of the Cartesian monomials of the direction (invariant; at least 1),
+            so both kinds see the same angular resolution.
         pair_num_basis: Bessel functions of ``|r_ij| / r_cut(s_i, s_j)`` for the pair features,
             ``r_cut`` the pair cut-off (``r_i + r_j``, beyond ``r_max``).
         radial_hidden: hidden sizes of the MLPs giving the equivariant heads' radial weights

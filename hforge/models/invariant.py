@@ -6,15 +6,22 @@ heads differ (:class:`InvariantHead`):
 * node inputs: the trunk's features reduced to invariants, per channel the scalar and the norm of
   every ``l > 0`` irrep (``C (1 + node_l_max)`` numbers per atom); the S head gets the species
   embedding instead;
+* pair vectors enter as Cartesian monomials of the direction ``r / |r|`` (``x, y, z, x^2, xy, ...``
+  up to degree ``pair_l_max``, each scaled to unit mean square on the sphere; the raw Cartesian
+  components and their powers, never combined into irreps) and a Bessel basis of the distance,
+  in a :class:`DirectionalPairMLP`: an MLP of ``[Bessel, monomials, a_i, a_j]`` whose last hidden
+  layer is multiplied by a linear function of the monomials.  That product of an angular and a
+  radial/chemical factor is what a block entry is; an MLP of the raw vector ``r / r_cut`` alone
+  learns it slowly (measured on the 8-atom aBN cell, test config, 25 Adam steps at 1e-2: loss
+  0.51 -> 0.41 with ``[Bessel, r / r_cut]``, 0.48 -> 0.07 with this; equivariant 0.55 -> 0.02).
+  The weights are free, so nothing constrains the blocks to rotate correctly;
 * onsite block of atom ``i``: a per-species output layer on an MLP of its inputs and of a sum over
-  its neighbours within ``r_max`` of an MLP of ``[a_i, a_j, Bessel(|r| / r_max), r / r_max]`` (the
-  Cartesian vector again: onsite blocks depend on the orientation of the environment, which
-  invariants alone cannot give), symmetrised ``(B + B^T) / 2``;
-* hopping block of a canonical pair ``(i, j, n)``: an MLP of ``[a_i, a_j, Bessel(|r| / r_cut),
-  r / r_cut]`` (the raw Cartesian vector, so the block depends on the orientation without any
-  equivariance constraint) with an output layer per ordered species pair giving the
-  ``n_orb_i x n_orb_j`` entries directly, symmetrised as ``(f(i, j, r) + f(j, i, -r)^T) / 2``: the
-  block of ``(j, i, -n)`` is exactly the transpose and relabelling atoms leaves it unchanged, so only
+  its neighbours within ``r_max`` of a directional pair MLP (onsite blocks depend on the
+  orientation of the environment, which invariants alone cannot give), symmetrised ``(B + B^T) / 2``;
+* hopping block of a canonical pair ``(i, j, n)``: a directional pair MLP of ``|r| / r_cut`` and
+  ``r / |r|`` with an output layer per ordered species pair giving the ``n_orb_i x n_orb_j``
+  entries directly, symmetrised as ``(f(i, j, r) + f(j, i, -r)^T) / 2``: the block of
+  ``(j, i, -n)`` is exactly the transpose and relabelling atoms leaves it unchanged, so only
   rotations are learned rather than built in.  Blocks are multiplied by the pair envelope.
 
 Rotations can be taught by augmentation: :class:`~hforge.graph.RandomRotation`.
@@ -34,7 +41,7 @@ from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
 
-__all__ = ["InvariantHSModel", "InvariantHead", "InvariantInputs", "invariant_features"]
+__all__ = ["DirectionalPairMLP", "InvariantHSModel", "InvariantHead", "InvariantInputs", "cartesian_monomials", "invariant_features"]
 
 
 class InvariantInputs(NamedTuple):
@@ -53,6 +60,74 @@ def invariant_features(features: torch.Tensor, irreps) -> torch.Tensor:
         start += mul * ir.dim
         parts.append(block[:, :, 0] if ir.l == 0 else torch.sqrt(block.pow(2).sum(-1) + 1e-8))
     return torch.cat(parts, dim=1)
+
+
+def _monomial_exponents(degree: int) -> np.ndarray:
+    """``(K, 3)`` exponents ``(a, b, c)`` of every monomial ``x^a y^b z^c`` of degree 1..``degree``."""
+    return np.array(
+        [(a, b, d - a - b) for d in range(1, degree + 1) for a in range(d, -1, -1) for b in range(d - a, -1, -1)],
+        dtype=np.int64,
+    ).reshape(-1, 3)
+
+
+def _sphere_rms(exponents: np.ndarray) -> np.ndarray:
+    """Root mean square of ``x^a y^b z^c`` over the unit sphere:
+    ``<x^2a y^2b z^2c> = (2a-1)!! (2b-1)!! (2c-1)!! / (3 * 5 * ... * (2(a+b+c)+1))``."""
+    def double_factorial_odd(n: int) -> float:  # (2n - 1)!!
+        return float(np.prod(np.arange(1, 2 * n, 2))) if n else 1.0
+
+    return np.array(
+        [np.sqrt(np.prod([double_factorial_odd(int(e)) for e in row]) / np.prod(np.arange(3, 2 * row.sum() + 2, 2)))
+         for row in exponents]
+    )
+
+
+def cartesian_monomials(direction: torch.Tensor, exponents: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
+    """``(E, K)`` monomials ``x^a y^b z^c / rms`` of unit vectors ``direction (E, 3)``.
+
+    Powers are built by repeated products (no ``pow``), so gradients stay finite at zero components.
+    """
+    degree = int(exponents.max()) if exponents.numel() else 0
+    powers = [torch.ones_like(direction)]
+    for _ in range(degree):
+        powers.append(powers[-1] * direction)
+    powers = torch.stack(powers, dim=2)  # (E, 3, degree + 1)
+    x, y, z = (powers[:, k, exponents[:, k]] for k in range(3))
+    return x * y * z / rms
+
+
+class DirectionalPairMLP(torch.nn.Module):
+    """Hidden features of a pair from its radial basis, its direction and both atoms' inputs.
+
+    ``forward(radial (E, R), direction (E, 3), terms, i, j) -> (E, hidden[-1])``:
+    ``PairMLP([radial, P], a_i, a_j) * (W P + b)`` with ``P = cartesian_monomials(direction)`` of
+    degree 1..``degree`` (see the module docstring).
+
+    Args:
+        num_radial: width of the radial basis.
+        node_dim: width of the per-atom inputs.
+        hidden: hidden sizes of the MLP.
+        degree: largest monomial degree (at least 1).
+    """
+
+    def __init__(self, num_radial: int, node_dim: int, hidden: list[int], degree: int) -> None:
+        super().__init__()
+        exponents = _monomial_exponents(max(1, degree))
+        self.register_buffer("exponents", torch.from_numpy(exponents), persistent=False)
+        self.register_buffer("rms", torch.from_numpy(_sphere_rms(exponents)), persistent=False)
+        self.mlp = PairMLP(num_radial + len(exponents), node_dim, hidden, 0)
+        self.gate = torch.nn.Linear(len(exponents), hidden[-1])
+        self.width = hidden[-1]
+
+    def node_terms(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom first-layer terms (:meth:`PairMLP.node_terms`)."""
+        return self.mlp.node_terms(nodes)
+
+    def forward(
+        self, radial: torch.Tensor, direction: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        angular = cartesian_monomials(direction, self.exponents, self.rms.to(direction.dtype))
+        return self.mlp(torch.cat([radial, angular], dim=1), terms, i, j) * self.gate(angular)
 
 
 def _output_layers(width: int, sizes: list[int]) -> tuple[torch.nn.ParameterList, torch.nn.ParameterList]:
@@ -89,7 +164,7 @@ class InvariantHead(torch.nn.Module):
         node_dim: width of the per-atom inputs of the hopping MLP.
         onsite_dim: width of the per-atom inputs of the onsite MLP.
         cutoffs: ``(n_species, n_species)`` pair cut-offs (Å).
-        config: the model config (``pair_num_basis``, ``block_hidden``, ``num_polynomial_cutoff``).
+        config: the model config (``pair_num_basis``, ``pair_l_max``, ``block_hidden``, ``num_polynomial_cutoff``).
     """
 
     def __init__(
@@ -102,7 +177,7 @@ class InvariantHead(torch.nn.Module):
         self.n_orb = n_orb
         hidden = list(config.block_hidden)
         self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
-        self.pair = PairMLP(config.pair_num_basis + 3, node_dim, hidden, 0)
+        self.pair = DirectionalPairMLP(config.pair_num_basis, node_dim, hidden, config.pair_l_max)
         self.onsite_mlp = torch.nn.Sequential(mlp([onsite_dim, *hidden]), torch.nn.SiLU())
         pair_sizes = [a * b for a in n_orb for b in n_orb]
         self.pair_weight, self.pair_bias = _output_layers(hidden[-1], pair_sizes)
@@ -140,10 +215,10 @@ class InvariantHead(torch.nn.Module):
         i, j = pair_index
         si, sj = species[i], species[j]
         bessel, envelope = self.radial(distances, si, sj)
-        unit = vectors / self.radial.cutoffs[si, sj][:, None]
+        direction = vectors / distances[:, None]
         terms = self.pair.node_terms(inputs.pair)
-        forward = self.pair(torch.cat([bessel, unit], dim=1), terms, i, j)
-        reverse = self.pair(torch.cat([bessel, -unit], dim=1), terms, j, i)
+        forward = self.pair(bessel, direction, terms, i, j)
+        reverse = self.pair(bessel, -direction, terms, j, i)
         pair_type = si * self.n_species + sj
         sizes = torch.as_tensor(self.n_orb, device=species.device)
         sizes = sizes[si] * sizes[sj]
@@ -170,7 +245,7 @@ class InvariantHSModel(HSModel):
         hidden = list(config.block_hidden)
         n_species = len(self.basis)
         self.environment_radial = PairRadial(np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff)
-        self.environment = PairMLP(config.pair_num_basis + 3, node_dim, hidden, 0)
+        self.environment = DirectionalPairMLP(config.pair_num_basis, node_dim, hidden, config.pair_l_max)
         self.h_head = InvariantHead(
             "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config
         )
@@ -182,9 +257,10 @@ class InvariantHSModel(HSModel):
     ) -> tuple[InvariantInputs, InvariantInputs]:
         nodes = invariant_features(features, self.trunk.irreps_out)
         i, j = edge_index
-        bessel, envelope = self.environment_radial(torch.linalg.norm(vectors, dim=1), species[i], species[j])
-        edge = torch.cat([bessel, vectors / self.config.r_max], dim=1)
-        messages = self.environment(edge, self.environment.node_terms(nodes), i, j) * envelope[:, None]
+        lengths = torch.linalg.norm(vectors, dim=1)
+        bessel, envelope = self.environment_radial(lengths, species[i], species[j])
+        terms = self.environment.node_terms(nodes)
+        messages = self.environment(bessel, vectors / lengths[:, None], terms, i, j) * envelope[:, None]
         summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
         embedding = self.s_embedding(species)
         return (
