@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,17 @@ def write_config(path: Path, config: dict) -> Path:
 
 def env():
     return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Single-threaded torch, as in the subprocesses (OMP_NUM_THREADS=1): the same summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def states_equal(a: dict, b: dict) -> bool:
@@ -135,17 +147,19 @@ def test_atom_batches_cover_each_epoch_once_and_respect_the_budget():
 
 # ------------------------------------------------------------------------------- resume
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    config = tiny(training={"max_steps": 7})
+    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6
+    config = tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100})
     path = write_config(tmp_path / "tiny.yaml", config)
-    whole = Trainer(load_config(config), tmp_path / "whole", progress=False).run()
+    with one_thread():
+        whole = Trainer(load_config(config), tmp_path / "whole", progress=False).run()
 
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--out", str(killed), "--no-progress"]
-    run = subprocess.run(command, env={**env(), KILL_ENV: "5"}, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, env={**env(), KILL_ENV: "6"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     _, payload = load_checkpoint(killed / "last.pt")
-    assert payload["extra"]["training"]["step"] == 4  # killed mid-epoch, after step 5, before its checkpoint
-    assert payload["extra"]["training"]["batch_in_epoch"] != 0
+    state = payload["extra"]["training"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 2, 1)
     assert not list(killed.glob(".*tmp*"))
 
     resumed = subprocess.run(command + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
@@ -155,13 +169,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert states_equal(a.state_dict(), b.state_dict())  # EMA weights
     assert states_equal(pa["extra"]["training"]["model_state"], pb["extra"]["training"]["model_state"])  # raw weights
     steps = [r["step"] for r in read_log(killed / "metrics.jsonl") if "loss" in r]
-    assert steps == list(range(1, 8))  # the killed run's step 5 was dropped from the log and redone
+    assert steps == list(range(1, 8))  # the killed run's step 6 was dropped from the log and redone
     losses = {r["step"]: r["loss"] for r in read_log(whole.out_dir / "metrics.jsonl") if "loss" in r}
     assert all(losses[r["step"]] == r["loss"] for r in read_log(killed / "metrics.jsonl") if "loss" in r)
     assert (killed / "learning_curve.png").stat().st_size > 0
 
     with pytest.raises(ConfigError, match="differs .*optimizer.lr"):
-        Trainer(load_config(tiny(training={"max_steps": 7}, optimizer={"lr": 1e-3})), killed, resume=True, progress=False)
+        Trainer(load_config(tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100}, optimizer={"lr": 1e-3})),
+                killed, resume=True, progress=False)
     with pytest.raises(ConfigError, match="no checkpoint"):
         Trainer(load_config(config), tmp_path / "empty", resume=True, progress=False)
 
@@ -199,12 +214,9 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
     rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert states_equal(rank0, rank1)
 
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         single = Trainer(load_config(config), tmp_path / "single", progress=False)
         single.run()
-    finally:
-        torch.set_num_threads(os.cpu_count() or 1)
     two = [r for r in read_log(out / "metrics.jsonl") if "loss" in r]
     one = [r for r in read_log(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
     assert [r["structures"] for r in two] == [r["structures"] for r in one] == [3, 3, 3]

@@ -122,13 +122,16 @@ class DataConfig:
 @dataclass(frozen=True)
 class LossConfig:
     """Attributes:
-    h_weight, s_weight: weights of the normalised H and S block losses (each entry divided by the
-        training store's standard deviation of its block type).
+    h_weight, s_weight: weights of the H and S block losses (S errors are ~100x smaller than H's
+        in eV, hence the default 100).
     kind: ``mse`` or ``mae``.
     reduction: ``entries`` (mean over entries) or ``types`` (mean within each block type, then
         over types; single-process only).
-    normalize: divide each entry's error by its block type's standard deviation; false: errors in
-        physical units (H in eV, S dimensionless).
+    normalize: divide each entry's error by the training store's standard deviation of its block
+        type (onsite or not x species pair x shell pair); false (default): errors in physical units
+        (H in eV, S dimensionless).  The per-type spread includes the spread within a block
+        (diagonal vs off-diagonal onsite entries, up to 5.5 eV on aBN), so a normalised loss
+        weighs onsite errors of hundreds of meV lightly.
     shift_invariant: remove each structure's best uniform shift ``c S`` from the H errors.
     eigen_weight: weight of the Γ eigenvalue loss (eV², canonically orthogonalized with the
         reference S; states within ``eigen_window`` eV of the gap centre and the occupied ones).
@@ -136,10 +139,10 @@ class LossConfig:
     """
 
     h_weight: float = 1.0
-    s_weight: float = 1.0
+    s_weight: float = 100.0
     kind: str = "mse"
     reduction: str = "entries"
-    normalize: bool = True
+    normalize: bool = False
     shift_invariant: bool = False
     eigen_weight: float = 0.0
     eigen_window: float = 2.0
@@ -161,7 +164,7 @@ class OptimizerConfig:
     """Attributes: name (``adam``/``adamw``), lr, weight_decay, grad_clip (max gradient norm; 0 off)."""
 
     name: str = "adamw"
-    lr: float = 5e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     grad_clip: float = 10.0
 
@@ -345,18 +348,18 @@ model:                     # any field of hforge.models.ModelConfig
   block_hidden: [64, 64]   # invariant model's block MLPs
   backend: auto            # CG kernels: auto, torch, numba, triton
 loss:
-  h_weight: 1.0            # normalised H block loss (entries / std of their block type)
-  s_weight: 1.0            # normalised S block loss
+  h_weight: 1.0            # H block loss (eV^2 for mse)
+  s_weight: 100.0          # S block loss (S errors are ~100x smaller than H's in eV)
   kind: mse                # mse or mae
   reduction: entries       # entries, or types (each block type weighs the same; single process)
-  normalize: true          # errors / std of their block type; false: H in eV, S unitless
+  normalize: false         # true: errors / std of their block type; false: H in eV, S unitless
   shift_invariant: false   # ignore a uniform shift c*S of H (SIESTA's energy zero is arbitrary)
   eigen_weight: 0.0        # Γ eigenvalue loss (eV^2), canonically orthogonalized with the reference S
   eigen_window: 2.0        # eV around the gap centre (plus the occupied states)
   eigen_threshold: 1.0e-3  # S eigenvalues dropped below this
 optimizer:
   name: adamw              # adam or adamw
-  lr: 5.0e-3
+  lr: 1.0e-2
   weight_decay: 0.0
   grad_clip: 10.0          # max gradient norm (0: off)
 schedule:

@@ -37,7 +37,7 @@ def plot_learning_curves(
                         label=f"{label}, shift removed", alpha=0.7)
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss (normalised)")
+    ax_loss.set_ylabel("training loss")
     ax_val.set_yscale("log")
     ax_val.set_xlabel("step")
     ax_val.set_ylabel("validation H MAE (meV)")

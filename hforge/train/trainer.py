@@ -529,8 +529,12 @@ class Trainer:
                 self._save(self.best_path)
         self.dist.barrier()
 
-    def run(self) -> TrainResult:
-        """Train to ``training.max_steps`` (or ``max_minutes``); returns paths, validation and throughput."""
+    def run(self, *, final_validation: bool = True) -> TrainResult:
+        """Train to ``training.max_steps`` (or ``max_minutes``); returns paths, validation and throughput.
+
+        Args:
+            final_validation: validate after the last step (unless that step just did).
+        """
         training = self.config.training
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -548,37 +552,33 @@ class Trainer:
         validated_at = -1
         while self.step < training.max_steps:
             batches = atom_batches(self.sizes, training.batch_atoms, training.seed, self.epoch)
-            while self.batch_in_epoch < len(batches) and self.step < training.max_steps:
-                t0 = time.perf_counter()
-                record = self._train_step(batches[self.batch_in_epoch])
-                self.train_time_s += time.perf_counter() - t0
-                self.structures_seen += record["structures"]
-                self.atoms_seen += record["atoms"]
-                self.step += 1
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch == len(batches):
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                if kill_at and self.step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                self.elapsed_s = elapsed_before + time.perf_counter() - start
-                if self.step % training.log_every == 0:
-                    self._log({"step": self.step, "epoch": self.epoch, **record})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2g}")
-                if self.step % training.val_every == 0:
-                    self._validate_and_keep_best()
-                    validated_at = self.step
-                if self.step % training.checkpoint_every == 0 and self.dist.is_main:
-                    self._save(self.last_path)
-                if training.max_minutes is not None and (time.perf_counter() - start) / 60 >= training.max_minutes:
-                    break
-            else:
-                continue
-            break
+            t0 = time.perf_counter()
+            record = self._train_step(batches[self.batch_in_epoch])
+            self.train_time_s += time.perf_counter() - t0
+            self.structures_seen += record["structures"]
+            self.atoms_seen += record["atoms"]
+            self.step += 1
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == len(batches):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if kill_at and self.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.elapsed_s = elapsed_before + time.perf_counter() - start
+            if self.step % training.log_every == 0:
+                self._log({"step": self.step, "epoch": self.epoch, **record})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2g}")
+            if self.step % training.val_every == 0:
+                self._validate_and_keep_best()
+                validated_at = self.step
+            if self.step % training.checkpoint_every == 0 and self.dist.is_main:
+                self._save(self.last_path)
+            if training.max_minutes is not None and (time.perf_counter() - start) / 60 >= training.max_minutes:
+                break
         if bar is not None:
             bar.close()
-        if validated_at != self.step:
+        if final_validation and validated_at != self.step:
             self._validate_and_keep_best()
         if self.dist.is_main:
             self._save(self.last_path)
