@@ -42,7 +42,8 @@ def plot_learning_curves(
     ax_val.set_xlabel("step")
     ax_val.set_ylabel("validation H MAE (meV)")
     for ax in (ax_loss, ax_val):
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return save_figure(fig, save)
