@@ -252,6 +252,7 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
         np.testing.assert_allclose(entry["summary"]["s_mae"], float((out.s.double() - graph.s).abs().mean()), rtol=1e-9)
         eig = entry["eigenvalues"]["orthogonalized"]
         assert eig["n_window"] > 0 and np.isfinite(entry["summary"]["eig_window_ortho_meV"])
+        assert np.isfinite(entry["summary"]["eig_window_refS_meV"])
     pooled = 1e3 * float(torch.cat(errors[1:]).mean())
     np.testing.assert_allclose(result.groups["16"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
     # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from hforge.cli._errors import user_errors
-from hforge.cli.evaluate import metrics_table, write_json
+from hforge.cli.evaluate import metrics_table, wide_console, write_json
 
 __all__ = ["DEMO_STEPS", "demo", "demo_command", "demo_config"]
 
@@ -49,11 +49,11 @@ def demo(out: Path, steps: int = DEMO_STEPS, *, progress: bool = True, console: 
     from hforge.models import load_checkpoint
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
-    from hforge.train.evaluation import predict_blocks, summary_row, with_valence
+    from hforge.train.evaluation import evaluate_structures, predict_blocks, with_valence
     from hforge.train.spectral import n_occupied_states
     from hforge.train.trainer import Trainer, read_log
 
-    console = console or Console()
+    console = console or wide_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load("abn-small", split="val")
@@ -70,10 +70,10 @@ def demo(out: Path, steps: int = DEMO_STEPS, *, progress: bool = True, console: 
         budget[kind] = {"steps": result.steps, "wall_s": time.perf_counter() - start, **result.throughput}
         model, _ = load_checkpoint(result.last)
         checkpoints[kind] = str(result.last.resolve())
-        report = spectrum_report(
+        table[kind] = evaluate_structures(model, [reference]).structures[0]["summary"]  # as `hforge evaluate`
+        report = spectrum_report(  # the figures
             predict_blocks(model, reference), reference, name=f"{kind}_{name}", n_occupied=n_occupied, out_dir=out,
         )
-        table[kind] = summary_row(report.metrics["blocks"], report.metrics["eigenvalues"])
         figures[kind] = {key: str(path.resolve()) for key, path in report.paths.items()}
         logs[kind] = read_log(out / kind / "metrics.jsonl")
     curves = plot_learning_curves(logs, out / "learning_curves.png", title="abn-small: train 8-24 atoms, validate 64")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from hforge.cli._errors import user_errors
 
-__all__ = ["COLUMNS", "evaluate_command", "iter_references", "json_safe", "metrics_table", "parse_valence"]
+__all__ = ["COLUMNS", "evaluate_command", "iter_references", "json_safe", "metrics_table", "parse_valence", "wide_console", "write_json"]
 
 #: Table columns: summary key -> header.
 COLUMNS = {
@@ -27,7 +28,13 @@ COLUMNS = {
     "eig_window_ortho_meV": "eig ±2eV\northo meV",
     "eig_occupied_raw_meV": "eig occ.\nraw meV",
     "eig_occupied_ortho_meV": "eig occ.\northo meV",
+    "eig_window_refS_meV": "eig ±2eV\nref S meV",
 }
+
+
+def wide_console() -> Console:
+    """A console for wide tables: the terminal's width, or 200 columns when not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -111,7 +118,7 @@ def evaluate_command(
     from hforge.models import load_checkpoint
     from hforge.train.evaluation import evaluate_structures
 
-    console = Console()
+    console = wide_console()
     with user_errors():
         model, payload = load_checkpoint(checkpoint)
         extra_valence = (payload.get("extra", {}).get("training", {}).get("config", {}).get("data", {}).get("valence")) or {}

@@ -23,7 +23,7 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
 from hforge.models import HSModel
-from hforge.train.metrics import BlockMetrics, compare_blocks
+from hforge.train.metrics import BlockMetrics, align_reference, compare_blocks
 from hforge.train.spectral import DEFAULT_THRESHOLD, DEFAULT_WINDOW, compare_spectra, n_occupied_states
 
 __all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "nan_mean", "predict_blocks", "summary_row", "with_valence"]
@@ -78,12 +78,17 @@ def _eigen_summary(eig: dict[str, Any] | None) -> dict[str, float]:
     if eig is None:
         return {}
     raw, ortho = eig.get("raw"), eig["orthogonalized"]
-    return {
+    out = {
         "eig_window_raw_meV": raw["window_mae_meV"] if raw else nan,
         "eig_window_ortho_meV": ortho["window_mae_meV"],
         "eig_occupied_raw_meV": raw["occupied_mae_meV"] if raw else nan,
         "eig_occupied_ortho_meV": ortho["occupied_mae_meV"],
     }
+    ref_s = eig.get("with_reference_s")
+    if ref_s is not None:
+        out["eig_window_refS_meV"] = ref_s["orthogonalized"]["window_mae_meV"]
+        out["eig_occupied_refS_meV"] = ref_s["orthogonalized"]["occupied_mae_meV"]
+    return out
 
 
 def summary_row(blocks: dict[str, Any], eig: dict[str, Any] | None = None) -> dict[str, float]:
@@ -135,7 +140,9 @@ def evaluate_structures(
         references: SIESTA structures (:class:`HSData`; the model's basis).
         window, threshold: eigenvalue window (eV) and canonical-orthogonalization threshold.
         eigenvalues: compute the Γ eigenvalue metrics (skipped above 6000 orbitals, and where the
-            number of occupied states is unknown: no valence charges in either basis).
+            number of occupied states is unknown: no valence charges in either basis): with the
+            predicted H and S, and (``eigenvalues["with_reference_s"]``, summary keys ``*_refS_*``)
+            with the predicted H and the reference S, the error that H alone causes.
         valence: Z_valence per species for bases that lack it.
         on_structure: called with each structure's entry (progress).
 
@@ -160,6 +167,11 @@ def evaluate_structures(
             if not np.isnan(basis.valence_charges[np.unique(reference.species)]).any():
                 n_occupied = n_occupied_states(basis, reference.species)
                 eig = compare_spectra(prediction, reference, n_occupied=n_occupied, window=window, threshold=threshold).to_dict()
+                # the predicted H with the reference S: the eigenvalue error that H alone causes
+                with_ref_s = replace(prediction, s=align_reference(reference, prediction.edge_index, prediction.cell_shift).s)
+                eig["with_reference_s"] = compare_spectra(
+                    with_ref_s, reference, n_occupied=n_occupied, window=window, threshold=threshold
+                ).to_dict()
         name = _name(reference)
         entry = {
             "name": name, "n_atoms": reference.n_atoms, "n_orbitals": reference.n_orbitals,
