@@ -15,7 +15,8 @@ def plot_learning_curves(
     *,
     title: str = "",
 ) -> Path:
-    """Two panels: training loss (log scale) and mean validation H MAE (meV, raw and shift-removed).
+    """Two panels: training loss (log scale) and mean validation H MAE (meV, raw and shift-removed;
+    the loss alone when no run has validation records).
 
     Args:
         runs: the records of one run (a list) or ``{label: records}`` of several, drawn together.
@@ -25,12 +26,16 @@ def plot_learning_curves(
 
     if not isinstance(runs, Mapping):
         runs = {title or "training": runs}
-    fig, (ax_loss, ax_val) = new_figure(2, size=(5.0, 3.8))
+    has_val = any("val" in r for records in runs.values() for r in records)
+    if has_val:
+        fig, (ax_loss, ax_val) = new_figure(2, size=(5.0, 3.8))
+    else:  # no validation records: the loss alone
+        fig, ax_loss = new_figure(1, size=(5.0, 3.8))
     for colour, (label, records) in enumerate(runs.items()):
         steps = [r for r in records if "loss" in r]
         vals = [r for r in records if "val" in r]
         ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], color=f"C{colour}", lw=0.8, label=label)
-        if vals:
+        if has_val and vals:
             x = [r["step"] for r in vals]
             ax_val.plot(x, [r["val"]["mean"]["h_mae_meV"] for r in vals], "o-", color=f"C{colour}", ms=3, label=f"{label}")
             ax_val.plot(x, [r["val"]["mean"]["h_mae_shifted_meV"] for r in vals], "s--", color=f"C{colour}", ms=3,
@@ -38,10 +43,13 @@ def plot_learning_curves(
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training loss")
-    ax_val.set_yscale("log")
-    ax_val.set_xlabel("step")
-    ax_val.set_ylabel("validation H MAE (meV)")
-    for ax in (ax_loss, ax_val):
+    axes = [ax_loss]
+    if has_val:
+        ax_val.set_yscale("log")
+        ax_val.set_xlabel("step")
+        ax_val.set_ylabel("validation H MAE (meV)")
+        axes.append(ax_val)
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     if title:
