@@ -29,10 +29,6 @@ import scipy.linalg
 from hforge.graph import GraphBuilder, uncovered_pairs
 from hforge.io import read_hs
 
-#: Valence electrons of the pseudopotentials of shared/abn (B: 2s2 2p1, N: 2s2 2p3).
-VALENCE = {"B": 3, "N": 5}
-
-
 def gamma_eigenvalues(h: np.ndarray, s: np.ndarray, threshold: float | None) -> np.ndarray:
     """Generalized eigenvalues of ``(H, S)``; with ``threshold`` after dropping S's eigenvectors below it."""
     if threshold is None:
@@ -56,7 +52,10 @@ def measure(path: Path, threshold: float) -> dict:
     h_exact = data.matrix_at_k(which="h_unshifted")
     s_exact = data.matrix_at_k(which="s")
     h_trunc = replace(data, h=(truncated - data.fermi_level * data.s)[None]).matrix_at_k(which="h_unshifted")
-    n_occ = sum(VALENCE[data.basis.symbols[s]] for s in data.species) // 2
+    electrons = data.basis.valence_charges[data.species].sum()  # Z_valence of the .ion files
+    if not np.isfinite(electrons):
+        raise SystemExit(f"{path}: the basis does not record every species' valence charge")
+    n_occ = int(round(electrons)) // 2
     result = {
         "file": str(path),
         "atoms": data.n_atoms,
