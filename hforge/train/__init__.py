@@ -10,8 +10,9 @@ normalised block losses; :mod:`hforge.train.spectral`: Γ-point generalized-eige
 
 from __future__ import annotations
 
-from hforge.train.config import TrainConfig, load_config
-from hforge.train.evaluation import Evaluation, evaluate_structures, predict_blocks
+from importlib import import_module
+from typing import Any
+
 from hforge.train.metrics import (
     AlignedReference,
     BlockLoss,
@@ -26,7 +27,18 @@ from hforge.train.metrics import (
     normalization_scales,
     remove_shift,
 )
-from hforge.train.trainer import TrainResult, Trainer
+
+#: Resolved on first use: they import the models (and with them the kernel backends), which
+#: ``import hforge.train.metrics`` (e.g. by :mod:`hforge.analysis`) must not.
+_LAZY = {
+    "TrainConfig": "hforge.train.config",
+    "load_config": "hforge.train.config",
+    "Evaluation": "hforge.train.evaluation",
+    "evaluate_structures": "hforge.train.evaluation",
+    "predict_blocks": "hforge.train.evaluation",
+    "TrainResult": "hforge.train.trainer",
+    "Trainer": "hforge.train.trainer",
+}
 
 __all__ = [
     "AlignedReference",
@@ -49,3 +61,9 @@ __all__ = [
     "load_config",
     "predict_blocks",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hforge.train' has no attribute {name!r}")
