@@ -44,6 +44,9 @@ _LAZY: dict[str, str] = {
     "edge_blocks": "hforge.ops.cg_blocks",
     "irreps_to_blocks": "hforge.ops.cg_blocks",
     "onsite_blocks": "hforge.ops.cg_blocks",
+    "TrainConfig": "hforge.train",
+    "Trainer": "hforge.train",
+    "evaluate_structures": "hforge.train",
 }
 
 __all__ = [

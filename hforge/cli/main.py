@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from hforge.cli.data import data_app
-from hforge.cli.demo import demo
+from hforge.cli.demo import demo_command
+from hforge.cli.evaluate import evaluate_command
 from hforge.cli.info import info
 from hforge.cli.siesta_runs import register as register_siesta_commands
 from hforge.cli.structure import structure_app
+from hforge.cli.train import train_command
 
 app = typer.Typer(
     name="hforge",
@@ -22,6 +22,9 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 register_siesta_commands(data_app)
 app.add_typer(structure_app, name="structure")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("demo")(demo_command)
 
 
 @app.callback()
@@ -33,12 +36,6 @@ def main() -> None:
 def info_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Versions, CPU/GPU found, and which kernel backends are usable here (and why not)."""
     info(as_json)
-
-
-@app.command("demo")
-def demo_command(out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder.")) -> None:
-    """The README's main job."""
-    demo(out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""``hforge evaluate CHECKPOINT DATA... [--json OUT]``: a model against SIESTA, per structure and size."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List, Mapping, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hforge.cli._errors import user_errors
+
+__all__ = ["COLUMNS", "evaluate_command", "iter_references", "json_safe", "metrics_table", "parse_valence", "wide_console", "write_json"]
+
+#: Table columns: summary key -> header.
+COLUMNS = {
+    "h_mae_meV": "H MAE\nmeV",
+    "h_onsite_meV": "onsite\nmeV",
+    "h_hopping_meV": "hopping\nmeV",
+    "h_mae_shifted_meV": "H MAE\n-c·S meV",
+    "s_mae": "S MAE",
+    "eig_window_raw_meV": "eig ±2eV\nraw meV",
+    "eig_window_ortho_meV": "eig ±2eV\northo meV",
+    "eig_occupied_raw_meV": "eig occ.\nraw meV",
+    "eig_occupied_ortho_meV": "eig occ.\northo meV",
+    "eig_window_refS_meV": "eig ±2eV\nref S meV",
+}
+
+
+def wide_console() -> Console:
+    """A console for wide tables: the terminal's width, or 200 columns when not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2e}" if key == "s_mae" else f"{value:.4g}"
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, Any]], *, title: str, first: str = "structure") -> Table:
+    """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`)."""
+    table = Table(title=title)
+    table.add_column(first)
+    for header in COLUMNS.values():
+        table.add_column(header, justify="right")
+    for label, row in rows.items():
+        table.add_row(label, *(_fmt(k, row.get(k)) for k in COLUMNS))
+    return table
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, recursively (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Strict JSON written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(json_safe(data), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def parse_valence(items: List[str]) -> dict[str, float]:
+    """``["B=3", "N=5"]`` -> ``{"B": 3.0, "N": 5.0}``."""
+    out = {}
+    for item in items:
+        symbol, _, charge = item.partition("=")
+        try:
+            out[symbol.strip()] = float(charge)
+        except ValueError:
+            raise typer.BadParameter(f"--valence {item!r}: expected SYMBOL=CHARGE, e.g. B=3") from None
+    return out
+
+
+def iter_references(inputs: List[str], *, split: Optional[str] = None, basis: Optional[Path] = None) -> Iterator[Any]:
+    """SIESTA structures (:class:`HSData`) of bundled datasets (``abn-small``), stores (``.h5``),
+    H/S files (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) and (folders of) run folders."""
+    from hforge.datasets import BUNDLED, load
+    from hforge.io import read_hs
+    from hforge.io.runs import find_runs, run_output
+
+    for item in inputs:
+        if item in BUNDLED or item.endswith((".h5", ".hdf5")):
+            yield from load(item, split=split)
+            continue
+        for run in find_runs([item]):
+            yield read_hs(run_output(run), basis=basis)
+
+
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (hforge train's best.pt / last.pt)."),
+    data: List[str] = typer.Argument(..., help="abn-small, stores (.h5), SIESTA files or run folders."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric as JSON here."),
+    split: Optional[str] = typer.Option(None, "--split", help="Only this split of stores (train, val, test)."),
+    basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of .ion files for bare TSHS files."),
+    window: float = typer.Option(2.0, help="Half-width (eV) of the eigenvalue window around the gap centre."),
+    threshold: float = typer.Option(1e-3, help="Canonical orthogonalization: drop S eigenvalues below this."),
+    eigenvalues: bool = typer.Option(True, "--eigenvalues/--no-eigenvalues", help="Γ eigenvalue metrics (dense)."),
+    valence: List[str] = typer.Option([], "--valence", help="Z_valence where the basis lacks it, e.g. --valence B=3 --valence N=5."),
+) -> None:
+    """H MAE (meV; all, onsite, hopping, per species and shell pair; raw and without the best c·S shift), S MAE and
+    Γ eigenvalue MAE (±window around the gap centre and occupied states; raw and canonically orthogonalized),
+    per structure and per size."""
+    from hforge.models import load_checkpoint
+    from hforge.train.evaluation import evaluate_structures
+
+    console = wide_console()
+    with user_errors():
+        model, payload = load_checkpoint(checkpoint)
+        extra_valence = (payload.get("extra", {}).get("training", {}).get("config", {}).get("data", {}).get("valence")) or {}
+        evaluation = evaluate_structures(
+            model, iter_references(data, split=split, basis=basis), window=window, threshold=threshold,
+            eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
+            on_structure=lambda e: console.print(f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"),
+        )
+    console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{checkpoint} per structure"))
+    console.print(metrics_table({n: g["summary"] for n, g in evaluation.groups.items()}, title="per size", first="atoms"))
+    if json_out is not None:
+        result = {"checkpoint": str(checkpoint), "model": model.config.to_dict(), **evaluation.to_dict()}
+        console.print(f"wrote {write_json(json_out, result)}")

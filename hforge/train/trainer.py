@@ -1,0 +1,618 @@
+"""The training loop: data, batches in atoms, losses, EMA, validation, atomic checkpoints, resume, data parallelism.
+
+``Trainer(config, out_dir).run()`` trains a model as :class:`~hforge.train.config.TrainConfig`
+says and writes into ``out_dir``:
+
+* ``last.pt`` (every ``checkpoint_every`` steps and at the end) and ``best.pt`` (the lowest mean
+  validation H MAE), written atomically by :func:`hforge.models.save_model`: the checkpoint's
+  model is the EMA of the weights (the raw weights when EMA is off), readable by
+  :func:`hforge.models.load_checkpoint`; ``extra["training"]`` holds what a resumed run needs: the
+  config, the raw weights, optimizer, scheduler, RNG states, step, epoch and batch position;
+* ``metrics.jsonl``: one JSON object per logged step (``loss``, its H/S/eigenvalue terms, ``lr``)
+  and per validation (``val``: per-structure and mean metrics);
+* ``learning_curve.png`` at the end, ``config.yaml`` (the resolved config), ``summary.json``.
+
+Reproducibility: the weights are seeded by ``training.seed``; the batches of epoch ``e`` are a
+permutation drawn from ``(seed, e)``; the rotations of step ``k`` from ``(seed, k)``.  A run
+resumed from ``last.pt`` (``resume=True``) therefore repeats the steps after its last checkpoint
+exactly and reaches the same weights as an uninterrupted run.
+
+Data parallelism (``torchrun --nproc-per-node P hforge train ...``): every process builds the
+same global batches and takes a share of each (balanced in atoms); each process's loss is
+weighted by its share of the global batch's entries, the gradients are summed over processes
+with ``torch.distributed.all_reduce`` (gloo on CPU, nccl on GPU), so every process takes the
+same step as one process on the whole global batch.  A process left without a structure (a
+batch of fewer structures than processes) runs one with weight 0.  Rank 0 validates and writes.
+
+Batch normalisation: the statistics of the model's batch-norm layers (the trunk's e3nn
+``BatchNorm``) are computed once on the whole training set before the first step
+(:func:`calibrate_norms`) and then frozen (the layers stay in evaluation mode, their affine
+weights still learn).  With batch statistics a structure's prediction would depend on the other
+structures of its batch, training and inference would compute different functions (measured: 42
+meV training-mode vs 169 meV evaluation-mode H MAE after 40 steps on abn-small), and P
+processes would not equal one.
+
+Testing hook: the environment variable ``HFORGE_TRAIN_KILL_AT_STEP=N`` makes the run SIGKILL
+itself right after optimizer step ``N`` (before any checkpoint of that step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hforge.errors import ConfigError
+from hforge.graph import collate
+from hforge.graph.augment import rotate_graph
+from hforge.io import HSData, value_block_types
+from hforge.models import HSModel, build_model, load_checkpoint, save_model
+from hforge.train.config import TrainConfig
+from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
+from hforge.train.metrics import BlockLoss
+from hforge.train.spectral import GammaLayout, eigenvalue_loss, eigenvalue_target
+
+__all__ = [
+    "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",
+    "share_of_batch",
+]
+
+KILL_ENV = "HFORGE_TRAIN_KILL_AT_STEP"
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    """One training structure, prepared once: its graph with targets and the block type of every value."""
+
+    name: str
+    n_atoms: int
+    graph: Any
+    types: torch.Tensor
+    eigen: Any = None
+
+
+class TrainingData:
+    """The structures of a config's dataset, split by its selections, checked against the model.
+
+    Attributes:
+        store: the :class:`~hforge.io.HSStore`.
+        basis: the store's basis with the config's valence charges filled in.
+        train, val: indices of the store's structures in each split.
+
+    Raises:
+        ConfigError: an empty split, or species of the data that the model does not list.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        from hforge.datasets import load
+
+        self.config = config
+        self.store = load(config.data.source).store
+        self.basis = with_valence(self.store.basis, config.data.valence)
+        manifest = self.store.manifest
+        self.train = [k for k, e in enumerate(manifest) if config.data.train.matches(e["name"], e["n_atoms"])]
+        self.val = [k for k, e in enumerate(manifest) if config.data.val.matches(e["name"], e["n_atoms"])]
+        for split in ("train", "val"):
+            if not getattr(self, split):
+                sizes = sorted({e["n_atoms"] for e in manifest})
+                raise ConfigError(
+                    f"config: data.{split} selects no structure of {config.data.source} "
+                    f"({len(manifest)} structures of {sizes} atoms): {getattr(config.data, split)}"
+                )
+        overlap = sorted(set(self.train) & set(self.val))
+        if overlap:
+            raise ConfigError(f"config: data.train and data.val share structures {[manifest[k]['name'] for k in overlap]}")
+        used = {s for k in self.train + self.val for s in manifest[k]["species"]}
+        missing = sorted(used - set(config.model.species))
+        if missing:
+            raise ConfigError(
+                f"config: the data holds species {missing} that model.species={list(config.model.species)} lacks; "
+                f"set model.species (the data's basis has {self.store.basis.symbols})"
+            )
+        unknown = sorted(set(config.model.species) - set(self.store.basis.symbols))
+        if unknown:
+            raise ConfigError(f"config: model.species {unknown} are not in the data's basis {self.store.basis.symbols}")
+
+    def name(self, index: int) -> str:
+        return self.store.manifest[index]["name"]
+
+    def n_atoms(self, index: int) -> int:
+        return int(self.store.manifest[index]["n_atoms"])
+
+    def read(self, index: int) -> HSData:
+        data = self.store.read(index)
+        data.basis = self.basis
+        return data
+
+
+def atom_batches(sizes: list[int], batch_atoms: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of an epoch: positions into ``sizes`` (atoms per structure) in a permutation
+    drawn from ``(seed, epoch)``, packed greedily up to ``batch_atoms`` atoms (at least one each)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(sizes))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    atoms = 0
+    for k in order.tolist():
+        if current and atoms + sizes[k] > batch_atoms:
+            batches.append(current)
+            current, atoms = [], 0
+        current.append(k)
+        atoms += sizes[k]
+    if current:
+        batches.append(current)
+    return batches
+
+
+def share_of_batch(batch: list[int], sizes: list[int], rank: int, world: int) -> list[int]:
+    """The structures of a global batch that process ``rank`` of ``world`` takes (largest first,
+    each to the process with the fewest atoms so far; ties to the lowest rank)."""
+    load = [0] * world
+    shares: list[list[int]] = [[] for _ in range(world)]
+    for k in sorted(batch, key=lambda k: (-sizes[k], k)):
+        r = min(range(world), key=lambda p: (load[p], p))
+        shares[r].append(k)
+        load[r] += sizes[k]
+    return sorted(shares[rank])
+
+
+def norm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The batch-norm layers of a model (e3nn's and torch's)."""
+    from e3nn.nn import BatchNorm
+
+    return [m for m in model.modules() if isinstance(m, (BatchNorm, torch.nn.modules.batchnorm._BatchNorm))]
+
+
+def calibrate_norms(model: torch.nn.Module, graphs: list[Any], batch_atoms: int = 512) -> None:
+    """Set the running statistics of ``model``'s batch-norm layers to their averages over ``graphs``
+    (forward passes without gradients, batches of up to ``batch_atoms`` atoms), then leave the
+    layers in evaluation mode."""
+    layers = norm_layers(model)
+    if not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    batches = atom_batches([g.n_atoms for g in graphs], batch_atoms, 0, 0)
+    model.eval()
+    with torch.no_grad():
+        for k, batch in enumerate(batches):
+            for m in layers:
+                m.train()
+                m.momentum = 1.0 / (k + 1)  # running value = mean over the batches so far
+            model(collate([graphs[i] for i in sorted(batch)]))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+        m.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        return values
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def distributed_context(device: torch.device) -> DistributedContext:
+    """The process group of a ``torchrun`` launch (initialised here: gloo on CPU, nccl on CUDA), or one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---------------------------------------------------------------------------------------
+# trainer
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.run` did: paths, the last validation, throughput and memory."""
+
+    out_dir: Path
+    last: Path
+    best: Path | None
+    steps: int
+    validation: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir), "last": str(self.last), "best": None if self.best is None else str(self.best),
+            "steps": self.steps, "validation": self.validation, "throughput": self.throughput,
+        }
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config: training.device={name!r} but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _lr_lambda(schedule: Any, max_steps: int):
+    def factor(step: int) -> float:
+        if schedule.warmup_steps and step < schedule.warmup_steps:
+            return (step + 1) / schedule.warmup_steps
+        if schedule.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - schedule.warmup_steps) / max(1, max_steps - schedule.warmup_steps))
+        return schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Trainer:
+    """Train a model (see the module docstring).
+
+    Args:
+        config: the training configuration.
+        out_dir: output folder (created).
+        resume: continue from ``out_dir/last.pt`` (refused when the config differs, apart from
+            ``training.max_steps`` / ``max_minutes``).
+        progress: show a progress bar (rank 0).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> None:
+        if config.loss.eigen_weight > 0 and config.augment:
+            raise ConfigError("config: loss.eigen_weight > 0 needs training.augment_rotations: false (its targets are unrotated)")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        training = config.training
+        self.device = _resolve_device(training.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = distributed_context(self.device)
+        if config.loss.reduction == "types" and self.dist.world > 1:
+            raise ConfigError("config: loss.reduction=types does not split over processes; use entries")
+        self.data = TrainingData(config)
+        self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+        self.log_path = self.out_dir / "metrics.jsonl"
+        torch.manual_seed(training.seed)
+        np.random.seed(training.seed)
+        random.seed(training.seed)
+        try:
+            self.model = build_model(config.model, self.data.basis, self.data.store.statistics).to(self.device)
+        except ConfigError:
+            raise
+        except Exception as exc:  # UnknownSpeciesError, BasisMismatchError
+            raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
+        self.ema = None
+        if training.ema_decay > 0:
+            self.ema = build_model(config.model, self.data.basis, self.data.store.statistics).to(self.device)
+            self.ema.load_state_dict(self.model.state_dict())
+            self.ema.eval().requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = config.optimizer
+        cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        self.optimizer = cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config.schedule, training.max_steps))
+        self.loss_fn = BlockLoss(
+            self.data.store.statistics, kind=config.loss.kind, reduction=config.loss.reduction,
+            h_weight=config.loss.h_weight, s_weight=config.loss.s_weight, shift_invariant=config.loss.shift_invariant,
+        ).to(self.device)
+        if not config.loss.normalize:
+            for scale in (self.loss_fn.h_scale, self.loss_fn.s_scale):
+                scale.fill_(1.0)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: float = math.inf
+        self.elapsed_s = 0.0
+        self.train_time_s, self.structures_seen, self.atoms_seen = 0.0, 0, 0
+        self.last_validation: dict[str, Any] = {}
+        if resume:
+            self._resume()
+        self.items = self._prepare(self.data.train)
+        self.sizes = [item.n_atoms for item in self.items]
+        self.norms = norm_layers(self.model)
+        if not resume:
+            calibrate_norms(self.model, [item.graph for item in self.items])
+            if self.ema is not None:
+                self.ema.load_state_dict(self.model.state_dict())
+
+    # ---- setup --------------------------------------------------------------------------------
+    def _prepare(self, indices: list[int]) -> list[_Item]:
+        builder = self.model.graph_builder()
+        items = []
+        for k in indices:
+            data = self.data.read(k)
+            graph = builder(data)
+            edge, shift, ptr = graph.structure_pairs(0)
+            types = torch.from_numpy(value_block_types(self.model.basis, graph.species.numpy(), edge, shift, ptr))
+            eigen = None
+            if self.config.loss.eigen_weight > 0:
+                layout = GammaLayout.of(edge, shift, ptr, data.orbital_offsets)
+                eigen = eigenvalue_target(
+                    data, layout=layout, window=self.config.loss.eigen_window, threshold=self.config.loss.eigen_threshold
+                )
+            items.append(_Item(self.data.name(k), data.n_atoms, graph, types, eigen))
+        return items
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "training": {
+                "config": self.config.to_dict(),
+                "model_state": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "best": self.best,
+                "elapsed_s": self.elapsed_s,
+                "train_time_s": self.train_time_s,
+                "structures_seen": self.structures_seen,
+                "atoms_seen": self.atoms_seen,
+                "data": {
+                    "source": self.config.data.source,
+                    "train": [self.data.name(k) for k in self.data.train],
+                    "val": [self.data.name(k) for k in self.data.val],
+                },
+            }
+        }
+
+    def _save(self, path: Path) -> None:
+        save_model(self.ema if self.ema is not None else self.model, path, extra=self._checkpoint_extra())
+
+    def _resume(self) -> None:
+        if not self.last_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint {self.last_path} to resume from")
+        model, payload = load_checkpoint(self.last_path, map_location=self.device)
+        state = payload.get("extra", {}).get("training")
+        if state is None:
+            raise ConfigError("--resume: the checkpoint holds no training state", path=self.last_path)
+        check_data_basis(model.basis, self.data.basis, source=self.config.data.source)
+        saved, now = dict(state["config"]), self.config.to_dict()
+        for cfg in (saved, now):
+            cfg["training"] = {k: v for k, v in cfg["training"].items() if k not in ("max_steps", "max_minutes")}
+        differ = sorted(f"{section}.{k}" for section in now for k in set(now[section]) | set(saved.get(section, {}))
+                        if now[section].get(k) != saved.get(section, {}).get(k))
+        if differ:
+            raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}", path=self.last_path)
+        self.model.load_state_dict(state["model_state"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        for key in ("step", "epoch", "batch_in_epoch", "best", "elapsed_s", "train_time_s", "structures_seen", "atoms_seen"):
+            setattr(self, key, state[key])
+        if self.dist.is_main and self.log_path.is_file():  # drop the log lines of steps after the checkpoint
+            lines = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+            _write_atomic(self.log_path, "".join(line + "\n" for line in lines))
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _batch(self, share: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor, list[_Item]]:
+        items = [self.items[k] for k in share]
+        graph = collate([item.graph for item in items])
+        if self.config.augment:
+            from scipy.spatial.transform import Rotation
+
+            rng = np.random.default_rng([self.config.training.seed, self.step, 7])
+            rotations = Rotation.random(len(self.items), random_state=rng).as_matrix()
+            graph = rotate_graph(graph, rotations[share], self.model.basis)
+        types = torch.cat([item.types for item in items])
+        counts = torch.tensor([item.graph.n_values for item in items])
+        value_batch = torch.repeat_interleave(torch.arange(len(items)), counts)
+        return graph, types, value_batch, items
+
+    def _train_step(self, batch: list[int]) -> dict[str, float]:
+        world, rank = self.dist.world, self.dist.rank
+        share = share_of_batch(batch, self.sizes, rank, world)
+        weight_scale = 1.0
+        if not share:  # fewer structures than processes: run one with weight 0
+            share, weight_scale = [batch[0]], 0.0
+        graph, types, value_batch, items = self._batch(share)
+        totals = self.dist.all_sum(torch.tensor([float(graph.n_values) * weight_scale, float(len(items)) * weight_scale], dtype=torch.float64))
+        fraction = weight_scale * graph.n_values / float(totals[0])
+        dtype, device = self.model.dtype, self.device
+        self.model.train()
+        for layer in self.norms:
+            layer.eval()
+        out = self.model(graph)
+        terms = self.loss_fn(
+            out.h, graph.h.to(device, dtype), types.to(device), out.s, graph.s.to(device, dtype), batch=value_batch.to(device)
+        )
+        loss = terms["loss"] * fraction
+        logged = {name: float(value.detach()) * fraction for name, value in terms.items() if name != "loss"}
+        if self.config.loss.eigen_weight > 0:
+            pieces = graph.split_values(out.h)
+            eig = sum(eigenvalue_loss(h, item.eigen) for h, item in zip(pieces, items)) * (weight_scale / float(totals[1]))
+            loss = loss + self.config.loss.eigen_weight * eig.to(loss.dtype)
+            logged["eig"] = float(eig.detach())
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if world > 1:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.dist.all_sum(flat)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        grad_norm = float("nan")
+        if self.config.optimizer.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimizer.grad_clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            decay = min(self.config.training.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                    e.lerp_(p, 1 - decay)
+                for e, b in zip(self.ema.buffers(), self.model.buffers()):
+                    e.copy_(b)
+        names = sorted(logged)
+        summed = self.dist.all_sum(torch.tensor([float(loss.detach())] + [logged[n] for n in names], dtype=torch.float64))
+        record = {"loss": float(summed[0]), **{f"loss_{n}": float(v) for n, v in zip(names, summed[1:])}}
+        record.update(lr=lr, grad_norm=grad_norm, structures=len(batch), atoms=sum(self.sizes[k] for k in batch))
+        return record
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Metrics of the EMA (or raw) model on the validation structures: per structure and means."""
+        model = self.ema if self.ema is not None else self.model
+        evaluation = evaluate_structures(
+            model, (self.data.read(k) for k in self.data.val), eigenvalues=self.config.training.val_eigenvalues,
+        )
+        model.train(model is self.model)
+        rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
+        keys = sorted({k for row in rows.values() for k in row})
+        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
+        return {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _validate_and_keep_best(self) -> None:
+        if self.dist.is_main:
+            self.last_validation = self.validate()
+            self._log({"step": self.step, "epoch": self.epoch, "val": self.last_validation})
+            score = self.last_validation["mean"]["h_mae_meV"]
+            if score < self.best:
+                self.best = score
+                self._save(self.best_path)
+        self.dist.barrier()
+
+    def run(self, *, final_validation: bool = True) -> TrainResult:
+        """Train to ``training.max_steps`` (or ``max_minutes``); returns paths, validation and throughput.
+
+        Args:
+            final_validation: validate after the last step (unless that step just did).
+        """
+        training = self.config.training
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            _write_atomic(self.out_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        start = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=training.max_steps, initial=self.step, desc=f"train {self.config.model.kind}", unit="step", dynamic_ncols=True)
+        validated_at = -1
+        while self.step < training.max_steps:
+            batches = atom_batches(self.sizes, training.batch_atoms, training.seed, self.epoch)
+            t0 = time.perf_counter()
+            record = self._train_step(batches[self.batch_in_epoch])
+            self.train_time_s += time.perf_counter() - t0
+            self.structures_seen += record["structures"]
+            self.atoms_seen += record["atoms"]
+            self.step += 1
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == len(batches):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if kill_at and self.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.elapsed_s = elapsed_before + time.perf_counter() - start
+            if self.step % training.log_every == 0:
+                self._log({"step": self.step, "epoch": self.epoch, **record})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3g}", lr=f"{record['lr']:.2g}")
+            if self.step % training.val_every == 0:
+                self._validate_and_keep_best()
+                validated_at = self.step
+            if self.step % training.checkpoint_every == 0 and self.dist.is_main:
+                self._save(self.last_path)
+            if training.max_minutes is not None and (time.perf_counter() - start) / 60 >= training.max_minutes:
+                break
+        if bar is not None:
+            bar.close()
+        if final_validation and validated_at != self.step:
+            self._validate_and_keep_best()
+        if self.dist.is_main:
+            self._save(self.last_path)
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        throughput = {
+            "processes": self.dist.world,
+            "train_time_s": self.train_time_s,
+            "structures_per_s": self.structures_seen / self.train_time_s if self.train_time_s else float("nan"),
+            "atoms_per_s": self.atoms_seen / self.train_time_s if self.train_time_s else float("nan"),
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+        if self.device.type == "cuda":
+            throughput["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        result = TrainResult(self.out_dir, self.last_path, self.best_path if self.best_path.is_file() else None, self.step,
+                             self.last_validation, throughput)
+        if self.dist.is_main:
+            from hforge.train.curves import plot_learning_curves
+
+            plot_learning_curves(read_log(self.log_path), self.out_dir / "learning_curve.png", title=self.config.model.kind)
+            _write_atomic(self.out_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
+        return result
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,309 @@
+"""hforge.train: configs and their errors, batches in atoms, kill-and-resume to the same weights,
+2-process data parallelism against one process, evaluation against an independent oracle, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from hforge.cli.main import app
+from hforge.datasets import load
+from hforge.errors import BasisMismatchError, ConfigError, FileFormatError
+from hforge.models import load_checkpoint
+from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
+from hforge.train.evaluation import evaluate_structures, predict_blocks
+from hforge.train.trainer import KILL_ENV, Trainer, atom_batches, read_log, share_of_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A tiny invariant model on the two 8-atom cells (rotations, EMA and a cosine schedule on):
+#: the tests check mechanics, not accuracy.
+TINY = {
+    "data": {"source": "abn-small", "train": {"names": ["abn_8_0", "abn_8_1", "abn_16_0"]}, "val": {"names": ["abn_16_1"]},
+             "valence": {"B": 3, "N": 5}},
+    "model": {"kind": "invariant", "channels": 4, "num_interactions": 1, "radial_mlp": [8], "radial_hidden": [8],
+              "block_hidden": [16], "s_channels": 4, "num_bessel": 4, "pair_num_basis": 4, "max_ell": 1, "node_l_max": 1},
+    "schedule": {"name": "cosine", "warmup_steps": 2},
+    "training": {"max_steps": 6, "batch_atoms": 16, "val_every": 4, "checkpoint_every": 2, "val_eigenvalues": False,
+                 "device": "cpu", "seed": 3},
+}
+
+
+def tiny(**sections):
+    config = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def env():
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Single-threaded torch, as in the subprocesses (OMP_NUM_THREADS=1): the same summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------- config
+def test_default_config_yaml_is_the_default_config():
+    assert TrainConfig.from_dict(yaml.safe_load(DEFAULT_CONFIG_YAML)) == TrainConfig()
+    config = load_config(tiny())
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.augment and config.model.dtype == "float32"
+
+
+def test_print_default_config_cli():
+    result = CliRunner().invoke(app, ["train", "--print-default-config"])
+    assert result.exit_code == 0 and result.output == DEFAULT_CONFIG_YAML
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"training": {"batch_atoms": 0}}, "training.batch_atoms"),
+        ({"training": {"colour": 1}}, "unknown fields .*colour"),
+        ({"loss": {"kind": "huber"}}, "loss.kind"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+        ({"model": {"kind": "transformer"}}, "kind"),
+        ({"model": {"dtype": "float64"}}, "precision"),
+        ({"data": {"train": {"max_atoms": -1}}}, "max_atoms"),
+        ({"schedule": {"name": "step"}}, "schedule.name"),
+    ],
+)
+def test_bad_configs_name_the_field(change, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny(**change))
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("training: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "sections.yaml").write_text("trainig: {max_steps: 3}\n")
+    with pytest.raises(ConfigError, match="unknown sections"):
+        load_config(tmp_path / "sections.yaml")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"data": {"val": {"min_atoms": 1000}}}, "data.val selects no structure"),
+        ({"data": {"train": {"names": ["nothing"]}}}, "data.train selects no structure"),
+        ({"data": {"val": {"names": ["abn_8_0"]}}}, "share structures"),
+        ({"model": {"species": ["B"]}}, "species .*'N'"),
+        ({"model": {"species": ["B", "N", "C"]}}, "C"),
+        ({"data": {"source": "/nonexistent/store.h5"}}, "no such store"),
+    ],
+)
+def test_configs_that_disagree_with_the_data(tmp_path, change, match):
+    with pytest.raises((ConfigError, BasisMismatchError, FileFormatError), match=match):
+        Trainer(load_config(tiny(**change)), tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------------------- batches
+def test_atom_batches_cover_each_epoch_once_and_respect_the_budget():
+    sizes = [8, 8, 16, 16, 24, 64]
+    for epoch in range(4):
+        batches = atom_batches(sizes, 32, seed=1, epoch=epoch)
+        assert sorted(k for b in batches for k in b) == list(range(6))
+        assert all(len(b) == 1 or sum(sizes[k] for k in b) <= 32 for b in batches)
+        assert batches == atom_batches(sizes, 32, seed=1, epoch=epoch)
+    assert atom_batches(sizes, 32, 1, 0) != atom_batches(sizes, 32, 1, 1)
+    for world in (1, 2, 3):
+        shares = [share_of_batch([0, 2, 3, 4], sizes, r, world) for r in range(world)]
+        assert sorted(k for s in shares for k in s) == [0, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------- resume
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6
+    config = tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100})
+    path = write_config(tmp_path / "tiny.yaml", config)
+    with one_thread():
+        whole = Trainer(load_config(config), tmp_path / "whole", progress=False).run()
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--out", str(killed), "--no-progress"]
+    run = subprocess.run(command, env={**env(), KILL_ENV: "6"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    _, payload = load_checkpoint(killed / "last.pt")
+    state = payload["extra"]["training"]
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 2, 1)
+    assert not list(killed.glob(".*tmp*"))
+
+    resumed = subprocess.run(command + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, pa = load_checkpoint(whole.last)
+    b, pb = load_checkpoint(killed / "last.pt")
+    assert states_equal(a.state_dict(), b.state_dict())  # EMA weights
+    assert states_equal(pa["extra"]["training"]["model_state"], pb["extra"]["training"]["model_state"])  # raw weights
+    steps = [r["step"] for r in read_log(killed / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 8))  # the killed run's step 6 was dropped from the log and redone
+    losses = {r["step"]: r["loss"] for r in read_log(whole.out_dir / "metrics.jsonl") if "loss" in r}
+    assert all(losses[r["step"]] == r["loss"] for r in read_log(killed / "metrics.jsonl") if "loss" in r)
+    assert (killed / "learning_curve.png").stat().st_size > 0
+
+    with pytest.raises(ConfigError, match="differs .*optimizer.lr"):
+        Trainer(load_config(tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100}, optimizer={"lr": 1e-3})),
+                killed, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        Trainer(load_config(config), tmp_path / "empty", resume=True, progress=False)
+
+
+# ------------------------------------------------------------------------------- data parallel
+DDP_SCRIPT = """
+import sys, torch
+import hforge
+from hforge.train.config import load_config
+from hforge.train.trainer import Trainer
+trainer = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False)
+trainer.run()
+torch.save(trainer.model.state_dict(), f"{sys.argv[2]}/rank{trainer.dist.rank}.pt")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
+    # a global batch of 32 atoms = the 8-, 8- and 16-atom cells: rank 0 takes the 16, rank 1 both 8s
+    config = tiny(training={"max_steps": 3, "batch_atoms": 32, "val_every": 3, "checkpoint_every": 3}, model={"kind": "equivariant"})
+    config["schedule"] = {"name": "constant", "warmup_steps": 0}
+    path = write_config(tmp_path / "ddp.yaml", config)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+               str(script), str(path), str(out)]
+    run = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert states_equal(rank0, rank1)
+
+    with one_thread():
+        single = Trainer(load_config(config), tmp_path / "single", progress=False)
+        single.run()
+    two = [r for r in read_log(out / "metrics.jsonl") if "loss" in r]
+    one = [r for r in read_log(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
+    assert [r["structures"] for r in two] == [r["structures"] for r in one] == [3, 3, 3]
+    np.testing.assert_allclose(two[0]["loss"], one[0]["loss"], rtol=1e-6)  # same weights, same global batch
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-4)
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ------------------------------------------------------------------------------- evaluation
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    config = tiny(training={"max_steps": 2, "val_every": 2, "checkpoint_every": 2})
+    return Trainer(load_config(config), out, progress=False).run().last
+
+
+def test_evaluation_matches_an_independent_oracle(checkpoint):
+    model, _ = load_checkpoint(checkpoint)
+    data = load("abn-small")
+    references = [data[k] for k in (0, 2, 3)]  # 8, 16, 16 atoms
+    result = evaluate_structures(model, references, valence={"B": 3, "N": 5})
+    assert [e["name"] for e in result.structures] == ["abn_8_0", "abn_16_0", "abn_16_1"]
+    assert sorted(result.groups) == ["16", "8"] and result.groups["16"]["n_structures"] == 2
+    errors = []
+    for entry, reference in zip(result.structures, references):
+        graph = model.graph_builder()(reference)  # targets aligned by the graph layer (another code path)
+        with torch.no_grad():
+            out = model(graph)
+        error = (out.h.double() - graph.h).abs()
+        errors.append(error)
+        np.testing.assert_allclose(entry["summary"]["h_mae_meV"], 1e3 * float(error.mean()), rtol=1e-9)
+        np.testing.assert_allclose(entry["summary"]["s_mae"], float((out.s.double() - graph.s).abs().mean()), rtol=1e-9)
+        eig = entry["eigenvalues"]["orthogonalized"]
+        assert eig["n_window"] > 0 and np.isfinite(entry["summary"]["eig_window_ortho_meV"])
+        assert np.isfinite(entry["summary"]["eig_window_refS_meV"])
+    pooled = 1e3 * float(torch.cat(errors[1:]).mean())
+    np.testing.assert_allclose(result.groups["16"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
+    # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged
+    prediction = predict_blocks(model, references[0])
+    from hforge.train.metrics import compare_blocks
+
+    shifted = predict_blocks(model, references[0])
+    from hforge.train.metrics import align_reference
+
+    s_ref = align_reference(references[0], prediction.edge_index, prediction.cell_shift).s
+    shifted.h = prediction.h + 0.7 * s_ref
+    a, b = compare_blocks(prediction, references[0]).to_dict(), compare_blocks(shifted, references[0]).to_dict()
+    np.testing.assert_allclose(a["h_mae_shifted_meV"]["all"], b["h_mae_shifted_meV"]["all"], rtol=1e-6)
+
+
+def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"), "--split", "val",
+                                      "--json", str(out), "--no-eigenvalues"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    names = [e["name"] for e in report["structures"]]
+    assert names == ["abn_64_0", "abn_8_0"] and sorted(report["groups"]) == ["64", "8"]
+    assert "per size" in result.output
+    # the SIESTA file (float64) and the bundled store's copy (float32) of abn_8_0 give the same errors
+    model, _ = load_checkpoint(checkpoint)
+    store_copy = evaluate_structures(model, [load("abn-small")[0]], eigenvalues=False).structures[0]["summary"]
+    np.testing.assert_allclose(report["structures"][1]["summary"]["h_mae_meV"], store_copy["h_mae_meV"], rtol=1e-4)
+
+
+def test_evaluate_refuses_a_basis_the_model_does_not_know(checkpoint, siesta_fixtures):
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(siesta_fixtures / "Si_pdos_k" / "Si_pdos.TSHS")])
+    assert result.exit_code == 1
+    assert "species" in result.output and "Si" in result.output
+
+
+# ------------------------------------------------------------------------------- demo
+def test_demo_with_a_tiny_budget(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path.resolve()) in result.output.replace("\n", "")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["table"]) == {"equivariant", "invariant"}
+    assert results["validation_structure"] == "abn_64_0" and results["n_atoms"] == 64
+    assert "abn_64_0" not in results["train_structures"]
+    for kind in ("equivariant", "invariant"):
+        model, payload = load_checkpoint(results["checkpoints"][kind])
+        assert model.config.kind == kind and payload["extra"]["training"]["step"] == 1
+        for path in results["figures"][kind].values():
+            assert Path(path).stat().st_size > 0
+        metrics = json.loads(Path(results["figures"][kind]["metrics"]).read_text())
+        np.testing.assert_allclose(results["table"][kind]["h_mae_meV"], metrics["blocks"]["h_mae_meV"]["all"])
+        assert results["budget"][kind]["steps"] == 1
+    assert Path(results["figures"]["learning_curves"]).stat().st_size > 0
