@@ -44,6 +44,8 @@ _LAZY: dict[str, str] = {
     "edge_blocks": "hforge.ops.cg_blocks",
     "irreps_to_blocks": "hforge.ops.cg_blocks",
     "onsite_blocks": "hforge.ops.cg_blocks",
+    "load": "hforge.infer",
+    "Predictor": "hforge.infer",
 }
 
 __all__ = [

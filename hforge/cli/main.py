@@ -9,6 +9,7 @@ import typer
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo
 from hforge.cli.info import info
+from hforge.cli.predict import predict_command
 from hforge.cli.siesta_runs import register as register_siesta_commands
 from hforge.cli.structure import structure_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 register_siesta_commands(data_app)
 app.add_typer(structure_app, name="structure")
+app.command("predict")(predict_command)
 
 
 @app.callback()
