@@ -52,7 +52,7 @@ def predict_command(
     from hforge.errors import ConfigError
     from hforge.infer import check_output_path, load, peak_rss_bytes, write_hamiltonian
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     with user_errors():
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"--dtype {dtype!r}: choose float64 or float32")
