@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hforge.cli.bench import bench_app
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo
 from hforge.cli.info import info
@@ -24,6 +25,7 @@ app.add_typer(data_app, name="data")
 register_siesta_commands(data_app)
 app.add_typer(structure_app, name="structure")
 app.command("predict")(predict_command)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
