@@ -49,10 +49,10 @@ def assert_equal(a, b):
 def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     checkpoint, structure, predictor = files
     out = tmp_path / "out.TSHS"
-    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out), "--chunks", "2"])
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out), "--mode", "chunked", "--parts", "2"])
     assert result.exit_code == 0, result.output
     assert "64 atoms" in result.output and "nnz" in result.output and "peak memory" in result.output
-    assert "chunked (2 chunk(s))" in result.output
+    assert "chunked (2 part(s))" in result.output
     expected = predictor.predict(structure)
     np.testing.assert_allclose(read(out).tocsr(0).toarray(), expected.tocsr(0).toarray(), atol=1e-12)
     np.testing.assert_allclose(read(out).tocsr(1).toarray(), expected.tocsr(1).toarray(), atol=1e-12)
@@ -105,7 +105,7 @@ def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):
     out = tmp_path / "out.TSHS"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "hforge.cli.main", "predict", str(checkpoint), str(structure), "-o", str(out), "--chunks", "2",
+        "-m", "hforge.cli.main", "predict", str(checkpoint), str(structure), "-o", str(out), "--parts", "2",
         "--distributed",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,6 +114,6 @@ def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):
     single = tmp_path / "single.TSHS"
     from hforge.infer import write_hamiltonian
 
-    write_hamiltonian(predictor.predict(structure, chunks=2), single)
+    write_hamiltonian(predictor.predict(structure, mode="chunked", parts=2), single)
     assert_equal(read(out), read(single))
     assert sorted(os.listdir(tmp_path)) == ["out.TSHS", "single.TSHS"]  # parts merged and removed

@@ -91,21 +91,29 @@ def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
 
 def test_chunked_equals_whole_cell(predictor, cell256):
     whole = predictor.predict(cell256)
-    chunked = predictor.predict(cell256, chunks=4, progress=True)
+    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True)
     assert predictor.last_report.mode == "chunked" and predictor.last_report.grid == (2, 2, 1)
     assert_same(chunked, whole, tol=1e-12)
 
 
-def test_max_memory_chooses_chunks_or_names_the_minimum(predictor, cell256):
+def test_streamed_equals_whole_cell(predictor, cell256):
+    whole = predictor.predict(cell256)
+    streamed = predictor.predict(cell256, mode="streamed", parts=3)
+    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_chunks == 3
+    assert_same(streamed, whole, tol=1e-12)
+
+
+def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
     problem = predictor.prepare(cell256)
-    dtype = np.dtype(np.float64)
-    whole = predictor.plan(problem, dtype=dtype, max_memory=None)
-    assert whole.whole
-    budget = whole.csr_bytes + whole.working_bytes - 1
-    plan = predictor.plan(problem, dtype=dtype, max_memory=budget)
-    assert not plan.whole and plan.csr_bytes + plan.working_bytes <= budget
+    whole = predictor.plan(problem)
+    assert whole.mode == "whole"
+    streamed = predictor.plan(problem, max_memory=whole.total_bytes - 1)
+    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
+    smallest = predictor.plan(problem, mode="streamed", parts=4096).total_bytes
+    chunked = predictor.plan(problem, max_memory=smallest - 1)
+    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
     with pytest.raises(ResourceLimitError, match=r"at least \d+\.\d\d GB \(output CSR"):
-        predictor.predict(cell256, max_memory=problem.csr_bytes(dtype))
+        predictor.predict(cell256, max_memory=problem.csr_bytes(np.float64))
 
 
 def test_row_pointer_counts_both_directions_of_the_canonical_pairs():

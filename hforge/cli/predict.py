@@ -39,7 +39,10 @@ def predict_command(
     structure: Path = typer.Argument(..., help="Structure file (any format ASE reads)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output file, .TSHS or .nc."),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 8GB: chunks the cell to fit."),
-    chunks: int = typer.Option(None, "--chunks", help="Force about this many spatial chunks (1: whole cell)."),
+    mode: str = typer.Option(
+        "auto", "--mode", help="auto, whole, streamed (atom ranges) or chunked (spatial chunks with halo)."
+    ),
+    parts: int = typer.Option(None, "--parts", help="Atom ranges or spatial chunks (default: the fewest that fit)."),
     dtype: str = typer.Option("float64", "--dtype", help="Output precision: float64 or float32."),
     backend: str = typer.Option("auto", "--backend", help="CSR assembly backend."),
     distributed: bool = typer.Option(
@@ -64,14 +67,15 @@ def predict_command(
             from hforge.infer.distributed import predict_distributed
 
             hamiltonian = predict_distributed(
-                predictor, structure, out.with_name(f".{out.name}.parts"), chunks=chunks, max_memory=budget,
+                predictor, structure, out.with_name(f".{out.name}.parts"), parts=parts, max_memory=budget,
                 dtype=np.dtype(dtype), backend=backend, progress=True,
             )
             if hamiltonian is None:  # not rank 0: its part is merged there
                 return
         else:
             hamiltonian = predictor.predict(
-                structure, max_memory=budget, chunks=chunks, dtype=np.dtype(dtype), backend=backend, progress=True
+                structure, max_memory=budget, mode=mode, parts=parts, dtype=np.dtype(dtype), backend=backend,
+                progress=True,
             )
         write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start
@@ -79,7 +83,7 @@ def predict_command(
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
         f"{out}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} "
-        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} chunk(s)), {seconds:.1f} s "
+        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
     )

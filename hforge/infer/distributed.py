@@ -103,7 +103,7 @@ def predict_distributed(
     structure: Any,
     parts_dir: str | os.PathLike,
     *,
-    chunks: int | None = None,
+    parts: int | None = None,
     max_memory: int | None = None,
     dtype: Any = np.float64,
     backend: str = "auto",
@@ -113,7 +113,8 @@ def predict_distributed(
     torchrun's environment if needed, gloo backend); rank 0 returns the ``sisl.Hamiltonian``,
     the others None.  ``parts_dir`` is removed after the merge.
 
-    At least ``world`` chunks are used (``chunks`` or the plan for ``max_memory``, raised if fewer).
+    Spatial chunks ("chunked" mode): ``parts`` of them, or the fewest that fit ``max_memory``, and
+    at least ``world``.
     """
     import torch.distributed as dist
 
@@ -124,7 +125,7 @@ def predict_distributed(
     predictor.last_report = report
     dtype = np.dtype(dtype)
     problem = predictor.prepare(structure, timer=_Timer(report))
-    plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, chunks=chunks)
+    plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
     grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)
     report.n_atoms, report.nnz, report.grid, report.n_chunks = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
     report.csr_bytes = problem.csr_bytes(dtype)

@@ -35,13 +35,13 @@ from hforge.infer.chunks import (
     interplanar_spacings,
     receptive_field,
 )
-from hforge.models.base import HSModel
+from hforge.models.base import HSModel, pair_vectors
 from hforge.models.predict import sisl_geometry
 from hforge.ops.assemble import AssembledCSR, assemble_csr, plan_csr_assembly
 from hforge.ops.assemble.layout import default_index_dtype
 from hforge.structures.validate import validate_structure
 
-__all__ = ["PREDICTION_STAGES", "PredictionReport", "Predictor", "Problem", "peak_rss_bytes", "read_structure"]
+__all__ = ["MODES", "PREDICTION_STAGES", "Plan", "PredictionReport", "Predictor", "Problem", "peak_rss_bytes", "read_structure"]
 
 #: Stages timed in :attr:`PredictionReport.seconds`.
 PREDICTION_STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
@@ -49,11 +49,11 @@ PREDICTION_STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
 #: Working memory model (bytes), measured on aBN/DZP with the default config (benchmarks/):
 #: per atom of a graph (interaction edges, trunk activations, head inputs) and per predicted
 #: block value (model output and temporaries, before the output dtype).
-BYTES_PER_GRAPH_ATOM = 400_000
-BYTES_PER_VALUE = 40
+BYTES_PER_GRAPH_ATOM = 50_000
+BYTES_PER_VALUE = 16
 
-#: Chunk counts tried, fewest first, when ``max_memory`` is below the whole cell's need.
-CHUNK_COUNTS = (1, 2, 4, 8, 16, 27, 64, 125, 216, 512, 1000, 4096)
+#: Numbers of atom ranges or chunks tried, fewest first, when ``max_memory`` is below the whole cell's need.
+PART_COUNTS = (2, 4, 8, 16, 27, 64, 125, 216, 512, 1000, 4096)
 
 
 def peak_rss_bytes() -> int:
@@ -116,17 +116,25 @@ class _Stage:
         self.report.seconds[self.stage] += time.perf_counter() - self.start
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Chunking decision: grid (``(1, 1, 1)``: whole cell) and memory estimate."""
+#: Prediction modes: the whole cell at once; whole-cell descriptors with blocks and assembly per
+#: atom range ("streamed"); spatial chunks with halo clusters ("chunked", memory bounded for any size).
+MODES = ("whole", "streamed", "chunked")
 
+
+@dataclass(frozen=True)
+class Plan:
+    """How a structure is predicted: ``mode``, ``parts`` (atom ranges or chunks), chunk ``grid``,
+    and the estimated bytes of the output CSR and of the working memory beyond it."""
+
+    mode: str
+    parts: int
     grid: tuple[int, int, int]
     csr_bytes: int
     working_bytes: int
 
     @property
-    def whole(self) -> bool:
-        return self.grid == (1, 1, 1)
+    def total_bytes(self) -> int:
+        return self.csr_bytes + self.working_bytes
 
 
 class Predictor:
@@ -178,49 +186,58 @@ class Predictor:
         return arrays
 
     # ---- planning -------------------------------------------------------------------------------
-    def plan(self, problem: "Problem", *, dtype: np.dtype, max_memory: int | None, chunks: int | None = None) -> _Plan:
-        """Whole cell, or the fewest chunks whose estimated peak fits ``max_memory``.
+    def plan(
+        self, problem: "Problem", *, dtype: Any = np.float64, max_memory: int | None = None, mode: str = "auto",
+        parts: int | None = None,
+    ) -> Plan:
+        """Choose how to predict ``problem``.
+
+        ``mode="auto"``: the whole cell when it fits ``max_memory`` (or no budget is given), else
+        the fewest atom ranges ("streamed") that fit, else the fewest spatial chunks ("chunked").
+        An explicit ``mode`` uses ``parts`` ranges or chunks (default: the fewest that fit).
 
         Raises:
-            ResourceLimitError: ``max_memory`` below the output plus the smallest chunk (named).
-            InputError: chunks asked for a cell that is not periodic along a, b and c.
+            ResourceLimitError: ``max_memory`` below the output plus the smallest part (named).
+            InputError: an unknown mode, or chunks of a cell not periodic along a, b and c.
         """
-        csr_bytes = problem.csr_bytes(dtype)
+        dtype = np.dtype(dtype)
+        if mode not in ("auto", *MODES):
+            raise InputError(f"mode {mode!r}: choose auto or one of {', '.join(MODES)}")
         periodic = bool(problem.arrays.pbc.all())
-
-        def make(count: int) -> _Plan:
-            grid = chunk_grid(problem.arrays.cell, count) if count > 1 else (1, 1, 1)
-            return _Plan(grid, csr_bytes, self._working_bytes(problem, grid, dtype))
-
-        if chunks is not None:
-            if chunks > 1 and not periodic:
-                raise InputError("chunked prediction needs a cell periodic along a, b and c")
-            return make(chunks)
-        counts = [1] if not periodic else [c for c in CHUNK_COUNTS if c == 1 or c <= problem.n_atoms]
-        plans = []
-        for count in counts:
-            plan = make(count)
-            if max_memory is None or plan.csr_bytes + plan.working_bytes <= max_memory:
-                return plan
-            plans.append(plan)
-        best = min(plans, key=lambda p: p.working_bytes)
+        if mode == "chunked" and not periodic:
+            raise InputError("chunked prediction needs a cell periodic along a, b and c")
+        modes = [mode] if mode != "auto" else ["whole", "streamed"] + (["chunked"] if periodic else [])
+        candidates = []
+        for name in modes:
+            counts = [1] if name == "whole" else [parts] if parts else [c for c in PART_COUNTS if c <= max(problem.n_atoms, 2)]
+            for count in counts:
+                plan = self._estimate(problem, name, count, dtype)
+                if max_memory is None or plan.total_bytes <= max_memory:
+                    return plan
+                candidates.append(plan)
+        best = min(candidates, key=lambda p: p.working_bytes)
         raise ResourceLimitError(
-            f"max_memory={_gb(max_memory)} is below what this prediction needs: at least "
-            f"{_gb(best.csr_bytes + best.working_bytes)} (output CSR {_gb(best.csr_bytes)} + one chunk of "
-            f"{int(np.prod(best.grid))}, {_gb(best.working_bytes)})"
+            f"max_memory={_gb(max_memory)} is below what this prediction needs: at least {_gb(best.total_bytes)} "
+            f"(output CSR {_gb(best.csr_bytes)} + {best.mode} in {best.parts} parts, {_gb(best.working_bytes)})"
         )
 
-    def _working_bytes(self, problem: "Problem", grid: tuple[int, int, int], dtype: np.dtype) -> int:
-        """Estimated bytes beyond the output: one graph (atoms) and its block values (see the constants)."""
+    def _estimate(self, problem: "Problem", mode: str, parts: int, dtype: np.dtype) -> Plan:
+        """Estimated working bytes beyond the output (see :data:`BYTES_PER_GRAPH_ATOM`, :data:`BYTES_PER_VALUE`)."""
         per_value = BYTES_PER_VALUE + 2 * dtype.itemsize
-        if grid == (1, 1, 1):
-            return problem.n_atoms * BYTES_PER_GRAPH_ATOM + problem.n_values * per_value
-        spacing = interplanar_spacings(problem.arrays.cell)
-        cluster_atoms = problem.n_atoms * float(np.prod((spacing / np.asarray(grid) + 2 * self.halo) / spacing))
-        cluster_atoms = min(cluster_atoms, problem.n_atoms * float(np.prod(1 + 2 * self.halo / spacing)))
-        core_values = 2 * problem.n_values / int(np.prod(grid))  # pairs touching the core, both ways
-        local_csr = 2 * core_values * (2 * dtype.itemsize + 8)
-        return int(cluster_atoms * BYTES_PER_GRAPH_ATOM + core_values * per_value + local_csr)
+        n_atoms, n_values = problem.n_atoms, problem.n_values
+        grid = (1, 1, 1)
+        if mode == "whole":
+            working = n_atoms * BYTES_PER_GRAPH_ATOM + n_values * per_value
+        elif mode == "streamed":  # pairs crossing ranges are evaluated twice: at most 2 V / parts
+            working = n_atoms * BYTES_PER_GRAPH_ATOM + min(2 * n_values / parts, n_values) * per_value
+        else:
+            grid = chunk_grid(problem.arrays.cell, parts)
+            spacing = interplanar_spacings(problem.arrays.cell)
+            cluster = float(np.prod((spacing / np.asarray(grid) + 2 * self.halo) / spacing))
+            core_values = min(2 * n_values / int(np.prod(grid)), n_values)  # pairs touching the core
+            local_csr = 2 * core_values * (2 * dtype.itemsize + 8)
+            working = n_atoms * cluster * BYTES_PER_GRAPH_ATOM + core_values * per_value + local_csr
+        return Plan(mode, int(np.prod(grid)) if mode == "chunked" else parts, grid, problem.csr_bytes(dtype), int(working))
 
     # ---- prediction -----------------------------------------------------------------------------
     def predict(
@@ -230,7 +247,8 @@ class Predictor:
         backend: str = "auto",
         dtype: Any = np.float64,
         max_memory: int | None = None,
-        chunks: int | None = None,
+        mode: str = "auto",
+        parts: int | None = None,
         species: Sequence[str] | None = None,
         progress: bool | Callable[[int, int], None] = False,
     ) -> Any:
@@ -241,11 +259,12 @@ class Predictor:
                 file ASE reads.
             backend: CSR assembly backend (``"auto"``, ``"numba"``, ``"torch"``, ``"cupy"``).
             dtype: dtype of the output values (the model computes in its own precision).
-            max_memory: bytes the prediction may use (output CSR included); the whole cell when it
-                fits, else the fewest spatial chunks that do.  None: whole cell.
-            chunks: force about this many spatial chunks (1: whole cell), overriding ``max_memory``.
+            max_memory: bytes the prediction may allocate (output CSR included, the process's
+                baseline not); None: no limit.
+            mode: ``"auto"`` (see :meth:`plan`), ``"whole"``, ``"streamed"`` or ``"chunked"``.
+            parts: atom ranges ("streamed") or about this many spatial chunks ("chunked").
             species: one species label per atom, overriding the structure's.
-            progress: a tqdm bar over chunks (True), or a callback ``(done, total)``.
+            progress: a tqdm bar over ranges/chunks (True), or a callback ``(done, total)``.
 
         Returns:
             ``sisl.Hamiltonian``: the unshifted H (eV; SIESTA's energy zero, E_F = 0) and S,
@@ -255,7 +274,7 @@ class Predictor:
         Raises:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
-            ResourceLimitError: ``max_memory`` below the output plus the smallest chunk.
+            ResourceLimitError: ``max_memory`` below the output plus the smallest part.
         """
         report = PredictionReport()
         self.last_report = report
@@ -263,15 +282,15 @@ class Predictor:
         dtype = np.dtype(dtype)
         problem = self.prepare(structure, species=species, timer=timer)
         report.n_atoms, report.nnz = problem.n_atoms, problem.nnz
-        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, chunks=chunks)
-        report.grid, report.n_chunks = plan.grid, int(np.prod(plan.grid))
-        report.csr_bytes, report.estimated_bytes = plan.csr_bytes, plan.csr_bytes + plan.working_bytes
-        if plan.whole:
-            report.mode = "whole"
+        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
+        report.mode, report.grid, report.n_chunks = plan.mode, plan.grid, plan.parts
+        report.csr_bytes, report.estimated_bytes = plan.csr_bytes, plan.total_bytes
+        if plan.mode == "whole":
             csr = self._predict_whole(problem, dtype, backend, timer)
             _progress_bar(progress, 1)(1)
+        elif plan.mode == "streamed":
+            csr = self._predict_streamed(problem, plan.parts, dtype, backend, timer, progress)
         else:
-            report.mode = "chunked"
             indices, data = problem.allocate(dtype)
             occupied = problem.occupied_chunks(plan.grid)
             self.fill_chunks(problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress)
@@ -383,6 +402,55 @@ class Predictor:
                 problem.edge_index, problem.cell_shift, graph.block_ptr.numpy(), values, problem.n_orb,
                 nsc=problem.nsc, backend=backend,
             )
+
+    def _predict_streamed(
+        self, problem: "Problem", n_ranges: int, dtype: np.dtype, backend: str, timer: _Timer, progress: Any
+    ) -> AssembledCSR:
+        """Descriptors of the whole cell once; hopping blocks and assembly per contiguous atom range,
+        straight into the whole-matrix buffers (row-range assembly).  A pair whose atoms fall in two
+        ranges is evaluated for both (less often when the atom order is spatially coherent)."""
+        arrays, model = problem.arrays, self.model
+        with timer("neighbour list"):
+            graph = self._graph(arrays, arrays.positions, problem.edge_index, problem.cell_shift, arrays.pbc)
+        with timer("descriptors"), torch.inference_mode():
+            inputs = node_inputs(model, graph)
+        indices, data = problem.allocate(dtype)
+        n_atoms = problem.n_atoms
+        i, j = problem.edge_index[:, n_atoms:]
+        shifts = problem.cell_shift[n_atoms:]
+        onsite_ptr = np.zeros(n_atoms + 1, dtype=np.int64)
+        np.cumsum(problem.n_orb**2, out=onsite_ptr[1:])
+        bounds = np.linspace(0, n_atoms, n_ranges + 1).round().astype(np.int64)
+        offset = problem.orbital_offset
+        bar = _progress_bar(progress, n_ranges)
+        for k in range(n_ranges):
+            a0, a1 = int(bounds[k]), int(bounds[k + 1])
+            if a0 == a1:
+                continue
+            with timer("blocks"), torch.inference_mode():
+                first, last = np.searchsorted(i, [a0, a1])
+                selected = np.concatenate([np.arange(first, last), np.flatnonzero((j >= a0) & (j < a1) & (i < a0))])
+                pairs = np.stack([i[selected], j[selected]])
+                h, s = hopping_blocks(model, graph, inputs, pairs, shifts[selected])
+                values = [
+                    np.concatenate([onsite[onsite_ptr[a0] : onsite_ptr[a1]], hop]).astype(dtype, copy=False)
+                    for onsite, hop in zip(inputs.onsite, (h, s))
+                ]
+            with timer("assembly"):
+                range_atoms = np.arange(a0, a1)
+                edges = np.concatenate([np.stack([range_atoms, range_atoms]), pairs], axis=1)
+                edge_shifts = np.concatenate([np.zeros((a1 - a0, 3), dtype=np.int64), shifts[selected]])
+                plan = plan_csr_assembly(
+                    edges, edge_shifts, _block_ptr(problem.n_orb, edges), problem.n_orb, nsc=problem.nsc,
+                    atoms=(a0, a1), backend=backend,
+                )
+                v0, v1 = int(problem.indptr[offset[a0]]), int(problem.indptr[offset[a1]])
+                if plan.nnz != v1 - v0:
+                    raise AssertionError("row range planned with another nnz than the pair list's")
+                plan.fill(values, indices_out=indices[v0:v1], data_out=data[v0:v1])
+            bar(k + 1)
+        bar(None)
+        return problem.csr(indices, data)
 
     def _graph(self, arrays, positions, pair_index, pair_shift, pbc, species=None) -> GraphBatch:
         """Model graph on given block pairs (onsite pairs of every atom first)."""
@@ -550,6 +618,51 @@ class Problem:
     def geometry(self, basis: Any) -> Any:
         """``sisl.Geometry`` of the structure with the basis' orbitals."""
         return sisl_geometry(self.arrays, basis)
+
+
+@dataclass(frozen=True)
+class NodeInputs:
+    """What hopping blocks need from the whole cell: the heads' inputs and scales, the onsite blocks
+    (flat numpy, atom order) of H and S, and positions/cell in the model's dtype."""
+
+    h: Any
+    s: Any
+    scales: tuple[torch.Tensor, torch.Tensor]
+    onsite: tuple[np.ndarray, np.ndarray]
+    positions: torch.Tensor
+    cell: torch.Tensor
+
+
+def node_inputs(model: HSModel, graph: GraphBatch) -> NodeInputs:
+    """The per-atom part of ``model.forward`` on a one-structure graph (trunk, head inputs, onsite blocks)."""
+    positions, cell, species = graph.positions.to(model.dtype), graph.cell.to(model.dtype), graph.species
+    vectors = pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shift)
+    features = model.trunk(species, vectors, graph.edge_index)
+    h_inputs, s_inputs = model.head_inputs(features, species, graph.edge_index, vectors)
+    onsite = tuple(
+        model._onsite(head, inputs, species, name).numpy()
+        for head, inputs, name in ((model.h_head, h_inputs, "h"), (model.s_head, s_inputs, "s"))
+    )
+    scales = (model.h_head.hopping_scale(model.scaling), model.s_head.hopping_scale(model.scaling))
+    return NodeInputs(h_inputs, s_inputs, scales, onsite, positions, cell)
+
+
+def hopping_blocks(
+    model: HSModel, graph: GraphBatch, inputs: NodeInputs, pairs: np.ndarray, shifts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat H and S blocks of ``pairs (2, E)`` with ``shifts (E, 3)`` (the pair part of ``model.forward``)."""
+    species = graph.species
+    h_parts, s_parts = [], []
+    chunk = model.config.pair_chunk
+    for start in range(0, pairs.shape[1], chunk):
+        index = torch.from_numpy(np.ascontiguousarray(pairs[:, start : start + chunk]))
+        shift = torch.from_numpy(np.ascontiguousarray(shifts[start : start + chunk]))
+        r = pair_vectors(inputs.positions, inputs.cell, graph.batch, index, shift)
+        distances = torch.linalg.norm(r, dim=1)
+        h_parts.append(model.h_head.hopping(inputs.h, species, index, r, distances, inputs.scales[0]).numpy())
+        s_parts.append(model.s_head.hopping(inputs.s, species, index, r, distances, inputs.scales[1]).numpy())
+    empty = np.zeros(0, dtype=np.float32)
+    return (np.concatenate(h_parts) if h_parts else empty, np.concatenate(s_parts) if s_parts else empty)
 
 
 def _block_ptr(n_orb: np.ndarray, pair_index: np.ndarray) -> np.ndarray:
