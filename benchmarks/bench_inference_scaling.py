@@ -4,8 +4,8 @@ plot, and graph2mat on the same 1000-atom cell in the same run.
 
 Cells (named in :mod:`hforge.infer.scaling`): ``amorphous_bn`` fast-protocol 100- and 1000-atom
 cells; larger ones tile the 1000-atom cell (a x b x c, atoms displaced by N(0, 0.02 Å)).  Every
-size runs in a fresh process after a warm-up, with ``max_memory`` = output CSR + 2 GB (the
-memory goal), so cells whose whole-cell pass needs more are chunked.  One round per size: these
+size runs in a fresh process after a warm-up, with ``max_memory`` set to the memory goal (peak
+RSS <= output CSR + 2 GB), so cells whose whole-cell pass needs more are streamed or chunked.  One round per size: these
 are minutes-long single runs, and the per-process peak RSS is the measurement.
 
 Sizes: ``HFORGE_BENCH_SIZES`` (comma-separated; default 100,1000,2000,4000); the full goal set is
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from hforge.infer.scaling import (
+    GOAL,
     fit_loglog,
-    goal_budget,
     graph2mat_seconds,
     measure_size,
     plot_scaling,
@@ -48,8 +48,7 @@ def model():
 @pytest.mark.parametrize("n_atoms", SIZES)
 def test_inference_scaling(benchmark, model, n_atoms):
     benchmark.group = "inference_scaling"
-    budget = None if n_atoms < 1000 else goal_budget(str(model), n_atoms, CACHE, "float64")
-    row = benchmark.pedantic(lambda: measure_size(model, n_atoms, CACHE, max_memory=budget), rounds=1, iterations=1)
+    row = benchmark.pedantic(lambda: measure_size(model, n_atoms, CACHE, max_memory=GOAL), rounds=1, iterations=1)
     assert "error" not in row, row["error"]
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "stages_s"}, **{f"{k} s": v for k, v in row["stages_s"].items()})
     ROWS[n_atoms] = row

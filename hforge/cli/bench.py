@@ -19,7 +19,7 @@ def scaling_command(
     sizes: str = typer.Option("100,1000,2000,4000,8000,10000,20000", "--sizes", help="Atoms, comma-separated."),
     out: Path = typer.Option(Path("hforge-bench-scaling"), "--out", help="Output folder (results.json, table.md, scaling.png)."),
     model: str = typer.Option(None, "--model", help="Checkpoint (default: the default model config, random weights)."),
-    max_memory: str = typer.Option("auto", "--max-memory", help="'auto' (output CSR + 2 GB per size), 'none', or e.g. 8GB."),
+    max_memory: str = typer.Option("goal", "--max-memory", help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or e.g. 8GB."),
     dtype: str = typer.Option("float64", "--dtype", help="Output precision."),
     cache: Path = typer.Option(None, "--cache", help="Folder of the generated cells (default ~/.cache/hforge/bench-scaling)."),
     graph2mat: bool = typer.Option(True, "--graph2mat/--no-graph2mat", help="Time graph2mat on the 1000-atom cell."),
@@ -35,8 +35,8 @@ def scaling_command(
             atoms = [int(s) for s in sizes.split(",") if s.strip()]
         except ValueError:
             raise ConfigError(f"--sizes {sizes!r}: give comma-separated integers") from None
-        budget = {"auto": "auto", "none": None}.get(max_memory.lower(), None)
-        if max_memory.lower() not in ("auto", "none"):
+        budget = {"goal": "goal", "none": None}.get(max_memory.lower(), None)
+        if max_memory.lower() not in ("goal", "none"):
             budget = parse_bytes(max_memory)
         results = run_scaling(
             atoms, out, cache_dir=cache, model=model, max_memory=budget, dtype=dtype, graph2mat=graph2mat,

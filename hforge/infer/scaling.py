@@ -23,9 +23,9 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_SIZES",
+    "GOAL",
     "TILE_NOISE",
     "fit_loglog",
-    "goal_budget",
     "graph2mat_seconds",
     "measure_size",
     "plot_scaling",
@@ -94,7 +94,13 @@ def scaling_model(cache_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | None, dtype: str) -> dict[str, Any]:
+#: ``max_memory`` of the memory goal: the output CSR + 2 GB of peak RSS in all, i.e. CSR + 2 GB minus
+#: what the process holds after its warm-up (Python, torch, the model).
+GOAL = "goal"
+GOAL_EXTRA_BYTES = 2 * 10**9
+
+
+def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | str | None, dtype: str) -> dict[str, Any]:
     """In this process: warm up on the 100-atom cell, then predict ``n_atoms``; the report as a dict."""
     import torch
 
@@ -105,6 +111,8 @@ def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | None, d
     predictor.predict(scaling_cell(100, cache_dir)[0])
     atoms, how = scaling_cell(n_atoms, cache_dir)
     rss_before = peak_rss_bytes()
+    if max_memory == GOAL:
+        max_memory = predictor.prepare(atoms).csr_bytes(np.dtype(dtype)) + GOAL_EXTRA_BYTES - rss_before
     start = time.perf_counter()
     hamiltonian = predictor.predict(atoms, max_memory=max_memory, dtype=np.dtype(dtype))
     wall = time.perf_counter() - start
@@ -127,13 +135,20 @@ def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | None, d
 
 
 def measure_size(
-    model: str | os.PathLike, n_atoms: int, cache_dir: str | os.PathLike, *, max_memory: int | None = None,
+    model: str | os.PathLike, n_atoms: int, cache_dir: str | os.PathLike, *, max_memory: int | str | None = GOAL,
     dtype: str = "float64", timeout: float = 3600,
 ) -> dict[str, Any]:
     """:func:`_measure` in a fresh process (its own peak RSS)."""
+    call = f"_measure({str(model)!r}, {n_atoms}, {str(cache_dir)!r}, {max_memory!r}, {dtype!r})"
+    return _in_fresh_process(call, n_atoms, timeout)
+
+
+def _in_fresh_process(call: str, n_atoms: int, timeout: float) -> dict[str, Any]:
+    """The dict returned by ``call`` (an expression on this module's names) in a new Python process."""
     code = (
-        "import json, sys; from hforge.infer.scaling import _measure; "
-        f"print('RESULT', json.dumps(_measure({str(model)!r}, {n_atoms}, {str(cache_dir)!r}, {max_memory!r}, {dtype!r})))"
+        "import json, warnings; warnings.simplefilter('ignore'); import hforge; "
+        f"from hforge.infer.scaling import *; from hforge.infer.scaling import _measure, _graph2mat_run; "
+        f"print('RESULT', json.dumps({call}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -179,16 +194,7 @@ def _graph2mat_run(cache_dir: str, n_atoms: int) -> dict[str, Any]:
 
 def graph2mat_seconds(cache_dir: str | os.PathLike, n_atoms: int = 1000, timeout: float = 3600) -> dict[str, Any]:
     """graph2mat's prediction of the ``n_atoms`` cell (H only) in a fresh process."""
-    code = (
-        "import json, warnings; warnings.simplefilter('ignore'); import hforge; "
-        "from hforge.infer.scaling import _graph2mat_run; "
-        f"print('RESULT', json.dumps(_graph2mat_run({str(cache_dir)!r}, {n_atoms})))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        return {"n_atoms": n_atoms, "error": (done.stderr or done.stdout)[-2000:]}
-    return json.loads(lines[-1][len("RESULT ") :])
+    return _in_fresh_process(f"_graph2mat_run({str(cache_dir)!r}, {n_atoms})", n_atoms, timeout)
 
 
 def fit_loglog(rows: Sequence[dict[str, Any]], *, min_atoms: int = 1000) -> dict[str, float]:
@@ -238,7 +244,7 @@ def run_scaling(
     *,
     cache_dir: str | os.PathLike | None = None,
     model: str | os.PathLike | None = None,
-    max_memory: str | int | None = "auto",
+    max_memory: str | int | None = GOAL,
     dtype: str = "float64",
     graph2mat: bool = True,
     echo: Any = print,
@@ -246,8 +252,8 @@ def run_scaling(
     """Measure every size (and graph2mat on the 1000-atom cell); write ``results.json``,
     ``table.md`` and ``scaling.png`` under ``out_dir``; return the results.
 
-    ``max_memory="auto"`` gives every size the budget of the goal, output CSR + 2 GB (estimated
-    first), so that cells whose whole-cell prediction needs more are chunked.
+    ``max_memory="goal"`` gives every size the budget of the memory goal (peak RSS <= output CSR +
+    2 GB), so that cells whose whole-cell prediction needs more are streamed or chunked.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,10 +261,7 @@ def run_scaling(
     model = str(model or scaling_model(cache_dir))
     rows = []
     for n in sizes:
-        budget = max_memory
-        if max_memory == "auto":
-            budget = None if n < 1000 else goal_budget(model, n, cache_dir, dtype)
-        row = measure_size(model, n, cache_dir, max_memory=budget, dtype=dtype)
+        row = measure_size(model, n, cache_dir, max_memory=max_memory, dtype=dtype)
         rows.append(row)
         echo(_row_text(row))
     results: dict[str, Any] = {"rows": rows, "fit": fit_loglog(rows), "model": model, "cpu_count": os.cpu_count()}
@@ -274,15 +277,6 @@ def run_scaling(
     if sum("wall_s" in r for r in rows) >= 2:
         plot_scaling(rows, results["fit"], out_dir / "scaling.png")
     return results
-
-
-def goal_budget(model: str, n_atoms: int, cache_dir: Path, dtype: str) -> int:
-    """Output CSR bytes + 2 GB for the cell (from its pair list, no model pass)."""
-    from hforge.infer import load
-
-    predictor = load(model)
-    problem = predictor.prepare(scaling_cell(n_atoms, cache_dir)[0])
-    return problem.csr_bytes(np.dtype(dtype)) + 2 * 10**9
 
 
 def _row_text(row: dict[str, Any]) -> str:
