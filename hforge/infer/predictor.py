@@ -1,11 +1,16 @@
-"""``hforge.load(...)`` -> :class:`Predictor`: structure -> ``sisl.Hamiltonian`` (H with S), whole cell or in chunks.
+"""``hforge.load(...)`` -> :class:`Predictor`: structure -> ``sisl.Hamiltonian`` (H with S), in bounded memory.
 
-Whole cell: one graph of the periodic cell, one model pass, one CSR assembly.  Chunked (large
-cells, or a ``max_memory`` below what the whole cell needs): the cell is cut into spatial chunks
-(:mod:`hforge.infer.chunks`); each chunk is predicted inside a cluster of its atoms plus a halo as
-deep as the model's reach, only the pairs touching its atoms are evaluated, and only its atoms'
-rows are copied into the final CSR buffers, allocated once from the pair list.  Peak memory is the
-output plus one chunk; the results equal the whole cell's to float rounding.
+The output's row pointer follows from the pair list alone, so the output buffers are allocated
+once and filled by one of three modes (docs/design.md, "Inference"):
+
+- ``whole``: one graph of the periodic cell, one model pass, one CSR assembly;
+- ``streamed``: descriptors of the whole cell once (O(N) memory), then per contiguous atom range
+  the hopping blocks of the pairs touching it, assembled by row range straight into the buffers;
+- ``chunked``: spatial chunks (:mod:`hforge.infer.chunks`), each predicted inside a cluster of its
+  atoms plus a halo as deep as the model's reach; only its atoms' rows are copied into the buffers.
+  Memory is the output plus one chunk, for any cell size.
+
+All three give the whole cell's matrices to float rounding; ``max_memory`` picks the first that fits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +86,9 @@ def read_structure(path: str | os.PathLike) -> Any:
 
 @dataclass
 class PredictionReport:
-    """What the last prediction did: sizes, mode, chunks, wall time per stage (s), memory (bytes)."""
+    """What the last prediction did: sizes, mode, parts (``n_chunks``: atom ranges or chunks), wall
+    time per stage (s; in ``whole`` mode "descriptors" is the trunk alone, the heads' inputs count
+    under "blocks"), memory (bytes)."""
 
     n_atoms: int = 0
     nnz: int = 0
@@ -98,22 +106,18 @@ class PredictionReport:
 
 
 class _Timer:
+    """``with timer(stage):`` adds the block's wall time to ``report.seconds[stage]``."""
+
     def __init__(self, report: PredictionReport) -> None:
         self.report = report
 
-    def __call__(self, stage: str) -> "_Stage":
-        return _Stage(self.report, stage)
-
-
-class _Stage:
-    def __init__(self, report: PredictionReport, stage: str) -> None:
-        self.report, self.stage = report, stage
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.report.seconds[self.stage] += time.perf_counter() - self.start
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.seconds[stage] += time.perf_counter() - start
 
 
 #: Prediction modes: the whole cell at once; whole-cell descriptors with blocks and assembly per
