@@ -332,13 +332,15 @@ class Predictor:
                 n_values=int((n_orb[edge_index[0]] * n_orb[edge_index[1]]).sum()),
             )
 
-    def predict_many(self, structures: Iterable[Any], *, batch_atoms: int = 2048, **options: Any) -> list[Any]:
-        """H and S of many small structures, batched through the model up to ``batch_atoms`` atoms.
+    def predict_many(
+        self, structures: Iterable[Any], *, batch_atoms: int = 2048, backend: str = "auto", dtype: Any = np.float64
+    ) -> list[Any]:
+        """H and S of many small structures (whole cells), batched through the model.
 
         Args:
-            structures: as :meth:`predict` (each checked before any model pass).
-            batch_atoms: atoms per model pass.
-            options: ``backend``, ``dtype``, ``species`` is not accepted (one per structure).
+            structures: as :meth:`predict`; all are checked before the first model pass.
+            batch_atoms: atoms per model pass (a larger structure gets a pass of its own).
+            backend, dtype: as :meth:`predict`.
 
         Returns:
             One ``sisl.Hamiltonian`` per structure, in order.
@@ -346,10 +348,7 @@ class Predictor:
         from hforge.graph.model_graph import collate
         from hforge.models.predict import assemble_prediction
 
-        backend = options.pop("backend", "auto")
-        dtype = np.dtype(options.pop("dtype", np.float64))
-        if options:
-            raise InputError(f"predict_many: unknown options {sorted(options)}")
+        dtype = np.dtype(dtype)
         graphs = [self.builder.from_arrays(self.arrays(s), name=f"structure {k}") for k, s in enumerate(structures)]
         results: list[Any] = []
         batch: list[GraphBatch] = []
