@@ -67,7 +67,7 @@ def teardown_module() -> None:
     if not ROWS:
         return
     rows = [ROWS[n] for n in sorted(ROWS)]
-    results = {"rows": rows, "fit": fit_loglog(rows)}
+    results = {"rows": rows, "fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s")}
     if "graph2mat" in BASELINE and 1000 in ROWS:
         results["graph2mat"] = BASELINE["graph2mat"]
         results["speedup_vs_graph2mat"] = BASELINE["graph2mat"]["wall_s"] / ROWS[1000]["wall_s"]

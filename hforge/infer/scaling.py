@@ -219,9 +219,10 @@ def graph2mat_seconds(cache_dir: str | os.PathLike, n_atoms: int = 1000, timeout
     return _in_fresh_process(f"_graph2mat_run({str(cache_dir)!r}, {n_atoms})", n_atoms, timeout)
 
 
-def fit_loglog(rows: Sequence[dict[str, Any]], *, min_atoms: int = 1000) -> dict[str, float]:
-    """Least-squares ``log t = slope log N + c`` over the rows with at least ``min_atoms`` atoms."""
-    points = [(r["n_atoms"], r["wall_s"]) for r in rows if "wall_s" in r and r["n_atoms"] >= min_atoms]
+def fit_loglog(rows: Sequence[dict[str, Any]], *, min_atoms: int = 1000, key: str = "wall_s") -> dict[str, float]:
+    """Least-squares ``log t = slope log N + c`` of ``row[key]`` (wall or CPU seconds) over the rows
+    with at least ``min_atoms`` atoms."""
+    points = [(r["n_atoms"], r[key]) for r in rows if key in r and r["n_atoms"] >= min_atoms]
     if len(points) < 2:
         return {"slope": float("nan"), "intercept": float("nan"), "min_atoms": min_atoms}
     x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
@@ -239,7 +240,10 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: dict[str, float], path: st
     rows = [r for r in rows if "wall_s" in r]
     atoms = np.array([r["n_atoms"] for r in rows])
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax_time.loglog(atoms, [r["wall_s"] for r in rows], "ko-", label="total")
+    ax_time.loglog(atoms, [r["wall_s"] for r in rows], "ko-", label="total (wall)")
+    with_cpu = [r for r in rows if "cpu_s" in r]
+    if with_cpu:
+        ax_time.loglog([r["n_atoms"] for r in with_cpu], [r["cpu_s"] for r in with_cpu], "ks:", mfc="none", label="CPU s (both threads)")
     for stage in rows[0]["stages_s"]:
         ax_time.loglog(atoms, [max(r["stages_s"][stage], 1e-3) for r in rows], ".--", label=stage)
     if np.isfinite(fit["slope"]):
@@ -286,7 +290,10 @@ def run_scaling(
         row = measure_size(model, n, cache_dir, max_memory=max_memory, dtype=dtype)
         rows.append(row)
         echo(_row_text(row))
-    results: dict[str, Any] = {"rows": rows, "fit": fit_loglog(rows), "model": model, "cpu_count": os.cpu_count()}
+    results: dict[str, Any] = {
+        "rows": rows, "fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s"), "model": model,
+        "cpu_count": os.cpu_count(),
+    }
     if graph2mat and 1000 in sizes:
         baseline = graph2mat_seconds(cache_dir, 1000)
         results["graph2mat"] = baseline
@@ -314,21 +321,24 @@ def _row_text(row: dict[str, Any]) -> str:
 def scaling_table(results: dict[str, Any]) -> str:
     """Markdown table of the results."""
     lines = [
-        "| atoms | wall s | neighbour list | descriptors | blocks | assembly | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| atoms | wall s | CPU s | load | neighbour list | descriptors | blocks | assembly | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         if "error" in r:
-            lines.append(f"| {r['n_atoms']} | failed | | | | | | | | | |")
+            lines.append(f"| {r['n_atoms']} | failed | | | | | | | | | | | |")
             continue
         s = r["stages_s"]
         lines.append(
-            f"| {r['n_atoms']} | {r['wall_s']:.1f} | {s['neighbour list']:.1f} | {s['descriptors']:.1f} | {s['blocks']:.1f} | "
+            f"| {r['n_atoms']} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
+            f"{max(r.get('load_average', [float('nan')])):.1f} | {s['neighbour list']:.1f} | {s['descriptors']:.1f} | {s['blocks']:.1f} | "
             f"{s['assembly']:.1f} | {r['mode']} x{r['n_chunks']} | {r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | "
             f"{r['peak_rss_bytes'] / 1e9:.2f} | {(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} |"
         )
     fit = results["fit"]
     lines.append(f"\nlog-log slope of wall time vs atoms (>= {fit['min_atoms']} atoms): {fit['slope']:.3f}")
+    if "fit_cpu" in results:
+        lines.append(f"log-log slope of CPU time vs atoms (>= {fit['min_atoms']} atoms): {results['fit_cpu']['slope']:.3f}")
     if "graph2mat" in results:
         g = results["graph2mat"]
         lines.append(f"graph2mat, 1000 atoms (H only): {g.get('wall_s', float('nan')):.1f} s; "
