@@ -52,14 +52,15 @@ __all__ = ["MODES", "PREDICTION_STAGES", "Plan", "PredictionReport", "Predictor"
 #: Stages timed in :attr:`PredictionReport.seconds`.
 PREDICTION_STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
 
-#: Working memory model (bytes), measured on aBN/DZP with the default config (benchmarks/):
-#: per atom of a graph (interaction edges, trunk activations, head inputs) and per predicted
-#: block value (model output and temporaries, before the output dtype).
-BYTES_PER_GRAPH_ATOM = 50_000
+#: Working memory model (bytes), from the peak RSS of aBN/DZP cells with the default config
+#: (benchmarks/results/inference_scaling: 0.5-0.7 GB beyond the output and the process's baseline
+#: at 10^4-2x10^4 atoms): per atom of a graph (interaction edges, trunk activations, head inputs)
+#: and per predicted block value (model output and temporaries, before the output dtype).
+BYTES_PER_GRAPH_ATOM = 25_000
 BYTES_PER_VALUE = 16
 
 #: Numbers of atom ranges or chunks tried, fewest first, when ``max_memory`` is below the whole cell's need.
-PART_COUNTS = (2, 4, 8, 16, 27, 64, 125, 216, 512, 1000, 4096)
+PART_COUNTS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024, 4096)
 
 
 def peak_rss_bytes() -> int:
