@@ -47,6 +47,8 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "hforge.train",
     "Trainer": "hforge.train",
     "evaluate_structures": "hforge.train",
+    "load": "hforge.infer",
+    "Predictor": "hforge.infer",
 }
 
 __all__ = [

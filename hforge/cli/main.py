@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from hforge.cli.bench import bench_app
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo_command
 from hforge.cli.evaluate import evaluate_command
 from hforge.cli.info import info
+from hforge.cli.predict import predict_command
 from hforge.cli.siesta_runs import register as register_siesta_commands
 from hforge.cli.structure import structure_app
 from hforge.cli.train import train_command
@@ -25,6 +27,8 @@ app.add_typer(structure_app, name="structure")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
+app.command("predict")(predict_command)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -1,0 +1,48 @@
+"""``hforge bench scaling``: inference wall time, per stage, and peak memory from 10^2 to 2x10^4 atoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from hforge.cli._errors import user_errors
+
+__all__ = ["bench_app"]
+
+bench_app = typer.Typer(help="Measurements: inference scaling.", no_args_is_help=True)
+
+
+@bench_app.command("scaling")
+def scaling_command(
+    sizes: str = typer.Option("100,1000,2000,4000,8000,10000,20000", "--sizes", help="Atoms, comma-separated."),
+    out: Path = typer.Option(Path("hforge-bench-scaling"), "--out", help="Output folder (results.json, table.md, scaling.png)."),
+    model: str = typer.Option(None, "--model", help="Checkpoint (default: the default model config, random weights)."),
+    max_memory: str = typer.Option("goal", "--max-memory", help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or e.g. 8GB."),
+    dtype: str = typer.Option("float64", "--dtype", help="Output precision."),
+    cache: Path = typer.Option(None, "--cache", help="Folder of the generated cells (default ~/.cache/hforge/bench-scaling)."),
+    graph2mat: bool = typer.Option(True, "--graph2mat/--no-graph2mat", help="Time graph2mat on the 1000-atom cell."),
+) -> None:
+    """Predict aBN cells of growing size (each in a fresh process); print and save the table, fit and plot."""
+    from hforge.cli.predict import parse_bytes
+    from hforge.errors import ConfigError
+    from hforge.infer.scaling import run_scaling
+
+    console = Console(soft_wrap=True)
+    with user_errors():
+        try:
+            atoms = [int(s) for s in sizes.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--sizes {sizes!r}: give comma-separated integers") from None
+        budget = {"goal": "goal", "none": None}.get(max_memory.lower(), None)
+        if max_memory.lower() not in ("goal", "none"):
+            budget = parse_bytes(max_memory)
+        results = run_scaling(
+            atoms, out, cache_dir=cache, model=model, max_memory=budget, dtype=dtype, graph2mat=graph2mat,
+            echo=lambda line: console.print(line, highlight=False),
+        )
+    from hforge.infer.scaling import scaling_table
+
+    console.print(scaling_table(results), highlight=False)
+    console.print(f"results: {out / 'results.json'}, {out / 'table.md'}, {out / 'scaling.png'}", highlight=False)

@@ -1,0 +1,27 @@
+"""Inference: trained models as predictors of H and S, from small molecules to cells of 10^4+ atoms.
+
+- :func:`load`: a checkpoint path or a bundled model name (``"abn-dzp"``) -> :class:`Predictor`.
+- :meth:`Predictor.predict`: structure -> ``sisl.Hamiltonian`` (H with S), whole cell or in
+  spatial chunks with a halo (bounded memory, same result); :meth:`Predictor.predict_many`.
+- :func:`predict_distributed` / :func:`merge_parts`: chunks spread over torch.distributed ranks.
+- :func:`write_hamiltonian`: ``.TSHS`` / ``.nc`` written atomically.
+"""
+
+from __future__ import annotations
+
+from hforge.infer.load import PRETRAINED_DIR, load, pretrained_names
+from hforge.infer.predictor import PREDICTION_STAGES, PredictionReport, Predictor, peak_rss_bytes, read_structure
+from hforge.infer.output import check_output_path, write_hamiltonian
+
+__all__ = [
+    "PREDICTION_STAGES",
+    "PRETRAINED_DIR",
+    "PredictionReport",
+    "Predictor",
+    "check_output_path",
+    "load",
+    "peak_rss_bytes",
+    "pretrained_names",
+    "read_structure",
+    "write_hamiltonian",
+]

@@ -1,0 +1,139 @@
+"""Chunked prediction spread over torch.distributed ranks (gloo on CPU, nccl on GPU).
+
+Every rank builds the same pair list and chunk grid, predicts the chunks ``rank, rank + world,
+...`` and writes its atoms' rows into a *part*: ``rank<r>.indices.npy`` and ``rank<r>.data.npy``,
+memory maps laid out as the whole matrix (only the rank's rows are written; the files are sparse)
+plus ``rank<r>.atoms.npy``, each renamed into place when complete.  After a barrier, rank 0
+merges the parts (:func:`merge_parts`) into the whole ``sisl.Hamiltonian``; the result is the
+single-process chunked prediction, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hforge.errors import FileFormatError
+from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
+from hforge.infer.predictor import PredictionReport, Predictor, Problem, _Timer, peak_rss_bytes
+
+__all__ = ["merge_parts", "predict_distributed", "predict_part"]
+
+
+def _part(parts_dir: Path, rank: int, name: str) -> Path:
+    return parts_dir / f"rank{rank}.{name}.npy"
+
+
+def predict_part(
+    predictor: Predictor,
+    problem: Problem,
+    grid: tuple[int, int, int],
+    parts_dir: str | os.PathLike,
+    rank: int,
+    world: int,
+    *,
+    dtype: Any = np.float64,
+    backend: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+) -> Path:
+    """Predict this rank's chunks of ``grid`` into its part files under ``parts_dir``; returns the folder."""
+    from numpy.lib.format import open_memmap
+
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(dtype)
+    mine = problem.occupied_chunks(grid)[rank::world]
+    buffers = {
+        "indices": ((problem.nnz,), problem.index_dtype),
+        "data": ((problem.nnz, 2), dtype),
+    }
+    maps = {}
+    for name, (shape, kind) in buffers.items():
+        maps[name] = open_memmap(_part(parts_dir, rank, name + ".tmp"), mode="w+", dtype=kind, shape=shape)
+    predictor.fill_chunks(
+        problem, grid, mine, maps["indices"], maps["data"], dtype=dtype, backend=backend,
+        timer=_Timer(predictor.last_report), progress=progress,
+    )
+    for name, array in maps.items():
+        array.flush()
+        os.replace(_part(parts_dir, rank, name + ".tmp"), _part(parts_dir, rank, name))
+    chunk = chunk_of_atoms(problem.frac, grid)
+    atoms = np.flatnonzero(np.isin(chunk, mine))
+    np.save(_part(parts_dir, rank, "atoms.tmp"), atoms)
+    os.replace(_part(parts_dir, rank, "atoms.tmp"), _part(parts_dir, rank, "atoms"))
+    return parts_dir
+
+
+def merge_parts(predictor: Predictor, problem: Problem, parts_dir: str | os.PathLike, world: int) -> Any:
+    """The whole ``sisl.Hamiltonian`` from the ``world`` parts under ``parts_dir``.
+
+    Raises:
+        FileFormatError: a missing part, or parts that do not cover every atom exactly once.
+    """
+    parts_dir = Path(parts_dir)
+    indices, data = None, None
+    seen = np.zeros(problem.n_atoms, dtype=np.int64)
+    offset = problem.orbital_offset
+    for rank in range(world):
+        paths = [_part(parts_dir, rank, name) for name in ("atoms", "indices", "data")]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise FileFormatError(f"part of rank {rank} incomplete (missing {missing})", path=parts_dir)
+        atoms = np.load(paths[0])
+        part_indices, part_data = (np.load(p, mmap_mode="r") for p in paths[1:])
+        if indices is None:
+            indices = np.empty(problem.nnz, dtype=part_indices.dtype)
+            data = np.empty((problem.nnz, 2), dtype=part_data.dtype)
+        np.add.at(seen, atoms, 1)
+        copy_atom_rows(atoms, offset, problem.indptr, 0, part_indices, part_data, problem.indptr, indices, data)
+    if not (seen == 1).all():
+        raise FileFormatError(
+            f"parts cover {int((seen > 0).sum())} of {problem.n_atoms} atoms ({int((seen > 1).sum())} twice)",
+            path=parts_dir,
+        )
+    return problem.csr(indices, data).to_sisl(problem.geometry(predictor.model.basis))
+
+
+def predict_distributed(
+    predictor: Predictor,
+    structure: Any,
+    parts_dir: str | os.PathLike,
+    *,
+    parts: int | None = None,
+    max_memory: int | None = None,
+    dtype: Any = np.float64,
+    backend: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+) -> Any:
+    """Predict ``structure`` over the ranks of the default process group (initialised here from
+    torchrun's environment if needed, gloo backend); rank 0 returns the ``sisl.Hamiltonian``,
+    the others None.  ``parts_dir`` is removed after the merge.
+
+    Spatial chunks ("chunked" mode): ``parts`` of them, or the fewest that fit ``max_memory``, and
+    at least ``world``.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    report = PredictionReport(mode="distributed")
+    predictor.last_report = report
+    dtype = np.dtype(dtype)
+    problem = predictor.prepare(structure, timer=_Timer(report))
+    plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
+    grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)
+    report.n_atoms, report.nnz, report.grid, report.n_chunks = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
+    report.csr_bytes = problem.csr_bytes(dtype)
+    predict_part(predictor, problem, grid, parts_dir, rank, world, dtype=dtype, backend=backend, progress=progress and rank == 0)
+    dist.barrier()
+    if rank != 0:
+        return None
+    hamiltonian = merge_parts(predictor, problem, parts_dir, world)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    report.peak_rss_bytes = peak_rss_bytes()
+    return hamiltonian

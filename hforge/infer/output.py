@@ -1,0 +1,51 @@
+"""Predicted H and S to SIESTA files (``.TSHS``, sisl's ``.nc``), checked early and written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hforge.errors import FileFormatError, InputError
+
+__all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
+
+#: Output formats: SIESTA's binary TSHS and sisl's NetCDF Hamiltonian.
+OUTPUT_SUFFIXES = (".TSHS", ".nc")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` if a Hamiltonian can be written there; checked before any heavy work.
+
+    Raises:
+        FileFormatError: a suffix other than ``.TSHS`` / ``.nc``.
+        InputError: a missing or read-only folder, or a path that is a folder.
+    """
+    path = Path(path)
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise FileFormatError(f"output must end in {' or '.join(OUTPUT_SUFFIXES)}", path=path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError("output path is a folder", path=path)
+    if not folder.is_dir():
+        raise InputError(f"output folder {str(folder)!r} does not exist", path=path)
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError("output path is not writable", path=path)
+    return path
+
+
+def write_hamiltonian(hamiltonian: Any, path: str | os.PathLike) -> Path:
+    """Write a ``sisl.Hamiltonian`` (with S) as ``.TSHS`` or ``.nc``: temp file, then rename.
+
+    A failed or killed write leaves no partial file under ``path``.  Returns the path.
+    """
+    import sisl
+
+    path = check_output_path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        sisl.get_sile(str(tmp), mode="w").write_hamiltonian(hamiltonian)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

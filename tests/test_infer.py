@@ -1,0 +1,271 @@
+"""hforge.load / Predictor: whole-cell and chunked prediction, inputs, bad input, output files."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import hforge
+from hforge.errors import FileFormatError, GeometryError, InputError, ResourceLimitError, UnknownSpeciesError
+from hforge.infer import PRETRAINED_DIR, Predictor, check_output_path, write_hamiltonian
+from hforge.infer.chunks import chunk_grid, csr_row_pointer
+from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
+
+# A tiny float64 model on the bundled DZP basis with its orbital radii scaled down (pair
+# cut-offs ~3 Å, halo ~5 Å), so that a 256-atom cell holds several chunks with small halos.
+RADIUS_SCALE = 0.4
+TINY = ModelConfig(
+    channels=4, num_interactions=1, r_max=2.0, max_ell=1, node_l_max=1, correlation=1, num_bessel=4,
+    radial_mlp=(8,), pair_l_max=2, pair_num_basis=4, radial_hidden=(8,), block_hidden=(8,), s_channels=2,
+    avg_num_neighbors=4.0, dtype="float64",
+)
+
+
+def small_radii(basis):
+    def species(sp):
+        shells = tuple(dataclasses.replace(s, cutoff=s.cutoff * RADIUS_SCALE) for s in sp.shells)
+        return dataclasses.replace(sp, shells=shells)
+
+    return type(basis)(tuple(species(sp) for sp in basis))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from hforge.datasets import load
+
+    return load("abn-small")
+
+
+@pytest.fixture(scope="module")
+def model(bundled):
+    torch.manual_seed(0)
+    return build_model(TINY, small_radii(bundled.basis)).eval()
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    return Predictor(model)
+
+
+def as_atoms(data, basis):
+    from ase import Atoms
+
+    return Atoms([basis.symbols[s] for s in data.species], positions=data.positions, cell=data.cell, pbc=True)
+
+
+@pytest.fixture(scope="module")
+def cell64(bundled):
+    return as_atoms(bundled[5], bundled.basis)
+
+
+@pytest.fixture(scope="module")
+def cell256(cell64):
+    """The 64-atom cell tiled 2x2x1, atoms shaken by 0.05 Å and shuffled (no spatial order)."""
+    rng = np.random.default_rng(1)
+    atoms = cell64.repeat((2, 2, 1))
+    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+    return atoms[rng.permutation(len(atoms))]
+
+
+def assert_same(a, b, tol=1e-12):
+    assert a.no == b.no and list(a.nsc) == list(b.nsc)
+    np.testing.assert_allclose(a.geometry.xyz, b.geometry.xyz)
+    for k in range(2):  # H, S
+        x, y = a.tocsr(k), b.tocsr(k)
+        assert (x != y).nnz == 0 or abs(x - y).max() <= tol * abs(y).max()
+        assert x.nnz == y.nnz
+
+
+def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
+    hamiltonian = predictor.predict(cell64)
+    assert_same(hamiltonian, predict_hamiltonian(model, cell64), tol=0)
+    assert not hamiltonian.orthogonal and hamiltonian.no == 64 * 13
+    report = predictor.last_report
+    assert report.mode == "whole" and report.n_atoms == 64 and report.nnz == hamiltonian.tocsr(0).nnz
+    assert report.csr_bytes >= report.nnz * 20
+
+
+def test_chunked_equals_whole_cell(predictor, cell256):
+    whole = predictor.predict(cell256)
+    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True)
+    assert predictor.last_report.mode == "chunked" and predictor.last_report.grid == (2, 2, 1)
+    assert_same(chunked, whole, tol=1e-12)
+
+
+def test_streamed_equals_whole_cell(predictor, cell256):
+    whole = predictor.predict(cell256)
+    streamed = predictor.predict(cell256, mode="streamed", parts=3)
+    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_chunks == 3
+    assert_same(streamed, whole, tol=1e-12)
+
+
+def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
+    problem = predictor.prepare(cell256)
+    whole = predictor.plan(problem)
+    assert whole.mode == "whole"
+    streamed = predictor.plan(problem, max_memory=whole.total_bytes - 1)
+    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
+    smallest = predictor.plan(problem, mode="streamed", parts=4096).total_bytes
+    chunked = predictor.plan(problem, max_memory=smallest - 1)
+    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
+    with pytest.raises(ResourceLimitError, match=r"at least \d+\.\d\d GB \(output CSR"):
+        predictor.predict(cell256, max_memory=problem.csr_bytes(np.float64))
+
+
+def test_row_pointer_counts_both_directions_of_the_canonical_pairs():
+    edge_index = np.array([[0, 1, 0, 0], [0, 1, 1, 0]])
+    shift = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]])
+    n_orb = np.array([2, 3])
+    # atom 0 rows: onsite (2) + (0,1) (3) + (0,0,+x) and its partner (0,0,-x) (2 + 2) = 9 columns
+    # atom 1 rows: onsite (3) + partner of (0,1) (2) = 5 columns
+    np.testing.assert_array_equal(np.diff(csr_row_pointer(edge_index, shift, n_orb)), [9, 9, 5, 5, 5])
+
+
+def test_chunk_grid_is_at_least_the_count_asked():
+    cell = np.diag([10.0, 20.0, 40.0])
+    for n in (1, 2, 3, 5, 8, 30):
+        grid = chunk_grid(cell, n)
+        assert np.prod(grid) >= n
+    assert chunk_grid(cell, 2) == (1, 1, 2)
+
+
+def test_structure_kinds_agree(predictor, cell64, tmp_path):
+    import ase.io
+    import sisl
+
+    reference = predictor.predict(cell64)
+    path = tmp_path / "cell.traj"  # full precision
+    ase.io.write(path, cell64)
+    assert_same(predictor.predict(path), reference, tol=1e-12)
+    geometry = sisl.Geometry(
+        cell64.positions, atoms=[sisl.Atom(s, tag=s) for s in cell64.get_chemical_symbols()], lattice=cell64.cell.array
+    )
+    assert_same(predictor.predict(geometry), reference, tol=0)
+
+
+def _bad(cell64, kind):
+    atoms = cell64.copy()
+    if kind == "species":
+        atoms[3].symbol = "C"
+    elif kind == "overlap":
+        atoms.positions[5] = atoms.positions[4] + [0.3, 0.0, 0.0]
+    elif kind == "nan":
+        atoms.positions[2, 1] = np.nan
+    elif kind == "inf":
+        atoms.positions[2, 1] = np.inf
+    elif kind == "empty":
+        atoms = atoms[:0]
+    elif kind == "degenerate":
+        atoms.cell[2] = atoms.cell[0]
+    elif kind == "zero cell":
+        atoms.cell[1] = 0.0
+    return atoms
+
+
+@pytest.mark.parametrize(
+    "kind, error, words",
+    [
+        ("species", UnknownSpeciesError, "C"),
+        ("overlap", GeometryError, "overlapping atoms"),
+        ("nan", GeometryError, "NaN or infinite"),
+        ("inf", GeometryError, "NaN or infinite"),
+        ("empty", GeometryError, "no atoms"),
+        ("degenerate", GeometryError, "degenerate cell"),
+        ("zero cell", GeometryError, "empty cell"),
+    ],
+)
+def test_bad_structures_are_refused(predictor, cell64, kind, error, words):
+    with pytest.raises(error, match=words):
+        predictor.predict(_bad(cell64, kind))
+
+
+def test_unreadable_structure_files(predictor, tmp_path):
+    with pytest.raises(FileFormatError, match="no such structure file"):
+        predictor.predict(tmp_path / "missing.xyz")
+    junk = tmp_path / "junk.xyz"
+    junk.write_text("this is not\nan xyz file\n")
+    with pytest.raises(FileFormatError, match="junk.xyz"):
+        predictor.predict(junk)
+
+
+def test_load_checkpoint_and_names(model, predictor, cell64, tmp_path):
+    path = save_model(model, tmp_path / "tiny.pt")
+    loaded = hforge.load(path)
+    assert isinstance(loaded, Predictor)
+    assert_same(loaded.predict(cell64), predictor.predict(cell64), tol=0)
+    with pytest.raises(FileFormatError, match="no bundled model"):
+        hforge.load("no-such-model")
+
+
+@pytest.mark.skipif(not (PRETRAINED_DIR / "abn-dzp.pt").is_file(), reason="abn-dzp.pt not bundled yet")
+def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
+    """The bundled model on the shared 64-atom validation cell: SIESTA's S (a two-centre integral,
+    learned closely) on the file's nonzeros, and finite H of the same pattern."""
+    import sisl
+
+    from hforge.io import read_hs
+
+    run = abn_dir / "runs" / "abn_64_0" / "abn_64_0.TSHS"
+    reference = sisl.get_sile(run).read_hamiltonian()
+    predicted = hforge.load("abn-dzp").predict(read_hs(run))
+    assert predicted.no == reference.no
+    s_ref = reference.tocsr(reference.S_idx).tocoo()
+    keep = s_ref.data != 0
+    rows, cols, values = s_ref.row[keep], s_ref.col[keep], s_ref.data[keep]
+    width, ours_lattice = reference.no, predicted.geometry.lattice
+    our_isc = np.array([  # the same cell shift in the prediction's supercell numbering (-1: beyond it)
+        ours_lattice.sc_index(offset) if (np.abs(offset) <= ours_lattice.nsc // 2).all() else -1
+        for offset in reference.geometry.lattice.sc_off
+    ])
+    isc = our_isc[cols // width]
+    assert (isc >= 0).all()  # S blocks reach r_i + r_j: within the prediction's supercells
+    ours = np.asarray(predicted.tocsr(1)[rows, isc * width + cols % width]).ravel()
+    assert np.abs(ours - values).mean() < 0.02
+    assert np.isfinite(predicted.tocsr(0).data).all()
+
+
+@pytest.mark.parametrize("suffix", [".TSHS", ".nc"])
+def test_written_files_read_back(predictor, cell64, tmp_path, suffix):
+    import sisl
+
+    hamiltonian = predictor.predict(cell64)
+    path = write_hamiltonian(hamiltonian, tmp_path / f"out{suffix}")
+    back = sisl.get_sile(path).read_hamiltonian()
+    assert sorted(os.listdir(tmp_path)) == [f"out{suffix}"]
+    assert list(back.nsc) == list(hamiltonian.nsc) and back.no == hamiltonian.no
+    for k in (0, 1):
+        np.testing.assert_allclose(back.tocsr(k).toarray(), hamiltonian.tocsr(k).toarray(), rtol=1e-12, atol=1e-12)
+
+
+def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64, tmp_path, monkeypatch):
+    with pytest.raises(FileFormatError, match="TSHS or .nc"):
+        check_output_path(tmp_path / "out.xyz")
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_path(tmp_path / "nowhere" / "out.TSHS")
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_path(tmp_path / "dir.TSHS" if (tmp_path / "dir.TSHS").mkdir() is None else None)
+    import sisl.io.siesta.binaries as binaries
+
+    hamiltonian = predictor.predict(cell64)
+
+    def broken(self, *args, **kwargs):
+        with open(self.file, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(binaries.tshsSileSiesta, "write_hamiltonian", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_hamiltonian(hamiltonian, tmp_path / "out.TSHS")
+    assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
+
+
+def test_predict_many_equals_predict(predictor, cell64, bundled):
+    structures = [as_atoms(bundled[k], bundled.basis) for k in (0, 2, 4)] + [cell64]
+    many = predictor.predict_many(structures, batch_atoms=40)
+    assert len(many) == 4
+    for one, structure in zip(many, structures):
+        assert_same(one, predictor.predict(structure), tol=1e-12)
