@@ -358,7 +358,9 @@ class Predictor:
             if not batch:
                 return
             graph = collate(batch)
-            with torch.inference_mode():
+            # no_grad, not inference_mode: per-basis tables cached during a prediction (CG
+            # descriptors) must stay usable by autograd when the same process trains later.
+            with torch.no_grad():
                 blocks = self.model(graph)
             blocks = type(blocks)(h=blocks.h.to(_torch_dtype(dtype)), s=blocks.s.to(_torch_dtype(dtype)))
             results.extend(assemble_prediction(self.model, graph, blocks, b, backend=backend) for b in range(graph.n_graphs))
@@ -385,7 +387,7 @@ class Predictor:
         hooks = [self.model.trunk.register_forward_pre_hook(before), self.model.trunk.register_forward_hook(after)]
         start = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.no_grad():
                 blocks = self.model(graph)
         finally:
             for hook in hooks:
@@ -416,7 +418,7 @@ class Predictor:
         arrays, model = problem.arrays, self.model
         with timer("neighbour list"):
             graph = self._graph(arrays, arrays.positions, problem.edge_index, problem.cell_shift, arrays.pbc)
-        with timer("descriptors"), torch.inference_mode():
+        with timer("descriptors"), torch.no_grad():
             inputs = node_inputs(model, graph)
         indices, data = problem.allocate(dtype)
         n_atoms = problem.n_atoms
@@ -431,7 +433,7 @@ class Predictor:
             a0, a1 = int(bounds[k]), int(bounds[k + 1])
             if a0 == a1:
                 continue
-            with timer("blocks"), torch.inference_mode():
+            with timer("blocks"), torch.no_grad():
                 first, last = np.searchsorted(i, [a0, a1])
                 selected = np.concatenate([np.arange(first, last), np.flatnonzero((j >= a0) & (j < a1) & (i < a0))])
                 pairs = np.stack([i[selected], j[selected]])
