@@ -170,6 +170,7 @@ def _rounds(cell: Cell, small: int, large: int) -> int:
 BANDWIDTH_PAIRS = (  # (assembly, the copy of the same bytes it is compared with)
     ("hforge numba fill (preallocated)", "numpy copy (preallocated)"),
     ("hforge numba", "numpy copy (allocating)"),
+    ("hforge cupy (GPU)", "cupy copy (GPU, allocating)"),
 )
 
 
@@ -339,3 +340,62 @@ def test_sisl_setitem_per_block(benchmark, out):
     RESULTS[(cell.n_atoms, f"sisl H[r, c] = block (x{n_directed / n_sample:.0f} of {n_sample})")] = dict(
         seconds=seconds, peak=None
     )
+
+
+# --- GPU (skipped without cupy and a CUDA device): inputs already on the device, timings synchronised ---
+
+
+def _cupy():
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001  (ImportError or no CUDA driver/device)
+        pytest.skip(f"needs cupy and a CUDA GPU: {exc}")
+    return cupy
+
+
+def _synchronised(cupy, run):
+    def timed():
+        result = run()
+        cupy.cuda.Device().synchronize()
+        return result
+
+    return timed
+
+
+@pytest.mark.benchmark(group="csr_assembly")
+def test_hforge_cupy(benchmark, out):
+    """The CuPy backend (kernels/assemble.cu): plan (row counts, row pointer) and fill on the GPU."""
+    cupy, cell = _cupy(), out
+    edge_index, cell_shift, block_ptr, orbitals = (
+        cupy.asarray(a) for a in (cell.edge_index, cell.cell_shift, cell.block_ptr, cell.orbitals_per_atom)
+    )
+    blocks = cupy.asarray(cell.blocks)
+
+    def run():
+        plan = plan_csr_assembly(edge_index, cell_shift, block_ptr, orbitals, backend="cupy")
+        return plan.fill(blocks)
+
+    measure(benchmark, cell, "hforge cupy (GPU)", _synchronised(cupy, run), _rounds(cell, 10, 5))
+
+
+@pytest.mark.benchmark(group="csr_assembly")
+def test_cupyx_coo_tocsr(benchmark, out):
+    """cupyx.scipy.sparse COO -> CSR of H and S on the GPU, the COO triplets given on the device."""
+    cupy, cell = _cupy(), out
+    import cupyx.scipy.sparse as cusparse
+
+    rows, cols, data, shape = coo_triplets(cell)
+    rows, cols, data = cupy.asarray(rows), cupy.asarray(cols), [cupy.asarray(d) for d in data]
+    run = lambda: [cusparse.coo_matrix((d, (rows, cols)), shape=shape).tocsr() for d in data]  # noqa: E731
+    measure(benchmark, cell, "cupyx coo_matrix.tocsr (GPU)", _synchronised(cupy, run), _rounds(cell, 3, 2))
+
+
+@pytest.mark.benchmark(group="csr_assembly")
+def test_cupy_copy_allocating(benchmark, out, assembled):
+    """Device-to-device copy of the output bytes into new arrays: the GPU's bandwidth ceiling."""
+    cupy = _cupy()
+    indices, data = cupy.asarray(assembled.indices), cupy.asarray(assembled.data)
+    run = lambda: (indices.copy(), data.copy())  # noqa: E731
+    measure(benchmark, out, "cupy copy (GPU, allocating)", _synchronised(cupy, run), _rounds(out, 10, 5))
