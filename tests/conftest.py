@@ -54,6 +54,25 @@ def abn_dir(shared_dir: Path) -> Path:
     return _require(shared_dir / "abn")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Dense eigensolvers and small tensors on a loaded 2-core machine: threads only fight each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def abn8(abn_dir: Path):
+    """The 8-atom SIESTA aBN cell ``abn_8_0`` as ``HSData``."""
+    from hforge.io import read_hs
+
+    return read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu``-marked tests where torch sees no CUDA device, and ``slow`` ones unless ``-m`` names them."""
     import torch

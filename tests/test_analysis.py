@@ -13,7 +13,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import sisl
-import torch
 from matplotlib.figure import Figure
 
 from hforge.analysis import (
@@ -29,21 +28,11 @@ from hforge.analysis import (
 from hforge.analysis.kpm import KPMOperator, jackson_kernel, kpm_moments, spectral_bounds
 from hforge.analysis.plots import hamiltonian_heatmap, parity_plot, save_figure
 from hforge.errors import ConvergenceError, InputError, UnsupportedSystemError
-from hforge.io import HSData, read_hs
+from hforge.io import read_hs
 from hforge.train.spectral import generalized_eigenvalues
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def abn8(abn_dir) -> HSData:
-    return read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

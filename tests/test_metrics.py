@@ -44,18 +44,7 @@ from hforge.train.spectral import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Dense eigensolvers on a loaded 2-core machine: threads only fight each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def abn8(abn_dir) -> HSData:
-    return read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
