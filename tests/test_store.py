@@ -109,6 +109,17 @@ def test_conversion_resumes_after_a_kill_and_never_leaves_a_half_store(runs, tmp
     assert len(HSStore(out)) == 3
 
 
+def test_reconverting_a_store_with_relative_sources_reuses_it(runs, tmp_path):
+    """A store recording sources relative to a folder (as the bundled sample does) can be
+    regenerated in place: the structures taken over from the old store keep their real source."""
+    out = tmp_path / "s.h5"
+    for expected in (["abn_8_0", "abn_8_1"], []):
+        shutil.rmtree(tmp_path / "s.h5.parts", ignore_errors=True)  # reuse the old store, not the parts
+        report = convert([runs / "abn_8_0", runs / "abn_8_1"], out, relative_to=runs.parent, compression="gzip", progress=False)
+        assert report.converted == expected
+        assert [e["source"] for e in HSStore(out).manifest] == [f"{runs.name}/abn_8_{k}/abn_8_{k}.TSHS" for k in (0, 1)]
+
+
 def test_nothing_converted_writes_nothing(runs, tmp_path):
     with pytest.raises(FileFormatError, match="nothing written"):
         convert([runs / "abn_8_4"], tmp_path / "s.h5", progress=False)

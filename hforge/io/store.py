@@ -385,10 +385,10 @@ def convert(
             if part.is_file() and (basis is None or _part_basis(part).hash == basis.hash):
                 report.reused.append(name)
             elif sha in old_by_sha and (basis is None or old.basis.hash == basis.hash):
-                _save_part(part, old.read(old_by_sha[sha]), dtype, half, sha)
+                _save_part(part, old.read(old_by_sha[sha]), dtype, half, source, sha)
                 report.reused.append(name)
             else:
-                _save_part(part, read_hs(source, basis=basis), dtype, half, sha)
+                _save_part(part, read_hs(source, basis=basis), dtype, half, source, sha)
                 report.converted.append(name)
             part_basis = _part_basis(part)
             merged = _merge_basis(merged, part_basis, str(source))
@@ -419,8 +419,8 @@ def convert(
     return report
 
 
-def _save_part(part: Path, data: HSData, dtype: Any, half: bool, sha: str) -> None:
-    """One structure in its own file, atomically."""
+def _save_part(part: Path, data: HSData, dtype: Any, half: bool, source: Path, sha: str) -> None:
+    """One structure (read from the file ``source``) in its own file, atomically."""
     import h5py
 
     tmp = part.with_name(f".{part.name}.{os.getpid()}.tmp")
@@ -428,7 +428,7 @@ def _save_part(part: Path, data: HSData, dtype: Any, half: bool, sha: str) -> No
         with h5py.File(tmp, "w") as h5:
             _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
             h5.attrs["basis"] = data.basis.to_json()
-            h5.attrs["source_path"] = data.source or ""
+            h5.attrs["source_path"] = str(source)
             h5.attrs["source_sha256"] = sha
         os.replace(tmp, part)
     finally:
