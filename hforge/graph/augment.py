@@ -51,7 +51,7 @@ def rotate_graph(graph: GraphBatch, rotations: np.ndarray, basis: BasisSet) -> G
     rotations = np.broadcast_to(np.asarray(rotations, dtype=np.float64), (graph.n_graphs, 3, 3))
     if not np.allclose(rotations @ rotations.transpose(0, 2, 1), np.eye(3), atol=1e-10) or np.any(np.linalg.det(rotations) < 0):
         raise InputError("rotate_graph: rotations must be proper orthogonal 3x3 matrices")
-    r = torch.from_numpy(np.ascontiguousarray(rotations))
+    r = torch.tensor(rotations)  # a copy: broadcast_to gives a read-only view
     positions = torch.einsum("nk,nlk->nl", graph.positions, r[graph.batch])
     cell = torch.einsum("bik,blk->bil", graph.cell, r)
     targets = {}
