@@ -19,9 +19,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from hforge.cli.demo import demo_test_cell
 from hforge.cli.main import app
 from hforge.datasets import load
 from hforge.errors import BasisMismatchError, ConfigError, FileFormatError
+from hforge.io import read_hs
 from hforge.models import load_checkpoint
 from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
 from hforge.train.evaluation import evaluate_structures, predict_blocks
@@ -29,10 +31,10 @@ from hforge.train.trainer import KILL_ENV, Trainer, atom_batches, read_log, shar
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: A tiny invariant model on the two 8-atom cells (rotations, EMA and a cosine schedule on):
+#: A tiny invariant model on the 8- and 16-atom cells (rotations, EMA and a cosine schedule on):
 #: the tests check mechanics, not accuracy.
 TINY = {
-    "data": {"source": "abn-small", "train": {"names": ["abn_8_0", "abn_8_1", "abn_16_0"]}, "val": {"names": ["abn_16_1"]},
+    "data": {"source": "abn-small", "train": {"names": ["abn_8_0", "abn_8_1", "abn_16_0"]}, "val": {"names": ["abn_24_0"]},
              "valence": {"B": 3, "N": 5}},
     "model": {"kind": "invariant", "channels": 4, "num_interactions": 1, "radial_mlp": [8], "radial_hidden": [8],
               "block_hidden": [16], "s_channels": 4, "num_bessel": 4, "pair_num_basis": 4, "max_ell": 1, "node_l_max": 1},
@@ -237,10 +239,10 @@ def checkpoint(tmp_path_factory):
 def test_evaluation_matches_an_independent_oracle(checkpoint):
     model, _ = load_checkpoint(checkpoint)
     data = load("abn-small")
-    references = [data[k] for k in (0, 2, 3)]  # 8, 16, 16 atoms
+    references = [data[k] for k in (0, 1, 2)]  # 8, 8, 16 atoms
     result = evaluate_structures(model, references, valence={"B": 3, "N": 5})
-    assert [e["name"] for e in result.structures] == ["abn_8_0", "abn_16_0", "abn_16_1"]
-    assert sorted(result.groups) == ["16", "8"] and result.groups["16"]["n_structures"] == 2
+    assert [e["name"] for e in result.structures] == ["abn_8_0", "abn_8_1", "abn_16_0"]
+    assert sorted(result.groups) == ["16", "8"] and result.groups["8"]["n_structures"] == 2
     errors = []
     for entry, reference in zip(result.structures, references):
         graph = model.graph_builder()(reference)  # targets aligned by the graph layer (another code path)
@@ -253,8 +255,8 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
         eig = entry["eigenvalues"]["orthogonalized"]
         assert eig["n_window"] > 0 and np.isfinite(entry["summary"]["eig_window_ortho_meV"])
         assert np.isfinite(entry["summary"]["eig_window_refS_meV"])
-    pooled = 1e3 * float(torch.cat(errors[1:]).mean())
-    np.testing.assert_allclose(result.groups["16"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
+    pooled = 1e3 * float(torch.cat(errors[:2]).mean())
+    np.testing.assert_allclose(result.groups["8"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
     # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged
     prediction = predict_blocks(model, references[0])
     from hforge.train.metrics import compare_blocks
@@ -275,7 +277,7 @@ def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, tmp_pa
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     names = [e["name"] for e in report["structures"]]
-    assert names == ["abn_64_0", "abn_8_0"] and sorted(report["groups"]) == ["64", "8"]
+    assert names == ["abn_24_0", "abn_8_0"] and sorted(report["groups"]) == ["24", "8"]
     assert "per size" in result.output
     # the SIESTA file (float64) and the bundled store's copy (float32) of abn_8_0 give the same errors
     model, _ = load_checkpoint(checkpoint)
@@ -290,8 +292,17 @@ def test_evaluate_refuses_a_basis_the_model_does_not_know(checkpoint, siesta_fix
 
 
 # ------------------------------------------------------------------------------- demo
-def test_demo_with_a_tiny_budget(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "1", "--no-progress"])
+def test_demo_tests_on_the_shared_64_atom_cell_or_the_bundled_24_atom_one(shared_dir, tmp_path):
+    shared_cell = demo_test_cell(shared_dir)
+    siesta = read_hs(shared_dir / "abn/runs/abn_64_0/abn_64_0.TSHS")
+    assert shared_cell.n_atoms == 64 and shared_cell.basis.hash == load("abn-small").basis.hash
+    np.testing.assert_array_equal(shared_cell.h, siesta.h)
+    fallback = demo_test_cell(tmp_path / "nowhere")
+    assert Path(fallback.source).stem == "abn_24_0" and fallback.n_atoms == 24
+
+
+def test_demo_with_a_tiny_budget(shared_dir, tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "1", "--shared", str(shared_dir), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert str(tmp_path.resolve()) in result.output.replace("\n", "")
     results = json.loads((tmp_path / "results.json").read_text())

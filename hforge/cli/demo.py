@@ -1,17 +1,21 @@
-"""``hforge demo [--out DIR]``: the README's main job.
+"""``hforge demo [--out DIR] [--shared DIR]``: the README's main job.
 
 Trains the equivariant and the invariant (non-equivariant) model on the bundled ``abn-small``
-training cells (two 8-, two 16- and one 24-atom aBN cell) for a fixed budget of optimizer steps,
-evaluates both on the bundled 64-atom cell, prints the table side by side and writes under one
-folder: ``results.json`` (the table, the budget, checkpoint and figure paths), each model's
-training folder (``<kind>/last.pt``, ``metrics.jsonl``, ``learning_curve.png``), both learning
-curves in ``learning_curves.png``, and per model a parity plot, the DFT | ML | difference heatmap
-of H(Γ) and the Γ eigenvalue comparison of the 64-atom cell.
+training cells (two 8- and one 16-atom aBN cell) for a fixed budget of optimizer steps, validating
+on its 24-atom cell during training, then tests both on a cell neither has seen: the 64-atom SIESTA
+cell ``abn_64_0`` of the shared aBN data (``--shared``, ``$HFORGE_SHARED`` or ``../shared``),
+read by hforge's own SIESTA reader, or the bundled 24-atom cell where the shared data is absent.
+It prints the table side by side and writes under one folder: ``results.json`` (the table, the
+budget, checkpoint and figure paths), each model's training folder (``<kind>/last.pt``,
+``metrics.jsonl``, ``learning_curve.png``), both learning curves in ``learning_curves.png``, and
+per model a parity plot, the DFT | ML | difference heatmap of H(Γ) and the Γ eigenvalue comparison
+of the test cell.
 """
 
 from __future__ import annotations
 
 import time
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +24,23 @@ from rich.console import Console
 
 from hforge.cli._errors import user_errors
 from hforge.cli.evaluate import metrics_table, wide_console, write_json
+from hforge.io import HSData
 
-__all__ = ["DEMO_STEPS", "demo", "demo_command", "demo_config"]
+__all__ = ["DEMO_STEPS", "TEST_CELL", "demo", "demo_command", "demo_config", "demo_test_cell"]
 
 #: Optimizer steps per model of the demo: the whole demo takes about 2 minutes on 2 idle CPU cores
 #: (measured: equivariant 72 s, invariant 35 s of training, 2 min 3 s in all).  150 steps take 47 s.
 DEMO_STEPS = 600
-#: Z_valence of the aBN species (the bundled sample's basis does not record it).
-ABN_VALENCE = {"B": 3.0, "N": 5.0}
+#: The demo's test cell in the shared aBN data (``<shared>/abn/runs/<name>``).
+TEST_CELL = "abn_64_0"
 
 
 def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
-    """The demo's training config of one model kind: H/S block metrics on the 64-atom cell three
-    times during training (the learning curves); the demo evaluates the result itself."""
+    """The demo's training config of one model kind: H/S block metrics on the bundled 24-atom
+    validation cell three times during training (the learning curves); the demo tests the result
+    itself."""
     return {
-        "data": {"source": "abn-small", "train": {"max_atoms": 32}, "val": {"min_atoms": 64}, "valence": ABN_VALENCE},
+        "data": {"source": "abn-small", "train": {"max_atoms": 16}, "val": {"min_atoms": 17}},
         "model": {"kind": kind},
         "schedule": {"name": "cosine", "warmup_steps": min(10, steps)},
         "training": {
@@ -44,29 +50,46 @@ def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def demo(out: Path, steps: int = DEMO_STEPS, *, progress: bool = True, console: Console | None = None) -> dict[str, Any]:
+def demo_test_cell(shared: Path | None = None) -> HSData:
+    """The demo's test cell: :data:`TEST_CELL` (64 atoms) of ``shared/abn/runs`` read by
+    :func:`hforge.io.read_hs` in the bundled basis, or the bundled 24-atom validation cell when
+    ``shared`` (default ``$HFORGE_SHARED``, else ``../shared`` of the working directory) lacks it."""
+    from hforge.datasets import load
+    from hforge.io import read_hs
+
+    bundled = load("abn-small", split="val")
+    shared = Path(shared if shared is not None else os.environ.get("HFORGE_SHARED", Path.cwd().parent / "shared"))
+    run = shared / "abn" / "runs" / TEST_CELL
+    if run.is_dir():
+        return read_hs(run / f"{TEST_CELL}.TSHS", basis=bundled.basis)
+    return bundled[0]
+
+
+def demo(
+    out: Path, steps: int = DEMO_STEPS, *, shared: Path | None = None, progress: bool = True, console: Console | None = None
+) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the content of ``results.json``."""
     from hforge.analysis import spectrum_report
     from hforge.datasets import load
     from hforge.models import load_checkpoint
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
-    from hforge.train.evaluation import evaluate_structures, predict_blocks, with_valence
+    from hforge.train.evaluation import evaluate_structures, predict_blocks
     from hforge.train.spectral import n_occupied_states
     from hforge.train.trainer import Trainer, read_log
 
     console = console or wide_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = load("abn-small", split="val")
-    reference = dataset[0]
-    reference.basis = with_valence(reference.basis, ABN_VALENCE)
+    train_names = [e["name"] for e in load("abn-small").store.manifest if e["split"] == "train"]
+    reference = demo_test_cell(shared)
     name = Path(reference.source).stem
+    console.print(f"test cell: {name} ({reference.n_atoms} atoms, {reference.source})")
     n_occupied = n_occupied_states(reference.basis, reference.species)
     table, checkpoints, budget, figures, logs = {}, {}, {}, {}, {}
     for kind in ("equivariant", "invariant"):
         config = load_config(demo_config(kind, steps))
-        console.print(f"[bold]{kind}[/bold]: training {steps} steps on the abn-small training cells (8-24 atoms)")
+        console.print(f"[bold]{kind}[/bold]: training {steps} steps on the abn-small training cells (8-16 atoms)")
         start = time.perf_counter()
         result = Trainer(config, out / kind, progress=progress).run(final_validation=False)  # evaluated below
         budget[kind] = {"steps": result.steps, "wall_s": time.perf_counter() - start, **result.throughput}
@@ -78,11 +101,11 @@ def demo(out: Path, steps: int = DEMO_STEPS, *, progress: bool = True, console: 
         )
         figures[kind] = {key: str(path.resolve()) for key, path in report.paths.items()}
         logs[kind] = read_log(out / kind / "metrics.jsonl")
-    curves = plot_learning_curves(logs, out / "learning_curves.png", title="abn-small: train 8-24 atoms, validate 64")
+    curves = plot_learning_curves(logs, out / "learning_curves.png", title="abn-small: train 8-16 atoms, validate 24")
     results = {
         "validation_structure": name,
         "n_atoms": reference.n_atoms,
-        "train_structures": [e["name"] for e in dataset.store.manifest if e["split"] == "train"],
+        "train_structures": train_names,
         "table": table,
         "checkpoints": checkpoints,
         "budget": budget,
@@ -100,8 +123,10 @@ def demo(out: Path, steps: int = DEMO_STEPS, *, progress: bool = True, console: 
 def demo_command(
     out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder."),
     steps: int = typer.Option(DEMO_STEPS, "--steps", min=1, help="Optimizer steps per model (the budget)."),
+    shared: Path = typer.Option(None, "--shared", help="Shared data folder holding abn/runs/abn_64_0 "
+                                "(default $HFORGE_SHARED or ../shared; without it the bundled 24-atom cell is the test)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """The README's main job: train both models on abn-small, compare them on the 64-atom cell."""
+    """The README's main job: train both models on abn-small, compare them on an unseen 64-atom cell."""
     with user_errors():
-        demo(out, steps, progress=progress)
+        demo(out, steps, shared=shared, progress=progress)

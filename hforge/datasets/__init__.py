@@ -1,9 +1,9 @@
 """Datasets of SIESTA H/S for training: the store as a torch ``Dataset``, and bundled samples.
 
-``load("abn-small")`` opens the aBN sample shipped with HForge (float32, canonical half of the
-pairs: 8- to 24-atom training cells and the 64-atom validation cell, made by
-``scripts/make_abn_small.py`` from ``../shared/abn``); ``load(path)`` opens any store written
-by ``hforge data convert``.
+``load("abn-small")`` opens the aBN sample shipped with HForge (3.5 MiB, gzip-compressed float32,
+canonical half of the pairs: two 8-atom and one 16-atom training cells and one 24-atom validation
+cell, made by ``scripts/make_abn_small.py`` from ``../shared/abn`` with hforge's own converter);
+``load(path)`` opens any store written by ``hforge data convert``.
 """
 
 from __future__ import annotations
