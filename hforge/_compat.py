@@ -3,11 +3,16 @@
 e3nn 0.4.4 loads a bundled pickle with ``torch.load``; torch >= 2.6 defaults to
 ``weights_only=True`` and refuses it unless ``slice`` is an allowed global.  ``import
 mace`` hides this by setting ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` process-wide, so
-without this module the behaviour would depend on import order.
+without this module the behaviour would depend on import order.  With mace imported first,
+torch then warns on e3nn's own load of its constants (the variable is mace's, not the user's):
+that one warning is silenced.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 torch.serialization.add_safe_globals([slice])
+warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected", category=UserWarning)
