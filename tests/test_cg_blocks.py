@@ -1,7 +1,10 @@
 """CG block kernels: every backend against the e3nn-based torch reference, rotations, transposes, gradients.
 
-Triton runs under its CPU interpreter (``TRITON_INTERPRET=1``, set here before its kernels are
-built) on small shapes; numba and the reference run on random bases up to l = 3.
+Triton runs on CUDA tensors where torch sees a GPU, else under its CPU interpreter
+(``TRITON_INTERPRET=1``, set here before its kernels are built), on small shapes; its results are
+moved back and compared with the reference on the CPU.  On a GPU every new shape of the
+hypothesis tests is a JIT compile (seconds): they draw few examples there and do not shrink.
+Numba and the reference run on random bases up to l = 3.
 """
 
 import os
@@ -9,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 if not torch.cuda.is_available():
@@ -19,7 +22,7 @@ import hforge  # noqa: E402, F401  (e3nn import fix first)
 from e3nn import o3  # noqa: E402
 
 from hforge.errors import InputError, UnknownSpeciesError  # noqa: E402
-from hforge.ops.backends import backend_status  # noqa: E402
+from hforge.ops.backends import backend_status, triton_interpreted  # noqa: E402
 from hforge.ops.cg_blocks import (  # noqa: E402
     block_pointer,
     blocks_to_irreps,
@@ -34,6 +37,20 @@ from hforge.ops.cg_blocks.reference import onsite_blocks_reference  # noqa: E402
 DZP = (0, 0, 1, 1, 2)
 FAST = ["numba"] + (["triton"] if backend_status()["triton"].available else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+TRITON_ON_GPU = "triton" in FAST and not triton_interpreted()
+
+
+def triton_settings(max_examples):
+    """Hypothesis settings of the triton tests: on a GPU each drawn shape compiles, so 3 examples, no shrinking."""
+    if TRITON_ON_GPU:
+        return settings(max_examples=min(max_examples, 3), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    return settings(max_examples=max_examples)
+
+
+def on_device(backend, *tensors):
+    """``tensors`` where ``backend`` runs: CUDA for triton built for the GPU, else the CPU (unchanged)."""
+    device = "cuda" if backend == "triton" and not triton_interpreted() else "cpu"
+    return [t.to(device) for t in tensors]
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -185,14 +202,17 @@ def _compare_irreps_to_blocks(backend, desc, n_pairs, dtype, seed):
     pair_species = torch.randint(0, desc.n_species, (2, n_pairs), generator=gen)
     size = int(block_pointer(pair_species, desc)[-1])
     coeffs = torch.randn(size, generator=gen, dtype=dtype, requires_grad=True)
-    blocks = irreps_to_blocks(coeffs, pair_species, desc, backend=backend)
+    fast_coeffs, fast_species = on_device(backend, coeffs.detach(), pair_species)
+    fast_coeffs.requires_grad_()
+    blocks = irreps_to_blocks(fast_coeffs, fast_species, desc, backend=backend)
     expected = irreps_to_blocks(coeffs, pair_species, desc, backend="torch")
-    assert_close(blocks, expected, TOL[dtype])
-    assert_close(blocks_to_irreps(blocks, pair_species, desc, backend=backend), coeffs, TOL[dtype])
+    assert blocks.device == fast_coeffs.device
+    assert_close(blocks.cpu(), expected, TOL[dtype])
+    assert_close(blocks_to_irreps(blocks, fast_species, desc, backend=backend).cpu(), coeffs, TOL[dtype])
     grad = torch.randn(size, generator=gen, dtype=dtype)
-    (g_fast,) = torch.autograd.grad(blocks, coeffs, grad)
+    (g_fast,) = torch.autograd.grad(blocks, fast_coeffs, *on_device(backend, grad))
     (g_ref,) = torch.autograd.grad(expected, coeffs, grad)
-    assert_close(g_fast, g_ref, TOL[dtype])
+    assert_close(g_fast.cpu(), g_ref, TOL[dtype])
 
 
 floats = st.sampled_from([torch.float32, torch.float64])
@@ -206,7 +226,7 @@ def test_numba_irreps_to_blocks_matches_reference(desc, n_pairs, dtype, seed):
 
 @pytest.mark.skipif("triton" not in FAST, reason="triton unavailable")
 @given(desc=descriptors(max_species=2), n_pairs=st.integers(0, 6), dtype=floats, seed=st.integers(0, 2**31))
-@settings(max_examples=6)
+@triton_settings(max_examples=6)
 def test_triton_irreps_to_blocks_matches_reference(desc, n_pairs, dtype, seed):
     _compare_irreps_to_blocks("triton", desc, n_pairs, dtype, seed)
 
@@ -222,8 +242,9 @@ def test_irreps_to_blocks_is_orthogonal_and_differentiable():
     pair_species = torch.tensor([[0, 1], [1, 0]])
     coeffs = torch.randn(int(block_pointer(pair_species, desc)[-1]), dtype=torch.float64, requires_grad=True)
     for backend in ["torch", *FAST]:
-        fn = lambda c, b=backend: irreps_to_blocks(c, pair_species, desc, backend=b)  # noqa: E731
-        assert torch.autograd.gradcheck(fn, (coeffs,), fast_mode=True)
+        c, species = on_device(backend, coeffs.detach(), pair_species)
+        fn = lambda c, b=backend, s=species: irreps_to_blocks(c, s, desc, backend=b)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (c.requires_grad_(),), fast_mode=True)
 
 
 # ----------------------------------------------------------------------------- edge_blocks
@@ -233,15 +254,16 @@ def _compare_edge_blocks(backend, desc, channels, n_nodes, n_edges, dtype, symme
     gen = torch.Generator().manual_seed(seed)
     x, Y, R, W, edge_index, species, _ = edge_inputs(desc, channels, n_nodes, n_edges, dtype, gen)
     inputs = [t.clone().requires_grad_(name != "Y" or need_Y) for name, t in zip("xYRW", (x, Y, R, W))]
-    got = edge_blocks(*inputs, edge_index, species, desc, symmetric=symmetric, backend=backend)
+    fast_inputs = [t.detach().requires_grad_(t.requires_grad) for t in on_device(backend, *inputs)]
+    got = edge_blocks(*fast_inputs, *on_device(backend, edge_index, species), desc, symmetric=symmetric, backend=backend)
     expected = edge_blocks(*inputs, edge_index, species, desc, symmetric=symmetric, backend="torch")
-    assert got.dtype == dtype and got.shape == expected.shape
-    assert_close(got, expected, TOL[dtype])
+    assert got.dtype == dtype and got.shape == expected.shape and got.device == fast_inputs[0].device
+    assert_close(got.cpu(), expected, TOL[dtype])
     if n_edges == 0:
         return
     grad = torch.randn(got.shape, generator=gen, dtype=dtype)
     wrt = [t for t in inputs if t.requires_grad]
-    fast = torch.autograd.grad(got, wrt, grad)
+    fast = [g.cpu() for g in torch.autograd.grad(got, [t for t in fast_inputs if t.requires_grad], *on_device(backend, grad))]
     if expected.grad_fn is None:  # no path reaches any slot: blocks and gradients are zero
         reference = [torch.zeros_like(t) for t in wrt]
     else:
@@ -274,9 +296,18 @@ def test_numba_edge_blocks_match_reference(desc, channels, n_nodes, n_edges, dty
     symmetric=st.booleans(),
     seed=st.integers(0, 2**31),
 )
-@settings(max_examples=5)
+@triton_settings(max_examples=5)
 def test_triton_edge_blocks_match_reference(desc, channels, n_edges, dtype, symmetric, seed):
     _compare_edge_blocks("triton", desc, channels, 3, n_edges, dtype, symmetric, seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRITON_ON_GPU, reason="triton runs in its CPU interpreter here (no GPU, or TRITON_INTERPRET set)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_edge_blocks_on_gpu_at_model_size(dtype):
+    """The benchmark's shapes (DZP B/N, 32x0e+32x1o+32x2e, l_sh 3), which the interpreter cannot afford: one compile per dtype."""
+    desc = cg_descriptor([DZP, DZP], node_irreps="32x0e+32x1o+32x2e", l_sh=3)
+    _compare_edge_blocks("triton", desc, 32, 20, 300, dtype, symmetric=True, seed=4)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
@@ -305,8 +336,9 @@ def _rotated_case(desc, dtype, backend, symmetric, inversion, seed):
     ls = list(range(desc.l_sh + 1))
     Y = o3.spherical_harmonics(ls, vectors, normalize=True, normalization="component")
     Y_rot = o3.spherical_harmonics(ls, vectors @ rotation.T, normalize=True, normalization="component")
-    before = edge_blocks(*(t.to(dtype) for t in (x, Y, R, W)), edge_index, species, desc, symmetric=symmetric, backend=backend)
-    after = edge_blocks(*(t.to(dtype) for t in (x @ d_node.T, Y_rot, R, W)), edge_index, species, desc, symmetric=symmetric, backend=backend)
+    graph = on_device(backend, edge_index, species)
+    before = edge_blocks(*on_device(backend, *(t.to(dtype) for t in (x, Y, R, W))), *graph, desc, symmetric=symmetric, backend=backend).cpu()
+    after = edge_blocks(*on_device(backend, *(t.to(dtype) for t in (x @ d_node.T, Y_rot, R, W))), *graph, desc, symmetric=symmetric, backend=backend).cpu()
     pair_species = species[edge_index]
     block_ptr = block_pointer(pair_species, desc)
     for e, (b, b_rot) in enumerate(zip(blocks_of(before, block_ptr, desc, pair_species), blocks_of(after, block_ptr, desc, pair_species))):
@@ -342,13 +374,13 @@ def test_symmetric_mode_transposes_reversed_pairs(backend, dtype):
     vectors = torch.cat([vectors, -vectors])
     Y = o3.spherical_harmonics(ls, vectors, normalize=True, normalization="component")
     R = torch.cat([R, R[:, torch.tensor(desc.path_swap)]])
-    values = edge_blocks(x, Y, R, W, edge_index, species, desc, symmetric=True, backend=backend)
+    values = edge_blocks(*on_device(backend, x, Y, R, W, edge_index, species), desc, symmetric=True, backend=backend).cpu()
     pair_species = species[edge_index]
     blocks = blocks_of(values, block_pointer(pair_species, desc), desc, pair_species)
     half = len(blocks) // 2
     for forward, backward in zip(blocks[:half], blocks[half:]):
         assert_close(backward, forward.T, 1e-6 if dtype == torch.float32 else 1e-13)
-    plain = edge_blocks(x, Y, R, W, edge_index, species, desc, symmetric=False, backend=backend)
+    plain = edge_blocks(*on_device(backend, x, Y, R, W, edge_index, species), desc, symmetric=False, backend=backend).cpu()
     assert not torch.allclose(plain, values)  # the symmetrization does something
 
 
@@ -357,7 +389,7 @@ def test_edge_blocks_without_edges_and_bad_input():
     gen = torch.Generator().manual_seed(0)
     x, Y, R, W, edge_index, species, _ = edge_inputs(desc, 2, 3, 0, torch.float32, gen)
     for backend in ["torch", *FAST]:
-        assert edge_blocks(x, Y, R, W, edge_index, species, desc, backend=backend).shape == (0,)
+        assert edge_blocks(*on_device(backend, x, Y, R, W, edge_index, species), desc, backend=backend).shape == (0,)
     x, Y, R, W, edge_index, species, _ = edge_inputs(desc, 2, 3, 4, torch.float32, gen)
     with pytest.raises(InputError, match="R has shape"):
         edge_blocks(x, Y, R[:, :-1], W, edge_index, species, desc)

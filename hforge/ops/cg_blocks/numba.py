@@ -3,6 +3,9 @@
 ``edge_blocks`` forward runs in parallel over chunks of edges.  Per edge, in per-chunk scratch
 (``desc.key_tp_ptr[-1] * C`` floats, 31 kB for DZP B/N with 32 float32 channels):
 
+0. the features ``x[i] (C, K)`` and ``x[j]`` of its two atoms are staged transposed, ``(K, C)``
+   (skipped when the atom is the previous edge's), so ``x`` is read in the public ``(N, C, K)``
+   layout without a transposed copy; the pair type comes from ``species[i], species[j]``;
 1. for every path ``p`` the edge's pair type needs: ``A[m1, M] = sum_m2 cg[m1, m2, M] Y[e, m2]``
    (sparse), then the tensor product ``m[p, M, c] = R[e, p, c] sum_m1 A[m1, M] x[n_p, m1, c]``
    (vectorized over channels), stored *key-major*: ``m_k[M, r, c]`` with ``r`` the path's rank
@@ -11,7 +14,8 @@
    ``t[s, M] = sum_{r, c} W[mix_ptr[s] + r, c] m_k[M, r, c]`` (the rows of a slot are contiguous);
 3. the block is gathered through the CSR change of basis ``Q`` (rows = block entries).
 
-Nothing of size ``E x paths x C`` is written.  The backward runs *node-parallel* over a CSR of
+Nothing of size ``E x paths x C`` is written; the output is the forward's only allocation that
+grows with the number of edges.  The backward runs *node-parallel* over a CSR of
 edges grouped by their row atom (side-0 paths) and by their column atom (side-1 paths): every
 (edge, side) is visited exactly once, maps the block gradient to the coupled irreps (``Q^T``,
 per-chunk scratch) and touches only its side's half of each key's paths, so
@@ -79,9 +83,19 @@ def _coupling(e, p, Y, path_l1, path_L, cg_ptr, cg_m1, cg_m2, cg_M, cg_val, A): 
 
 
 @numba.njit(inline="always")
-def _couple_node(node, off, n1, nL, x, A, a):  # pragma: no cover
-    """``a[M, c] = sum_m1 A[m1, M] x[node, off + m1, c]``."""
-    C = x.shape[2]
+def _stage_node(x, node, xs):  # pragma: no cover
+    """``xs[k, c] = x[node, c, k]``: one node's features, components first (channels contiguous)."""
+    xn = x[node]
+    for k in range(x.shape[2]):
+        xs_row = xs[k]
+        for c in range(x.shape[1]):
+            xs_row[c] = xn[c, k]
+
+
+@numba.njit(inline="always")
+def _couple_node(xs, off, n1, nL, A, a):  # pragma: no cover
+    """``a[M, c] = sum_m1 A[m1, M] xs[off + m1, c]`` (``xs``: a node's features from :func:`_stage_node`)."""
+    C = xs.shape[1]
     for M in range(nL):
         for c in range(C):
             a[M, c] = 0.0
@@ -89,35 +103,41 @@ def _couple_node(node, off, n1, nL, x, A, a):  # pragma: no cover
             coef = A[m1, M]
             if coef != 0.0:
                 for c in range(C):
-                    a[M, c] += coef * x[node, off + m1, c]
+                    a[M, c] += coef * xs[off + m1, c]
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _edge_forward(
-    x, Y, R, W, src, dst, pair_type, block_ptr,
+    x, Y, R, W, src, dst, species, n_species, block_ptr,
     slot_ptr, slot_key, slot_L, slot_offset, mix_ptr, key_path_ptr, key_tp_ptr, key_L, ptk_ptr, n_keys,
     path_side, path_l1, path_L, path_key, path_rank, path_node_offset, cg_ptr, cg_m1, cg_m2, cg_M, cg_val,
     pair_entry_ptr, qb_ptr, qb_index, qb_val, max_pair_size, max_n1, max_nL, n_chunks, out,
 ):  # pragma: no cover
     n_edges = src.shape[0]
     n_paths = R.shape[1]
-    C = x.shape[2]
+    C = x.shape[1]
     chunk = (n_edges + n_chunks - 1) // n_chunks
     for ch in numba.prange(n_chunks):
         A = np.empty((max_n1, max_nL), dtype=x.dtype)
         a = np.empty((max_nL, C), dtype=x.dtype)
         m = np.empty(key_tp_ptr[-1] * C, dtype=x.dtype)
         t = np.empty(max_pair_size, dtype=x.dtype)
+        xs = np.empty((2, x.shape[2], C), dtype=x.dtype)  # the pair's two atoms, staged
+        staged = np.full(2, -1, dtype=np.int64)
         for e in range(ch * chunk, min((ch + 1) * chunk, n_edges)):
-            pt = pair_type[e]
+            for side in range(2):
+                node = src[e] if side == 0 else dst[e]
+                if staged[side] != node:  # edges sorted by atom reuse the staged features
+                    _stage_node(x, node, xs[side])
+                    staged[side] = node
+            pt = species[src[e]] * n_species + species[dst[e]]
             for p in range(n_paths):
                 k = path_key[p]
                 if ptk_ptr[pt * n_keys + k] == ptk_ptr[pt * n_keys + k + 1]:
                     continue  # no slot of this pair type needs the path
                 nL = 2 * path_L[p] + 1
                 _coupling(e, p, Y, path_l1, path_L, cg_ptr, cg_m1, cg_m2, cg_M, cg_val, A)
-                node = src[e] if path_side[p] == 0 else dst[e]
-                _couple_node(node, path_node_offset[p], 2 * path_l1[p] + 1, nL, x, A, a)
+                _couple_node(xs[path_side[p]], path_node_offset[p], 2 * path_l1[p] + 1, nL, A, a)
                 n_rank = key_path_ptr[k + 1] - key_path_ptr[k]
                 for M in range(nL):
                     o = (key_tp_ptr[k] + M * n_rank + path_rank[p]) * C
@@ -153,16 +173,18 @@ def _edge_backward(
     max_pair_size, max_n1, max_nL, need_x, need_R, need_W, need_Y, gx, gR, gW, gY,
 ):  # pragma: no cover
     n_side_paths = R.shape[1] // 2
-    C = x.shape[2]
+    C = x.shape[1]
     for ch in numba.prange(chunk_node_ptr.shape[0] - 1):
         gt = np.empty(max_pair_size, dtype=x.dtype)
         A = np.empty((max_n1, max_nL), dtype=x.dtype)
         a = np.empty((max_nL, C), dtype=x.dtype)
         ga = np.empty((max_nL, C), dtype=x.dtype)
         gm = np.empty(key_tp_ptr[-1] * C, dtype=x.dtype)
-        gxn = np.empty((x.shape[1], C), dtype=x.dtype)
+        gxn = np.empty((x.shape[2], C), dtype=x.dtype)
+        xs = np.empty((x.shape[2], C), dtype=x.dtype)
         for n in range(chunk_node_ptr[ch], chunk_node_ptr[ch + 1]):
             gxn[:, :] = 0.0
+            _stage_node(x, n, xs)
             for side in range(2):
                 for j_edge in range(csr_ptr[side, n], csr_ptr[side, n + 1]):
                     e = csr_edge[side, j_edge]
@@ -207,7 +229,7 @@ def _edge_backward(
                         off = path_node_offset[p]
                         n_rank = key_path_ptr[k + 1] - key_path_ptr[k]
                         _coupling(e, p, Y, path_l1, path_L, cg_ptr, cg_m1, cg_m2, cg_M, cg_val, A)
-                        _couple_node(n, off, n1, nL, x, A, a)
+                        _couple_node(xs, off, n1, nL, A, a)
                         r_row = R[e, p]
                         for M in range(nL):
                             o = (key_tp_ptr[k] + M * n_rank + path_rank[p]) * C
@@ -246,10 +268,12 @@ def _edge_backward(
                             for q in range(cg_ptr[p], cg_ptr[p + 1]):
                                 acc = 0.0
                                 for c in range(C):
-                                    acc += ga[cg_M[q], c] * x[n, off + cg_m1[q], c]
+                                    acc += ga[cg_M[q], c] * xs[off + cg_m1[q], c]
                                 gY[side, e, cg_m2[q]] += cg_val[q] * acc
             if need_x:
-                gx[n, :, :] = gxn
+                for c in range(C):
+                    for k in range(x.shape[2]):
+                        gx[n, c, k] = gxn[k, c]
 
 
 def _csr_by_node(src: np.ndarray, dst: np.ndarray, n_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,22 +300,22 @@ def _sizes(desc: CGDescriptor) -> tuple[int, int]:
 class EdgeBlocksNumba(torch.autograd.Function):
     """Fused edge blocks ``f(i, j, r)`` with the weights given (symmetrize them before for ``symmetric``).
 
-    Inputs: ``x (N, K, C)`` (note: components before channels), ``Y (E, n_sh)``, ``R (E, P, C)``,
-    ``W (n_mix, C)``, ``src``/``dst``/``pair_type (E,)``, ``block_ptr (E + 1,)``; all contiguous.
+    Inputs: ``x (N, C, K)``, ``Y (E, n_sh)``, ``R (E, P, C)``, ``W (n_mix, C)``, ``src``/``dst (E,)``,
+    ``species (N,)``, ``block_ptr (E + 1,)`` (checked against the species); all contiguous.
     Gradients for ``x``, ``Y``, ``R`` and ``W`` (each only when required); not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, Y, R, W, src, dst, pair_type, block_ptr, desc):  # noqa: D102
-        ctx.save_for_backward(x, Y, R, W, src, dst, pair_type, block_ptr)
+    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):  # noqa: D102
+        ctx.save_for_backward(x, Y, R, W, src, dst, species, block_ptr)
         ctx.desc = desc
         out = torch.empty(int(block_ptr[-1]), dtype=x.dtype)
         tb = desc.tables("cpu", x.dtype)
         if src.shape[0]:
             with numba.parallel_chunksize(1):
                 _edge_forward(
-                    x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), pair_type.numpy(),
-                    block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
+                    x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), species.numpy(),
+                    desc.n_species, block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
                     desc.key_path_ptr, desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.n_keys, desc.path_side,
                     desc.path_l1, desc.path_L, desc.path_key, desc.path_rank, desc.path_node_offset,
                     desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M, tb["cg_val"].numpy(),
@@ -304,8 +328,9 @@ class EdgeBlocksNumba(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
             raise RuntimeError("edge_blocks (numba): second derivatives are not implemented; use backend='torch'")
-        x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
+        x, Y, R, W, src, dst, species, block_ptr = ctx.saved_tensors
         desc = ctx.desc
+        pair_type = species[src] * desc.n_species + species[dst]
         need_x, need_Y, need_R, need_W = ctx.needs_input_grad[:4]
         csr_ptr, csr_edge, chunk_node_ptr = _csr_by_node(src.numpy(), dst.numpy(), x.shape[0])
         dtype = x.dtype

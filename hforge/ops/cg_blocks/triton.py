@@ -274,11 +274,16 @@ def apply_q_triton(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: tor
 
 
 class EdgeBlocksTriton(torch.autograd.Function):
-    """Fused edge blocks on the GPU; same inputs and gradients as :class:`~hforge.ops.cg_blocks.numba.EdgeBlocksNumba`."""
+    """Fused edge blocks on the GPU; same inputs and gradients as :class:`~hforge.ops.cg_blocks.numba.EdgeBlocksNumba`.
+
+    The kernels read ``x`` as ``(N, K, C)`` (a transposed copy is made) and sort the edges by pair type.
+    """
 
     @staticmethod
-    def forward(ctx, x, Y, R, W, src, dst, pair_type, block_ptr, desc):  # noqa: D102
+    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):  # noqa: D102
         _check_mode(x)
+        x = x.transpose(1, 2).contiguous()
+        pair_type = species[src] * desc.n_species + species[dst]
         ctx.save_for_backward(x, Y, R, W, src, dst, pair_type, block_ptr)
         ctx.desc = desc
         out = torch.empty(int(block_ptr[-1]), dtype=x.dtype, device=x.device)
@@ -316,7 +321,7 @@ class EdgeBlocksTriton(torch.autograd.Function):
                 BLOCK_E=BLOCK_E, CP=_pow2(x.shape[2]), N1P=tb["N1P"], N2P=tb["N2P"], LP=tb["LP"],
             )
         return (
-            gx if need_x else None,
+            gx.transpose(1, 2) if need_x else None,
             gY if need_Y else None,
             gR if need_R else None,
             gW if need_W else None,
