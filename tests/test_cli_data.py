@@ -61,7 +61,7 @@ def test_stats_writes_figures_and_numbers(tmp_path):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     summary = json.loads((tmp_path / "stats.json").read_text())
-    assert summary["splits"]["val"]["atoms"] == [64]
+    assert summary["splits"]["val"]["atoms"] == [24] and summary["splits"]["train"]["atoms"] == [8, 16]
     onsite = summary["statistics"]["onsite_energies"]["N"]
     assert onsite["2sZ1"]["mean_eV"] < onsite["2pyZ1"]["mean_eV"] < 0  # N 2s below 2p
     assert "mean onsite energies" in result.output

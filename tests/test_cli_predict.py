@@ -16,7 +16,7 @@ from hforge.cli.predict import parse_bytes
 from hforge.errors import ConfigError
 from hforge.infer import Predictor
 from hforge.models import build_model, save_model
-from test_infer import TINY, as_atoms, small_radii
+from test_infer import TINY, small_radii, tiled_64_atoms
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     checkpoint = save_model(model, folder / "tiny.pt")
     structure = folder / "cell.traj"
-    as_atoms(bundled[5], bundled.basis).write(structure)
+    tiled_64_atoms(bundled).write(structure)
     return checkpoint, structure, Predictor(model)
 
 
