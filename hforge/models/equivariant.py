@@ -15,10 +15,10 @@ both atoms' scalar features, ``[rbf, a_i, a_j]`` for side-0 paths and ``[rbf, a_
 side-1 (with ``ModelConfig.pair_orientation``, ``[rbf, o(i, j, r), a_i, a_j]`` and
 ``[rbf, o(j, i, -r), a_j, a_i]``, ``o`` the pair's orientation invariants of
 :class:`~hforge.models.layers.PairOrientation`: R then depends non-linearly on how both
-environments sit relative to the bond and to each other), times a polynomial envelope: the pair features combine both atoms' descriptors, and
-``R(j, i, -r)`` is ``R(i, j, r)`` with sides swapped, so the block of ``(j, i, -n)`` is exactly the
-transpose of the block of ``(i, j, n)`` and predicting the canonical half alone is exactly
-permutation-equivariant.
+environments sit relative to the bond and to each other), times a polynomial envelope: the pair
+features combine both atoms' descriptors, and ``R(j, i, -r)`` is ``R(i, j, r)`` with sides
+swapped, so the block of ``(j, i, -n)`` is exactly the transpose of the block of ``(i, j, n)`` and
+predicting the canonical half alone is exactly permutation-equivariant.
 
 Onsite blocks: ``onsite_blocks`` (linear in the node features, symmetrised) of features holding
 every irrep a block needs (``0e 1o 1e 2e 2o 3o 3e 4e`` for d shells): the trunk's features and
