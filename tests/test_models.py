@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from e3nn import o3
 from scipy.spatial.transform import Rotation
 
 from hforge.basis.conventions import species_rotation
@@ -26,6 +27,8 @@ from hforge.models import (
     predict_hamiltonian,
     save_model,
 )
+from hforge.models.base import pair_vectors
+from hforge.ops.cg_blocks import channelwise_from_e3nn
 
 #: A small architecture: the tests check properties, not accuracy.
 SMALL = dict(
@@ -64,9 +67,9 @@ def abn():
 
 @pytest.fixture(scope="module")
 def eval_model(abn):
-    """``eval_model(kind, dtype="float64")``: one evaluation-only model per kind and dtype (building
-    one compiles e3nn code for seconds); tests that train build their own."""
-    return functools.cache(lambda kind, dtype="float64": make(kind, abn.basis, abn.statistics, dtype=dtype))
+    """``eval_model(kind, dtype="float64", **options)``: one evaluation-only model per kind, dtype and
+    config options (building one compiles e3nn code for seconds); tests that train build their own."""
+    return functools.cache(lambda kind, dtype="float64", **options: make(kind, abn.basis, abn.statistics, dtype=dtype, **options))
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +150,11 @@ def gamma_spectra(model, graph, blocks, threshold=1e-3):
 
 
 # ------------------------------------------------------------------------------- symmetry
+@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["rotation", "translation", "permutation", "image"])
-def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cell8, kind, dtype):
-    model = eval_model("equivariant", dtype)
+def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cell8, kind, dtype, orientation):
+    model = eval_model("equivariant", dtype, pair_orientation=orientation)
     error, before, after = symmetry_error(model, cell8, kind)
     assert error < TOLERANCE[dtype], f"{kind}: relative block error {error:.2e}"
     if dtype == "float64":
@@ -158,9 +162,10 @@ def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cel
             np.testing.assert_allclose(b, a, atol=1e-8 * max(1.0, np.abs(a).max()))
 
 
+@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
 @pytest.mark.parametrize("kind", ["translation", "permutation", "image"])
-def test_invariant_model_is_exactly_invariant_except_under_rotations(eval_model, cell8, kind):
-    model = eval_model("invariant")
+def test_invariant_model_is_exactly_invariant_except_under_rotations(eval_model, cell8, kind, orientation):
+    model = eval_model("invariant", pair_orientation=orientation)
     error, _, _ = symmetry_error(model, cell8, kind)
     assert error < 1e-10
 
@@ -180,6 +185,50 @@ def test_invariant_model_rotation_violation_is_measured(eval_model, cell8, recor
           f"Γ eigenvalues of H and S move up to {shift:.3e}, canonical states kept {kept[0]} -> {kept[1]}")
     assert all(np.isfinite(errors)) and np.isfinite(shift)
     assert min(errors) > 1e-6  # it is not equivariant: a rotation changes its blocks
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reversed_pairs_give_transposed_blocks_with_pair_orientation(eval_model, abn, kind):
+    """The H head evaluated on ``(j, i, -r)`` gives exactly the transpose of its block of ``(i, j, r)``:
+    the orientation features of the reversed pair are the side-swapped ones."""
+    model = eval_model(kind, pair_orientation=True)
+    graph = model.graph_builder()(abn[2])
+    positions, cell, species = graph.positions.double(), graph.cell.double(), graph.species
+    vectors = pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shift)
+    hop = graph.hopping_pairs()
+    index = graph.pair_index[:, hop]
+    r = pair_vectors(positions, cell, graph.batch, index, graph.pair_shift[hop])
+    scale = model.h_head.hopping_scale(model.scaling)
+    with torch.no_grad():
+        inputs, _ = model.head_inputs(model.trunk(species, vectors, graph.edge_index), species, graph.edge_index, vectors)
+        forward = model.h_head.hopping(inputs, species, index, r, r.norm(dim=1), scale)
+        reverse = model.h_head.hopping(inputs, species, index.flip(0), -r, r.norm(dim=1), scale)
+    n_orb = model.n_orb[species[index]]
+    sizes = (n_orb[0] * n_orb[1]).tolist()
+    pairs = zip(forward.split(sizes), reverse.split(sizes), n_orb.T.tolist())
+    error = max(float((b.view(n, m).T - a.view(m, n)).abs().max()) for a, b, (m, n) in pairs)
+    assert error < 1e-12 * float(forward.abs().max()), error
+
+
+def test_pair_orientation_features_are_rotation_invariant_and_swap_with_the_pair():
+    from hforge.models.layers import PairOrientation
+
+    irreps = o3.Irreps("3x0e+3x1o+3x1e+3x2e")
+    layer = PairOrientation([(ir.l, ir.p) for _, ir in irreps], channels=3)
+    assert layer.dim == 3 * (2 * 2 + 3)  # projections of 1o and 2e (natural parity), inner products of 1o, 1e, 2e
+    rng = np.random.default_rng(0)
+    features, vectors = torch.from_numpy(rng.normal(size=(5, irreps.dim))), torch.from_numpy(rng.normal(size=(7, 3)))
+    i, j = torch.from_numpy(rng.integers(0, 5, 7)), torch.from_numpy(rng.integers(0, 5, 7))
+    forward, reverse = layer(channelwise_from_e3nn(features, irreps), i, j, vectors)
+    rotation = torch.from_numpy(Rotation.random(random_state=1).as_matrix())
+    rotated = layer(channelwise_from_e3nn(features @ irreps.D_from_matrix(rotation).T, irreps), i, j, vectors @ rotation.T)
+    torch.testing.assert_close(rotated[0], forward, rtol=0, atol=1e-12)
+    swapped = layer(channelwise_from_e3nn(features, irreps), j, i, -vectors)
+    torch.testing.assert_close(swapped[0], reverse, rtol=0, atol=1e-12)
+    torch.testing.assert_close(swapped[1], forward, rtol=0, atol=1e-12)
+    # first channel of the 1o irrep from atom i: x_i . Y^1(r^) / sqrt(3) = x_i . r^ (e3nn's Y^1 is sqrt(3) r^)
+    x1 = features[i][:, 3:12].reshape(-1, 3, 3)[:, 0]
+    torch.testing.assert_close(forward[:, 0], (x1 * vectors).sum(1) / vectors.norm(dim=1), rtol=0, atol=1e-12)
 
 
 def test_cartesian_monomials_of_the_invariant_model():
@@ -366,9 +415,10 @@ def test_torch_and_numba_backends_agree_and_every_parameter_learns(abn, kind):
 
 
 # ------------------------------------------------------------------------------- checkpoints and config
+@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind):
-    model = eval_model(kind, "float32")
+def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind, orientation):
+    model = eval_model(kind, "float32", pair_orientation=orientation)
     path = save_model(model, tmp_path / "model.pt", extra={"step": 7})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
     loaded, payload = load_checkpoint(path)

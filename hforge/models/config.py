@@ -66,6 +66,12 @@ class ModelConfig:
             ``r_i + r_j + 2 max r_KB``); default off: on the 64-atom aBN validation cell they are
             7.9 % of H's entries, |H| <= 0.43 meV, and leaving them out moves Γ eigenvalues by
             <= 4.6 µeV (docs/design.md, "Models").
+        pair_orientation: also feed the H heads' pair MLPs (equivariant: the radial weights;
+            invariant: the hopping MLP) rotation-invariant orientation features of the pair, per
+            channel and node degree ``l >= 1``: both atoms' features projected on ``Y^l`` of the
+            bond and their inner product (:class:`~hforge.models.layers.PairOrientation`), so
+            hopping blocks depend non-linearly on how each environment sits relative to the bond
+            (three-centre terms).  Default off (the bundled checkpoint's architecture).
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -89,6 +95,7 @@ class ModelConfig:
     block_hidden: tuple[int, ...] = (64, 64)
     s_channels: int = 8
     include_kb: bool = False
+    pair_orientation: bool = False
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
@@ -125,6 +132,8 @@ class ModelConfig:
                 raise bad(name, "hidden sizes must be positive integers")
         if not self.avg_num_neighbors > 0:
             raise bad("avg_num_neighbors", "must be positive")
+        if not isinstance(self.pair_orientation, bool):
+            raise bad("pair_orientation", "must be true or false")
         if self.invariant_direction not in INVARIANT_DIRECTIONS:
             raise bad("invariant_direction", f"choose one of {', '.join(INVARIANT_DIRECTIONS)}")
         if self.dtype not in _DTYPES:

@@ -12,10 +12,13 @@ side-1), ``Y`` e3nn's spherical harmonics of the pair direction up to ``pair_l_m
 species pair, slot and path.  The radial weights ``R`` are an MLP of a Bessel basis of
 ``|r| / r_cut(s_i, s_j)`` (reaching the orbital pair cut-off, beyond the trunk's ``r_max``) and of
 both atoms' scalar features, ``[rbf, a_i, a_j]`` for side-0 paths and ``[rbf, a_j, a_i]`` for
-side-1, times a polynomial envelope: the pair features combine both atoms' descriptors, and
-``R(j, i, -r)`` is ``R(i, j, r)`` with sides swapped, so the block of ``(j, i, -n)`` is exactly the
-transpose of the block of ``(i, j, n)`` and predicting the canonical half alone is exactly
-permutation-equivariant.
+side-1 (with ``ModelConfig.pair_orientation``, ``[rbf, o(i, j, r), a_i, a_j]`` and
+``[rbf, o(j, i, -r), a_j, a_i]``, ``o`` the pair's orientation invariants of
+:class:`~hforge.models.layers.PairOrientation`: R then depends non-linearly on how both
+environments sit relative to the bond and to each other), times a polynomial envelope: the pair
+features combine both atoms' descriptors, and ``R(j, i, -r)`` is ``R(i, j, r)`` with sides
+swapped, so the block of ``(j, i, -n)`` is exactly the transpose of the block of ``(i, j, n)`` and
+predicting the canonical half alone is exactly permutation-equivariant.
 
 Onsite blocks: ``onsite_blocks`` (linear in the node features, symmetrised) of features holding
 every irrep a block needs (``0e 1o 1e 2e 2o 3o 3e 4e`` for d shells): the trunk's features and
@@ -41,7 +44,7 @@ from hforge.basis.conventions import change_of_basis
 from hforge.io.statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairRadial, mlp
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
 from hforge.ops.cg_blocks import CGDescriptor, cg_descriptor, channelwise_from_e3nn, edge_blocks, onsite_blocks
 
@@ -159,7 +162,10 @@ class CGPairBlocks(torch.nn.Module):
         self.desc = _descriptor(basis, node_spec, config.pair_l_max)
         self.weight = _mixing_weights(self.desc.mix_ptr, channels)
         self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
-        self.radial_mlp = PairMLP(config.pair_num_basis, scalar_dim, config.radial_hidden, self.desc.n_side_paths * channels)
+        oriented = config.pair_orientation and any(l > 0 for l, _ in node_spec)
+        self.orientation = PairOrientation(node_spec, channels) if oriented else None
+        edge_dim = config.pair_num_basis + (self.orientation.dim if oriented else 0)
+        self.radial_mlp = PairMLP(edge_dim, scalar_dim, config.radial_hidden, self.desc.n_side_paths * channels)
         self.spherical_harmonics = o3.SphericalHarmonics(
             o3.Irreps.spherical_harmonics(config.pair_l_max), normalize=True, normalization="component"
         )
@@ -183,7 +189,10 @@ class CGPairBlocks(torch.nn.Module):
         i, j = pair_index
         bessel, envelope = self.radial(distances, species[i], species[j])
         terms = self.radial_mlp.node_terms(scalars)
-        radial = torch.cat([self.radial_mlp(bessel, terms, i, j), self.radial_mlp(bessel, terms, j, i)], dim=1)
+        edges = (bessel, bessel)
+        if self.orientation is not None:  # side 1 sees the reversed pair's features (side swap)
+            edges = tuple(torch.cat([bessel, features], dim=1) for features in self.orientation(x, i, j, vectors))
+        radial = torch.cat([self.radial_mlp(edges[0], terms, i, j), self.radial_mlp(edges[1], terms, j, i)], dim=1)
         radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
         weight = self.weight if scale is None else self.weight * scale.to(self.weight.dtype)[self.mix_slot][:, None]
         attributes = self.spherical_harmonics(vectors)

@@ -24,6 +24,10 @@ heads differ (:class:`InvariantHead`):
   entries directly, symmetrised as ``(f(i, j, r) + f(j, i, -r)^T) / 2``: the block of
   ``(j, i, -n)`` is exactly the transpose and relabelling atoms leaves it unchanged, so only
   rotations are learned rather than built in.  Blocks are multiplied by the pair envelope.
+  With ``ModelConfig.pair_orientation`` the hopping MLP also sees the pair's rotation-invariant
+  orientation features (:class:`~hforge.models.layers.PairOrientation`, from the trunk's
+  equivariant features: each environment projected on the bond, and the two environments' inner
+  products), those of ``(j, i, -r)`` for ``f(j, i, -r)``.
 
 Rotations can be taught by augmentation: :class:`~hforge.graph.RandomRotation`.
 """
@@ -39,8 +43,9 @@ from hforge.basis import BasisSet
 from hforge.io.statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairRadial, mlp
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
+from hforge.ops.cg_blocks import channelwise_from_e3nn
 
 __all__ = [
     "DirectionalPairMLP",
@@ -55,11 +60,13 @@ __all__ = [
 
 
 class InvariantInputs(NamedTuple):
-    """Inputs of an :class:`InvariantHead`: ``pair (N, F)`` per-atom inputs of the hopping MLP and
-    ``onsite (N, F_on)`` of the onsite MLP."""
+    """Inputs of an :class:`InvariantHead`: ``pair (N, F)`` per-atom inputs of the hopping MLP,
+    ``onsite (N, F_on)`` of the onsite MLP, and the channel-wise equivariant features ``x (N, C, K)``
+    of the pair orientation features (None without them)."""
 
     pair: torch.Tensor
     onsite: torch.Tensor
+    x: torch.Tensor | None = None
 
 
 def invariant_features(features: torch.Tensor, irreps) -> torch.Tensor:
@@ -109,23 +116,25 @@ def cartesian_monomials(direction: torch.Tensor, exponents: torch.Tensor, rms: t
 class DirectionalPairMLP(torch.nn.Module):
     """Hidden features of a pair from its radial basis, its direction and both atoms' inputs.
 
-    ``forward(radial (E, R), direction (E, 3), terms, i, j) -> (E, hidden[-1])``:
-    ``PairMLP([radial, P], a_i, a_j) * (W P + b)`` with ``P = cartesian_monomials(direction)`` of
-    degree 1..``degree`` (see the module docstring).
+    ``forward(radial (E, R), direction (E, 3), terms, i, j, extra) -> (E, hidden[-1])``:
+    ``PairMLP([radial, P, extra], a_i, a_j) * (W P + b)`` with ``P = cartesian_monomials(direction)``
+    of degree 1..``degree`` (see the module docstring) and ``extra (E, extra_dim)`` further pair
+    features (or None when ``extra_dim`` is 0).
 
     Args:
         num_radial: width of the radial basis.
         node_dim: width of the per-atom inputs.
         hidden: hidden sizes of the MLP.
         degree: largest monomial degree (at least 1).
+        extra_dim: width of the further pair features.
     """
 
-    def __init__(self, num_radial: int, node_dim: int, hidden: list[int], degree: int) -> None:
+    def __init__(self, num_radial: int, node_dim: int, hidden: list[int], degree: int, extra_dim: int = 0) -> None:
         super().__init__()
         exponents = _monomial_exponents(max(1, degree))
         self.register_buffer("exponents", torch.from_numpy(exponents), persistent=False)
         self.register_buffer("rms", torch.from_numpy(_sphere_rms(exponents)), persistent=False)
-        self.mlp = PairMLP(num_radial + len(exponents), node_dim, hidden, 0)
+        self.mlp = PairMLP(num_radial + len(exponents) + extra_dim, node_dim, hidden, 0)
         self.gate = torch.nn.Linear(len(exponents), hidden[-1])
         self.width = hidden[-1]
 
@@ -135,32 +144,35 @@ class DirectionalPairMLP(torch.nn.Module):
 
     def forward(
         self, radial: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor, cutoff: torch.Tensor,
-        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor,
+        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor, extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``radial (E, R)``, pair vectors ``(E, 3)`` Å, their lengths and cut-offs ``(E,)``."""
         angular = cartesian_monomials(vectors / distances[:, None], self.exponents, self.rms.to(vectors.dtype))
-        return self.mlp(torch.cat([radial, angular], dim=1), terms, i, j) * self.gate(angular)
+        edge = torch.cat([radial, angular] if extra is None else [radial, angular, extra], dim=1)
+        return self.mlp(edge, terms, i, j) * self.gate(angular)
 
 
 class VectorPairMLP(PairMLP):
     """The first version's pair MLP (``invariant_direction="vector"``): ``[radial, r / r_cut]`` and
-    both atoms' inputs, same call as :class:`DirectionalPairMLP`."""
+    both atoms' inputs (and ``extra`` pair features), same call as :class:`DirectionalPairMLP`."""
 
-    def __init__(self, num_radial: int, node_dim: int, hidden: list[int]) -> None:
-        super().__init__(num_radial + 3, node_dim, hidden, 0)
+    def __init__(self, num_radial: int, node_dim: int, hidden: list[int], extra_dim: int = 0) -> None:
+        super().__init__(num_radial + 3 + extra_dim, node_dim, hidden, 0)
 
     def forward(
         self, radial: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor, cutoff: torch.Tensor,
-        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor,
+        terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor, extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return super().forward(torch.cat([radial, vectors / cutoff[:, None]], dim=1), terms, i, j)
+        scaled = vectors / cutoff[:, None]
+        return super().forward(torch.cat([radial, scaled] if extra is None else [radial, scaled, extra], dim=1), terms, i, j)
 
 
-def pair_mlp(num_radial: int, node_dim: int, hidden: list[int], config: ModelConfig) -> torch.nn.Module:
-    """The invariant model's pair MLP chosen by ``config.invariant_direction``."""
+def pair_mlp(num_radial: int, node_dim: int, hidden: list[int], config: ModelConfig, extra_dim: int = 0) -> torch.nn.Module:
+    """The invariant model's pair MLP chosen by ``config.invariant_direction`` (``extra_dim``: width
+    of further pair features, see :class:`DirectionalPairMLP`)."""
     if config.invariant_direction == "vector":
-        return VectorPairMLP(num_radial, node_dim, hidden)
-    return DirectionalPairMLP(num_radial, node_dim, hidden, config.pair_l_max)
+        return VectorPairMLP(num_radial, node_dim, hidden, extra_dim)
+    return DirectionalPairMLP(num_radial, node_dim, hidden, config.pair_l_max, extra_dim)
 
 
 def _output_layers(width: int, sizes: list[int]) -> tuple[torch.nn.ParameterList, torch.nn.ParameterList]:
@@ -198,10 +210,12 @@ class InvariantHead(torch.nn.Module):
         onsite_dim: width of the per-atom inputs of the onsite MLP.
         cutoffs: ``(n_species, n_species)`` pair cut-offs (Å).
         config: the model config (``pair_num_basis``, ``pair_l_max``, ``block_hidden``, ``num_polynomial_cutoff``).
+        orientation: pair orientation features of the hopping MLP (from ``inputs.x``), or None.
     """
 
     def __init__(
-        self, matrix: str, basis: BasisSet, node_dim: int, onsite_dim: int, cutoffs: np.ndarray, config: ModelConfig
+        self, matrix: str, basis: BasisSet, node_dim: int, onsite_dim: int, cutoffs: np.ndarray, config: ModelConfig,
+        orientation: PairOrientation | None = None,
     ) -> None:
         super().__init__()
         self.matrix = matrix
@@ -210,7 +224,8 @@ class InvariantHead(torch.nn.Module):
         self.n_orb = n_orb
         hidden = list(config.block_hidden)
         self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
-        self.pair = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
+        self.orientation = orientation
+        self.pair = pair_mlp(config.pair_num_basis, node_dim, hidden, config, orientation.dim if orientation else 0)
         self.onsite_mlp = torch.nn.Sequential(mlp([onsite_dim, *hidden]), torch.nn.SiLU())
         pair_sizes = [a * b for a in n_orb for b in n_orb]
         self.pair_weight, self.pair_bias = _output_layers(hidden[-1], pair_sizes)
@@ -250,8 +265,9 @@ class InvariantHead(torch.nn.Module):
         bessel, envelope = self.radial(distances, si, sj)
         cutoff = self.radial.cutoffs[si, sj].to(vectors.dtype)
         terms = self.pair.node_terms(inputs.pair)
-        forward = self.pair(bessel, vectors, distances, cutoff, terms, i, j)
-        reverse = self.pair(bessel, -vectors, distances, cutoff, terms, j, i)
+        extra = (None, None) if self.orientation is None else self.orientation(inputs.x, i, j, vectors)
+        forward = self.pair(bessel, vectors, distances, cutoff, terms, i, j, extra[0])
+        reverse = self.pair(bessel, -vectors, distances, cutoff, terms, j, i, extra[1])
         pair_type = si * self.n_species + sj
         sizes = torch.as_tensor(self.n_orb, device=species.device)
         sizes = sizes[si] * sizes[sj]
@@ -279,8 +295,11 @@ class InvariantHSModel(HSModel):
         n_species = len(self.basis)
         self.environment_radial = PairRadial(np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff)
         self.environment = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
+        node_spec = [(ir.l, ir.p) for _, ir in self.trunk.irreps_out]
+        orientation = PairOrientation(node_spec, config.channels) if config.pair_orientation else None
         self.h_head = InvariantHead(
-            "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config
+            "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config,
+            orientation,
         )
         self.s_head = InvariantHead("s", self.basis, config.s_channels, config.s_channels, self.basis.pair_cutoffs(), config)
         self.to(config.torch_dtype)
@@ -297,7 +316,8 @@ class InvariantHSModel(HSModel):
         messages = self.environment(bessel, vectors, lengths, cutoff, terms, i, j) * envelope[:, None]
         summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
         embedding = self.s_embedding(species)
+        x = channelwise_from_e3nn(features, self.trunk.irreps_out) if self.h_head.orientation is not None else None
         return (
-            InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1)),
+            InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1), x),
             InvariantInputs(embedding, embedding),
         )

@@ -1,4 +1,5 @@
-"""Small building blocks shared by the heads: the pair radial basis and the pair MLP."""
+"""Small building blocks shared by the heads: the pair radial basis, the pair MLP and the pair
+orientation invariants."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from e3nn import o3
 from mace.modules.radial import BesselBasis, PolynomialCutoff
 
-__all__ = ["PairMLP", "PairRadial", "mlp", "onsite_entries", "quiet_codegen"]
+__all__ = ["PairMLP", "PairOrientation", "PairRadial", "mlp", "onsite_entries", "quiet_codegen"]
 
 
 @contextlib.contextmanager
@@ -43,6 +45,52 @@ class PairRadial(torch.nn.Module):
     def forward(self, distances: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = (distances / self.cutoffs[species_i, species_j])[:, None]
         return self.bessel(u), self.envelope(u)[:, 0]
+
+
+class PairOrientation(torch.nn.Module):
+    r"""Rotation-invariant orientation features of a pair ``(i, j, r)`` from both atoms' channel-wise
+    node features ``x (N, C, K)`` (``ModelConfig.pair_orientation``).
+
+    Per channel ``c`` and node irrep of degree ``l >= 1``, with ``Y^l`` e3nn's component-normalised
+    spherical harmonics (``|Y^l|^2 = 2l + 1``) and every term divided by ``sqrt(2l + 1)`` (unit mean
+    square for features of unit component variance and random orientations):
+
+    * ``u_i = x_i^l(c) . Y^l(r^)``: atom ``i``'s environment projected on the bond seen from ``i``;
+    * ``u_j = x_j^l(c) . Y^l(-r^) = (-1)^l x_j^l(c) . Y^l(r^)``: the same seen from ``j``;
+    * ``v = x_i^l(c) . x_j^l(c)``: the relative orientation of the two environments.
+
+    ``forward`` returns ``([u_i, u_j, v], [u_j, u_i, v])``, the features of ``(i, j, r)`` and of the
+    reversed pair ``(j, i, -r)`` (the side swap both models use for ``f(j, i, -r)``), each ``(E, dim)``.
+    Projections use only irreps of natural parity (``1o``, ``2e``, ...; a true scalar then), inner
+    products every irrep.
+
+    Args:
+        node_spec: ``(l, parity)`` of the node irreps, in the order of ``x``'s last axis.
+        channels: ``C``.
+    """
+
+    def __init__(self, node_spec: Sequence[tuple[int, int]], channels: int) -> None:
+        super().__init__()
+        offsets = np.cumsum([0] + [2 * l + 1 for l, _ in node_spec])
+        self.paired = [(int(offsets[q]), l) for q, (l, _) in enumerate(node_spec) if l > 0]
+        self.projected = [(int(offsets[q]), l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l]
+        l_max = max((l for _, l in self.projected), default=0)
+        self.spherical_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(l_max), normalize=True, normalization="component")
+        self.dim = channels * (2 * len(self.projected) + len(self.paired))
+
+    def forward(self, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the pairs ``(i, j)`` with vectors ``r_ij (E, 3)``: ``(forward, reversed)``."""
+        harmonics = self.spherical_harmonics(vectors)
+        xi, xj = x[i], x[j]
+        from_i, from_j, inner = [], [], []
+        for offset, l in self.projected:
+            y = harmonics[:, None, l * l : (l + 1) ** 2] / (2 * l + 1) ** 0.5
+            from_i.append((xi[:, :, offset : offset + 2 * l + 1] * y).sum(-1))
+            from_j.append((xj[:, :, offset : offset + 2 * l + 1] * y).sum(-1) * (-1) ** l)
+        for offset, l in self.paired:
+            window = slice(offset, offset + 2 * l + 1)
+            inner.append((xi[:, :, window] * xj[:, :, window]).sum(-1) / (2 * l + 1) ** 0.5)
+        return torch.cat([*from_i, *from_j, *inner], dim=1), torch.cat([*from_j, *from_i, *inner], dim=1)
 
 
 def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:
