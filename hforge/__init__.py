@@ -5,10 +5,8 @@ Units throughout: energies in eV, lengths in Å; S is dimensionless.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from hforge import _compat  # noqa: F401  (must run before e3nn is imported anywhere)
+from hforge._lazy import lazy_getattr
 from hforge.errors import (
     BackendUnavailableError,
     BasisMismatchError,
@@ -69,7 +67,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hforge' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

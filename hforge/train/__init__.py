@@ -10,9 +10,7 @@ normalised block losses; :mod:`hforge.train.spectral`: Γ-point generalized-eige
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from hforge._lazy import lazy_getattr
 from hforge.train.metrics import (
     AlignedReference,
     BlockLoss,
@@ -63,7 +61,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hforge.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
