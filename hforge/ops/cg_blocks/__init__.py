@@ -141,9 +141,8 @@ class _LinearMap(torch.autograd.Function):
 
 
 def _map(values: torch.Tensor, pair_species: torch.Tensor, desc: CGDescriptor, block_ptr, backend: str, transpose: bool, op: str):
-    _check_pair_species(pair_species)
+    block_ptr = _check_block_ptr(block_ptr, pair_species, desc)  # checks pair_species too
     pair_type = _pair_type(pair_species[0], pair_species[1], desc)
-    block_ptr = _check_block_ptr(block_ptr, pair_species, desc)
     if values.shape != (int(block_ptr[-1]),):
         raise InputError(f"{op}: values of shape {tuple(values.shape)}, expected ({int(block_ptr[-1])},) for these pairs")
     name = _backend(backend, values, op)
