@@ -150,11 +150,15 @@ def gamma_spectra(model, graph, blocks, threshold=1e-3):
 
 
 # ------------------------------------------------------------------------------- symmetry
-@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
+#: Head options that change the equivariant model's hopping blocks: each must keep every symmetry.
+EQUIVARIANT_OPTIONS = {"": {}, "pair_orientation": {"pair_orientation": True}, "two_centre": {"two_centre": True, "pair_orientation": True}}
+
+
+@pytest.mark.parametrize("options", EQUIVARIANT_OPTIONS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["rotation", "translation", "permutation", "image"])
-def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cell8, kind, dtype, orientation):
-    model = eval_model("equivariant", dtype, pair_orientation=orientation)
+def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cell8, kind, dtype, options):
+    model = eval_model("equivariant", dtype, **EQUIVARIANT_OPTIONS[options])
     error, before, after = symmetry_error(model, cell8, kind)
     assert error < TOLERANCE[dtype], f"{kind}: relative block error {error:.2e}"
     if dtype == "float64":
@@ -187,11 +191,16 @@ def test_invariant_model_rotation_violation_is_measured(eval_model, cell8, recor
     assert min(errors) > 1e-6  # it is not equivariant: a rotation changes its blocks
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_reversed_pairs_give_transposed_blocks_with_pair_orientation(eval_model, abn, kind):
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [("equivariant", {"pair_orientation": True}), ("invariant", {"pair_orientation": True}), ("equivariant", {"two_centre": True, "pair_orientation": True})],
+    ids=["equivariant-pair_orientation", "invariant-pair_orientation", "equivariant-two_centre"],
+)
+def test_reversed_pairs_give_transposed_blocks(eval_model, abn, kind, options):
     """The H head evaluated on ``(j, i, -r)`` gives exactly the transpose of its block of ``(i, j, r)``:
-    the orientation features of the reversed pair are the side-swapped ones."""
-    model = eval_model(kind, pair_orientation=True)
+    the orientation features of the reversed pair are the side-swapped ones, the two-centre term
+    takes the reversed pair type's slot ``(b, a, L)``."""
+    model = eval_model(kind, **options)
     graph = model.graph_builder()(abn[2])
     positions, cell, species = graph.positions.double(), graph.cell.double(), graph.species
     vectors = pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shift)
@@ -249,9 +258,11 @@ def test_cartesian_monomials_of_the_invariant_model():
 
 
 # ------------------------------------------------------------------------------- learning
-def train(model, graph, steps, lr, final_lr=None, report_every=0):
-    """Adam on ``MSE(H) + 100 MSE(S)``, the learning rate decaying exponentially to ``final_lr``;
-    returns the losses and the final H MAE (eV) over the file's entries."""
+def train(model, graph, steps, lr, final_lr=None, report_every=0, loss="mse"):
+    """Adam on ``MSE(H) + 100 MSE(S)`` (``loss="mae"``: ``MAE(H) + 10 MAE(S)``), the learning rate
+    decaying exponentially to ``final_lr``; returns the losses and the final H MAE (eV) over the
+    file's entries."""
+    power, weight = {"mse": (2, 100.0), "mae": (1, 10.0)}[loss]
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, (final_lr / lr) ** (1 / steps) if final_lr else 1.0)
@@ -259,12 +270,12 @@ def train(model, graph, steps, lr, final_lr=None, report_every=0):
     losses = []
     for step in range(steps):
         out = model(graph)
-        loss = ((out.h - target_h) ** 2).mean() + 100 * ((out.s - target_s) ** 2).mean()
+        value = (out.h - target_h).abs().pow(power).mean() + weight * (out.s - target_s).abs().pow(power).mean()
         optimizer.zero_grad()
-        loss.backward()
+        value.backward()
         optimizer.step()
         decay.step()
-        losses.append(loss.item())
+        losses.append(value.item())
         if report_every and step % report_every == 0:
             mae = float((out.h.detach() - target_h).abs()[graph.mask].mean())
             print(f"step {step}: loss {losses[-1]:.3e}, H MAE {mae * 1e3:.2f} meV", flush=True)
@@ -282,23 +293,37 @@ def test_models_learn_a_small_cell(abn, kind):
     assert losses[-1] < losses[0] / 4, f"{kind}: loss {losses[0]:.3e} -> {losses[-1]:.3e}"
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 8): at the default config the 1500-step overfit of abn_8_0 stalls at 8.4 meV "
-    "(equivariant) and 16 meV (invariant); not batch norm (train and eval mode agree to 0.01 meV). The small "
-    "cells hold symmetry-related pairs with the same r_ij and equal invariants but different H blocks: any "
-    "invariant model has a floor of 4.75 meV on abn_8_0 (scripts/same_vector_pairs.py) and 0.71 meV on "
-    "abn_16_0. Best measured on abn_16_0 (L1 loss): invariant, block_hidden 256, pair_orientation, 6000 "
-    "steps 1.30 meV; equivariant, pair_orientation, radial_hidden 64x64, 1500 steps 7.85 meV (error in "
-    "pairs under 3 Å)",
+EQUIVARIANT_OVERFIT_OPEN = (
+    "open (issue 8): on abn_24_0 the equivariant model ends at 4.67 meV after these 2000 steps (6.42 meV "
+    "without the two-centre term); its error sits in pairs under 3 Å (18.5 meV below 2 Å, 21.3 meV at 2-3 Å, "
+    "where the invariant model that passes this test is near 1 meV)"
 )
-@pytest.mark.parametrize("kind", KINDS)
+
+#: Overfit one small amorphous cell: abn-small's 24-atom cell (abn_24_0).  The bundled 8-atom cells are
+#: ordered crystals and abn_16_0 holds symmetry-related pairs with equal invariants but different H
+#: blocks (floors of 4.75 and 0.71 meV for any model of rotation invariants, measured by
+#: scripts/same_vector_pairs.py); on abn_24_0 that floor is 0.02 meV.  Config options and Adam steps
+#: (learning rate 5e-3 -> 5e-4, L1 loss: the target is an MAE) per model kind.
+OVERFIT = {
+    "invariant": ({"pair_orientation": True, "block_hidden": (256, 256)}, 4000),
+    "equivariant": ({"pair_orientation": True, "two_centre": True, "radial_hidden": (64, 64)}, 2000),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "invariant",
+        pytest.param("equivariant", marks=pytest.mark.xfail(strict=True, reason=EQUIVARIANT_OVERFIT_OPEN)),
+    ],
+)
 def test_models_overfit_a_small_cell_below_one_mev(abn, kind):
+    options, steps = OVERFIT[kind]
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind), abn.basis, abn.statistics)
-    graph = model.graph_builder()(abn[0])
-    _, mae = train(model, graph, 1500, 5e-3, final_lr=5e-5, report_every=100)
+    model = build_model(ModelConfig(kind=kind, **options), abn.basis, abn.statistics)
+    graph = model.graph_builder()(abn[3])
+    _, mae = train(model, graph, steps, 5e-3, final_lr=5e-4, report_every=500, loss="mae")
     assert mae < 1e-3, f"{kind}: H MAE {mae * 1e3:.2f} meV"
 
 
@@ -416,10 +441,13 @@ def test_torch_and_numba_backends_agree_and_every_parameter_learns(abn, kind):
 
 
 # ------------------------------------------------------------------------------- checkpoints and config
-@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind, orientation):
-    model = eval_model(kind, "float32", pair_orientation=orientation)
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [(kind, {}) for kind in KINDS] + [(kind, {"pair_orientation": True}) for kind in KINDS] + [("equivariant", {"two_centre": True, "pair_orientation": True})],
+    ids=[*KINDS, *(f"{kind}-pair_orientation" for kind in KINDS), "equivariant-two_centre"],
+)
+def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind, options):
+    model = eval_model(kind, "float32", **options)
     path = save_model(model, tmp_path / "model.pt", extra={"step": 7})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
     loaded, payload = load_checkpoint(path)

@@ -72,6 +72,11 @@ class ModelConfig:
             bond and their inner product (:class:`~hforge.models.layers.PairOrientation`), so
             hopping blocks depend non-linearly on how each environment sits relative to the bond
             (three-centre terms).  Default off (the bundled checkpoint's architecture).
+        two_centre: add to the equivariant model's hopping blocks (H and S) a two-centre
+            (Slater-Koster) term with its own radial function per slot ``(a, b, L)`` of every pair
+            type, an MLP of the pair's radial basis and both atoms' scalars
+            (:class:`~hforge.models.equivariant.TwoCentreBlocks`); the CG term's radial weights are
+            shared by all slots.  Default off (the bundled checkpoint's architecture).
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -96,6 +101,7 @@ class ModelConfig:
     s_channels: int = 8
     include_kb: bool = False
     pair_orientation: bool = False
+    two_centre: bool = False
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
@@ -132,8 +138,9 @@ class ModelConfig:
                 raise bad(name, "hidden sizes must be positive integers")
         if not self.avg_num_neighbors > 0:
             raise bad("avg_num_neighbors", "must be positive")
-        if not isinstance(self.pair_orientation, bool):
-            raise bad("pair_orientation", "must be true or false")
+        for name in ("pair_orientation", "two_centre", "include_kb"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
         if self.invariant_direction not in INVARIANT_DIRECTIONS:
             raise bad("invariant_direction", f"choose one of {', '.join(INVARIANT_DIRECTIONS)}")
         if self.dtype not in _DTYPES:

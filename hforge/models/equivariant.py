@@ -46,7 +46,9 @@ from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
-from hforge.ops.cg_blocks import CGDescriptor, cg_descriptor, channelwise_from_e3nn, edge_blocks, onsite_blocks
+from hforge.ops.cg_blocks import (
+    CGDescriptor, block_pointer, cg_descriptor, channelwise_from_e3nn, edge_blocks, irreps_to_blocks, onsite_blocks,
+)
 
 __all__ = ["EquivariantHSModel", "EquivariantHead", "EquivariantInputs", "OnsiteFeatures"]
 
@@ -154,7 +156,14 @@ class CGPairBlocks(torch.nn.Module):
     """
 
     def __init__(
-        self, basis: BasisSet, node_spec: list[tuple[int, int]], channels: int, scalar_dim: int, cutoffs: np.ndarray, config: ModelConfig
+        self,
+        basis: BasisSet,
+        node_spec: list[tuple[int, int]],
+        channels: int,
+        scalar_dim: int,
+        cutoffs: np.ndarray,
+        config: ModelConfig,
+        two_centre: bool = False,
     ) -> None:
         super().__init__()
         self.backend = config.backend
@@ -173,6 +182,7 @@ class CGPairBlocks(torch.nn.Module):
         # node irreps of natural parity that can join the edge attributes (see EdgeAttributes)
         coupled = [(q, l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l and l <= config.pair_l_max]
         self.attributes = EdgeAttributes(coupled, self.desc.node_offset, channels, 2 * scalar_dim + config.pair_num_basis, config) if coupled else None
+        self.two_centre = TwoCentreBlocks(self.desc, edge_dim, scalar_dim, config) if two_centre else None
 
     def forward(
         self,
@@ -195,11 +205,92 @@ class CGPairBlocks(torch.nn.Module):
         radial = torch.cat([self.radial_mlp(edges[0], terms, i, j), self.radial_mlp(edges[1], terms, j, i)], dim=1)
         radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
         weight = self.weight if scale is None else self.weight * scale.to(self.weight.dtype)[self.mix_slot][:, None]
-        attributes = self.spherical_harmonics(vectors)
+        harmonics = attributes = self.spherical_harmonics(vectors)
         if self.attributes is not None:
             symmetric = torch.cat([bessel, scalars[i] + scalars[j], scalars[i] * scalars[j]], dim=1)
-            attributes = self.attributes(attributes, x, i, j, symmetric, envelope)
-        return edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+            attributes = self.attributes(harmonics, x, i, j, symmetric, envelope)
+        blocks = edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+        if self.two_centre is not None:
+            blocks = blocks + self.two_centre(edges, envelope, harmonics, scalars, species, pair_index, scale)
+        return blocks
+
+
+class TwoCentreBlocks(torch.nn.Module):
+    r"""Hopping blocks in the two-centre (Slater-Koster) form with one radial function per slot
+    (``ModelConfig.two_centre``), added to :class:`CGPairBlocks`' blocks.
+
+    For every slot ``s = (a, b, L)`` of natural parity (``L = l_a + l_b mod 2``, the only ones a
+    two-centre integral has) the coupled irreps are ``g_s(i, j, r) Y_L(r^)`` and the block is
+    ``irreps_to_blocks`` of them, ``g`` an MLP of the pair features of the CG term's radial MLP
+    (``[rbf, o(i, j, r), a_i, a_j]``, the orientation invariants ``o`` with
+    ``ModelConfig.pair_orientation``) times the envelope and the slot's scale, one output per
+    slot of every pair type.  :class:`CGPairBlocks` shares its radial weights between the slots (they mix
+    ``channels`` functions per path), so its distance dependence is of limited rank; here each
+    slot has its own, an environment-dependent Slater-Koster table.  Symmetric like the rest:
+    ``t[s] = (g_s(i, j, r) + (-1)^L g_s'(j, i, -r)) / 2 Y_L(r^)`` with ``s' = (b, a, L)`` of the
+    reversed pair type, so the block of ``(j, i, -n)`` is exactly the transpose.
+
+    Args:
+        desc: the head's CG descriptor (its slot tables).
+        edge_dim: width of the pair features.
+        scalar_dim: width of the per-atom scalars.
+        config: the model config (``pair_num_basis``, ``radial_hidden``, ``pair_l_max``, ``backend``).
+    """
+
+    def __init__(self, desc: CGDescriptor, edge_dim: int, scalar_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.desc, self.backend = desc, config.backend
+        natural = (desc.slot_sign > 0) & (desc.slot_L <= config.pair_l_max)
+        column = np.full(desc.n_slots, -1, dtype=np.int64)
+        column[natural] = np.arange(int(natural.sum()))
+        self.mlp = PairMLP(edge_dim, scalar_dim, config.radial_hidden, int(natural.sum()))
+        # per pair type, of every component of its natural slots: coupled index, slot, column of g,
+        # column of the reversed pair's slot (b, a, L), index into Y, sign (-1)^L
+        for t in range(desc.n_pair_types):
+            slots = [s for s in range(desc.slot_ptr[t], desc.slot_ptr[t + 1]) if natural[s]]
+            parts = [
+                (desc.slot_offset[s] + m, s, column[s], column[desc.slot_transpose[s]], desc.slot_L[s] ** 2 + m, (-1.0) ** desc.slot_L[s])
+                for s in slots
+                for m in range(2 * desc.slot_L[s] + 1)
+            ]
+            table = np.array(parts, dtype=np.float64).reshape(-1, 6)
+            for k, name in enumerate(("index", "slot", "column", "partner", "harmonic")):
+                self.register_buffer(f"t{t}_{name}", torch.from_numpy(table[:, k].astype(np.int64)), persistent=False)
+            self.register_buffer(f"t{t}_sign", torch.from_numpy(table[:, 5]), persistent=False)
+
+    def forward(
+        self,
+        edges: tuple[torch.Tensor, torch.Tensor],
+        envelope: torch.Tensor,
+        harmonics: torch.Tensor,
+        scalars: torch.Tensor,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        scale: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Flat blocks (``edge_blocks``' layout) of the pairs ``pair_index (2, E)``: ``edges`` are the
+        pair features of ``(i, j, r)`` and of ``(j, i, -r)`` (:class:`CGPairBlocks`' radial-MLP
+        inputs), ``harmonics`` ``Y(r^) (E, (pair_l_max + 1)^2)``, ``envelope`` from :class:`PairRadial`."""
+        i, j = pair_index
+        terms = self.mlp.node_terms(scalars)
+        forward = self.mlp(edges[0], terms, i, j) * envelope[:, None]
+        reverse = self.mlp(edges[1], terms, j, i) * envelope[:, None]
+        pair_species = torch.stack([species[i], species[j]])
+        block_ptr = block_pointer(pair_species, self.desc)
+        pair_type = pair_species[0] * self.desc.n_species + pair_species[1]
+        coeffs = harmonics.new_zeros(int(block_ptr[-1]))
+        for t in range(self.desc.n_pair_types):
+            selected = torch.nonzero(pair_type == t).squeeze(1)
+            if not len(selected):
+                continue
+            index, slot, column, partner, harmonic = (getattr(self, f"t{t}_{n}") for n in ("index", "slot", "column", "partner", "harmonic"))
+            sign = getattr(self, f"t{t}_sign").to(coeffs.dtype)
+            g = 0.5 * (forward[selected][:, column] + sign * reverse[selected][:, partner])
+            if scale is not None:
+                g = g * scale.to(coeffs.dtype)[slot]
+            values = g * harmonics[selected][:, harmonic]
+            coeffs = coeffs.index_put(((block_ptr[selected][:, None] + index).reshape(-1),), values.reshape(-1))
+        return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
 
 
 def _symmetric(blocks: torch.Tensor, n: int) -> torch.Tensor:
@@ -284,7 +375,7 @@ class EquivariantHead(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.matrix = matrix
-        self.pairs = CGPairBlocks(basis, node_spec, channels, scalar_dim, cutoffs, config)
+        self.pairs = CGPairBlocks(basis, node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre)
         self.onsite_desc = _descriptor(basis, onsite_spec, None)
         self.onsite_weight = _mixing_weights(self.onsite_desc.onsite_ptr, onsite_channels)
 
