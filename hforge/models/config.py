@@ -55,7 +55,8 @@ class ModelConfig:
             ``r_cut`` the pair cut-off (``r_i + r_j``, beyond ``r_max``).
         radial_hidden: hidden sizes of the MLPs giving the equivariant heads' radial weights
             (and of both kinds' S heads).
-        block_hidden: hidden sizes of the invariant model's block MLPs.
+        block_hidden: hidden sizes of the MLPs that output block entries directly: the invariant
+            model's block MLPs and the equivariant model's two-centre term (``two_centre``).
         s_channels: channels of the species embedding that drives the S heads.
         invariant_direction: how the invariant model sees a pair's direction: ``"monomials"``
             (Cartesian monomials of ``r / |r|`` up to ``pair_l_max`` gating the pair MLP, the default)

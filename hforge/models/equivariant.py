@@ -234,7 +234,7 @@ class TwoCentreBlocks(torch.nn.Module):
         desc: the head's CG descriptor (its slot tables).
         edge_dim: width of the pair features.
         scalar_dim: width of the per-atom scalars.
-        config: the model config (``pair_num_basis``, ``radial_hidden``, ``pair_l_max``, ``backend``).
+        config: the model config (``block_hidden``, ``pair_l_max``, ``backend``).
     """
 
     def __init__(self, desc: CGDescriptor, edge_dim: int, scalar_dim: int, config: ModelConfig) -> None:
@@ -243,7 +243,7 @@ class TwoCentreBlocks(torch.nn.Module):
         natural = (desc.slot_sign > 0) & (desc.slot_L <= config.pair_l_max)
         column = np.full(desc.n_slots, -1, dtype=np.int64)
         column[natural] = np.arange(int(natural.sum()))
-        self.mlp = PairMLP(edge_dim, scalar_dim, config.radial_hidden, int(natural.sum()))
+        self.mlp = PairMLP(edge_dim, scalar_dim, config.block_hidden, int(natural.sum()))
         # per pair type, of every component of its natural slots: coupled index, slot, column of g,
         # column of the reversed pair's slot (b, a, L), index into Y, sign (-1)^L
         for t in range(desc.n_pair_types):
