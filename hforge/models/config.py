@@ -75,9 +75,9 @@ class ModelConfig:
             (three-centre terms).  Default off (the bundled checkpoint's architecture).
         two_centre: add to the equivariant model's hopping blocks (H and S) a two-centre
             (Slater-Koster) term with its own radial function per slot ``(a, b, L)`` of every pair
-            type, an MLP of the pair's radial basis and both atoms' scalars
-            (:class:`~hforge.models.equivariant.TwoCentreBlocks`); the CG term's radial weights are
-            shared by all slots.  Default off (the bundled checkpoint's architecture).
+            type, an MLP (``block_hidden``) of the pair features that feed the CG term's radial
+            weights (:class:`~hforge.models.equivariant.TwoCentreBlocks`); the CG term's radial
+            weights are shared by all slots.  Default off (the bundled checkpoint's architecture).
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).

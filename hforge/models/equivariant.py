@@ -285,10 +285,11 @@ class TwoCentreBlocks(torch.nn.Module):
                 continue
             index, slot, column, partner, harmonic = (getattr(self, f"t{t}_{n}") for n in ("index", "slot", "column", "partner", "harmonic"))
             sign = getattr(self, f"t{t}_sign").to(coeffs.dtype)
-            g = 0.5 * (forward[selected][:, column] + sign * reverse[selected][:, partner])
+            rows = selected[:, None]
+            g = 0.5 * (forward[rows, column] + sign * reverse[rows, partner])
             if scale is not None:
                 g = g * scale.to(coeffs.dtype)[slot]
-            values = g * harmonics[selected][:, harmonic]
+            values = g * harmonics[rows, harmonic]
             coeffs = coeffs.index_put(((block_ptr[selected][:, None] + index).reshape(-1),), values.reshape(-1))
         return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
 
