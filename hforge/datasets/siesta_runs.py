@@ -38,6 +38,7 @@ from hforge.errors import (
     InputError,
     UnknownSpeciesError,
 )
+from hforge.io.runs import log_failure
 from hforge.structures.validate import validate_structure
 
 __all__ = [
@@ -374,10 +375,10 @@ def run_status(folder: str | os.PathLike) -> RunStatus:
     if not log.is_file():
         return RunStatus(name, folder, "pending")
     text = log.read_text(errors="replace")
-    if "SCF_NOT_CONV" in text or "did not converge" in text:
-        return RunStatus(name, folder, "unconverged", "the SCF cycle did not converge")
-    if "Job completed" not in text:
-        return RunStatus(name, folder, "failed", f"{log.name} does not end with 'Job completed'")
+    failure = log_failure(text)
+    if failure is not None:
+        kind, message = failure
+        return RunStatus(name, folder, "unconverged" if kind == "unconverged" else "failed", message)
     keys = {item.key: item for item in _parse_fdf(folder / f"{name}.fdf") if item.kind == "key"}
     if "tshssave" in keys and _is_true(keys["tshssave"].value) and not (folder / f"{name}.TSHS").is_file():
         return RunStatus(name, folder, "failed", f"no {name}.TSHS although TS.HS.Save is set")

@@ -11,7 +11,7 @@ from typing import Iterable
 from hforge.errors import ConvergenceError, FileFormatError
 from hforge.io.siesta import HS_SUFFIXES, find_hs_file
 
-__all__ = ["find_runs", "run_output", "check_log", "natural_key"]
+__all__ = ["find_runs", "run_output", "check_log", "log_failure", "natural_key"]
 
 _NOT_CONVERGED = ("SCF_NOT_CONV", "SCF did not converge")
 _ABNORMAL = "ABNORMAL_TERMINATION"
@@ -53,24 +53,34 @@ def find_runs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return runs
 
 
-def check_log(log: Path) -> None:
-    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run.
+def log_failure(text: str) -> tuple[str, str] | None:
+    """Why the text of a SIESTA log shows a failed run, or None for a finished, converged one.
 
-    Failed: ``SCF_NOT_CONV`` / "SCF did not converge", ``ABNORMAL_TERMINATION``, or no
-    "Job completed" / ">> End of run" line (killed or still running).
+    Returns ``(kind, message)``: ``"unconverged"`` (``SCF_NOT_CONV`` / "SCF did not converge"),
+    ``"abnormal"`` (``ABNORMAL_TERMINATION``) or ``"unfinished"`` (no "Job completed" /
+    ">> End of run" line: killed or still running).
     """
+    if any(marker in text for marker in _NOT_CONVERGED):
+        return "unconverged", "the SCF did not converge (SCF_NOT_CONV in the SIESTA log)"
+    if _ABNORMAL in text:
+        return "abnormal", "SIESTA stopped abnormally (ABNORMAL_TERMINATION)"
+    if not any(marker in text for marker in _FINISHED):
+        return "unfinished", "SIESTA did not finish: no 'Job completed' in its log (killed?)"
+    return None
+
+
+def check_log(log: Path) -> None:
+    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
+    (:func:`log_failure`)."""
     opener = gzip.open if log.name.endswith(".gz") else open
     try:
         with opener(log, "rt", errors="replace") as f:
             text = f.read()
     except (OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read the SIESTA log: {exc}", path=log) from exc
-    if any(marker in text for marker in _NOT_CONVERGED):
-        raise ConvergenceError("the SCF did not converge (SCF_NOT_CONV in the SIESTA log)", path=log)
-    if _ABNORMAL in text:
-        raise ConvergenceError("SIESTA stopped abnormally (ABNORMAL_TERMINATION)", path=log)
-    if not any(marker in text for marker in _FINISHED):
-        raise ConvergenceError("SIESTA did not finish: no 'Job completed' in its log (killed?)", path=log)
+    failure = log_failure(text)
+    if failure is not None:
+        raise ConvergenceError(failure[1], path=log)
 
 
 def run_output(run: str | os.PathLike) -> Path:
