@@ -186,6 +186,9 @@ def test_killed_run_is_pending_and_missing_tshs_is_a_failure(run_folders):
     (folder / "abn_good.out").write_text("SCF cycle converged after 9 iterations\nJob completed\n")
     status = run_status(folder)
     assert status.state == "failed" and "TSHS" in status.detail
+    (folder / "abn_good.out").write_text("scf: 1\nABNORMAL_TERMINATION\nJob completed\n")  # io.runs reads logs the same way
+    status = run_status(folder)
+    assert status.state == "failed" and "ABNORMAL_TERMINATION" in status.detail
 
 
 def test_cli_run_and_missing_siesta(fake_siesta, run_folders, monkeypatch):
