@@ -78,6 +78,13 @@ class ModelConfig:
             type, an MLP (``block_hidden``) of the pair features that feed the CG term's radial
             weights (:class:`~hforge.models.equivariant.TwoCentreBlocks`); the CG term's radial
             weights are shared by all slots.  Default off (the bundled checkpoint's architecture).
+        slot_gains: ``K`` (0 = off, at most 8): the equivariant H head evaluates its CG term with
+            ``K`` mixing-weight sets and weighs every slot of every set by a rotation-invariant
+            gain of the pair, an MLP (``block_hidden``) of the CG term's pair features
+            (:class:`~hforge.models.equivariant.SlotGains`): the relative size of a pair's slots
+            then depends on its environment.  The gains start at zero (an untrained model equals
+            the one without them); each set costs one more CG evaluation.  Default 0 (the bundled
+            checkpoint's architecture).
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -103,6 +110,7 @@ class ModelConfig:
     include_kb: bool = False
     pair_orientation: bool = False
     two_centre: bool = False
+    slot_gains: int = 0
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
@@ -139,6 +147,8 @@ class ModelConfig:
                 raise bad(name, "hidden sizes must be positive integers")
         if not self.avg_num_neighbors > 0:
             raise bad("avg_num_neighbors", "must be positive")
+        if not isinstance(self.slot_gains, int) or isinstance(self.slot_gains, bool) or not 0 <= self.slot_gains <= 8:
+            raise bad("slot_gains", "must be an integer in 0..8")
         for name in ("pair_orientation", "two_centre", "include_kb"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")

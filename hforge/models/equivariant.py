@@ -18,7 +18,9 @@ side-1 (with ``ModelConfig.pair_orientation``, ``[rbf, o(i, j, r), a_i, a_j]`` a
 environments sit relative to the bond and to each other), times a polynomial envelope: the pair
 features combine both atoms' descriptors, and ``R(j, i, -r)`` is ``R(i, j, r)`` with sides
 swapped, so the block of ``(j, i, -n)`` is exactly the transpose of the block of ``(i, j, n)`` and
-predicting the canonical half alone is exactly permutation-equivariant.
+predicting the canonical half alone is exactly permutation-equivariant.  Optional hopping terms, off
+by default: :class:`TwoCentreBlocks` (``ModelConfig.two_centre``, one radial function per slot) and
+:class:`SlotGains` (``ModelConfig.slot_gains``, pair-dependent gains of the slots).
 
 Onsite blocks: ``onsite_blocks`` (linear in the node features, symmetrised) of features holding
 every irrep a block needs (``0e 1o 1e 2e 2o 3o 3e 4e`` for d shells): the trunk's features and
@@ -47,7 +49,8 @@ from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
 from hforge.models.scaling import BlockScaling
 from hforge.ops.cg_blocks import (
-    CGDescriptor, block_pointer, cg_descriptor, channelwise_from_e3nn, edge_blocks, irreps_to_blocks, onsite_blocks,
+    CGDescriptor, block_pointer, blocks_to_irreps, cg_descriptor, channelwise_from_e3nn, edge_blocks, irreps_to_blocks,
+    onsite_blocks,
 )
 
 __all__ = ["EquivariantHSModel", "EquivariantHead", "EquivariantInputs", "OnsiteFeatures"]
@@ -153,6 +156,8 @@ class CGPairBlocks(torch.nn.Module):
         scalar_dim: width of the per-atom scalars feeding the radial MLP.
         cutoffs: ``(n_species, n_species)`` pair cut-offs (Å) of the radial basis and envelope.
         config: the model config (``pair_l_max``, ``pair_num_basis``, ``radial_hidden``, ``backend``).
+        two_centre: add :class:`TwoCentreBlocks`.
+        slot_gains: ``K`` of :class:`SlotGains` (0: none).
     """
 
     def __init__(
@@ -164,6 +169,7 @@ class CGPairBlocks(torch.nn.Module):
         cutoffs: np.ndarray,
         config: ModelConfig,
         two_centre: bool = False,
+        slot_gains: int = 0,
     ) -> None:
         super().__init__()
         self.backend = config.backend
@@ -183,6 +189,7 @@ class CGPairBlocks(torch.nn.Module):
         coupled = [(q, l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l and l <= config.pair_l_max]
         self.attributes = EdgeAttributes(coupled, self.desc.node_offset, channels, 2 * scalar_dim + config.pair_num_basis, config) if coupled else None
         self.two_centre = TwoCentreBlocks(self.desc, edge_dim, scalar_dim, config) if two_centre else None
+        self.gains = SlotGains(self.desc, channels, edge_dim, scalar_dim, slot_gains, config) if slot_gains else None
 
     def forward(
         self,
@@ -204,12 +211,19 @@ class CGPairBlocks(torch.nn.Module):
             edges = tuple(torch.cat([bessel, features], dim=1) for features in self.orientation(x, i, j, vectors))
         radial = torch.cat([self.radial_mlp(edges[0], terms, i, j), self.radial_mlp(edges[1], terms, j, i)], dim=1)
         radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
-        weight = self.weight if scale is None else self.weight * scale.to(self.weight.dtype)[self.mix_slot][:, None]
         harmonics = attributes = self.spherical_harmonics(vectors)
         if self.attributes is not None:
             symmetric = torch.cat([bessel, scalars[i] + scalars[j], scalars[i] * scalars[j]], dim=1)
             attributes = self.attributes(harmonics, x, i, j, symmetric, envelope)
-        blocks = edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+
+        def cg_term(weight: torch.Tensor) -> torch.Tensor:
+            if scale is not None:
+                weight = weight * scale.to(weight.dtype)[self.mix_slot][:, None]
+            return edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+
+        blocks = cg_term(self.weight)
+        if self.gains is not None:
+            blocks = self.gains(edges, scalars, species, pair_index, [blocks, *map(cg_term, self.gains.weights)])
         if self.two_centre is not None:
             blocks = blocks + self.two_centre(edges, envelope, harmonics, scalars, species, pair_index, scale)
         return blocks
@@ -291,6 +305,72 @@ class TwoCentreBlocks(torch.nn.Module):
                 g = g * scale.to(coeffs.dtype)[slot]
             values = g * harmonics[rows, harmonic]
             coeffs = coeffs.index_put(((block_ptr[selected][:, None] + index).reshape(-1),), values.reshape(-1))
+        return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
+
+
+class SlotGains(torch.nn.Module):
+    r"""Pair-dependent gains of the CG term's slots (``ModelConfig.slot_gains``, ``K`` sets).
+
+    :class:`CGPairBlocks` mixes its paths into every slot with weights ``W`` fixed per pair type,
+    so how a pair's slots relate to each other changes only through the radial weights that all
+    slots share.  Here the CG term is evaluated with ``K`` mixing-weight sets ``W_k`` (``W_0`` the
+    term's own, ``W_1..W_{K-1}`` in :attr:`weights`) and the coupled irreps of slot ``s`` of pair
+    ``e = (i, j, r)`` become
+
+    ``t[e, s] = sum_k (delta_k0 + h_k(e, s)) t_k[e, s]``,
+
+    ``h`` an MLP (``block_hidden``) of the CG term's pair features with one output per slot of
+    every pair type and set, symmetrised ``h_k(e, s) = (F_k(i, j, r)[s] + F_k(j, i, -r)[s']) / 2``
+    with ``s' = (b, a, L)``: the gains are rotation invariant (equivariance holds) and equal for a
+    slot and its transpose (the block of ``(j, i, -n)`` stays the exact transpose).  The MLP's last
+    layer starts at zero, so an untrained model equals the one without gains.
+
+    Args:
+        desc: the head's CG descriptor.
+        channels: ``C`` of the mixing weights.
+        edge_dim, scalar_dim: widths of the pair features and of the per-atom scalars.
+        n_sets: ``K``.
+        config: the model config (``block_hidden``, ``backend``).
+    """
+
+    def __init__(self, desc: CGDescriptor, channels: int, edge_dim: int, scalar_dim: int, n_sets: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.desc, self.backend, self.n_sets = desc, config.backend, n_sets
+        self.weights = torch.nn.ParameterList([_mixing_weights(desc.mix_ptr, channels) for _ in range(n_sets - 1)])
+        self.mlp = PairMLP(edge_dim, scalar_dim, config.block_hidden, desc.n_slots * n_sets)
+        torch.nn.init.zeros_(self.mlp.rest[-1].weight)
+        torch.nn.init.zeros_(self.mlp.rest[-1].bias)
+        self.register_buffer("slot_transpose", torch.from_numpy(desc.slot_transpose.copy()), persistent=False)
+        # the slot of every coupled-irrep entry of every pair type (desc.pair_entry_ptr layout)
+        entry_slot = np.repeat(np.arange(desc.n_slots), 2 * desc.slot_L + 1)
+        self.register_buffer("entry_slot", torch.from_numpy(entry_slot), persistent=False)
+        self.register_buffer("entry_ptr", torch.from_numpy(desc.pair_entry_ptr.copy()), persistent=False)
+
+    def forward(
+        self,
+        edges: tuple[torch.Tensor, torch.Tensor],
+        scalars: torch.Tensor,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        sets: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Flat blocks of the pairs ``pair_index (2, E)`` from the ``K`` flat block sets of the CG
+        term (``edge_blocks``' layout, one per mixing-weight set); ``edges`` as in :class:`TwoCentreBlocks`."""
+        i, j = pair_index
+        n_pairs = len(i)
+        terms = self.mlp.node_terms(scalars)
+        forward = self.mlp(edges[0], terms, i, j).view(n_pairs, self.desc.n_slots, self.n_sets)
+        reverse = self.mlp(edges[1], terms, j, i).view(n_pairs, self.desc.n_slots, self.n_sets)
+        gains = 0.5 * (forward + reverse[:, self.slot_transpose])
+        pair_species = torch.stack([species[i], species[j]])
+        block_ptr = block_pointer(pair_species, self.desc)
+        sizes = block_ptr[1:] - block_ptr[:-1]
+        pair_type = pair_species[0] * self.desc.n_species + pair_species[1]
+        pair_of_entry = torch.repeat_interleave(torch.arange(n_pairs, device=block_ptr.device), sizes)
+        local = torch.arange(int(block_ptr[-1]), device=block_ptr.device) - block_ptr[pair_of_entry]
+        entry_gains = gains[pair_of_entry, self.entry_slot[self.entry_ptr[pair_type][pair_of_entry] + local]]
+        irreps = [blocks_to_irreps(blocks, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend) for blocks in sets]
+        coeffs = irreps[0] + sum(entry_gains[:, k] * t for k, t in enumerate(irreps))
         return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
 
 
@@ -376,7 +456,10 @@ class EquivariantHead(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.matrix = matrix
-        self.pairs = CGPairBlocks(basis, node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre)
+        self.pairs = CGPairBlocks(
+            basis, node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre,
+            slot_gains=config.slot_gains if matrix == "h" else 0,
+        )
         self.onsite_desc = _descriptor(basis, onsite_spec, None)
         self.onsite_weight = _mixing_weights(self.onsite_desc.onsite_ptr, onsite_channels)
 

@@ -345,7 +345,10 @@ model:                     # any field of hforge.models.ModelConfig
   correlation: 2
   pair_l_max: 4            # spherical harmonics of the pair direction (4 couples d with d)
   radial_hidden: [32]
-  block_hidden: [64, 64]   # invariant model's block MLPs
+  block_hidden: [64, 64]   # MLPs that output block entries (invariant blocks, two_centre, slot_gains)
+  pair_orientation: false  # bond-orientation invariants in the H pair MLPs (both kinds)
+  two_centre: false        # equivariant: a Slater-Koster-like term, one radial function per slot
+  slot_gains: 0            # equivariant H: K CG mixing-weight sets with pair-dependent slot gains
   backend: auto            # CG kernels: auto, torch, numba, triton
 loss:
   h_weight: 1.0            # H block loss (eV^2 for mse)
