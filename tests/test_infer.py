@@ -11,7 +11,7 @@ import torch
 
 import hforge
 from hforge.errors import FileFormatError, GeometryError, InputError, ResourceLimitError, UnknownSpeciesError
-from hforge.infer import PRETRAINED_DIR, Predictor, check_output_path, write_hamiltonian
+from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
 from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
 
@@ -208,9 +208,9 @@ def test_load_checkpoint_and_names(model, predictor, cell64, tmp_path):
         hforge.load("no-such-model")
 
 
-@pytest.mark.skipif(not (PRETRAINED_DIR / "abn-dzp.pt").is_file(), reason="abn-dzp.pt not bundled yet")
-def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
-    """The bundled model on the shared 64-atom validation cell: SIESTA's S (a two-centre integral,
+@pytest.mark.parametrize("name", ["abn-dzp", "abn-dzp-rich"])
+def test_bundled_models_predict_a_real_cell(abn_dir, name):
+    """Each bundled model on the shared 64-atom validation cell: SIESTA's S (a two-centre integral,
     learned closely) on the file's nonzeros, and finite H of the same pattern."""
     import sisl
 
@@ -218,7 +218,8 @@ def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
 
     run = abn_dir / "runs" / "abn_64_0" / "abn_64_0.TSHS"
     reference = sisl.get_sile(run).read_hamiltonian()
-    predicted = hforge.load("abn-dzp").predict(read_hs(run))
+    assert name in pretrained_names()
+    predicted = hforge.load(name).predict(read_hs(run))
     assert predicted.no == reference.no
     s_ref = reference.tocsr(reference.S_idx).tocoo()
     keep = s_ref.data != 0
