@@ -324,9 +324,9 @@ def test_models_learn_a_small_cell(abn, kind):
 #: blocks (floors of 4.75 and 0.71 meV for any model of rotation invariants, measured by
 #: scripts/same_vector_pairs.py); on abn_24_0 that floor is 0.02 meV.  Config options and Adam steps
 #: (learning rate 5e-3 -> 5e-4, L1 loss: the target is an MAE) per model kind.  The equivariant model
-#: needs node features up to l = 3 (max_ell, node_l_max): after a 500-step run (on an H200), 2.30 meV with them against
-#: 5.27 without (same other options); the two-centre term and slot gains add per-slot freedom (2000
-#: steps with two_centre and 64x64 radial MLPs alone: 4.67 meV, 6000 steps: 2.51).
+#: needs node features up to l = 3 (max_ell, node_l_max): after a 500-step run (on an H200), 2.30 meV
+#: with them against 5.27 without (same other options); the two-centre term and slot gains add
+#: per-slot freedom (2000 steps with two_centre and 64x64 radial MLPs alone: 4.67 meV, 6000: 2.51).
 OVERFIT = {
     "invariant": ({"pair_orientation": True, "block_hidden": (256, 256)}, 4000),
     "equivariant": (
