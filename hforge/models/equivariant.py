@@ -222,16 +222,25 @@ class CGPairBlocks(torch.nn.Module):
             return edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
 
         blocks = cg_term(self.weight)
-        if self.gains is not None:
-            blocks = self.gains(edges, scalars, species, pair_index, [blocks, *map(cg_term, self.gains.weights)])
+        if self.gains is None and self.two_centre is None:
+            return blocks
+        # the optional terms work on coupled irreps: one block pointer, one map back to orbital blocks
+        pair_species = torch.stack([species[i], species[j]])
+        block_ptr = block_pointer(pair_species, self.desc)
+        coeffs = None
+        if self.gains is not None:  # replaces the CG term's blocks
+            sets = [blocks, *map(cg_term, self.gains.weights)]
+            coeffs, blocks = self.gains(edges, scalars, pair_index, pair_species, block_ptr, sets), None
         if self.two_centre is not None:
-            blocks = blocks + self.two_centre(edges, envelope, harmonics, scalars, species, pair_index, scale)
-        return blocks
+            two_centre = self.two_centre(edges, envelope, harmonics, scalars, pair_index, pair_species, block_ptr, scale)
+            coeffs = two_centre if coeffs is None else coeffs + two_centre
+        added = irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
+        return added if blocks is None else blocks + added
 
 
 class TwoCentreBlocks(torch.nn.Module):
     r"""Hopping blocks in the two-centre (Slater-Koster) form with one radial function per slot
-    (``ModelConfig.two_centre``), added to :class:`CGPairBlocks`' blocks.
+    (``ModelConfig.two_centre``), added to :class:`CGPairBlocks`' blocks as coupled irreps.
 
     For every slot ``s = (a, b, L)`` of natural parity (``L = l_a + l_b mod 2``, the only ones a
     two-centre integral has) the coupled irreps are ``g_s(i, j, r) Y_L(r^)`` and the block is
@@ -248,12 +257,12 @@ class TwoCentreBlocks(torch.nn.Module):
         desc: the head's CG descriptor (its slot tables).
         edge_dim: width of the pair features.
         scalar_dim: width of the per-atom scalars.
-        config: the model config (``block_hidden``, ``pair_l_max``, ``backend``).
+        config: the model config (``block_hidden``, ``pair_l_max``).
     """
 
     def __init__(self, desc: CGDescriptor, edge_dim: int, scalar_dim: int, config: ModelConfig) -> None:
         super().__init__()
-        self.desc, self.backend = desc, config.backend
+        self.desc = desc
         natural = (desc.slot_sign > 0) & (desc.slot_L <= config.pair_l_max)
         column = np.full(desc.n_slots, -1, dtype=np.int64)
         column[natural] = np.arange(int(natural.sum()))
@@ -278,19 +287,19 @@ class TwoCentreBlocks(torch.nn.Module):
         envelope: torch.Tensor,
         harmonics: torch.Tensor,
         scalars: torch.Tensor,
-        species: torch.Tensor,
         pair_index: torch.Tensor,
+        pair_species: torch.Tensor,
+        block_ptr: torch.Tensor,
         scale: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Flat blocks (``edge_blocks``' layout) of the pairs ``pair_index (2, E)``: ``edges`` are the
-        pair features of ``(i, j, r)`` and of ``(j, i, -r)`` (:class:`CGPairBlocks`' radial-MLP
-        inputs), ``harmonics`` ``Y(r^) (E, (pair_l_max + 1)^2)``, ``envelope`` from :class:`PairRadial`."""
+        """Flat coupled irreps (``irreps_to_blocks``' input, at ``block_ptr``) of the pairs
+        ``pair_index (2, E)`` of species ``pair_species (2, E)``: ``edges`` are the pair features of
+        ``(i, j, r)`` and of ``(j, i, -r)`` (:class:`CGPairBlocks`' radial-MLP inputs), ``harmonics``
+        ``Y(r^) (E, (pair_l_max + 1)^2)``, ``envelope`` from :class:`PairRadial`."""
         i, j = pair_index
         terms = self.mlp.node_terms(scalars)
         forward = self.mlp(edges[0], terms, i, j) * envelope[:, None]
         reverse = self.mlp(edges[1], terms, j, i) * envelope[:, None]
-        pair_species = torch.stack([species[i], species[j]])
-        block_ptr = block_pointer(pair_species, self.desc)
         pair_type = pair_species[0] * self.desc.n_species + pair_species[1]
         coeffs = harmonics.new_zeros(int(block_ptr[-1]))
         for t in range(self.desc.n_pair_types):
@@ -305,7 +314,7 @@ class TwoCentreBlocks(torch.nn.Module):
                 g = g * scale.to(coeffs.dtype)[slot]
             values = g * harmonics[rows, harmonic]
             coeffs = coeffs.index_put(((block_ptr[selected][:, None] + index).reshape(-1),), values.reshape(-1))
-        return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
+        return coeffs
 
 
 class SlotGains(torch.nn.Module):
@@ -350,28 +359,27 @@ class SlotGains(torch.nn.Module):
         self,
         edges: tuple[torch.Tensor, torch.Tensor],
         scalars: torch.Tensor,
-        species: torch.Tensor,
         pair_index: torch.Tensor,
+        pair_species: torch.Tensor,
+        block_ptr: torch.Tensor,
         sets: list[torch.Tensor],
     ) -> torch.Tensor:
-        """Flat blocks of the pairs ``pair_index (2, E)`` from the ``K`` flat block sets of the CG
-        term (``edge_blocks``' layout, one per mixing-weight set); ``edges`` as in :class:`TwoCentreBlocks`."""
+        """Flat coupled irreps (``irreps_to_blocks``' input, at ``block_ptr``) of the pairs
+        ``pair_index (2, E)`` from the ``K`` flat block sets of the CG term (``edge_blocks``' layout,
+        one per mixing-weight set); the other arguments as in :meth:`TwoCentreBlocks.forward`."""
         i, j = pair_index
         n_pairs = len(i)
         terms = self.mlp.node_terms(scalars)
         forward = self.mlp(edges[0], terms, i, j).view(n_pairs, self.desc.n_slots, self.n_sets)
         reverse = self.mlp(edges[1], terms, j, i).view(n_pairs, self.desc.n_slots, self.n_sets)
         gains = 0.5 * (forward + reverse[:, self.slot_transpose])
-        pair_species = torch.stack([species[i], species[j]])
-        block_ptr = block_pointer(pair_species, self.desc)
         sizes = block_ptr[1:] - block_ptr[:-1]
         pair_type = pair_species[0] * self.desc.n_species + pair_species[1]
         pair_of_entry = torch.repeat_interleave(torch.arange(n_pairs, device=block_ptr.device), sizes)
         local = torch.arange(int(block_ptr[-1]), device=block_ptr.device) - block_ptr[pair_of_entry]
         entry_gains = gains[pair_of_entry, self.entry_slot[self.entry_ptr[pair_type][pair_of_entry] + local]]
         irreps = [blocks_to_irreps(blocks, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend) for blocks in sets]
-        coeffs = irreps[0] + sum(entry_gains[:, k] * t for k, t in enumerate(irreps))
-        return irreps_to_blocks(coeffs, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend)
+        return irreps[0] + sum(entry_gains[:, k] * t for k, t in enumerate(irreps))
 
 
 def _symmetric(blocks: torch.Tensor, n: int) -> torch.Tensor:
