@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, UnknownSpeciesError, UnsupportedSystemError
 
 __all__ = ["Shell", "SpeciesBasis", "BasisSet", "MAX_L", "HASH_DIGITS"]
@@ -99,6 +100,11 @@ class SpeciesBasis:
             explicitly (Z_valence; B 3, N 5), where the source records it (``.ion*`` files, the
             BASIS group of a ``.nc``), else None.  Like the radii it describes the pseudopotential,
             not the orbitals: equality and :attr:`BasisSet.hash` ignore it.
+        radials: the radial tables of the orbitals, KB projectors and neutral-atom potential
+            (:class:`~hforge.basis.radial.SpeciesRadials`) where the source holds them (ion
+            files), else None.  They define the exact two-centre integrals (S, the kinetic
+            matrix, the KB projections); equality and :attr:`BasisSet.hash` ignore them (the radii
+            are in the shells).
     """
 
     symbol: str
@@ -106,6 +112,7 @@ class SpeciesBasis:
     shells: tuple[Shell, ...]
     kb_projectors: tuple[tuple[int, float], ...] | None = None
     valence_charge: float | None = field(default=None, compare=False)
+    radials: SpeciesRadials | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shells", tuple(self.shells))
@@ -113,6 +120,10 @@ class SpeciesBasis:
             object.__setattr__(self, "kb_projectors", tuple((int(l), float(r)) for l, r in self.kb_projectors))
         if self.valence_charge is not None:
             object.__setattr__(self, "valence_charge", float(self.valence_charge))
+        if self.radials is not None and len(self.radials.orbitals) != len(self.shells):
+            raise BasisMismatchError(
+                f"species {self.symbol!r}: {len(self.radials.orbitals)} radial tables for {len(self.shells)} shells"
+            )
 
     @property
     def n_orbitals(self) -> int:
@@ -179,7 +190,11 @@ class SpeciesBasis:
     # ---- conversions -------------------------------------------------------------------
     @classmethod
     def from_sisl(
-        cls, atom: Any, kb_projectors: Iterable[tuple[int, float]] | None = None, valence_charge: float | None = None
+        cls,
+        atom: Any,
+        kb_projectors: Iterable[tuple[int, float]] | None = None,
+        valence_charge: float | None = None,
+        radials: SpeciesRadials | None = None,
     ) -> "SpeciesBasis":
         """From a :class:`sisl.Atom` whose orbitals carry n, l, m, zeta (and P, R).
 
@@ -211,7 +226,7 @@ class SpeciesBasis:
             shells.append(Shell(int(orb.n), l, int(orb.zeta), bool(orb.P), radius))
             i += 2 * l + 1
         kb = None if kb_projectors is None else tuple(kb_projectors)
-        return cls(str(atom.tag), int(atom.Z), tuple(shells), kb, valence_charge)
+        return cls(str(atom.tag), int(atom.Z), tuple(shells), kb, valence_charge, radials)
 
     def to_sisl(self) -> Any:
         """A :class:`sisl.Atom` with one :class:`sisl.AtomicOrbital` per orbital (R = cutoff)."""
@@ -226,26 +241,32 @@ class SpeciesBasis:
         ]
         return sisl.Atom(self.Z, orbitals, tag=self.symbol)
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable, exact (floats kept to the last bit through ``repr``)."""
-        return {
+    def to_dict(self, *, radials: bool = True) -> dict:
+        """JSON-serialisable, exact (floats kept to the last bit through ``repr``); the radial
+        tables (``radials``, about 5,000 numbers a species) only when asked and present."""
+        out = {
             "symbol": self.symbol,
             "Z": self.Z,
             "shells": [[s.n, s.l, s.zeta, s.polarized, s.cutoff] for s in self.shells],
             "kb_projectors": None if self.kb_projectors is None else [list(p) for p in self.kb_projectors],
             "valence_charge": self.valence_charge,
         }
+        if radials and self.radials is not None:
+            out["radials"] = self.radials.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "SpeciesBasis":
         """Inverse of :meth:`to_dict`."""
         kb = data.get("kb_projectors")
+        radials = data.get("radials")
         return cls(
             data["symbol"],
             int(data["Z"]),
             tuple(Shell(int(n), int(l), int(z), bool(p), None if r is None else float(r)) for n, l, z, p, r in data["shells"]),
             None if kb is None else tuple((int(l), float(r)) for l, r in kb),
             data.get("valence_charge"),
+            None if radials is None else SpeciesRadials.from_dict(radials),
         )
 
 
@@ -393,18 +414,39 @@ class BasisSet:
 
         return cls(tuple(read_ion(p) for p in paths))
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable and exact; :meth:`from_dict` inverts it."""
-        return {"species": [sp.to_dict() for sp in self.species]}
+    @property
+    def has_radials(self) -> bool:
+        """True if every species carries its radial tables (needed for exact two-centre integrals)."""
+        return all(sp.radials is not None for sp in self.species)
+
+    def require_radials(self) -> "BasisSet":
+        """``self``, after checking that every species carries its radial tables.
+
+        Raises:
+            BasisMismatchError: a species without radial tables (basis read from an HSX/TSHS file,
+                or a checkpoint written before HForge kept them), named.
+        """
+        missing = [sp.symbol for sp in self.species if sp.radials is None]
+        if missing:
+            raise BasisMismatchError(
+                f"species {missing} carry no radial tables (exact S and H0 need them): read the basis "
+                "from .ion/.ion.nc/.ion.xml files"
+            )
+        return self
+
+    def to_dict(self, *, radials: bool = True) -> dict:
+        """JSON-serialisable and exact; :meth:`from_dict` inverts it (``radials=False`` leaves the
+        radial tables out)."""
+        return {"species": [sp.to_dict(radials=radials) for sp in self.species]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "BasisSet":
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(SpeciesBasis.from_dict(sp) for sp in data["species"]))
 
-    def to_json(self) -> str:
+    def to_json(self, *, radials: bool = True) -> str:
         """:meth:`to_dict` as a JSON string."""
-        return json.dumps(self.to_dict())
+        return json.dumps(self.to_dict(radials=radials))
 
     @classmethod
     def from_json(cls, text: str) -> "BasisSet":

@@ -28,6 +28,7 @@ e3nn's Wigner-D and the overlap blocks of real SIESTA runs.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from hforge.basis.basis_set import SpeciesBasis
 
 __all__ = [
+    "real_harmonics",
     "siesta_real_harmonics",
     "change_of_basis",
     "species_change_of_basis",
@@ -130,6 +132,46 @@ def siesta_real_harmonics(l: int, vectors: np.ndarray) -> np.ndarray:
             -c3 * x * (x * x - 3 * y * y),
         ]
     return np.stack(out, axis=-1)
+
+
+def real_harmonics(lmax: int, vectors: np.ndarray) -> np.ndarray:
+    r"""SIESTA's real spherical harmonics of every degree ``0..lmax`` (any ``lmax``), stacked.
+
+    The same functions as :func:`siesta_real_harmonics` (Condon-Shortley phase, polar axis z,
+    ``m < 0``: :math:`\sin |m|\varphi`), from the recursion of the associated Legendre
+    functions in Cartesian form (no trigonometry): with ``u = (x + iy)^m``,
+    ``Y_lm = (-1)^m \sqrt{2} N_lm p_lm(z) Re u`` (``m > 0``), ``... Im u`` (``m < 0``),
+    ``Y_l0 = N_l0 p_l0(z)``, ``p_lm = d^m P_l / dz^m``, ``N_lm = \sqrt{(2l+1)(l-m)! / (4π (l+m)!)}``.
+    Used for the couplings of two-centre integrals, where products of two orbitals' harmonics
+    need degrees up to twice the basis' largest ``l``.
+
+    Args:
+        lmax: largest degree.
+        vectors: ``(..., 3)`` directions (any length > 0; normalized here).
+
+    Returns:
+        ``(..., (lmax+1)^2)`` float64, degree ``l`` at ``l^2 .. l^2 + 2l`` (m = -l..l).
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    out = np.zeros(v.shape[:-1] + ((lmax + 1) ** 2,))
+    u = np.ones_like(x) + 0j
+    for m in range(lmax + 1):
+        p_prev = np.zeros_like(z)
+        p = np.full_like(z, float(np.prod(np.arange(1, 2 * m, 2))))  # (2m-1)!!
+        for l in range(m, lmax + 1):
+            if l > m:
+                p, p_prev = ((2 * l - 1) * z * p - (l + m - 1) * p_prev) / (l - m), p
+            norm = np.sqrt((2 * l + 1) / (4 * np.pi) * math.factorial(l - m) / math.factorial(l + m))
+            if m == 0:
+                out[..., l * l + l] = norm * p
+            else:
+                c = (-1) ** m * np.sqrt(2.0) * norm * p
+                out[..., l * l + l + m] = c * u.real
+                out[..., l * l + l - m] = c * u.imag
+        u = u * (x + 1j * y)
+    return out
 
 
 def change_of_basis(l: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hforge.basis import BasisSet, SpeciesBasis
+from hforge.basis.radial import RY_TO_EV
 from hforge.basis.readers import BOHR_TO_ANG, ion_files, read_basis_folder
 from hforge.errors import (
     BasisMismatchError,
@@ -39,14 +40,6 @@ __all__ = ["read_hs", "write_hs", "find_hs_file", "HS_SUFFIXES", "RY_TO_EV"]
 HS_SUFFIXES = (".nc", ".TSHS", ".HSX")
 
 
-def _ry() -> float:
-    from sisl.unit.siesta import unit_convert
-
-    return float(unit_convert("Ry", "eV"))
-
-
-#: eV per Rydberg, the constant sisl uses for SIESTA files.
-RY_TO_EV = _ry()
 
 _BASIS_ATTRIBUTE = "hforge_basis"
 
@@ -474,7 +467,7 @@ def _write_nc(data: HSData, path: Path) -> None:
         cell, xyz = _geometry_bohr(data)
         nc["cell"][:] = cell
         nc["xa"][:] = xyz
-        nc.setncattr(_BASIS_ATTRIBUTE, data.basis.to_json())
+        nc.setncattr(_BASIS_ATTRIBUTE, data.basis.to_json(radials=False))
 
 
 def write_hs(data: HSData, path: str | os.PathLike) -> Path:

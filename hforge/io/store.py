@@ -28,13 +28,14 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from hforge.basis import BasisSet
+from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
@@ -134,6 +135,25 @@ def _manifest_entry(name: str, data: HSData, sha: str) -> dict[str, Any]:
     }
 
 
+def write_basis(h5: Any, basis: BasisSet) -> None:
+    """The basis into an open HDF5 file: shells as the ``basis`` attribute (JSON), radial tables
+    (where the basis has them) as the ``basis_radials`` dataset (gzip-compressed JSON bytes; too
+    large for an attribute)."""
+    h5.attrs["basis"] = basis.to_json(radials=False)
+    if basis.has_radials:
+        text = json.dumps([sp.radials.to_dict() for sp in basis]).encode()
+        h5.create_dataset("basis_radials", data=np.frombuffer(text, dtype=np.uint8), compression="gzip")
+
+
+def read_basis(h5: Any) -> BasisSet:
+    """Inverse of :func:`write_basis` (stores written before the radial tables were kept have none)."""
+    basis = BasisSet.from_json(h5.attrs["basis"])
+    if "basis_radials" not in h5:
+        return basis
+    tables = json.loads(h5["basis_radials"][()].tobytes().decode())
+    return BasisSet(tuple(replace(sp, radials=SpeciesRadials.from_dict(t)) for sp, t in zip(basis, tables)))
+
+
 def _save_statistics(h5: Any, stats: StoreStatistics) -> None:
     group = h5.create_group("statistics")
     for name in StoreStatistics.ARRAYS:
@@ -177,13 +197,13 @@ def write_store(
                 {
                     "format": FORMAT,
                     "version": VERSION,
-                    "basis": basis.to_json(),
                     "basis_hash": basis.hash,
                     "dtype": np.dtype(dtype).name,
                     "half": half,
                     "split_rule": json.dumps(vars(split_rule)),
                 }
             )
+            write_basis(h5, basis)
             h5.create_dataset("manifest", data=json.dumps(manifest))
             _save_statistics(h5, accumulator.result())
         os.replace(tmp, path)
@@ -217,7 +237,7 @@ class HSStore:
                 if h5.attrs.get("format") != FORMAT:
                     raise FileFormatError("not an HForge store (no format attribute)", path=self.path)
                 self.version = int(h5.attrs["version"])
-                self.basis = BasisSet.from_json(h5.attrs["basis"])
+                self.basis = read_basis(h5)
                 self.dtype = np.dtype(h5.attrs["dtype"])
                 self.half = bool(h5.attrs["half"])
                 self.split_rule = SplitRule(**json.loads(h5.attrs["split_rule"]))
@@ -300,7 +320,9 @@ def _merge_basis(merged: BasisSet | None, new: BasisSet, source: str) -> BasisSe
     extra = []
     for sp in new:
         if sp.symbol in merged:
-            if BasisSet((merged[sp.symbol],)).hash != BasisSet((sp,)).hash:
+            known = merged[sp.symbol]
+            other_tables = known.radials is not None and sp.radials is not None and not known.radials.matches(sp.radials)
+            if BasisSet((known,)).hash != BasisSet((sp,)).hash or other_tables:
                 raise BasisMismatchError(f"species {sp.symbol!r} has another basis than in earlier runs", path=source)
         else:
             extra.append(sp)
@@ -309,8 +331,6 @@ def _merge_basis(merged: BasisSet | None, new: BasisSet, source: str) -> BasisSe
 
 def _remap(data: HSData, basis: BasisSet) -> HSData:
     """The same structure with species indices into ``basis``."""
-    from dataclasses import replace
-
     lookup = np.array([basis.index(s) for s in data.basis.symbols], dtype=np.int64)
     return replace(data, basis=basis, species=lookup[data.species])
 
@@ -405,7 +425,7 @@ def convert(
     def structures() -> Iterable[tuple[str, HSData, str]]:
         for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
             with h5py.File(part, "r") as h5:
-                data = _read_structure(h5["structure"], BasisSet.from_json(h5.attrs["basis"]), half, str(part))
+                data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
                 data = _remap(data, merged)
                 source = Path(str(h5.attrs["source_path"]))
                 data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
@@ -427,7 +447,7 @@ def _save_part(part: Path, data: HSData, dtype: Any, half: bool, source: Path, s
     try:
         with h5py.File(tmp, "w") as h5:
             _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
-            h5.attrs["basis"] = data.basis.to_json()
+            write_basis(h5, data.basis)
             h5.attrs["source_path"] = str(source)
             h5.attrs["source_sha256"] = sha
         os.replace(tmp, part)
@@ -440,4 +460,4 @@ def _part_basis(part: Path) -> BasisSet:
     import h5py
 
     with h5py.File(part, "r") as h5:
-        return BasisSet.from_json(h5.attrs["basis"])
+        return read_basis(h5)
