@@ -1,0 +1,197 @@
+"""Parallel CPU kernels of the two-centre ops (numba, float64).
+
+``program_blocks``: parallel over pairs; per pair the real harmonics of ``R^`` (the Cartesian
+recursion of :func:`hforge.basis.conventions.real_harmonics`), the cubic Hermite interpolation
+of the pair type's slots at ``|R|``, then every block entry as the sum of its terms, written
+straight into the flat output.  Per-thread scratch only (harmonics and slot values).
+
+``kb_contract``: parallel over output pairs ``(i, j, n)``; the projector atoms of ``i`` and of
+``j`` are sorted by ``(atom, image)``, so every common projector atom ``(k, m)`` of ``i`` and
+``(k, m - n)`` of ``j`` is found by a merge of the two sorted lists; the block accumulates
+``P(i, k) diag(E_k) P(j, k)^T``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from hforge.ops.two_centre.tables import BlockProgram, RadialTables
+
+__all__ = ["program_blocks", "kb_contract"]
+
+_FASTMATH = {"reassoc", "contract", "nsz"}
+
+
+def _n_chunks(n_items: int) -> int:
+    return max(1, min(n_items, 64 * numba.get_num_threads()))
+
+
+@numba.njit(cache=True)
+def _legendre_norms(lmax):  # pragma: no cover
+    """``N_lm`` (times ``sqrt(2) (-1)^m`` for ``m > 0``) and ``(2m-1)!!`` of the recursion."""
+    norms = np.zeros((lmax + 1, lmax + 1))
+    dfact = np.ones(lmax + 1)
+    for m in range(1, lmax + 1):
+        dfact[m] = dfact[m - 1] * (2 * m - 1)
+    for l in range(lmax + 1):  # noqa: E741
+        for m in range(l + 1):
+            ratio = 1.0
+            for q in range(l - m + 1, l + m + 1):
+                ratio /= q
+            c = math.sqrt((2 * l + 1) / (4 * math.pi) * ratio)
+            norms[l, m] = c if m == 0 else c * math.sqrt(2.0) * (-1.0) ** m
+    return norms, dfact
+
+
+@numba.njit(inline="always")
+def _harmonics(x, y, z, lmax, norms, dfact, out):  # pragma: no cover
+    """SIESTA's real harmonics up to ``lmax`` of the unit vector ``(x, y, z)`` into ``out``."""
+    re, im = 1.0, 0.0
+    for m in range(lmax + 1):
+        p_prev, p = 0.0, dfact[m]
+        for l in range(m, lmax + 1):  # noqa: E741
+            if l > m:
+                p, p_prev = ((2 * l - 1) * z * p - (l + m - 1) * p_prev) / (l - m), p
+            c = norms[l, m] * p
+            if m == 0:
+                out[l * l + l] = c
+            else:
+                out[l * l + l + m] = c * re
+                out[l * l + l - m] = c * im
+        re, im = re * x - im * y, re * y + im * x
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _program_blocks(
+    pair_type, vectors, block_ptr, lmax, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm, term_coef,
+    values, reach, step, max_slots, n_chunks, out,
+):  # pragma: no cover
+    n_pairs = pair_type.shape[0]
+    norms, dfact = _legendre_norms(lmax)
+    n_points = values.shape[1]
+    y00 = 0.5 / math.sqrt(math.pi)
+    for chunk in numba.prange(n_chunks):
+        y = np.zeros((lmax + 1) ** 2)
+        radial = np.zeros(max(max_slots, 1))
+        for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+            t = pair_type[e]
+            vx, vy, vz = vectors[e, 0], vectors[e, 1], vectors[e, 2]
+            r = math.sqrt(vx * vx + vy * vy + vz * vz)
+            if r > 0.0:
+                _harmonics(vx / r, vy / r, vz / r, lmax, norms, dfact, y)
+            else:
+                y[:] = 0.0
+                y[0] = y00
+            x = r / step
+            k = min(int(x), n_points - 2)
+            u = x - k
+            h00 = (2.0 * u - 3.0) * u * u + 1.0
+            h10 = ((u - 2.0) * u + 1.0) * u * step
+            h01 = (3.0 - 2.0 * u) * u * u
+            h11 = (u - 1.0) * u * u * step
+            s0 = slot_ptr[t]
+            for s in range(slot_ptr[t + 1] - s0):
+                table = slot_table[s0 + s]
+                if r < reach[table]:
+                    radial[s] = (
+                        h00 * values[table, k, 0] + h10 * values[table, k, 1]
+                        + h01 * values[table, k + 1, 0] + h11 * values[table, k + 1, 1]
+                    )
+                else:
+                    radial[s] = 0.0
+            base = block_ptr[e]
+            e0 = entry_ptr[t]
+            for q in range(entry_ptr[t + 1] - e0):
+                acc = 0.0
+                for term in range(term_ptr[e0 + q], term_ptr[e0 + q + 1]):
+                    acc += term_coef[term] * radial[term_slot[term]] * y[term_lm[term]]
+                out[base + q] = acc
+
+
+def program_blocks(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, block_ptr: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Flat float64 blocks of ``program`` (see :func:`hforge.ops.two_centre.reference.program_blocks`),
+    written into ``out`` when given (a view of a larger buffer: no copy)."""
+    if out is None:
+        out = np.empty(int(block_ptr[-1]))
+    with numba.parallel_chunksize(1):
+        _program_blocks(
+            np.ascontiguousarray(pair_type, dtype=np.int64), np.ascontiguousarray(vectors, dtype=np.float64),
+            np.ascontiguousarray(block_ptr, dtype=np.int64), program.lmax, program.slot_ptr, program.slot_table,
+            program.entry_ptr, program.term_ptr, program.term_slot, program.term_lm, program.term_coef,
+            tables.values, tables.reach, tables.step, program.max_slots, _n_chunks(len(pair_type)), out,
+        )
+    return out
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _kb_contract(
+    pairs, shifts, species, proj_atoms, proj_shifts, proj_ptr, proj_block_ptr, projections, n_orb, n_proj,
+    energy, energy_ptr, block_ptr, n_chunks, out,
+):  # pragma: no cover
+    n_pairs = pairs.shape[1]
+    for chunk in numba.prange(n_chunks):
+        for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+            i, j = pairs[0, e], pairs[1, e]
+            ni, nj = n_orb[species[i]], n_orb[species[j]]
+            base = block_ptr[e]
+            for q in range(ni * nj):
+                out[base + q] = 0.0
+            a, a_end = proj_ptr[i], proj_ptr[i + 1]
+            b, b_end = proj_ptr[j], proj_ptr[j + 1]
+            while a < a_end and b < b_end:
+                # compare (k, m) of i's entry with (k, m' + n) of j's entry (both sorted by (k, m))
+                ka, kb = proj_atoms[a], proj_atoms[b]
+                order = 0
+                if ka != kb:
+                    order = -1 if ka < kb else 1
+                else:
+                    for d in range(3):
+                        ma, mb = proj_shifts[a, d], proj_shifts[b, d] + shifts[e, d]
+                        if ma != mb:
+                            order = -1 if ma < mb else 1
+                            break
+                if order < 0:
+                    a += 1
+                elif order > 0:
+                    b += 1
+                else:
+                    sk = species[ka]
+                    npk = n_proj[sk]
+                    pa, pb, e0 = proj_block_ptr[a], proj_block_ptr[b], energy_ptr[sk]
+                    for p in range(npk):
+                        ep = energy[e0 + p]
+                        for u in range(ni):
+                            w = projections[pa + u * npk + p] * ep
+                            if w != 0.0:
+                                row = base + u * nj
+                                for v in range(nj):
+                                    out[row + v] += w * projections[pb + v * npk + p]
+                    a += 1
+                    b += 1
+
+
+def kb_contract(
+    pairs: np.ndarray, shifts: np.ndarray, proj_atoms: np.ndarray, proj_shifts: np.ndarray, proj_ptr: np.ndarray,
+    proj_block_ptr: np.ndarray, projections: np.ndarray, n_orb: np.ndarray, n_proj: np.ndarray,
+    energies: list[np.ndarray], species: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """As :func:`hforge.ops.two_centre.reference.kb_contract`; every atom's projector entries
+    must be sorted by ``(atom, shift)`` (as :func:`hforge.graph.neighbour_list` gives them)."""
+    if out is None:
+        out = np.empty(int(block_ptr[-1]))
+    energy_ptr = np.concatenate([[0], np.cumsum([len(e) for e in energies])]).astype(np.int64)
+    energy = np.concatenate([np.asarray(e, dtype=np.float64) for e in energies]) if energies else np.zeros(0)
+    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    with numba.parallel_chunksize(1):
+        _kb_contract(
+            i64(pairs), i64(shifts), i64(species), i64(proj_atoms), i64(proj_shifts), i64(proj_ptr), i64(proj_block_ptr),
+            np.ascontiguousarray(projections, dtype=np.float64), i64(n_orb), i64(n_proj), energy, energy_ptr,
+            i64(block_ptr), _n_chunks(pairs.shape[1]), out,
+        )
+    return out

@@ -1,0 +1,134 @@
+"""Readable torch reference of the two-centre kernels (the oracle of the tests; runs on CPU and CUDA).
+
+``program_blocks``: per pair type, gather the pairs, interpolate the type's tables at ``|R|``,
+evaluate the real harmonics of ``R^`` and contract with the program's terms.
+``kb_contract``: for every output pair, the KB projector atoms seen by both atoms (matched by
+atom and lattice image), ``sum_k P(i, k) diag(E_k) P(j, k)^T``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from hforge.ops.two_centre.tables import BlockProgram, RadialTables
+
+__all__ = ["program_blocks", "kb_contract", "real_harmonics_torch"]
+
+
+def real_harmonics_torch(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
+    """SIESTA's real harmonics up to ``lmax`` of ``vectors (E, 3)``: ``(E, (lmax+1)^2)``, the
+    recursion of :func:`hforge.basis.conventions.real_harmonics`; a zero vector gives ``Y_00`` only."""
+    norm = torch.linalg.norm(vectors, dim=1, keepdim=True)
+    zero = norm[:, 0] == 0
+    v = vectors / torch.where(norm == 0, torch.ones_like(norm), norm)
+    x, y, z = v.unbind(1)
+    out = vectors.new_zeros(len(vectors), (lmax + 1) ** 2)
+    re, im = torch.ones_like(x), torch.zeros_like(x)
+    for m in range(lmax + 1):
+        p_prev = torch.zeros_like(z)
+        p = torch.full_like(z, float(np.prod(np.arange(1, 2 * m, 2))))
+        for l in range(m, lmax + 1):  # noqa: E741
+            if l > m:
+                p, p_prev = ((2 * l - 1) * z * p - (l + m - 1) * p_prev) / (l - m), p
+            norm_lm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+            if m == 0:
+                out[:, l * l + l] = norm_lm * p
+            else:
+                c = (-1) ** m * math.sqrt(2.0) * norm_lm * p
+                out[:, l * l + l + m] = c * re
+                out[:, l * l + l - m] = c * im
+        re, im = re * x - im * y, re * y + im * x
+    out[zero] = 0.0
+    out[zero, 0] = 0.5 / math.sqrt(math.pi)
+    return out
+
+
+def _interpolate(tables: RadialTables, table: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Cubic Hermite interpolation of ``tables[table[s]]`` at ``r (E,)``: ``(E, S)``."""
+    values, reach = tables.tensors(r.device, r.dtype)
+    reach = reach[table]
+    x = r / tables.step
+    k = torch.clamp(torch.floor(x).to(torch.int64), 0, values.shape[1] - 2)
+    t = (x - k)[:, None]
+    rows = values[table]  # (S, n_points, 2)
+    f0, d0 = rows[:, k, 0].T, rows[:, k, 1].T * tables.step
+    f1, d1 = rows[:, k + 1, 0].T, rows[:, k + 1, 1].T * tables.step
+    out = (2 * t**3 - 3 * t**2 + 1) * f0 + (t**3 - 2 * t**2 + t) * d0 + (-2 * t**3 + 3 * t**2) * f1 + (t**3 - t**2) * d1
+    return torch.where(r[:, None] < reach[None, :], out, torch.zeros_like(out))
+
+
+def program_blocks(
+    program: BlockProgram, tables: RadialTables, pair_type: torch.Tensor, vectors: torch.Tensor, block_ptr: torch.Tensor
+) -> torch.Tensor:
+    """Flat blocks of ``program`` for pairs of types ``pair_type (E,)`` at ``vectors (E, 3)`` (Bohr).
+
+    Returns ``(block_ptr[-1],)`` in the dtype of ``vectors`` (float64 for exactness)."""
+    out = vectors.new_zeros(int(block_ptr[-1]))
+    r = torch.linalg.norm(vectors, dim=1)
+    y = real_harmonics_torch(program.lmax, vectors)
+    device = vectors.device
+    for t in range(len(program.rows)):
+        pairs = torch.nonzero(pair_type == t).flatten()
+        size = int(program.rows[t] * program.cols[t])
+        if len(pairs) == 0 or size == 0:
+            continue
+        slots = torch.as_tensor(program.slot_table[program.slot_ptr[t] : program.slot_ptr[t + 1]], device=device)
+        radial = _interpolate(tables, slots, r[pairs])  # (P, S)
+        e0, e1 = int(program.entry_ptr[t]), int(program.entry_ptr[t + 1])
+        k0, k1 = int(program.term_ptr[e0]), int(program.term_ptr[e1])
+        term_entry = torch.as_tensor(np.repeat(np.arange(e1 - e0), np.diff(program.term_ptr[e0 : e1 + 1])), device=device)
+        term_slot = torch.as_tensor(program.term_slot[k0:k1], device=device)
+        term_lm = torch.as_tensor(program.term_lm[k0:k1], device=device)
+        coef = torch.as_tensor(program.term_coef[k0:k1], device=device, dtype=vectors.dtype)
+        contributions = coef * radial[:, term_slot] * y[pairs][:, term_lm]  # (P, terms)
+        blocks = vectors.new_zeros(len(pairs), size).index_add_(1, term_entry, contributions)
+        index = block_ptr[pairs][:, None] + torch.arange(size, device=device)
+        out[index.flatten()] = blocks.flatten()
+    return out
+
+
+def kb_contract(
+    pairs: np.ndarray,
+    shifts: np.ndarray,
+    proj_atoms: np.ndarray,
+    proj_shifts: np.ndarray,
+    proj_ptr: np.ndarray,
+    proj_block_ptr: np.ndarray,
+    projections: np.ndarray,
+    n_orb: np.ndarray,
+    n_proj: np.ndarray,
+    energies: list[np.ndarray],
+    species: np.ndarray,
+    block_ptr: np.ndarray,
+) -> np.ndarray:
+    """``V(i, j, n) = sum_{(k, m)} P(i; k, m) diag(E_k) P(j; k, m - n)^T`` for output pairs
+    ``(i, j, n)`` = ``pairs (2, E)``, ``shifts (E, 3)``.
+
+    The projections of atom ``i`` are its entries ``a in proj_ptr[i]:proj_ptr[i+1]``: projector
+    atom ``proj_atoms[a]`` in image ``proj_shifts[a]`` (relative to ``i``'s home cell), block
+    ``projections[proj_block_ptr[a]:proj_block_ptr[a+1]]`` of shape ``(n_orb[s_i], n_proj[s_k])``.
+    Returns the flat blocks on ``block_ptr`` (float64)."""
+    out = np.zeros(int(block_ptr[-1]))
+    lookup = {}
+    for i in range(len(proj_ptr) - 1):
+        for a in range(proj_ptr[i], proj_ptr[i + 1]):
+            lookup[(i, int(proj_atoms[a]), *map(int, proj_shifts[a]))] = a
+
+    def block(a: int, rows: int, cols: int) -> np.ndarray:
+        return projections[proj_block_ptr[a] : proj_block_ptr[a + 1]].reshape(rows, cols)
+
+    for e, (i, j) in enumerate(pairs.T):
+        si, sj = species[i], species[j]
+        acc = np.zeros((n_orb[si], n_orb[sj]))
+        for a in range(proj_ptr[i], proj_ptr[i + 1]):
+            k = int(proj_atoms[a])
+            b = lookup.get((int(j), k, *map(int, proj_shifts[a] - shifts[e])))
+            if b is None:
+                continue
+            sk = species[k]
+            acc += block(a, n_orb[si], n_proj[sk]) * energies[sk] @ block(b, n_orb[sj], n_proj[sk]).T
+        out[block_ptr[e] : block_ptr[e + 1]] = acc.reshape(-1)
+    return out
