@@ -55,8 +55,9 @@ def rotate_graph(graph: GraphBatch, rotations: np.ndarray, basis: BasisSet) -> G
     positions = torch.einsum("nk,nlk->nl", graph.positions, r[graph.batch])
     cell = torch.einsum("bik,blk->bil", graph.cell, r)
     targets = {}
-    if graph.has_targets:
-        values = {"h": graph.h.clone(), "s": graph.s.clone()}
+    names = [name for name in ("h", "s", "baseline_h", "exact_s") if getattr(graph, name) is not None]
+    if names:
+        values = {name: getattr(graph, name).clone() for name in names}
         for b in range(graph.n_graphs):
             p0, p1 = int(graph.pair_ptr[b]), int(graph.pair_ptr[b + 1])
             v0, v1 = int(graph.block_ptr[p0]), int(graph.block_ptr[p1])

@@ -125,6 +125,9 @@ class GraphBatch:
         s: ``(V,)`` float64 target S or None.
         mask: ``(V,)`` bool, target entries inside the file's sparsity pattern, or None.
         names: a name per structure (file or "structure <k>").
+        baseline_h: ``(V,)`` float64 physical baseline H0 (eV) of the block pairs, or None: a cache
+            the models fill (``hforge.models.HSModel.with_physics``), computed from the geometry alone.
+        exact_s: ``(V,)`` float64 exact overlap of the block pairs, or None (a cache, likewise).
     """
 
     positions: torch.Tensor
@@ -142,6 +145,8 @@ class GraphBatch:
     s: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     names: tuple[str, ...] = ()
+    baseline_h: torch.Tensor | None = None
+    exact_s: torch.Tensor | None = None
 
     @property
     def n_graphs(self) -> int:
@@ -356,6 +361,9 @@ def collate(graphs: Sequence[GraphBatch]) -> GraphBatch:
     targets = {}
     if with_targets == {True}:
         targets = {name: torch.cat([getattr(g, name) for g in graphs]) for name in ("h", "s", "mask")}
+    for name in ("baseline_h", "exact_s"):  # caches: kept only when every graph has them
+        if all(getattr(g, name) is not None for g in graphs):
+            targets[name] = torch.cat([getattr(g, name) for g in graphs])
     return GraphBatch(
         positions=torch.cat([g.positions for g in graphs]),
         species=torch.cat([g.species for g in graphs]),

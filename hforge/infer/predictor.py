@@ -437,15 +437,16 @@ class Predictor:
                 first, last = np.searchsorted(i, [a0, a1])
                 selected = np.concatenate([np.arange(first, last), np.flatnonzero((j >= a0) & (j < a1) & (i < a0))])
                 pairs = np.stack([i[selected], j[selected]])
-                h, s = hopping_blocks(model, graph, inputs, pairs, shifts[selected])
+                learned = hopping_blocks(model, graph, inputs, pairs, shifts[selected])
                 values = [
-                    np.concatenate([onsite[onsite_ptr[a0] : onsite_ptr[a1]], hop]).astype(dtype, copy=False)
-                    for onsite, hop in zip(inputs.onsite, (h, s))
+                    np.concatenate([onsite[onsite_ptr[a0] : onsite_ptr[a1]], hop])
+                    for onsite, hop in zip(inputs.onsite, learned)
                 ]
-            with timer("assembly"):
                 range_atoms = np.arange(a0, a1)
                 edges = np.concatenate([np.stack([range_atoms, range_atoms]), pairs], axis=1)
                 edge_shifts = np.concatenate([np.zeros((a1 - a0, 3), dtype=np.int64), shifts[selected]])
+                values = [v.astype(dtype, copy=False) for v in self._physics(problem, edges, edge_shifts, values)]
+            with timer("assembly"):
                 plan = plan_csr_assembly(
                     edges, edge_shifts, _block_ptr(problem.n_orb, edges), problem.n_orb, nsc=problem.nsc,
                     atoms=(a0, a1), backend=backend,
@@ -457,6 +458,22 @@ class Predictor:
             bar(k + 1)
         bar(None)
         return problem.csr(indices, data)
+
+    def _physics(
+        self, problem: "Problem", edges: np.ndarray, shifts: np.ndarray, learned: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """``[H, S]`` flat on the pairs ``edges``: the learned H plus the baseline H0 (when the model
+        uses one), and the learned or the exact S (float64)."""
+        from hforge.ops.two_centre import baseline_blocks, overlap_blocks
+
+        model, arrays = self.model, problem.arrays
+        geometry = (model.basis, arrays.species, arrays.positions, arrays.cell)
+        ptr = _block_ptr(problem.n_orb, edges)
+        h = learned[0]
+        if model.config.baseline == "h0":
+            h = h + baseline_blocks(*geometry, arrays.pbc, edges, shifts, block_ptr=ptr)
+        s = learned[1] if model.learns_overlap else overlap_blocks(*geometry, edges, shifts, block_ptr=ptr)
+        return [h, s]
 
     def _graph(self, arrays, positions, pair_index, pair_shift, pbc, species=None) -> GraphBatch:
         """Model graph on given block pairs (onsite pairs of every atom first)."""
@@ -628,47 +645,47 @@ class Problem:
 
 @dataclass(frozen=True)
 class NodeInputs:
-    """What hopping blocks need from the whole cell: the heads' inputs and scales, the onsite blocks
-    (flat numpy, atom order) of H and S, and positions/cell in the model's dtype."""
+    """What hopping blocks need from the whole cell: the learned heads' inputs and scales, their
+    onsite blocks (flat numpy, atom order; H, then S when learned), and positions/cell in the
+    model's dtype."""
 
-    h: Any
-    s: Any
-    scales: tuple[torch.Tensor, torch.Tensor]
-    onsite: tuple[np.ndarray, np.ndarray]
+    heads: list[tuple[Any, Any]]
+    scales: list[torch.Tensor]
+    onsite: list[np.ndarray]
     positions: torch.Tensor
     cell: torch.Tensor
 
 
 def node_inputs(model: HSModel, graph: GraphBatch) -> NodeInputs:
-    """The per-atom part of ``model.forward`` on a one-structure graph (trunk, head inputs, onsite blocks)."""
+    """The per-atom part of ``model.forward`` on a one-structure graph (trunk, head inputs, onsite
+    blocks of the learned heads)."""
     positions, cell, species = graph.positions.to(model.dtype), graph.cell.to(model.dtype), graph.species
     vectors = pair_vectors(positions, cell, graph.batch, graph.edge_index, graph.edge_shift)
     features = model.trunk(species, vectors, graph.edge_index)
     h_inputs, s_inputs = model.head_inputs(features, species, graph.edge_index, vectors)
-    onsite = tuple(
-        model._onsite(head, inputs, species, name).numpy()
-        for head, inputs, name in ((model.h_head, h_inputs, "h"), (model.s_head, s_inputs, "s"))
-    )
-    scales = (model.h_head.hopping_scale(model.scaling), model.s_head.hopping_scale(model.scaling))
-    return NodeInputs(h_inputs, s_inputs, scales, onsite, positions, cell)
+    named = [(model.h_head, h_inputs, "h")] + ([(model.s_head, s_inputs, "s")] if model.learns_overlap else [])
+    onsite = [model._onsite(head, inputs, species, name).numpy() for head, inputs, name in named]
+    scales = [head.hopping_scale(model.scaling) for head, _, _ in named]
+    return NodeInputs([(head, inputs) for head, inputs, _ in named], scales, onsite, positions, cell)
 
 
 def hopping_blocks(
     model: HSModel, graph: GraphBatch, inputs: NodeInputs, pairs: np.ndarray, shifts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat H and S blocks of ``pairs (2, E)`` with ``shifts (E, 3)`` (the pair part of ``model.forward``)."""
+) -> list[np.ndarray]:
+    """Flat blocks of the learned heads (H, then S when learned) for ``pairs (2, E)`` with
+    ``shifts (E, 3)`` (the pair part of ``model.forward``, before any baseline)."""
     species = graph.species
-    h_parts, s_parts = [], []
+    parts: list[list[np.ndarray]] = [[] for _ in inputs.heads]
     chunk = model.config.pair_chunk
     for start in range(0, pairs.shape[1], chunk):
         index = torch.from_numpy(np.ascontiguousarray(pairs[:, start : start + chunk]))
         shift = torch.from_numpy(np.ascontiguousarray(shifts[start : start + chunk]))
         r = pair_vectors(inputs.positions, inputs.cell, graph.batch, index, shift)
         distances = torch.linalg.norm(r, dim=1)
-        h_parts.append(model.h_head.hopping(inputs.h, species, index, r, distances, inputs.scales[0]).numpy())
-        s_parts.append(model.s_head.hopping(inputs.s, species, index, r, distances, inputs.scales[1]).numpy())
+        for out, (head, head_inputs), scale in zip(parts, inputs.heads, inputs.scales):
+            out.append(head.hopping(head_inputs, species, index, r, distances, scale).numpy())
     empty = np.zeros(0, dtype=np.float32)
-    return (np.concatenate(h_parts) if h_parts else empty, np.concatenate(s_parts) if s_parts else empty)
+    return [np.concatenate(p) if p else empty for p in parts]
 
 
 def _block_ptr(n_orb: np.ndarray, pair_index: np.ndarray) -> np.ndarray:

@@ -5,17 +5,22 @@ every structure's onsite blocks first, then its canonical-half hopping blocks (t
 :class:`~hforge.graph.GraphBatch`, which :func:`~hforge.ops.assemble.assemble_csr` consumes).
 
 Forward: interaction vectors -> MACE trunk (node features) -> per kind, the inputs of the H head
-(descriptors) and of the S head (a species embedding: S is a two-centre quantity, a function of
-the species pair and ``r_ij`` alone) -> onsite blocks per atom, scaled and shifted (see
-:mod:`hforge.models.scaling`) -> hopping blocks in chunks of ``config.pair_chunk`` pairs
-(pair vectors, radial basis, heads) -> per structure, onsite then hopping values.
+(descriptors) and, with ``overlap="learned"``, of the S head (a species embedding: S is a
+two-centre quantity, a function of the species pair and ``r_ij`` alone) -> onsite blocks per atom,
+scaled and shifted (see :mod:`hforge.models.scaling`) -> hopping blocks in chunks of
+``config.pair_chunk`` pairs (pair vectors, radial basis, heads) -> per structure, onsite then
+hopping values.  With ``overlap="exact"`` S is the two-centre integral of the basis
+(:mod:`hforge.ops.two_centre`, float64) and there is no S head; with ``baseline="h0"`` the H head's
+blocks are added to the physical baseline H0 of the same pairs.  Both are functions of the
+geometry alone, cached on the batch (:meth:`HSModel.with_physics`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from hforge.basis import BasisSet
@@ -32,7 +37,8 @@ __all__ = ["HSBlocks", "HSModel", "pair_vectors"]
 
 @dataclass(frozen=True)
 class HSBlocks:
-    """Predicted flat-packed blocks on a batch's ``block_ptr``: ``h`` (unshifted H, eV) and ``s``."""
+    """Predicted flat-packed blocks on a batch's ``block_ptr``: ``h`` (unshifted H, eV; the model's
+    dtype) and ``s`` (float64 when exact, else the model's dtype)."""
 
     h: torch.Tensor
     s: torch.Tensor
@@ -58,9 +64,10 @@ class HSModel(torch.nn.Module):
         basis: a basis holding (at least) the config's species; kept restricted to them.
         statistics: training-data statistics for the output scaling (None: unit scale, no shift).
 
-    Subclasses set ``h_head`` and ``s_head`` (with ``onsite(inputs, species)`` giving unscaled
-    onsite blocks, ``hopping_scale(scaling)`` and ``hopping(inputs, species, pair_index, vectors,
-    distances, scale)`` giving scaled hopping blocks) and implement :meth:`head_inputs`.
+    Subclasses set ``h_head`` and, when :attr:`learns_overlap`, ``s_head`` (with
+    ``onsite(inputs, species)`` giving unscaled onsite blocks, ``hopping_scale(scaling)`` and
+    ``hopping(inputs, species, pair_index, vectors, distances, scale)`` giving scaled hopping
+    blocks) and implement :meth:`head_inputs`.
     """
 
     def __init__(self, config: ModelConfig, basis: BasisSet, statistics: StoreStatistics | None = None) -> None:
@@ -70,24 +77,54 @@ class HSModel(torch.nn.Module):
         self.register_buffer("n_orb", torch.as_tensor(self.basis.n_orbitals), persistent=False)
         self.trunk = MaceTrunk(config)
         self.scaling = BlockScaling(self.basis, statistics)
-        self.s_embedding = torch.nn.Embedding(len(self.basis), config.s_channels)
-        torch.nn.init.normal_(self.s_embedding.weight)
+        self.s_embedding = None
+        self.s_head = None
+        if self.learns_overlap:
+            self.s_embedding = torch.nn.Embedding(len(self.basis), config.s_channels)
+            torch.nn.init.normal_(self.s_embedding.weight)
 
     # ---- to implement -------------------------------------------------------------------------
     def head_inputs(
         self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
     ) -> tuple[Any, Any]:
-        """Trunk features ``(N, irreps)`` (and the interaction graph) -> inputs of the H head and of the S head."""
+        """Trunk features ``(N, irreps)`` (and the interaction graph) -> inputs of the H head and of
+        the S head (None without one)."""
         raise NotImplementedError
 
     # ---- shared ---------------------------------------------------------------------------------
     @property
+    def learns_overlap(self) -> bool:
+        """True when S comes from an S head (``overlap="learned"``), False when it is exact."""
+        return self.config.overlap == "learned"
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.s_embedding.weight.dtype
+        return next(self.trunk.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return self.s_embedding.weight.device
+        return next(self.trunk.parameters()).device
+
+    def with_physics(self, batch: GraphBatch) -> GraphBatch:
+        """``batch`` with the exact S and the baseline H0 of its block pairs (float64, CPU) filled
+        in where the config uses them and the batch lacks them (one two-centre evaluation per
+        structure, :mod:`hforge.ops.two_centre`; trainers call this once per structure)."""
+        from hforge.ops.two_centre import baseline_blocks, overlap_blocks
+
+        wanted = {"exact_s": not self.learns_overlap, "baseline_h": self.config.baseline == "h0"}
+        missing = [name for name, used in wanted.items() if used and getattr(batch, name) is None]
+        if not missing:
+            return batch
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in missing}
+        for b in range(batch.n_graphs):
+            arrays = batch.structure(b)
+            edge, shift, ptr = batch.structure_pairs(b)
+            geometry = (self.basis, arrays.species, arrays.positions, arrays.cell)
+            if "exact_s" in parts:
+                parts["exact_s"].append(overlap_blocks(*geometry, edge, shift, block_ptr=ptr))
+            if "baseline_h" in parts:
+                parts["baseline_h"].append(baseline_blocks(*geometry, arrays.pbc, edge, shift, block_ptr=ptr))
+        return replace(batch, **{name: torch.from_numpy(np.concatenate(values)) for name, values in parts.items()})
 
     @property
     def entry_ptr(self) -> torch.Tensor:
@@ -103,7 +140,8 @@ class HSModel(torch.nn.Module):
         """Trainable parameters per top-level part and in total."""
         counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
         counts = {k: v for k, v in counts.items() if v}
-        counts["s_embedding"] = self.s_embedding.weight.numel()
+        if self.s_embedding is not None:
+            counts["s_embedding"] = self.s_embedding.weight.numel()
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
 
@@ -119,27 +157,29 @@ class HSModel(torch.nn.Module):
         if batch.species.numel() and int(batch.species.max()) >= len(self.basis):
             raise InputError(f"batch species index {int(batch.species.max())} outside the model's {len(self.basis)} species")
         dtype, device = self.dtype, self.device
-        batch = batch.to(device)
+        batch = self.with_physics(batch).to(device)
         positions, cell, species = batch.positions.to(dtype), batch.cell.to(dtype), batch.species
         graph_of_atom = batch.batch
         vectors = pair_vectors(positions, cell, graph_of_atom, batch.edge_index, batch.edge_shift)
         features = self.trunk(species, vectors, batch.edge_index)
         h_inputs, s_inputs = self.head_inputs(features, species, batch.edge_index, vectors)
-        onsite = (self._onsite(self.h_head, h_inputs, species, "h"), self._onsite(self.s_head, s_inputs, species, "s"))
+        heads = [(self.h_head, h_inputs, "h")] + ([(self.s_head, s_inputs, "s")] if self.learns_overlap else [])
+        onsite = [self._onsite(head, inputs, species, name) for head, inputs, name in heads]
         hop = batch.hopping_pairs()
         pair_index, pair_shift = batch.pair_index[:, hop], batch.pair_shift[hop]
-        scales = (self.h_head.hopping_scale(self.scaling), self.s_head.hopping_scale(self.scaling))
-        h_parts, s_parts = [], []
+        scales = [head.hopping_scale(self.scaling) for head, _, _ in heads]
+        parts: list[list[torch.Tensor]] = [[] for _ in heads]
         chunk = self.config.pair_chunk
         for start in range(0, pair_index.shape[1], chunk):
             index = pair_index[:, start : start + chunk]
             r = pair_vectors(positions, cell, graph_of_atom, index, pair_shift[start : start + chunk])
             distances = torch.linalg.norm(r, dim=1)
-            h_parts.append(self.h_head.hopping(h_inputs, species, index, r, distances, scales[0]))
-            s_parts.append(self.s_head.hopping(s_inputs, species, index, r, distances, scales[1]))
+            for out, (head, inputs, _), scale in zip(parts, heads, scales):
+                out.append(head.hopping(inputs, species, index, r, distances, scale))
         empty = positions.new_zeros(0)
-        hopping = (torch.cat(h_parts) if h_parts else empty, torch.cat(s_parts) if s_parts else empty)
-        h, s = (self._interleave(batch, on, hop_values) for on, hop_values in zip(onsite, hopping))
+        values = [self._interleave(batch, on, torch.cat(p) if p else empty) for on, p in zip(onsite, parts)]
+        h = values[0] if batch.baseline_h is None else values[0] + batch.baseline_h.to(dtype)
+        s = values[1] if self.learns_overlap else batch.exact_s
         return HSBlocks(h=h, s=s)
 
     @staticmethod

@@ -108,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     if "invariant_direction" not in stored:  # written before the field existed: the weights tell
         gated = any(key.endswith("pair.gate.weight") for key in payload["state_dict"])
         stored["invariant_direction"] = "monomials" if gated else "vector"
+    stored.setdefault("overlap", "learned")  # written before exact overlaps: the S head's weights are there
+    stored.setdefault("baseline", "none")
     try:
         config = ModelConfig.from_dict(stored)
     except ConfigError as exc:

@@ -11,7 +11,7 @@ from hforge.basis import BasisSet
 from hforge.errors import ConfigError, UnknownSpeciesError
 from hforge.ops.backends import BACKENDS
 
-__all__ = ["INVARIANT_DIRECTIONS", "KINDS", "ModelConfig"]
+__all__ = ["BASELINES", "INVARIANT_DIRECTIONS", "KINDS", "OVERLAPS", "ModelConfig"]
 
 #: Model kinds: ``equivariant`` (CG blocks from equivariant features) and ``invariant`` (MLPs
 #: from invariant descriptors and the Cartesian pair vector; the non-equivariant baseline).
@@ -21,6 +21,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: How the invariant model sees a pair's direction (:attr:`ModelConfig.invariant_direction`).
 INVARIANT_DIRECTIONS = ("monomials", "vector")
+
+#: Where S comes from (:attr:`ModelConfig.overlap`).
+OVERLAPS = ("exact", "learned")
+
+#: What the H head predicts on top of (:attr:`ModelConfig.baseline`).
+BASELINES = ("none", "h0")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,14 @@ class ModelConfig:
             then depends on its environment.  The gains start at zero (an untrained model equals
             the one without them); each set costs one more CG evaluation.  Default 0 (the bundled
             checkpoint's architecture).
+        overlap: where S comes from: ``"exact"`` (the two-centre integrals of the basis' radial
+            functions, :func:`hforge.ops.two_centre.overlap_blocks`: SIESTA's S to 1e-8, positive
+            definite; the basis needs its radial tables, i.e. ion files) or ``"learned"`` (an S
+            head, float to ~1e-4; checkpoints written before this field existed read as learned).
+        baseline: ``"none"`` (the H head predicts H) or ``"h0"``: the H head predicts ``H - H0``
+            with ``H0 = T + V_KB +`` the two-centre neutral-atom terms
+            (:func:`hforge.ops.two_centre.baseline_blocks`, from the geometry alone), added back
+            in :meth:`~hforge.models.HSModel.forward`.  Checkpoints without the field read as none.
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -111,6 +125,8 @@ class ModelConfig:
     pair_orientation: bool = False
     two_centre: bool = False
     slot_gains: int = 0
+    overlap: str = "exact"
+    baseline: str = "none"
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
@@ -152,6 +168,10 @@ class ModelConfig:
         for name in ("pair_orientation", "two_centre", "include_kb"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if self.overlap not in OVERLAPS:
+            raise bad("overlap", f"choose one of {', '.join(OVERLAPS)}")
+        if self.baseline not in BASELINES:
+            raise bad("baseline", f"choose one of {', '.join(BASELINES)}")
         if self.invariant_direction not in INVARIANT_DIRECTIONS:
             raise bad("invariant_direction", f"choose one of {', '.join(INVARIANT_DIRECTIONS)}")
         if self.dtype not in _DTYPES:
@@ -168,14 +188,22 @@ class ModelConfig:
 
         Raises:
             UnknownSpeciesError: a species of the config that the basis lacks.
-            BasisMismatchError: the basis lacks orbital radii (needed for the pair cut-offs).
+            BasisMismatchError: the basis lacks orbital radii (needed for the pair cut-offs), or
+                radial tables where ``overlap="exact"`` or a baseline needs them.
         """
         missing = [s for s in self.species if s not in basis]
         if missing:
             raise UnknownSpeciesError(f"model config: species {missing} are not in the basis (it has {basis.symbols})")
         basis = basis.select(self.species)
         basis.pair_cutoffs(include_kb=self.include_kb)  # raises BasisMismatchError without radii
+        if self.needs_radials:
+            basis.require_radials()
         return basis
+
+    @property
+    def needs_radials(self) -> bool:
+        """True when the model computes two-centre integrals (exact S or a baseline H0)."""
+        return self.overlap == "exact" or self.baseline != "none"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict (tuples as lists)."""

@@ -508,10 +508,11 @@ class EquivariantHSModel(HSModel):
             self.basis.pair_cutoffs(include_kb=config.include_kb), config,
         )
         scalar = [(0, 1)]
-        self.s_head = EquivariantHead(
-            "s", self.basis, scalar, config.s_channels, scalar, config.s_channels, config.s_channels,
-            self.basis.pair_cutoffs(), config,
-        )
+        if self.learns_overlap:
+            self.s_head = EquivariantHead(
+                "s", self.basis, scalar, config.s_channels, scalar, config.s_channels, config.s_channels,
+                self.basis.pair_cutoffs(), config,
+            )
         self.environment = EnvironmentOnsite(self.basis, channels, config.r_max, config)
         self.to(config.torch_dtype)
 
@@ -522,8 +523,8 @@ class EquivariantHSModel(HSModel):
         onsite = channelwise_from_e3nn(self.onsite_features(features), self.onsite_features.irreps_out)
         scalars = x[:, :, 0]
         environment = self.environment(scalars, species, edge_index, vectors, self.n_orb)
-        embedding = self.s_embedding(species)
-        return (
-            EquivariantInputs(x, onsite, scalars, environment),
-            EquivariantInputs(embedding[:, :, None], embedding[:, :, None], embedding),
-        )
+        s_inputs = None
+        if self.learns_overlap:
+            embedding = self.s_embedding(species)
+            s_inputs = EquivariantInputs(embedding[:, :, None], embedding[:, :, None], embedding)
+        return EquivariantInputs(x, onsite, scalars, environment), s_inputs

@@ -301,7 +301,8 @@ class InvariantHSModel(HSModel):
             "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config,
             orientation,
         )
-        self.s_head = InvariantHead("s", self.basis, config.s_channels, config.s_channels, self.basis.pair_cutoffs(), config)
+        if self.learns_overlap:
+            self.s_head = InvariantHead("s", self.basis, config.s_channels, config.s_channels, self.basis.pair_cutoffs(), config)
         self.to(config.torch_dtype)
 
     def head_inputs(
@@ -315,9 +316,9 @@ class InvariantHSModel(HSModel):
         cutoff = torch.full_like(lengths, self.config.r_max)
         messages = self.environment(bessel, vectors, lengths, cutoff, terms, i, j) * envelope[:, None]
         summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
-        embedding = self.s_embedding(species)
         x = channelwise_from_e3nn(features, self.trunk.irreps_out) if self.h_head.orientation is not None else None
-        return (
-            InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1), x),
-            InvariantInputs(embedding, embedding),
-        )
+        s_inputs = None
+        if self.learns_overlap:
+            embedding = self.s_embedding(species)
+            s_inputs = InvariantInputs(embedding, embedding)
+        return InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1), x), s_inputs

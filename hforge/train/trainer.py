@@ -45,7 +45,7 @@ import random
 import resource
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from hforge.errors import ConfigError
 from hforge.graph import collate
 from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
+from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
 from hforge.models import HSModel, build_model, load_checkpoint, save_model
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
@@ -322,14 +323,15 @@ class Trainer:
         np.random.seed(training.seed)
         random.seed(training.seed)
         try:
-            self.model = build_model(config.model, self.data.basis, self.data.store.statistics).to(self.device)
+            statistics = self._output_statistics()
+            self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
         except ConfigError:
             raise
         except Exception as exc:  # UnknownSpeciesError, BasisMismatchError
             raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
         self.ema = None
         if training.ema_decay > 0:
-            self.ema = build_model(config.model, self.data.basis, self.data.store.statistics).to(self.device)
+            self.ema = build_model(config.model, self.data.basis, statistics).to(self.device)
             self.ema.load_state_dict(self.model.state_dict())
             self.ema.eval().requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -360,12 +362,28 @@ class Trainer:
                 self.ema.load_state_dict(self.model.state_dict())
 
     # ---- setup --------------------------------------------------------------------------------
+    def _output_statistics(self) -> StoreStatistics:
+        """Statistics for the model's output scaling: the store's, or with a baseline those of
+        ``H - H0`` over the training structures (what the H head then predicts)."""
+        statistics = self.data.store.statistics
+        if self.config.model.baseline == "none":
+            return statistics
+        from hforge.ops.two_centre import baseline_blocks
+
+        accumulator = StatisticsAccumulator(statistics.basis)
+        for k in self.data.train:
+            data = self.data.read(k)
+            h0 = baseline_blocks(data.basis, data.species, data.positions, data.cell, data.pbc, data.edge_index,
+                                 data.cell_shift, block_ptr=data.block_ptr)
+            accumulator.add(replace(data, h=data.h - h0[None, :]))
+        return accumulator.result()
+
     def _prepare(self, indices: list[int]) -> list[_Item]:
         builder = self.model.graph_builder()
         items = []
         for k in indices:
             data = self.data.read(k)
-            graph = builder(data)
+            graph = self.model.with_physics(builder(data))
             edge, shift, ptr = graph.structure_pairs(0)
             types = torch.from_numpy(value_block_types(self.model.basis, graph.species.numpy(), edge, shift, ptr))
             eigen = None
@@ -460,8 +478,9 @@ class Trainer:
         for layer in self.norms:
             layer.eval()
         out = self.model(graph)
+        s_pred = out.s if self.model.learns_overlap else None  # an exact S has nothing to learn
         terms = self.loss_fn(
-            out.h, graph.h.to(device, dtype), types.to(device), out.s, graph.s.to(device, dtype), batch=value_batch.to(device)
+            out.h, graph.h.to(device, dtype), types.to(device), s_pred, graph.s.to(device, dtype), batch=value_batch.to(device)
         )
         loss = terms["loss"] * fraction
         logged = {name: float(value.detach()) * fraction for name, value in terms.items() if name != "loss"}
