@@ -161,6 +161,8 @@ EQUIVARIANT_OPTIONS = {
     "pair_orientation": {"pair_orientation": True},
     "two_centre": {"two_centre": True, "pair_orientation": True},
     "slot_gains": {"slot_gains": 2, "two_centre": True, "pair_orientation": True},
+    "baseline": {"baseline": "h0"},
+    "learned_overlap": {"overlap": "learned"},
 }
 
 
@@ -176,10 +178,10 @@ def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cel
             np.testing.assert_allclose(b, a, atol=1e-8 * max(1.0, np.abs(a).max()))
 
 
-@pytest.mark.parametrize("orientation", [False, True], ids=["", "pair_orientation"])
+@pytest.mark.parametrize("options", [{}, {"pair_orientation": True}, {"baseline": "h0"}], ids=["", "pair_orientation", "baseline"])
 @pytest.mark.parametrize("kind", ["translation", "permutation", "image"])
-def test_invariant_model_is_exactly_invariant_except_under_rotations(eval_model, cell8, kind, orientation):
-    model = eval_model("invariant", pair_orientation=orientation)
+def test_invariant_model_is_exactly_invariant_except_under_rotations(eval_model, cell8, kind, options):
+    model = eval_model("invariant", **options)
     error, _, _ = symmetry_error(model, cell8, kind)
     assert error < 1e-10
 
@@ -469,8 +471,10 @@ def test_torch_and_numba_backends_agree_and_every_parameter_learns(abn, kind, op
 @pytest.mark.parametrize(
     ("kind", "options"),
     [(kind, {}) for kind in KINDS] + [(kind, {"pair_orientation": True}) for kind in KINDS]
-    + [("equivariant", {"two_centre": True, "pair_orientation": True}), ("equivariant", {"slot_gains": 2, "two_centre": True})],
-    ids=[*KINDS, *(f"{kind}-pair_orientation" for kind in KINDS), "equivariant-two_centre", "equivariant-slot_gains"],
+    + [("equivariant", {"two_centre": True, "pair_orientation": True}), ("equivariant", {"slot_gains": 2, "two_centre": True})]
+    + [(kind, {"baseline": "h0", "overlap": "learned"}) for kind in KINDS],
+    ids=[*KINDS, *(f"{kind}-pair_orientation" for kind in KINDS), "equivariant-two_centre", "equivariant-slot_gains",
+         *(f"{kind}-baseline-learned_overlap" for kind in KINDS)],
 )
 def test_checkpoint_round_trip(eval_model, cell8, tmp_path, kind, options):
     model = eval_model(kind, "float32", **options)
@@ -494,6 +498,55 @@ def test_invariant_checkpoints_written_before_invariant_direction_existed(abn, c
     loaded = load_model(tmp_path / "old.pt").eval()
     assert loaded.config.invariant_direction == direction
     assert torch.equal(predict(model, cell8)[1].h, predict(loaded, cell8)[1].h)
+
+
+def test_checkpoints_written_before_exact_overlaps_learn_s(abn, cell8, tmp_path):
+    """A checkpoint without ``overlap``/``baseline`` holds an S head and no baseline: it loads as such."""
+    model = make("equivariant", abn.basis, abn.statistics, overlap="learned")
+    save_model(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["config"]["overlap"], payload["config"]["baseline"]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt").eval()
+    assert loaded.learns_overlap and loaded.config.baseline == "none"
+    before, after = predict(model, cell8)[1], predict(loaded, cell8)[1]
+    assert torch.equal(before.h, after.h) and torch.equal(before.s, after.s)
+
+
+def test_exact_overlap_and_baseline_in_the_forward(abn, eval_model):
+    """S is SIESTA's (exact two-centre integrals); ``baseline="h0"`` adds H0 to the same network's blocks."""
+    data = abn[3]
+    plain = eval_model("equivariant")
+    with_baseline = make("equivariant", abn.basis, abn.statistics, baseline="h0")
+    with_baseline.baseline_coef.normal_()  # any coefficients: H0 is added as it is
+    with_baseline.load_state_dict({**plain.state_dict(), "baseline_coef": with_baseline.baseline_coef})
+    graph = plain.graph_builder()(data)
+    with torch.no_grad():
+        a, b = plain(graph), with_baseline(graph)
+    mask = graph.mask
+    assert a.s.dtype == torch.float64 and float((a.s - graph.s)[mask].abs().max()) < 1e-7
+    edge, shift, ptr = graph.structure_pairs(0)
+    from hforge.ops.two_centre import baseline_blocks
+
+    h0 = baseline_blocks(abn.basis, data.species, data.positions, data.cell, data.pbc, edge, shift, block_ptr=ptr,
+                         coefficients=with_baseline.baseline_coefficients)
+    np.testing.assert_allclose((b.h - a.h).numpy(), h0, rtol=0, atol=1e-9 * np.abs(h0).max())
+
+
+def test_fitted_baseline_carries_most_of_h(abn):
+    """Fitted on abn-small's three training cells, H0 predicts the 24-atom cell's H to ~27 meV (MAE;
+    measured 26.7), where the plain T + V_KB + V_NA misses by ~230 meV (75 after its best c S)."""
+    from hforge.models.baseline import baseline_of, fit_baseline
+    from hforge.ops.two_centre import plain_coefficients
+
+    coefficients = fit_baseline(abn.basis, [abn[k] for k in range(3)])
+    np.testing.assert_allclose(coefficients, coefficients.transpose(0, 1, 3, 2, 5, 4))  # a block and its transpose
+    val = abn[3]
+    fitted = (val.h_unshifted[0] - baseline_of(abn.basis, val, coefficients))[val.mask]
+    plain = (val.h_unshifted[0] - baseline_of(abn.basis, val, plain_coefficients(abn.basis)))[val.mask]
+    s = val.s[val.mask]
+    plain_shifted = plain - (plain @ s) / (s @ s) * s
+    assert np.abs(fitted).mean() < 0.035 and np.abs(fitted).mean() < 0.5 * np.abs(plain_shifted).mean()
 
 
 def test_checkpoint_errors(abn, tmp_path):
@@ -529,6 +582,10 @@ def test_config_validation(abn):
         ModelConfig(dtype="float16")
     with pytest.raises(ConfigError, match="invariant_direction"):
         ModelConfig(invariant_direction="polar")
+    with pytest.raises(ConfigError, match="overlap"):
+        ModelConfig(overlap="guessed")
+    with pytest.raises(ConfigError, match="baseline"):
+        ModelConfig(baseline="dftb")
     with pytest.raises(ConfigError, match="species"):
         ModelConfig(species=("B", "B"))
     for gains in (-1, 9, 1.5, True):

@@ -178,7 +178,7 @@ def test_gaussian_overlap_kinetic_and_potential_are_analytic():
     # V on B's centre: product a(r) * [b+g](r-R): overlap of Gaussians a and (b+g)
     on_b = na * nb * v * three_gaussians(a, b + g, distances)
     on_a = na * nb * v * three_gaussians(a + g, b, distances)
-    np.testing.assert_allclose(run("hopping"), t_exact + on_a + on_b, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(run("potential"), on_a + on_b, rtol=0, atol=1e-8)
     # crystal field: <a|V_B|a> for A's own orbital and B's potential at R
     crystal = program_blocks(desc.program("crystal"), desc.tables, np.full(len(distances), 1), vectors)
     np.testing.assert_allclose(crystal, na * na * v * three_gaussians(2 * a, g, distances), rtol=0, atol=1e-9)
@@ -211,7 +211,7 @@ def test_rotated_pairs_give_rotated_blocks(abn_basis, seed):
     species_i, species_j = rng.integers(0, 2, 6), rng.integers(0, 2, 6)
     desc = two_centre_descriptor(abn_basis)
     types = species_i * 2 + species_j
-    for name in ("overlap", "hopping", "projection"):
+    for name in ("overlap", "potential", "projection"):
         program = desc.program(name)
         blocks = program_blocks(program, desc.tables, types, vectors * ANG_TO_BOHR)
         rotated = program_blocks(program, desc.tables, types, vectors @ rotation.T * ANG_TO_BOHR)
@@ -233,7 +233,7 @@ def _projector_species(basis: BasisSet, s: int) -> SpeciesBasis:
 def test_transposed_pairs_give_transposed_blocks(abn_basis):
     desc = two_centre_descriptor(abn_basis)
     vectors = np.array([[1.1, -0.4, 2.0], [0.3, 2.2, -1.5]]) * ANG_TO_BOHR
-    for name in ("overlap", "kinetic", "hopping"):
+    for name in ("overlap", "kinetic", "potential"):
         program = desc.program(name)
         forward = program_blocks(program, desc.tables, np.array([1, 1]), vectors).reshape(2, 13, 13)
         backward = program_blocks(program, desc.tables, np.array([2, 2]), -vectors).reshape(2, 13, 13)
@@ -295,7 +295,7 @@ def test_a_basis_without_neutral_atom_potential_has_s_but_no_h0(abn_basis):
     desc = two_centre_descriptor(basis)
     assert desc.program("overlap").name == "overlap"
     with pytest.raises(BasisMismatchError, match="neutral-atom potential"):
-        desc.program("hopping")
+        desc.program("potential")
 
 
 def test_kb_projectors_round_trip_through_json(abn_basis):
@@ -304,3 +304,23 @@ def test_kb_projectors_round_trip_through_json(abn_basis):
         assert a.radials.matches(b.radials) and a.radials.digest == b.radials.digest
         assert isinstance(b.radials.projectors[0], KBProjector)
     assert "radials" not in abn_basis.to_json(radials=False)
+
+
+def test_baseline_coefficients_weigh_each_part_per_block_type(abn8):
+    """Coefficients folded into the programs equal the parts weighed value by value."""
+    from hforge.io import value_block_types
+    from hforge.ops.two_centre import BASELINE_PARTS, baseline_parts, plain_coefficients
+
+    args = (abn8.basis, abn8.species, abn8.positions, abn8.cell, abn8.pbc, abn8.edge_index, abn8.cell_shift)
+    parts = baseline_parts(*args, block_ptr=abn8.block_ptr)
+    assert parts.shape == (len(BASELINE_PARTS), len(abn8.s))
+    np.testing.assert_allclose(parts[3], abn8.s, atol=S_TOLERANCE)  # the overlap part is S
+    plain = baseline_blocks(*args, block_ptr=abn8.block_ptr)
+    np.testing.assert_allclose(plain, parts[:3].sum(axis=0), rtol=0, atol=1e-10)
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=plain_coefficients(abn8.basis).shape)
+    table = 0.5 * (table + table.transpose(0, 1, 3, 2, 5, 4))  # symmetric under (s_i, a) <-> (s_j, b)
+    types = value_block_types(abn8.basis, abn8.species, abn8.edge_index, abn8.cell_shift, abn8.block_ptr)
+    expected = sum(table[p].reshape(-1)[types] * parts[p] for p in range(len(BASELINE_PARTS)))
+    weighed = baseline_blocks(*args, block_ptr=abn8.block_ptr, coefficients=table)
+    np.testing.assert_allclose(weighed, expected, rtol=0, atol=1e-9)

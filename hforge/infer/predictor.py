@@ -471,7 +471,7 @@ class Predictor:
         ptr = _block_ptr(problem.n_orb, edges)
         h = learned[0]
         if model.config.baseline == "h0":
-            h = h + baseline_blocks(*geometry, arrays.pbc, edges, shifts, block_ptr=ptr)
+            h = h + baseline_blocks(*geometry, arrays.pbc, edges, shifts, block_ptr=ptr, coefficients=model.baseline_coefficients)
         s = learned[1] if model.learns_overlap else overlap_blocks(*geometry, edges, shifts, block_ptr=ptr)
         return [h, s]
 

@@ -79,6 +79,11 @@ class HSModel(torch.nn.Module):
         self.scaling = BlockScaling(self.basis, statistics)
         self.s_embedding = None
         self.s_head = None
+        if config.baseline == "h0":
+            from hforge.ops.two_centre import plain_coefficients
+
+            # the coefficients of the baseline's parts per block type (hforge.models.baseline)
+            self.register_buffer("baseline_coef", torch.from_numpy(plain_coefficients(self.basis)))
         if self.learns_overlap:
             self.s_embedding = torch.nn.Embedding(len(self.basis), config.s_channels)
             torch.nn.init.normal_(self.s_embedding.weight)
@@ -105,6 +110,12 @@ class HSModel(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.trunk.parameters()).device
 
+    @property
+    def baseline_coefficients(self) -> np.ndarray | None:
+        """``(4, 2, S, S, A, A)`` float64 coefficients of the baseline's parts, or None without a baseline."""
+        coef = getattr(self, "baseline_coef", None)
+        return None if coef is None else coef.detach().cpu().to(torch.float64).numpy()
+
     def with_physics(self, batch: GraphBatch) -> GraphBatch:
         """``batch`` with the exact S and the baseline H0 of its block pairs (float64, CPU) filled
         in where the config uses them and the batch lacks them (one two-centre evaluation per
@@ -123,7 +134,9 @@ class HSModel(torch.nn.Module):
             if "exact_s" in parts:
                 parts["exact_s"].append(overlap_blocks(*geometry, edge, shift, block_ptr=ptr))
             if "baseline_h" in parts:
-                parts["baseline_h"].append(baseline_blocks(*geometry, arrays.pbc, edge, shift, block_ptr=ptr))
+                parts["baseline_h"].append(
+                    baseline_blocks(*geometry, arrays.pbc, edge, shift, block_ptr=ptr, coefficients=self.baseline_coefficients)
+                )
         return replace(batch, **{name: torch.from_numpy(np.concatenate(values)) for name, values in parts.items()})
 
     @property

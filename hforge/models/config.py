@@ -95,10 +95,11 @@ class ModelConfig:
             functions, :func:`hforge.ops.two_centre.overlap_blocks`: SIESTA's S to 1e-8, positive
             definite; the basis needs its radial tables, i.e. ion files) or ``"learned"`` (an S
             head, float to ~1e-4; checkpoints written before this field existed read as learned).
-        baseline: ``"none"`` (the H head predicts H) or ``"h0"``: the H head predicts ``H - H0``
-            with ``H0 = T + V_KB +`` the two-centre neutral-atom terms
-            (:func:`hforge.ops.two_centre.baseline_blocks`, from the geometry alone), added back
-            in :meth:`~hforge.models.HSModel.forward`.  Checkpoints without the field read as none.
+        baseline: ``"none"`` (the H head predicts H) or ``"h0"``: the H head predicts ``H - H0``,
+            ``H0`` a weighted sum of exact two-centre parts (T, V_KB, the neutral-atom terms, S;
+            :func:`hforge.ops.two_centre.baseline_blocks`) with one coefficient per part and block
+            type, fitted to the training data (:func:`hforge.models.baseline.fit_baseline`), added
+            back in :meth:`~hforge.models.HSModel.forward`.  Checkpoints without the field read as none.
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -126,7 +127,7 @@ class ModelConfig:
     two_centre: bool = False
     slot_gains: int = 0
     overlap: str = "exact"
-    baseline: str = "none"
+    baseline: str = "h0"
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"

@@ -58,6 +58,7 @@ from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
 from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
 from hforge.models import HSModel, build_model, load_checkpoint, save_model
+from hforge.models.baseline import baseline_of, fit_baseline
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
 from hforge.train.metrics import BlockLoss
@@ -323,12 +324,14 @@ class Trainer:
         np.random.seed(training.seed)
         random.seed(training.seed)
         try:
-            statistics = self._output_statistics()
+            coefficients, statistics = self._fit_baseline()
             self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
         except ConfigError:
             raise
         except Exception as exc:  # UnknownSpeciesError, BasisMismatchError
             raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
+        if coefficients is not None:
+            self.model.baseline_coef.copy_(torch.from_numpy(coefficients))
         self.ema = None
         if training.ema_decay > 0:
             self.ema = build_model(config.model, self.data.basis, statistics).to(self.device)
@@ -362,21 +365,20 @@ class Trainer:
                 self.ema.load_state_dict(self.model.state_dict())
 
     # ---- setup --------------------------------------------------------------------------------
-    def _output_statistics(self) -> StoreStatistics:
-        """Statistics for the model's output scaling: the store's, or with a baseline those of
-        ``H - H0`` over the training structures (what the H head then predicts)."""
+    def _fit_baseline(self) -> tuple[np.ndarray | None, StoreStatistics]:
+        """``(baseline coefficients, statistics for the output scaling)``: without a baseline
+        ``(None, the store's statistics)``; with one, its least-squares fit to the training
+        structures and the statistics of ``H - H0`` (what the H head then predicts)."""
         statistics = self.data.store.statistics
         if self.config.model.baseline == "none":
-            return statistics
-        from hforge.ops.two_centre import baseline_blocks
-
+            return None, statistics
+        basis = self.config.model.check_basis(self.data.basis)
+        coefficients = fit_baseline(basis, (self.data.read(k) for k in self.data.train))
         accumulator = StatisticsAccumulator(statistics.basis)
         for k in self.data.train:
             data = self.data.read(k)
-            h0 = baseline_blocks(data.basis, data.species, data.positions, data.cell, data.pbc, data.edge_index,
-                                 data.cell_shift, block_ptr=data.block_ptr)
-            accumulator.add(replace(data, h=data.h - h0[None, :]))
-        return accumulator.result()
+            accumulator.add(replace(data, h=data.h - baseline_of(basis, data, coefficients)[None, :]))
+        return coefficients, accumulator.result()
 
     def _prepare(self, indices: list[int]) -> list[_Item]:
         builder = self.model.graph_builder()

@@ -12,12 +12,14 @@ tables and programs of a basis (built once, cached), the backends only execute p
 Public functions (lengths in Å, results in SIESTA's convention: S dimensionless, energies eV):
 
 :func:`overlap_blocks`   S blocks of atom pairs ``(i, j, n)``; positive definite by construction.
-:func:`baseline_blocks`  H0 = T + V_KB + the two-centre neutral-atom terms (``<i|V_i + V_j|j>``
-                         for pairs, ``<i|V_i|i'>`` plus the crystal field ``sum_k <i|V_k|i'>``
-                         for onsite blocks): every part of SIESTA's H that is exactly a sum of
-                         two-centre integrals; what is left (the three-centre V_NA terms, the
-                         Hartree and exchange-correlation potentials of the SCF density) is
-                         what a model learns on top (``ModelConfig.baseline``).
+:func:`baseline_blocks`  H0, a weighted sum of T, V_KB, the two-centre neutral-atom terms
+                         (``<i|V_i + V_j|j>`` for pairs, ``<i|V_i|i'>`` plus the crystal field
+                         ``sum_k <i|V_k|i'>`` for onsite blocks) and S: every part of SIESTA's
+                         H that is exactly a sum of two-centre integrals, with one coefficient
+                         per part and block type (fitted to training data by the models,
+                         ``ModelConfig.baseline``); what is left (the three-centre V_NA terms,
+                         the Hartree and exchange-correlation potentials of the SCF density)
+                         is what a model learns on top.
 
 Conventions: pair ``(i, j, n)`` has ``R = positions[j] + n @ cell - positions[i]`` (Å, converted
 to Bohr as sisl reads SIESTA files, :data:`hforge.basis.radial.BOHR_TO_ANG`); blocks are flat-packed row-major in SIESTA's orbital order on a
@@ -36,7 +38,7 @@ from hforge.basis.radial import ANG_TO_BOHR, BOHR_TO_ANG, RY_TO_EV
 from hforge.errors import InputError
 from hforge.graph.neighbours import neighbour_list
 from hforge.ops.backends import resolve_backend
-from hforge.ops.two_centre.descriptor import PROGRAMS, TwoCentreDescriptor, two_centre_descriptor
+from hforge.ops.two_centre.descriptor import PROGRAMS, TwoCentreDescriptor, entry_coefficients, two_centre_descriptor
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
 __all__ = [
@@ -47,6 +49,10 @@ __all__ = [
     "kb_contract",
     "overlap_blocks",
     "baseline_blocks",
+    "baseline_parts",
+    "plain_coefficients",
+    "BASELINE_PARTS",
+    "kb_blocks",
     "block_pointer",
 ]
 
@@ -161,6 +167,19 @@ def _neighbours(desc: TwoCentreDescriptor, positions, cell, pbc, species, reach:
     return neighbour_list(positions, cell, pbc, cut, species=species, onsite=True)
 
 
+#: The parts of the baseline H0, in the order of its coefficient tables.
+BASELINE_PARTS = ("kinetic", "kb", "neutral_atom", "overlap")
+
+
+def plain_coefficients(basis: BasisSet) -> np.ndarray:
+    """Coefficients of the plain H0 = T + V_KB + V_NA (S not added): ``(4, 2, S, S, A, A)``,
+    ones for the first three parts, zeros for the overlap (layout of :func:`baseline_blocks`)."""
+    n_species, n_shells = len(basis), max(len(sp.shells) for sp in basis)
+    table = np.zeros((len(BASELINE_PARTS), 2, n_species, n_species, n_shells, n_shells))
+    table[:3] = 1.0
+    return table
+
+
 def baseline_blocks(
     basis: BasisSet,
     species: np.ndarray,
@@ -171,20 +190,34 @@ def baseline_blocks(
     cell_shift: np.ndarray,
     *,
     block_ptr: np.ndarray | None = None,
-    kb: bool = True,
+    coefficients: np.ndarray | None = None,
     backend: str = "auto",
 ) -> np.ndarray:
-    """The baseline Hamiltonian H0 (eV) of the pairs ``(i, j, n)``: flat float64 blocks on ``block_ptr``.
+    """The physical baseline ``H0 = c_T T + c_KB V_KB + c_NA V_NA + c_S S`` (eV) of the pairs
+    ``(i, j, n)``: flat float64 blocks on ``block_ptr``.
 
-    Onsite pairs ``(i, i, 0)`` get ``<i|T + V_NA,i|i'> + sum_{k != i} <i|V_NA,k|i'>`` (every
-    periodic image of every atom within reach, ``i``'s own images included) and non-onsite pairs
-    ``<i|T + V_NA,i + V_NA,j|j>``; with ``kb``, every pair also gets
-    ``sum_k <i|chi_k> E_k <chi_k|j>`` over the KB projectors of all atoms (SIESTA's ``nlefsm``).
+    The parts (all exact two-centre integrals or sums of them, SIESTA's definitions):
+
+    - T, the kinetic matrix ``<i| -nabla^2 |j>`` (Ry -> eV);
+    - V_KB, ``sum_k <i|chi_k> E_k <chi_k|j>`` over the KB projectors of every atom (``nlefsm``);
+    - V_NA, the two-centre terms of the neutral-atom potentials: ``<i|V_NA,i + V_NA,j|j>`` for a
+      pair, ``<i|V_NA,i|i'> + sum_{k != i} <i|V_NA,k|i'>`` (every periodic image within reach, i's
+      own images included) for an onsite block;
+    - S, the overlap (the bulk of the exchange-correlation potential, which H0 lacks, is close to
+      a constant times S).
+
+    Args:
+        coefficients: ``(4, 2, n_species, n_species, n_shells, n_shells)``: per part (order of
+            :data:`BASELINE_PARTS`), onsite or not, species pair and shell pair, the factor of the
+            part's sub-block (a scalar per sub-block keeps every symmetry); symmetric under
+            ``(s_i, a) <-> (s_j, b)``.  None: :func:`plain_coefficients` (T + V_KB + V_NA).
+            Folded into the programs, so a fitted baseline costs what the plain one does.
 
     Raises:
         BasisMismatchError: a species without radial tables or neutral-atom potential.
     """
     desc = two_centre_descriptor(basis)
+    coef = plain_coefficients(basis) if coefficients is None else np.asarray(coefficients, dtype=np.float64)
     species = np.asarray(species, dtype=np.int64)
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
@@ -192,31 +225,78 @@ def baseline_blocks(
     cell_shift = np.asarray(cell_shift, dtype=np.int64)
     n_species = len(basis)
     pair_type = species[edge_index[0]] * n_species + species[edge_index[1]]
-    hopping_program = desc.program("hopping")
     if block_ptr is None:
-        block_ptr = block_pointer(hopping_program, pair_type)
+        block_ptr = block_pointer(desc.program("overlap"), pair_type)
     vectors = _pair_vectors(positions, cell, edge_index, cell_shift)
     out = np.zeros(int(block_ptr[-1]))
     onsite = (edge_index[0] == edge_index[1]) & ~cell_shift.any(axis=1)
+    kinetic, kb, potential, overlap = (coef[k] for k in range(len(BASELINE_PARTS)))
+    s_ry = overlap / RY_TO_EV  # everything below is summed in Ry
     hop = np.flatnonzero(~onsite)
     if len(hop):
-        values = program_blocks(hopping_program, desc.tables, pair_type[hop], vectors[hop], backend=backend)
+        values = np.zeros(int((block_ptr[hop + 1] - block_ptr[hop]).sum()))
+        for name, table in (("kinetic", kinetic), ("potential", potential), ("overlap", s_ry)):
+            if table[0].any():
+                values += program_blocks(
+                    _scaled(desc, name, table, False), desc.tables, pair_type[hop], vectors[hop], backend=backend
+                )
         _scatter(out, block_ptr, hop, values)
     sites = np.flatnonzero(onsite)
     if len(sites):
         atoms = edge_index[0, sites]
-        # one-centre part: the onsite program at R = 0, once per species
-        per_species = program_blocks(
-            desc.program("onsite"), desc.tables, np.arange(n_species) * (n_species + 1), np.zeros((n_species, 3)),
-            backend="torch",
+        types = np.arange(n_species) * (n_species + 1)
+        parts = [("kinetic", kinetic), ("self_potential", potential), ("overlap", s_ry)]
+        per_species = sum(
+            program_blocks(_scaled(desc, name, table, True), desc.tables, types, np.zeros((n_species, 3)), backend="torch")
+            for name, table in parts
         )
-        ptr = block_pointer(desc.program("onsite"), np.arange(n_species) * (n_species + 1))
+        ptr = block_pointer(desc.program("overlap"), types)
         values = np.concatenate([per_species[ptr[s] : ptr[s + 1]] for s in species[atoms]])
-        values += _crystal_field(desc, positions, cell, pbc, species, atoms, backend)
+        if potential.any():
+            values += _crystal_field(desc, _scaled(desc, "crystal", potential, True), positions, cell, pbc, species, atoms, backend)
         _scatter(out, block_ptr, sites, values)
-    if kb:
-        out += kb_blocks(desc, positions, cell, pbc, species, edge_index, cell_shift, block_ptr, backend=backend)
+    if kb.any():
+        out += kb_blocks(desc, positions, cell, pbc, species, edge_index, cell_shift, block_ptr, scale=kb, backend=backend)
     return out * RY_TO_EV
+
+
+def baseline_parts(
+    basis: BasisSet,
+    species: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: Any,
+    edge_index: np.ndarray,
+    cell_shift: np.ndarray,
+    *,
+    block_ptr: np.ndarray | None = None,
+    backend: str = "auto",
+) -> np.ndarray:
+    """``(4, n_values)`` float64: the parts of :func:`baseline_blocks` one by one (T, V_KB, V_NA in eV;
+    S), e.g. to fit its coefficients by least squares."""
+    unit = plain_coefficients(basis)
+    out = []
+    for k in range(len(BASELINE_PARTS)):
+        coef = np.zeros_like(unit)
+        coef[k] = 1.0
+        out.append(
+            baseline_blocks(basis, species, positions, cell, pbc, edge_index, cell_shift, block_ptr=block_ptr,
+                            coefficients=coef, backend=backend)
+        )
+    return np.stack(out)
+
+
+_SCALED: dict[tuple, BlockProgram] = {}
+
+
+def _scaled(desc: TwoCentreDescriptor, name: str, table: np.ndarray, onsite: bool) -> BlockProgram:
+    """Program ``name`` with the coefficients ``table`` folded in (cached by value)."""
+    key = (id(desc), name, onsite, table.tobytes())
+    if key not in _SCALED:
+        if len(_SCALED) > 64:
+            _SCALED.clear()
+        _SCALED[key] = desc.program(name).scaled(entry_coefficients(desc, name, table, onsite))
+    return _SCALED[key]
 
 
 def _scatter(out: np.ndarray, block_ptr: np.ndarray, pairs: np.ndarray, values: np.ndarray) -> None:
@@ -226,9 +306,9 @@ def _scatter(out: np.ndarray, block_ptr: np.ndarray, pairs: np.ndarray, values: 
     out[starts + np.arange(len(values))] = values
 
 
-def _crystal_field(desc, positions, cell, pbc, species, atoms, backend) -> np.ndarray:
-    """``sum_{(k, n) != (i, 0)} <i|V_NA,k|i'>`` (Ry) of the onsite blocks of ``atoms``, flat in their order."""
-    program = desc.program("crystal")
+def _crystal_field(desc, program, positions, cell, pbc, species, atoms, backend) -> np.ndarray:
+    """``sum_{(k, n) != (i, 0)}`` of ``program`` (the crystal field, Ry) onto the onsite blocks of
+    ``atoms``, flat in their order."""
     n_species = desc.n_species
     pairs = _neighbours(desc, positions, cell, pbc, species, desc.potential_reach)
     i, k = pairs.edge_index
@@ -261,9 +341,11 @@ def kb_blocks(
     cell_shift: np.ndarray,
     block_ptr: np.ndarray,
     *,
+    scale: np.ndarray | None = None,
     backend: str = "auto",
 ) -> np.ndarray:
-    """``V_KB(i, j, n) = sum_k <i|chi_k> E_k <chi_k|j>`` (Ry), flat on ``block_ptr``."""
+    """``V_KB(i, j, n) = sum_k <i|chi_k> E_k <chi_k|j>`` (Ry), flat on ``block_ptr``; with ``scale``
+    (``(2, S, S, A, A)``, onsite or not x species pair x shell pair) each sub-block multiplied."""
     program = desc.program("projection")
     n_species = desc.n_species
     pairs = _neighbours(desc, positions, cell, pbc, species, desc.projector_reach)
@@ -275,7 +357,25 @@ def kb_blocks(
     )
     proj_ptr = np.searchsorted(i, np.arange(len(positions) + 1)).astype(np.int64)
     n_proj = np.array([len(e) for e in desc.kb_energy], dtype=np.int64)
-    return kb_contract(
+    out = kb_contract(
         edge_index, cell_shift, k, pairs.cell_shift, proj_ptr, proj_block_ptr, projections, desc.basis.n_orbitals,
         n_proj, list(desc.kb_energy), species, block_ptr, backend=backend,
     )
+    if scale is not None:
+        entry_scale = np.stack([entry_coefficients(desc, "overlap", scale, onsite) for onsite in (False, True)])
+        _scale_entries(out, entry_scale, desc.program("overlap").entry_ptr, species, edge_index, cell_shift, block_ptr)
+    return out
+
+
+def _scale_entries(out, entry_scale, entry_ptr, species, edge_index, cell_shift, block_ptr, chunk: int = 1 << 16) -> None:
+    """``out`` *= the entry scale of every value (onsite or not, pair type, entry), in pair chunks."""
+    n_species = int(np.sqrt(len(entry_ptr) - 1))
+    onsite = ((edge_index[0] == edge_index[1]) & ~np.asarray(cell_shift).any(axis=1)).astype(np.int64)
+    pair_type = species[edge_index[0]] * n_species + species[edge_index[1]]
+    flat = entry_scale.reshape(-1)
+    for start in range(0, edge_index.shape[1], chunk):
+        stop = min(start + chunk, edge_index.shape[1])
+        sizes = np.diff(block_ptr[start : stop + 1])
+        local = np.arange(int(sizes.sum())) - np.repeat(block_ptr[start:stop] - block_ptr[start], sizes)
+        index = np.repeat(onsite[start:stop] * entry_ptr[-1] + entry_ptr[pair_type[start:stop]], sizes) + local
+        out[block_ptr[start] : block_ptr[stop]] *= flat[index]

@@ -3,16 +3,16 @@
 Programs (:class:`~hforge.ops.two_centre.tables.BlockProgram`; rows: functions of atom ``i``,
 columns: functions of atom ``j``, ``R = r_j - r_i`` in Bohr; results in SIESTA's units, Ry):
 
-``overlap``     S: orbitals of ``i`` x orbitals of ``j``.
-``kinetic``     T = ``<phi_i| -nabla^2 |phi_j>`` (Ry).
-``hopping``     the two-centre H0 of a pair of distinct atoms (or images):
-                ``<phi_i| -nabla^2 + V_NA,i + V_NA,j |phi_j>``.
-``onsite``      the one-centre H0 of an atom (evaluated at ``R = 0``):
-                ``<phi_i| -nabla^2 + V_NA,i |phi_i'>``.
+``overlap``         S: orbitals of ``i`` x orbitals of ``j`` (at ``R = 0``: the onsite S).
+``kinetic``         T = ``<phi_i| -nabla^2 |phi_j>`` (Ry; at ``R = 0`` the onsite T).
+``potential``       the two-centre neutral-atom terms of a pair of distinct atoms (or images):
+                    ``<phi_i| V_NA,i + V_NA,j |phi_j>``.
+``self_potential``  ``<phi_i| V_NA,i |phi_j>``: evaluated at ``R = 0``, the one-centre term of an
+                    onsite block.
 ``crystal``     ``<phi_i| V_NA,k |phi_i'>``: orbitals of ``i`` x orbitals of ``i`` for the
                 potential of a neighbour ``k`` (type ``(s_i, s_k)``, ``R = r_k - r_i``): the
                 crystal field, summed over neighbours onto ``i``'s onsite block.
-``projection``  ``<phi_i | chi_k>``: orbitals of ``i`` x KB projector functions of ``k``.
+``projection``      ``<phi_i | chi_k>``: orbitals of ``i`` x KB projector functions of ``k``.
 
 With :attr:`TwoCentreDescriptor.kb_energy` (Ry per projector function) the Kleinman-Bylander
 part of H is ``V_KB(i, j) = sum_k P(i, k) diag(E_k) P(j, k)^T``.
@@ -29,10 +29,10 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.ops.two_centre.tables import BlockProgram, Coupling, Profile, ProgramBuilder, RadialTables, build_tables
 
-__all__ = ["PROGRAMS", "TwoCentreDescriptor", "two_centre_descriptor"]
+__all__ = ["PROGRAMS", "TwoCentreDescriptor", "entry_coefficients", "two_centre_descriptor"]
 
 #: Names of the programs of a descriptor.
-PROGRAMS = ("overlap", "kinetic", "hopping", "onsite", "crystal", "projection")
+PROGRAMS = ("overlap", "kinetic", "potential", "self_potential", "crystal", "projection")
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,8 +42,8 @@ class TwoCentreDescriptor:
     Attributes:
         basis: the basis (with radial tables).
         tables: every radial table of every program.
-        programs: ``{name: BlockProgram}``; ``hopping``, ``onsite`` and ``crystal`` only when every
-            species has its neutral-atom potential.
+        programs: ``{name: BlockProgram}``; ``potential``, ``self_potential`` and ``crystal`` only
+            when every species has its neutral-atom potential.
         kb_energy: per species, ``(n_projector_functions,)`` float64 Ry.
         orbital_reach: ``(n_species,)`` largest orbital cut-off (Bohr).
         projector_reach: ``(n_species,)`` largest KB projector cut-off (Bohr; 0 without projectors).
@@ -78,6 +78,27 @@ class TwoCentreDescriptor:
                 "basis lacks: read it from .ion/.ion.nc/.ion.xml files"
             )
         return self.programs[name]
+
+
+def entry_coefficients(desc: "TwoCentreDescriptor", name: str, table: np.ndarray, onsite: bool) -> np.ndarray:
+    """Per entry of program ``name`` (its ``entry_ptr`` layout), ``table[onsite, s_i, s_j, a, b]``
+    with ``a, b`` the shells of the entry's row and column orbitals; for ``crystal`` (an onsite block
+    of atom ``i`` for a neighbour of species ``s_k``) ``table[1, s_i, s_i, a, b]``.
+
+    Args:
+        table: ``(2, n_species, n_species, n_shells, n_shells)`` (``hforge.io`` block-type layout).
+    """
+    program = desc.program(name)
+    basis = desc.basis
+    shell_of = [sp.orbital_shell for sp in basis]
+    parts = []
+    for t in range(len(program.rows)):
+        si, sj = divmod(t, desc.n_species)
+        if name == "crystal":
+            sj = si
+        rows, cols = shell_of[si], shell_of[sj]
+        parts.append(table[int(onsite), si, sj][rows[:, None], cols[None, :]].reshape(-1))
+    return np.concatenate(parts)
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -121,22 +142,16 @@ def _descriptor(basis_json: str, digests: tuple[str, ...], basis: BasisSet) -> T
     if has_potential:
         builders.append(
             pair_program(
-                "hopping",
+                "potential",
                 lambda si, a, sj, c: [
-                    Coupling(orbital[si][a], orbital[sj][c], kinetic=True),
                     Coupling(with_potential(orbital[si][a], si), orbital[sj][c]),
                     Coupling(orbital[si][a], with_potential(orbital[sj][c], sj)),
                 ],
             )
         )
-        onsite = pair_program(
-            "onsite",
-            lambda si, a, sj, c: [
-                Coupling(orbital[si][a], orbital[sj][c], kinetic=True),
-                Coupling(with_potential(orbital[si][a], si), orbital[sj][c]),
-            ],
+        builders.append(
+            pair_program("self_potential", lambda si, a, sj, c: [Coupling(with_potential(orbital[si][a], si), orbital[sj][c])])
         )
-        builders.append(onsite)
         crystal = builder("crystal", [n_orb[si] for si, _ in types], [n_orb[si] for si, _ in types])
         for t, (si, sk) in enumerate(types):
             potential = Profile((radials[sk].neutral_atom,), 0, 0)

@@ -17,6 +17,8 @@ from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
 __all__ = ["program_blocks", "kb_contract", "real_harmonics_torch"]
 
+_CHUNK = 4096  # pairs per step of program_blocks (temporaries: chunk x terms of the pair type)
+
 
 def real_harmonics_torch(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
     """SIESTA's real harmonics up to ``lmax`` of ``vectors (E, 3)``: ``(E, (lmax+1)^2)``, the
@@ -71,22 +73,23 @@ def program_blocks(
     y = real_harmonics_torch(program.lmax, vectors)
     device = vectors.device
     for t in range(len(program.rows)):
-        pairs = torch.nonzero(pair_type == t).flatten()
         size = int(program.rows[t] * program.cols[t])
-        if len(pairs) == 0 or size == 0:
+        of_type = torch.nonzero(pair_type == t).flatten()
+        if len(of_type) == 0 or size == 0:
             continue
         slots = torch.as_tensor(program.slot_table[program.slot_ptr[t] : program.slot_ptr[t + 1]], device=device)
-        radial = _interpolate(tables, slots, r[pairs])  # (P, S)
         e0, e1 = int(program.entry_ptr[t]), int(program.entry_ptr[t + 1])
         k0, k1 = int(program.term_ptr[e0]), int(program.term_ptr[e1])
         term_entry = torch.as_tensor(np.repeat(np.arange(e1 - e0), np.diff(program.term_ptr[e0 : e1 + 1])), device=device)
         term_slot = torch.as_tensor(program.term_slot[k0:k1], device=device)
         term_lm = torch.as_tensor(program.term_lm[k0:k1], device=device)
         coef = torch.as_tensor(program.term_coef[k0:k1], device=device, dtype=vectors.dtype)
-        contributions = coef * radial[:, term_slot] * y[pairs][:, term_lm]  # (P, terms)
-        blocks = vectors.new_zeros(len(pairs), size).index_add_(1, term_entry, contributions)
-        index = block_ptr[pairs][:, None] + torch.arange(size, device=device)
-        out[index.flatten()] = blocks.flatten()
+        for pairs in torch.split(of_type, _CHUNK):  # bounded temporaries: (chunk, terms)
+            radial = _interpolate(tables, slots, r[pairs])  # (P, S)
+            contributions = coef * radial[:, term_slot] * y[pairs][:, term_lm]  # (P, terms)
+            blocks = vectors.new_zeros(len(pairs), size).index_add_(1, term_entry, contributions)
+            index = block_ptr[pairs][:, None] + torch.arange(size, device=device)
+            out[index.flatten()] = blocks.flatten()
     return out
 
 

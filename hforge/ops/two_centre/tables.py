@@ -30,7 +30,7 @@ neutral-atom potentials and the KB projections are all such programs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -185,6 +185,12 @@ class BlockProgram:
     @property
     def max_slots(self) -> int:
         return int(np.diff(self.slot_ptr).max(initial=0))
+
+    def scaled(self, entry_scale: np.ndarray) -> "BlockProgram":
+        """The same program with entry ``e``'s terms multiplied by ``entry_scale[e]``
+        (``(entry_ptr[-1],)``): per-entry coefficients folded in at no cost per pair."""
+        term_entry = np.repeat(np.arange(len(self.term_ptr) - 1), np.diff(self.term_ptr))
+        return replace(self, term_coef=self.term_coef * np.asarray(entry_scale, dtype=np.float64)[term_entry])
 
 
 @lru_cache(maxsize=8)
