@@ -108,6 +108,11 @@ def program_blocks(
     result = reference.program_blocks(
         program, tables, torch.from_numpy(pair_type), torch.from_numpy(vectors), torch.from_numpy(block_ptr)
     ).numpy()
+    return _into(out, result, accumulate)
+
+
+def _into(out: np.ndarray | None, result: np.ndarray, accumulate: bool) -> np.ndarray:
+    """``result`` written into (or added to) ``out`` when one is given: what the numba kernels do in place."""
     if out is None:
         return result
     if accumulate:
@@ -157,14 +162,7 @@ def kb_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.ndarray:
     from hforge.ops.two_centre import reference
 
     out, accumulate = kwargs.pop("out", None), kwargs.pop("accumulate", False)
-    result = reference.kb_contract(*args, **kwargs)
-    if out is None:
-        return result
-    if accumulate:
-        out += result
-    else:
-        out[:] = result
-    return out
+    return _into(out, reference.kb_contract(*args, **kwargs), accumulate)
 
 
 def _pair_vectors(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, cell_shift: np.ndarray) -> np.ndarray:
