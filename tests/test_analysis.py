@@ -29,7 +29,7 @@ from hforge.analysis.kpm import KPMOperator, jackson_kernel, kpm_moments, spectr
 from hforge.analysis.plots import hamiltonian_heatmap, parity_plot, save_figure
 from hforge.errors import ConvergenceError, InputError, UnsupportedSystemError
 from hforge.io import read_hs
-from hforge.train.spectral import generalized_eigenvalues
+from hforge.metrics import generalized_eigenvalues
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Block and eigenvalue metrics and losses of hforge.train, on real SIESTA aBN data.
+"""Block and eigenvalue metrics (hforge.metrics) and the training losses (hforge.train.losses), on real SIESTA aBN data.
 
 Oracles: the SIESTA files themselves (HSData.matrix_at_k, the Γ gaps of shared/abn/summary.jsonl),
 scipy's generalized eigensolver, hand-computed groups, finite differences, and the README of
@@ -20,27 +20,27 @@ from hypothesis import strategies as st
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, InputError, InvalidMatrixError
 from hforge.io import HSData, read_hs
-from hforge.train import (
-    BlockLoss,
+from hforge.metrics import (
     BlockMetrics,
     BlockTypes,
-    align_reference,
-    block_loss,
-    block_metrics,
-    compare_blocks,
-    normalization_scales,
-    remove_shift,
-)
-from hforge.train.spectral import (
     GammaLayout,
+    align_reference,
+    block_metrics,
     canonical_orthogonalization,
+    compare_blocks,
     compare_spectra,
-    eigenvalue_loss,
     eigenvalue_metrics,
-    eigenvalue_target,
     generalized_eigenvalues,
     n_occupied_states,
     spectrum_errors,
+)
+from hforge.train.losses import (
+    BlockLoss,
+    block_loss,
+    eigenvalue_loss,
+    eigenvalue_target,
+    normalization_scales,
+    remove_shift,
 )
 
 

@@ -259,10 +259,10 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
     np.testing.assert_allclose(result.groups["8"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
     # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged
     prediction = predict_blocks(model, references[0])
-    from hforge.train.metrics import compare_blocks
+    from hforge.metrics import compare_blocks
 
     shifted = predict_blocks(model, references[0])
-    from hforge.train.metrics import align_reference
+    from hforge.metrics import align_reference
 
     s_ref = align_reference(references[0], prediction.edge_index, prediction.cell_shift).s
     shifted.h = prediction.h + 0.7 * s_ref

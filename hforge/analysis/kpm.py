@@ -20,7 +20,7 @@ The operator ``A`` (``solver``):
   problem is available here (see below).
 * ``"dense"`` (small cells, up to ``dense_max_orbitals``): the symmetric matrix
   ``L^-1 H L^-T`` (Cholesky of S), or with a ``threshold`` the canonically orthogonalized
-  ``X^T H X`` of :func:`hforge.train.spectral.canonical_orthogonalization` (states dropped).
+  ``X^T H X`` of :func:`hforge.metrics.canonical_orthogonalization` (states dropped).
 
 Canonical orthogonalization needs the eigenvectors of S below the threshold (~10 % of them in
 aBN): a dense eigendecomposition, so ``threshold`` is offered up to ``dense_max_orbitals`` only.
@@ -46,7 +46,7 @@ import scipy.sparse as sp
 
 from hforge.analysis.spectrum import DOS, _check_hamiltonian, _finish_dos, _progress, default_energies, matrices_at_k
 from hforge.errors import ConvergenceError, InputError, InvalidMatrixError, UnsupportedSystemError
-from hforge.train.spectral import DEFAULT_THRESHOLD, canonical_orthogonalization
+from hforge.metrics import DEFAULT_THRESHOLD, canonical_orthogonalization
 
 __all__ = [
     "SchwarzPreconditioner",

@@ -206,7 +206,7 @@ def eigenvalue_comparison_plot(
     """Predicted against reference Γ eigenvalues near the gap, raw and canonically orthogonalized.
 
     Args:
-        eigenvalues: :attr:`hforge.train.spectral.EigenMetrics.eigenvalues` (``ref_raw``,
+        eigenvalues: :attr:`hforge.metrics.EigenMetrics.eigenvalues` (``ref_raw``,
             ``pred_raw``, ``ref_orthogonalized``, ``pred_orthogonalized``; missing ones skipped).
         n_occupied: occupied states (the gap lies between state n_occupied - 1 and n_occupied).
         window: half-width (eV) of the plotted window around each reference gap centre.

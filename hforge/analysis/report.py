@@ -1,9 +1,9 @@
 """One structure's comparison of a prediction with SIESTA: numbers and figures, for
 ``hforge evaluate`` and ``hforge predict``.
 
-:func:`spectrum_report` returns the block metrics of :mod:`hforge.train.metrics` (H MAE in meV,
+:func:`spectrum_report` returns the block metrics of :mod:`hforge.metrics.blocks` (H MAE in meV,
 raw and shift-removed, per block type; S MAE), the Γ eigenvalue metrics of
-:mod:`hforge.train.spectral` (raw and canonically orthogonalized), and the figures: a parity plot
+:mod:`hforge.metrics.spectra` (raw and canonically orthogonalized), and the figures: a parity plot
 of the H entries, the DFT | ML | difference heatmap of H(Γ), and the eigenvalue comparison.
 """
 
@@ -20,11 +20,13 @@ import numpy as np
 from hforge.analysis.plots import eigenvalue_comparison_plot, hamiltonian_heatmap, parity_plot, save_figure
 from hforge.errors import InputError
 from hforge.io import HSData
-from hforge.train.metrics import BlockTypes, align_reference, block_metrics
-from hforge.train.spectral import (
+from hforge.metrics import (
     DEFAULT_THRESHOLD,
     DEFAULT_WINDOW,
+    BlockTypes,
     GammaLayout,
+    align_reference,
+    block_metrics,
     eigenvalue_metrics,
     n_occupied_states,
 )

@@ -1,7 +1,7 @@
 """Dense spectra of a non-orthogonal :class:`sisl.Hamiltonian`: eigenvalues at k, bands, DOS.
 
 Every function takes the overlap-eigenvalue ``threshold`` of the training metrics
-(:mod:`hforge.train.spectral`): None solves the raw generalized problem ``H(k) c = E S(k) c``;
+(:mod:`hforge.metrics.spectra`): None solves the raw generalized problem ``H(k) c = E S(k) c``;
 a value (1e-3 is the metrics' default) canonically orthogonalizes S(k) first, dropping its
 eigenvectors below the threshold, so that a nearly singular overlap (dense aBN in its DZP basis)
 cannot turn small errors of a predicted H into large eigenvalue errors.  With a threshold the
@@ -23,7 +23,7 @@ import numpy as np
 
 from hforge.errors import InputError, UnsupportedSystemError
 from hforge.io import HSData
-from hforge.train.spectral import generalized_eigenvalues
+from hforge.metrics import generalized_eigenvalues
 
 __all__ = [
     "BandStructure",

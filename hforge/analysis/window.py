@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from hforge.analysis.kpm import DENSE_MAX_ORBITALS
 from hforge.analysis.spectrum import matrices_at_k
 from hforge.errors import InputError, UnsupportedSystemError
-from hforge.train.spectral import generalized_eigenvalues
+from hforge.metrics import generalized_eigenvalues
 
 __all__ = ["WindowEigenvalues", "window_eigenvalues"]
 

@@ -75,7 +75,7 @@ def demo(
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
     from hforge.train.evaluation import evaluate_structures, predict_blocks
-    from hforge.train.spectral import n_occupied_states
+    from hforge.metrics import n_occupied_states
     from hforge.train.trainer import Trainer, read_log
 
     console = console or wide_console()

@@ -1,33 +1,27 @@
-"""Training: configs, the trainer, evaluation, losses and metrics in physical units.
+"""Training: configs, the trainer, evaluation and the losses.
 
 :mod:`hforge.train.config`: :class:`TrainConfig` from YAML (:func:`load_config`);
 :mod:`hforge.train.trainer`: :class:`Trainer` (checkpoints, resume, data parallelism);
 :mod:`hforge.train.evaluation`: :func:`evaluate_structures` (per structure and size group);
-:mod:`hforge.train.metrics`: block errors (meV, per block type, shift-removed) and the
-normalised block losses; :mod:`hforge.train.spectral`: Γ-point generalized-eigenvalue errors
-(raw and canonically orthogonalized) and a differentiable eigenvalue loss.
+:mod:`hforge.train.losses`: the normalised block losses and the differentiable Γ eigenvalue loss.
+The metrics they report (meV, per block type, shift-removed; Γ eigenvalues) are :mod:`hforge.metrics`.
 """
 
 from __future__ import annotations
 
 from hforge._lazy import lazy_getattr
-from hforge.train.metrics import (
-    AlignedReference,
+from hforge.train.losses import (
     BlockLoss,
-    BlockMetrics,
-    BlockTypes,
-    TypeErrors,
-    align_reference,
-    best_shift,
+    EigenvalueTarget,
     block_loss,
-    block_metrics,
-    compare_blocks,
+    eigenvalue_loss,
+    eigenvalue_target,
     normalization_scales,
     remove_shift,
 )
 
-#: Resolved on first use: they import the models (and with them the kernel backends), which
-#: ``import hforge.train.metrics`` (e.g. by :mod:`hforge.analysis`) must not.
+#: Resolved on first use: they import the models (e3nn, MACE and the kernel backends), which
+#: ``import hforge.train.losses`` does not need.
 _LAZY = {
     "TrainConfig": "hforge.train.config",
     "load_config": "hforge.train.config",
@@ -39,16 +33,11 @@ _LAZY = {
 }
 
 __all__ = [
-    "AlignedReference",
     "BlockLoss",
-    "BlockMetrics",
-    "BlockTypes",
-    "TypeErrors",
-    "align_reference",
-    "best_shift",
+    "EigenvalueTarget",
     "block_loss",
-    "block_metrics",
-    "compare_blocks",
+    "eigenvalue_loss",
+    "eigenvalue_target",
     "normalization_scales",
     "remove_shift",
     "Evaluation",

@@ -3,9 +3,9 @@
 :func:`predict_blocks` runs a model on one structure and returns its prediction as an
 :class:`~hforge.io.HSData` on the model's pairs (onsite + canonical half; ``h`` the unshifted H,
 E_F = 0).  :func:`evaluate_structures` compares the predictions of many structures with their
-references: per structure the block metrics of :mod:`hforge.train.metrics` (H MAE in meV: all,
+references: per structure the block metrics of :mod:`hforge.metrics.blocks` (H MAE in meV: all,
 onsite, hopping, per species pair and block type, raw and shift-removed; S MAE) and the Γ
-eigenvalue metrics of :mod:`hforge.train.spectral` (window around the gap centre and occupied
+eigenvalue metrics of :mod:`hforge.metrics.spectra` (window around the gap centre and occupied
 states, raw and canonically orthogonalized); per size group (structures with the same number of
 atoms) the pooled block metrics and the mean eigenvalue errors.
 """
@@ -23,8 +23,15 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
 from hforge.models import HSModel
-from hforge.train.metrics import BlockMetrics, align_reference, compare_blocks
-from hforge.train.spectral import DEFAULT_THRESHOLD, DEFAULT_WINDOW, compare_spectra, n_occupied_states
+from hforge.metrics import (
+    DEFAULT_THRESHOLD,
+    DEFAULT_WINDOW,
+    BlockMetrics,
+    align_reference,
+    compare_blocks,
+    compare_spectra,
+    n_occupied_states,
+)
 
 __all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "nan_mean", "predict_blocks", "summary_row", "with_valence"]
 

@@ -61,8 +61,8 @@ from hforge.models import HSModel, build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
-from hforge.train.metrics import BlockLoss
-from hforge.train.spectral import GammaLayout, eigenvalue_loss, eigenvalue_target
+from hforge.metrics import GammaLayout
+from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
 
 __all__ = [
     "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",

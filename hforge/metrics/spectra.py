@@ -1,4 +1,4 @@
-"""Γ-point generalized eigenvalues of (H, S): errors in meV and a differentiable loss.
+"""Γ-point generalized eigenvalues of (H, S) and their errors in meV.
 
 The DZP basis of dense aBN is nearly linearly dependent: S(Γ) has eigenvalues down to ~5e-5 and
 about 10 % of them below 1e-3.  The generalized eigenvalues of ``H c = E S c`` are therefore very
@@ -19,14 +19,14 @@ the spectrum (tens to hundreds of eV above the gap), so pairing from the bottom 
 states matched; window indices beyond the shorter spectrum are left out and counted
 (``n_window_unpaired``).
 
-Loss (:func:`eigenvalue_loss`): see :class:`EigenvalueTarget`.
+The differentiable eigenvalue loss built on :class:`GammaLayout` is in :mod:`hforge.train.losses`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, InputError, InvalidMatrixError
 from hforge.io import HSData
 from hforge.ops.assemble import is_canonical
-from hforge.train.metrics import MEV_PER_EV, _check_same_structure
+from hforge.metrics.blocks import MEV_PER_EV, check_same_structure
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -43,15 +43,12 @@ __all__ = [
     "GammaLayout",
     "SpectrumErrors",
     "EigenMetrics",
-    "EigenvalueTarget",
     "canonical_orthogonalization",
     "generalized_eigenvalues",
     "n_occupied_states",
     "spectrum_errors",
     "eigenvalue_metrics",
     "compare_spectra",
-    "eigenvalue_target",
-    "eigenvalue_loss",
 ]
 
 #: Overlap eigenvalues below this are dropped by canonical orthogonalization.
@@ -333,7 +330,7 @@ def compare_spectra(
 ) -> EigenMetrics:
     """:func:`eigenvalue_metrics` of two structures (Γ matrices built from their blocks; the
     prediction's ``h_unshifted`` and ``s`` on its own pairs, the reference's unshifted H)."""
-    _check_same_structure(prediction, reference)
+    check_same_structure(prediction, reference)
     if n_occupied is None:
         n_occupied = n_occupied_states(reference.basis, reference.species)
     pred_layout, ref_layout = GammaLayout.from_hsdata(prediction), GammaLayout.from_hsdata(reference)
@@ -346,106 +343,3 @@ def compare_spectra(
         window=window,
         threshold=threshold,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# differentiable loss
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class EigenvalueTarget:
-    """What :func:`eigenvalue_loss` compares a predicted H with, built once per structure.
-
-    The loss diagonalises ``X^T H_pred X`` with ``X`` the canonical orthogonalization of the
-    *reference* S (no gradient flows through S: its eigenvectors are degenerate in these cells and
-    their derivatives undefined) and compares the selected eigenvalues with the reference's.
-
-    Degeneracies: ``torch.linalg.eigvalsh`` back-propagates ``V diag(g) V^T``, with no
-    ``1/(λ_i - λ_j)`` factors, so gradients stay finite at degenerate eigenvalues; and the targets
-    of each group of reference states closer than ``degeneracy_tol`` are replaced by the group
-    mean, so that the loss is a symmetric function of the eigenvalues of every group (hence
-    differentiable where the predicted group stays degenerate).  Selected states are extended to
-    whole groups.
-
-    Attributes:
-        layout: folds the predicted flat values into the Γ matrix.
-        x: ``(n, m)`` float64 canonical orthogonalization of the reference S.
-        states: ``(k,)`` int64 indices of the compared states in the sorted spectrum.
-        target: ``(k,)`` float64 reference eigenvalues (eV), group-averaged.
-    """
-
-    layout: GammaLayout
-    x: torch.Tensor
-    states: torch.Tensor
-    target: torch.Tensor
-
-
-def eigenvalue_target(
-    reference: HSData,
-    n_occupied: int | None = None,
-    *,
-    layout: GammaLayout | None = None,
-    window: float | None = DEFAULT_WINDOW,
-    occupied: bool = True,
-    threshold: float = DEFAULT_THRESHOLD,
-    degeneracy_tol: float = 1e-3,
-    spin: int = 0,
-) -> EigenvalueTarget:
-    """The loss target of one structure.
-
-    Args:
-        reference: the SIESTA structure.
-        n_occupied: occupied states; default from the basis' valence charges.
-        layout: the Γ layout of the *predicted* pair list (e.g. the canonical half); default the
-            reference's own pairs.
-        window: include the states within ±window eV of the (orthogonalized) reference gap
-            centre; None for none.
-        occupied: include every occupied state.
-        threshold: canonical-orthogonalization threshold.
-        degeneracy_tol: reference states closer than this (eV) form one degenerate group.
-        spin: spin channel.
-    """
-    if n_occupied is None:
-        n_occupied = n_occupied_states(reference.basis, reference.species)
-    ref_layout = GammaLayout.from_hsdata(reference)
-    h = torch.as_tensor(ref_layout.dense(reference.h_unshifted[spin]))
-    x = canonical_orthogonalization(ref_layout.dense(reference.s), threshold)
-    evals = torch.linalg.eigvalsh(x.T @ h @ x).numpy()
-    if not 0 < n_occupied < len(evals):
-        raise InputError(f"{n_occupied} occupied states in a spectrum of {len(evals)}")
-    select = np.zeros(len(evals), dtype=bool)
-    if occupied:
-        select[:n_occupied] = True
-    if window is not None:
-        centre = 0.5 * (evals[n_occupied - 1] + evals[n_occupied])
-        select |= np.abs(evals - centre) <= window
-    if not select.any():
-        raise InputError("the eigenvalue target selects no state: enable occupied or give a window")
-    group = np.concatenate([[0], np.cumsum(np.diff(evals) > degeneracy_tol)])
-    select = np.isin(group, group[select])  # whole degenerate groups
-    means = np.bincount(group, weights=evals) / np.bincount(group)
-    states = np.flatnonzero(select)
-    return EigenvalueTarget(
-        layout=layout if layout is not None else ref_layout,
-        x=x,
-        states=torch.as_tensor(states),
-        target=torch.as_tensor(means[group[states]]),
-    )
-
-
-def eigenvalue_loss(
-    h_pred: torch.Tensor, target: EigenvalueTarget, *, kind: Literal["mse", "mae"] = "mse"
-) -> torch.Tensor:
-    """Mean squared (eV²) or absolute (eV) error of the selected orthogonalized Γ eigenvalues.
-
-    Args:
-        h_pred: ``(n_values,)`` predicted unshifted H on ``target.layout``'s pairs (differentiable).
-        target: from :func:`eigenvalue_target`.
-        kind: ``"mse"`` or ``"mae"``.
-    """
-    if h_pred.shape != (len(target.layout.index),):
-        raise InputError(f"h_pred has shape {tuple(h_pred.shape)}, the target's layout {len(target.layout.index)} values")
-    h = target.layout.dense(h_pred.to(torch.float64))
-    x = target.x.to(h.device)
-    evals = torch.linalg.eigvalsh(x.T @ h @ x)
-    err = evals[target.states.to(h.device)] - target.target.to(h.device)
-    return (err * err).mean() if kind == "mse" else err.abs().mean()

@@ -1,4 +1,4 @@
-"""Errors of predicted H and S blocks against SIESTA, in physical units, and the training losses.
+"""Errors of predicted H and S blocks against SIESTA, in physical units.
 
 Predictions and references are flat-packed blocks on one pair list (docs/design.md): SIESTA
 orbital order, row-major blocks at ``values[block_ptr[e]:block_ptr[e + 1]]``.  The reference of a
@@ -15,23 +15,21 @@ uniform shift ``c S`` (the energy zero of a SIESTA H is arbitrary up to ``c S``)
 ``c = <H_pred - H_ref, S_ref> / <S_ref, S_ref>`` over all entries (least squares, eV), so that
 ``H_pred + a S_ref`` has the same shifted errors for every ``a``; and the MAE of S.
 
-Losses (:class:`BlockLoss`, :func:`block_loss`): torch-differentiable squared or absolute errors,
-each entry divided by the standard deviation of its block type in the training store
-(:func:`normalization_scales`), optionally with the best shift removed per structure.
+The training losses built on these layouts are in :mod:`hforge.train.losses`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, InputError
-from hforge.io import HSData, StoreStatistics, block_type_shape, value_block_types
+from hforge.io import HSData, block_type_shape, value_block_types
 
 __all__ = [
     "MEV_PER_EV",
@@ -42,18 +40,11 @@ __all__ = [
     "align_reference",
     "best_shift",
     "block_metrics",
+    "check_same_structure",
     "compare_blocks",
-    "normalization_scales",
-    "remove_shift",
-    "block_loss",
-    "BlockLoss",
 ]
 
 MEV_PER_EV = 1000.0
-
-#: Smallest per-block-type scale of the losses: 1 meV for H, 1e-4 for S (onsite S blocks are
-#: the same in every structure: their spread is rounding noise).
-DEFAULT_SCALE_FLOOR = {"h": 1e-3, "s": 1e-4}
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -328,7 +319,8 @@ def block_metrics(
     return metrics
 
 
-def _check_same_structure(prediction: HSData, reference: HSData) -> None:
+def check_same_structure(prediction: HSData, reference: HSData) -> None:
+    """Raise :class:`BasisMismatchError` unless both use one basis and the same species per atom."""
     if prediction.basis.hash != reference.basis.hash:
         raise BasisMismatchError(
             f"prediction basis {prediction.basis.symbols} differs from the reference's {reference.basis.symbols}",
@@ -350,7 +342,7 @@ def compare_blocks(prediction: HSData, reference: HSData, *, spin: int = 0, comp
     Raises:
         BasisMismatchError: different bases, species or block sizes.
     """
-    _check_same_structure(prediction, reference)
+    check_same_structure(prediction, reference)
     ref = align_reference(reference, prediction.edge_index, prediction.cell_shift, prediction.block_ptr, spin=spin)
     return block_metrics(
         prediction.h_unshifted[spin],
@@ -359,134 +351,3 @@ def compare_blocks(prediction: HSData, reference: HSData, *, spin: int = 0, comp
         s_ref=ref.s,
         s_pred=prediction.s if compare_s else None,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# losses (torch)
-# ---------------------------------------------------------------------------------------
-def normalization_scales(
-    statistics: StoreStatistics, matrix: Literal["h", "s"] = "h", *, floor: float | None = None
-) -> np.ndarray:
-    """``(n_types,)`` float64 loss scale of every block type: the store's standard deviation.
-
-    Types absent from the store get the median scale; every scale is at least ``floor``
-    (default :data:`DEFAULT_SCALE_FLOOR`: 1 meV for H, 1e-4 for S).
-    """
-    std = np.asarray(statistics.h_std if matrix == "h" else statistics.s_std, dtype=np.float64).ravel()
-    floor = DEFAULT_SCALE_FLOOR[matrix] if floor is None else float(floor)
-    known = np.isfinite(std)
-    fill = float(np.median(std[known])) if known.any() else 1.0
-    return np.maximum(np.where(known, std, fill), floor)
-
-
-def remove_shift(delta: torch.Tensor, s_ref: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
-    """``delta - c_b s_ref`` with ``c_b`` the least-squares shift of each structure ``b``.
-
-    Args:
-        delta: ``(n_values,)`` H errors (eV), differentiable.
-        s_ref: ``(n_values,)`` reference S.
-        batch: ``(n_values,)`` int64 structure of every value; None for one structure.
-    """
-    s_ref = s_ref.to(delta.dtype)
-    if batch is None:
-        c = (delta * s_ref).sum() / (s_ref * s_ref).sum().clamp_min(torch.finfo(delta.dtype).tiny)
-        return delta - c * s_ref
-    n = int(batch.max()) + 1 if batch.numel() else 0
-    num = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_add(0, batch, delta * s_ref)
-    den = torch.zeros(n, dtype=delta.dtype, device=delta.device).index_add(0, batch, s_ref * s_ref)
-    return delta - (num / den.clamp_min(torch.finfo(delta.dtype).tiny))[batch] * s_ref
-
-
-def block_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    types: torch.Tensor,
-    scale: torch.Tensor,
-    *,
-    kind: Literal["mse", "mae"] = "mse",
-    reduction: Literal["entries", "types"] = "entries",
-    s_ref: torch.Tensor | None = None,
-    batch: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Normalised error of flat blocks: ``mean(((pred - target) / scale[types]) ** 2)`` (or ``|.|``).
-
-    Args:
-        pred, target: ``(n_values,)`` predicted and reference values (eV for H).
-        types: ``(n_values,)`` int64 block type of every value (:attr:`BlockTypes.index`).
-        scale: ``(n_types,)`` scale of every type (:func:`normalization_scales`).
-        kind: ``"mse"`` or ``"mae"``.
-        reduction: ``"entries"`` averages over entries; ``"types"`` averages within each block
-            type first, then over the types present, so that rare types weigh as much as common ones.
-        s_ref: give it (with ``batch`` for several structures) to remove each structure's best
-            uniform shift ``c S_ref`` from the error first (H only).
-        batch: ``(n_values,)`` int64 structure of every value.
-
-    Returns:
-        A scalar tensor (dimensionless).
-    """
-    delta = pred - target.to(pred.dtype)
-    if s_ref is not None:
-        delta = remove_shift(delta, s_ref, batch)
-    z = delta / scale.to(delta)[types]
-    per_entry = z * z if kind == "mse" else z.abs()
-    if reduction == "entries":
-        return per_entry.mean()
-    n_types = scale.numel()
-    sums = torch.zeros(n_types, dtype=per_entry.dtype, device=per_entry.device).index_add(0, types, per_entry)
-    counts = torch.bincount(types, minlength=n_types).to(per_entry.dtype)
-    present = counts > 0
-    return (sums[present] / counts[present]).mean()
-
-
-class BlockLoss(torch.nn.Module):
-    """Weighted sum of the normalised H and S block losses of :func:`block_loss`.
-
-    Args:
-        statistics: training-store statistics (per-block-type std of H and S).
-        kind, reduction: as in :func:`block_loss`.
-        h_weight, s_weight: weights of the H and S terms.
-        shift_invariant: remove each structure's best shift ``c S_ref`` from the H errors.
-
-    ``forward(h_pred, h_ref, types, s_pred=None, s_ref=None, batch=None)`` returns a dict with
-    ``loss`` (the weighted sum) and the terms ``h`` and ``s`` (when S is given).
-    """
-
-    def __init__(
-        self,
-        statistics: StoreStatistics,
-        *,
-        kind: Literal["mse", "mae"] = "mse",
-        reduction: Literal["entries", "types"] = "entries",
-        h_weight: float = 1.0,
-        s_weight: float = 1.0,
-        shift_invariant: bool = False,
-    ) -> None:
-        super().__init__()
-        self.register_buffer("h_scale", torch.as_tensor(normalization_scales(statistics, "h")))
-        self.register_buffer("s_scale", torch.as_tensor(normalization_scales(statistics, "s")))
-        self.kind, self.reduction = kind, reduction
-        self.h_weight, self.s_weight = h_weight, s_weight
-        self.shift_invariant = shift_invariant
-
-    def forward(
-        self,
-        h_pred: torch.Tensor,
-        h_ref: torch.Tensor,
-        types: torch.Tensor,
-        s_pred: torch.Tensor | None = None,
-        s_ref: torch.Tensor | None = None,
-        batch: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        if self.shift_invariant and s_ref is None:
-            raise InputError("a shift-invariant loss needs the reference S")
-        options = {"kind": self.kind, "reduction": self.reduction}
-        terms = {
-            "h": block_loss(
-                h_pred, h_ref, types, self.h_scale, s_ref=s_ref if self.shift_invariant else None, batch=batch, **options
-            )
-        }
-        loss = self.h_weight * terms["h"]
-        if s_pred is not None and s_ref is not None:
-            terms["s"] = block_loss(s_pred, s_ref, types, self.s_scale, **options)
-            loss = loss + self.s_weight * terms["s"]
-        return {"loss": loss, **terms}
