@@ -19,7 +19,7 @@ import numpy as np
 
 from hforge.basis.radial import ANG_TO_BOHR, RY_TO_EV
 from hforge.io import read_hs
-from hforge.io.statistics import block_type_shape
+from hforge.io.block_statistics import block_type_shape
 from hforge.io import value_block_types
 from hforge.ops.two_centre import baseline_blocks, kb_blocks, program_blocks, two_centre_descriptor
 
@@ -89,7 +89,7 @@ def main() -> None:
 
 
 def _label(data, b: int) -> str:
-    """``onsite|hopping Si-Sj a-b`` of a block type index (hforge.io.statistics' layout)."""
+    """``onsite|hopping Si-Sj a-b`` of a block type index (hforge.io.block_statistics' layout)."""
     _, n_sp, _, n_sh, _ = block_type_shape(data.basis)
     onsite, rest = divmod(b, n_sp * n_sp * n_sh * n_sh)
     pair, shells = divmod(rest, n_sh * n_sh)

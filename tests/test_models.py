@@ -17,7 +17,7 @@ from hforge.datasets import load
 from hforge.errors import BackendUnavailableError, ConfigError, FileFormatError, UnknownSpeciesError
 from hforge.graph import StructureArrays, collate
 from hforge.io import HSData, read_hs
-from hforge.io.statistics import StatisticsAccumulator
+from hforge.io.block_statistics import StatisticsAccumulator
 from hforge.models import (
     ModelConfig,
     assemble_prediction,

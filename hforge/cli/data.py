@@ -93,7 +93,7 @@ def stats_command(
     structure: Optional[str] = typer.Option(None, help="Structure of the H heatmap (default: the smallest)."),
 ) -> None:
     """Statistics of a store: numbers, and PNG figures (onsite energies, decay with distance, H heatmap)."""
-    from hforge.datasets.report import plot_store, store_summary
+    from hforge.datasets.store_overview import plot_store, store_summary
     from hforge.errors import HForgeError
     from hforge.io import HSStore
 

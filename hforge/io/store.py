@@ -8,7 +8,7 @@ Layout (``format = "hforge-hsstore"``, version 1)::
     /structures/<name>/   cell, positions, species, pbc, nsc, edge_index, cell_shift, block_ptr,
                           mask (np.packbits of HSData.mask), h (n_spin, nnz) and s (nnz,): the
                           values inside the mask only; attrs fermi_level, source, n_values
-    /statistics/          the arrays of :class:`~hforge.io.statistics.StoreStatistics`
+    /statistics/          the arrays of :class:`~hforge.io.block_statistics.StoreStatistics`
 
 Uncompressed datasets are contiguous and read through ``np.memmap``; a store
 written with ``compression`` is read through h5py.  With ``half=True`` only the canonical half
@@ -40,7 +40,7 @@ from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import read_hs
-from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
+from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
 

@@ -7,7 +7,7 @@ every structure's onsite blocks first, then its canonical-half hopping blocks (t
 Forward: interaction vectors -> MACE trunk (node features) -> per kind, the inputs of the H head
 (descriptors) and, with ``overlap="learned"``, of the S head (a species embedding: S is a
 two-centre quantity, a function of the species pair and ``r_ij`` alone) -> onsite blocks per atom,
-scaled and shifted (see :mod:`hforge.models.scaling`) -> hopping blocks in chunks of
+scaled and shifted (see :mod:`hforge.models.output_scaling`) -> hopping blocks in chunks of
 ``config.pair_chunk`` pairs (pair vectors, radial basis, heads) -> per structure, onsite then
 hopping values.  With ``overlap="exact"`` S is the two-centre integral of the basis
 (:mod:`hforge.ops.two_centre`, float64) and there is no S head; with ``baseline="h0"`` the H head's
@@ -26,10 +26,10 @@ import torch
 from hforge.basis import BasisSet
 from hforge.errors import InputError
 from hforge.graph.model_graph import GraphBatch, GraphBuilder
-from hforge.io.statistics import StoreStatistics
+from hforge.io.block_statistics import StoreStatistics
 from hforge.models.config import ModelConfig
 from hforge.models.layers import onsite_entries
-from hforge.models.scaling import BlockScaling
+from hforge.models.output_scaling import BlockScaling
 from hforge.models.trunk import MaceTrunk
 
 __all__ = ["HSBlocks", "HSModel", "pair_vectors"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.io import HSData, value_block_types
-from hforge.io.statistics import block_type_shape
+from hforge.io.block_statistics import block_type_shape
 
 __all__ = ["fit_baseline", "baseline_of"]
 

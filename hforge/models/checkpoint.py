@@ -19,7 +19,7 @@ import torch
 
 from hforge.basis import BasisSet
 from hforge.errors import ConfigError, FileFormatError
-from hforge.io.statistics import StoreStatistics
+from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
 from hforge.models.layers import quiet_codegen

@@ -43,11 +43,11 @@ from e3nn import o3
 
 from hforge.basis import BasisSet
 from hforge.basis.conventions import change_of_basis
-from hforge.io.statistics import StoreStatistics
+from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
-from hforge.models.scaling import BlockScaling
+from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import (
     CGDescriptor, block_pointer, blocks_to_irreps, cg_descriptor, channelwise_from_e3nn, edge_blocks, irreps_to_blocks,
     onsite_blocks,

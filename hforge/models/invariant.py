@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from hforge.basis import BasisSet
-from hforge.io.statistics import StoreStatistics
+from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
-from hforge.models.scaling import BlockScaling
+from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import channelwise_from_e3nn
 
 __all__ = [

@@ -56,7 +56,7 @@ from hforge.errors import ConfigError
 from hforge.graph import collate
 from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
-from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
+from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.models import HSModel, build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline
 from hforge.train.config import TrainConfig

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from hforge.basis import BasisSet
-from hforge.io.statistics import StoreStatistics
+from hforge.io.block_statistics import StoreStatistics
 
 __all__ = ["BlockScaling", "MATRICES"]
 
