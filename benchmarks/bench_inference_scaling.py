@@ -2,14 +2,14 @@
 atoms (DZP basis, default model config), wall time per stage, peak RSS, nnz, a log-log fit and a
 plot, and graph2mat on the same 1000-atom cell in the same run.
 
-Cells (named in :mod:`hforge.infer.scaling`): ``amorphous_bn`` fast-protocol 100- and 1000-atom
+Cells (named in :mod:`benchmarks.scaling`): ``amorphous_bn`` fast-protocol 100- and 1000-atom
 cells; larger ones tile the 1000-atom cell (a x b x c, atoms displaced by N(0, 0.02 Å)).  Every
 size runs in a fresh process after a warm-up, with ``max_memory`` set to the memory goal (peak
 RSS <= output CSR + 2 GB), so cells whose whole-cell pass needs more are streamed or chunked.  One round per size: these
 are minutes-long single runs, and the per-process peak RSS is the measurement.
 
 Sizes: ``HFORGE_BENCH_SIZES`` (comma-separated; default 100,1000,2000,4000); the full goal set is
-``100,1000,2000,4000,8000,10000,20000`` (about half an hour on 2 cores), as ``hforge bench scaling``.
+``100,1000,2000,4000,8000,10000,20000`` (about half an hour on 2 cores), as ``python -m benchmarks.scaling``.
 Results (table.md, results.json, scaling.png) go to ``HFORGE_BENCH_OUT`` (default
 ``.benchmarks/inference_scaling``).
 
@@ -23,15 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from hforge.infer.scaling import (
-    GOAL,
-    fit_loglog,
-    graph2mat_seconds,
-    measure_size,
-    plot_scaling,
-    scaling_model,
-    scaling_table,
-)
+from benchmarks.scaling import GOAL, fit_loglog, graph2mat_seconds, measure_size, scaling_model, scaling_table, write_results
 
 SIZES = tuple(int(s) for s in os.environ.get("HFORGE_BENCH_SIZES", "100,1000,2000,4000").split(","))
 OUT = Path(os.environ.get("HFORGE_BENCH_OUT", ".benchmarks/inference_scaling"))
@@ -71,9 +63,5 @@ def teardown_module() -> None:
     if "graph2mat" in BASELINE and 1000 in ROWS:
         results["graph2mat"] = BASELINE["graph2mat"]
         results["speedup_vs_graph2mat"] = BASELINE["graph2mat"]["wall_s"] / ROWS[1000]["wall_s"]
-    OUT.mkdir(parents=True, exist_ok=True)
-    table = scaling_table(results)
-    (OUT / "table.md").write_text(table)
-    if len(rows) >= 2:
-        plot_scaling(rows, results["fit"], OUT / "scaling.png")
-    print("\n" + table)
+    write_results(results, OUT)
+    print("\n" + scaling_table(results))

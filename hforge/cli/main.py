@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from hforge.cli.bench import bench_app
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo_command
 from hforge.cli.evaluate import evaluate_command
@@ -28,7 +27,6 @@ app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("predict")(predict_command)
-app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -1,4 +1,5 @@
-"""hforge.infer.scaling: tiling, the log-log fit, table and plot (fast); one real size end to end (slow)."""
+"""benchmarks/scaling.py, the inference scaling harness: tiling, the log-log fit, table and plot (fast);
+two real sizes end to end through its command line (slow)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from hforge.infer.scaling import _tiles, fit_loglog, plot_scaling, scaling_table
+from benchmarks.scaling import _tiles, fit_loglog, main, plot_scaling, scaling_table
 
 STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
 
@@ -51,14 +51,8 @@ def test_table_and_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_scaling_command_runs_a_real_size(tmp_path):
-    from hforge.cli.main import app
-
-    result = CliRunner().invoke(
-        app, ["bench", "scaling", "--sizes", "100,200", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-              "--no-graph2mat"],
-    )
-    assert result.exit_code == 0, result.output
+def test_scaling_command_runs_real_sizes(tmp_path):
+    main(["--sizes", "100,200", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-graph2mat"])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["n_atoms"] for r in results["rows"]] == [100, 200]
     assert all(r["nnz"] > 0 and r["peak_rss_bytes"] > r["csr_bytes"] for r in results["rows"])

@@ -6,11 +6,18 @@ tiled ``a x b x c`` times with every atom displaced by a random 0.02 Å (Gaussia
 so that no two tiles are identical.  Every size runs in its own process (peak RSS is a per-process
 high-water mark) after a warm-up prediction of the 100-atom cell (compilation, caches); the model
 is the default :class:`~hforge.models.ModelConfig` on the DZP basis (random weights: the cost does
-not depend on them).  ``hforge bench scaling`` and ``benchmarks/bench_inference_scaling.py`` run it.
+not depend on them).  ``benchmarks/bench_inference_scaling.py`` (pytest-benchmark) and this
+module's command line run it, from the repository root::
+
+    python -m benchmarks.scaling --sizes 100,1000,2000,4000,8000,10000,20000 --out hforge-bench-scaling
+
+It is a measurement harness, not part of the library: it imports :mod:`hforge` (and graph2mat,
+the ``bench`` extra, for the baseline); nothing in :mod:`hforge` imports it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,11 +34,14 @@ __all__ = [
     "TILE_NOISE",
     "fit_loglog",
     "graph2mat_seconds",
+    "main",
     "measure_size",
     "plot_scaling",
     "run_scaling",
     "scaling_cell",
     "scaling_model",
+    "scaling_table",
+    "write_results",
 ]
 
 DEFAULT_SIZES = (100, 1000, 2000, 4000, 8000, 10000, 20000)
@@ -156,11 +166,15 @@ def measure_size(
     return _in_fresh_process(call, n_atoms, timeout)
 
 
+#: The repository root: the fresh processes import this module as ``benchmarks.scaling`` from there.
+_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _in_fresh_process(call: str, n_atoms: int, timeout: float) -> dict[str, Any]:
     """The dict returned by ``call`` (an expression on this module's names) in a new Python process."""
     code = (
-        "import json, warnings; warnings.simplefilter('ignore'); import hforge; "
-        f"from hforge.infer.scaling import *; from hforge.infer.scaling import _measure, _graph2mat_run; "
+        f"import json, sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, {str(_ROOT)!r}); import hforge; "
+        "from benchmarks.scaling import *; from benchmarks.scaling import _measure, _graph2mat_run; "
         f"print('RESULT', json.dumps({call}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
@@ -301,11 +315,19 @@ def run_scaling(
         if "wall_s" in baseline and "wall_s" in ours:
             results["speedup_vs_graph2mat"] = baseline["wall_s"] / ours["wall_s"]
         echo(f"graph2mat 1000 atoms: {baseline}")
+    write_results(results, out_dir)
+    return results
+
+
+def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """``results.json``, ``table.md`` and (with two measured sizes or more) ``scaling.png`` under ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "table.md").write_text(scaling_table(results))
-    if sum("wall_s" in r for r in rows) >= 2:
-        plot_scaling(rows, results["fit"], out_dir / "scaling.png")
-    return results
+    if sum("wall_s" in r for r in results["rows"]) >= 2:
+        plot_scaling(results["rows"], results["fit"], out_dir / "scaling.png")
+    return out_dir
 
 
 def _row_text(row: dict[str, Any]) -> str:
@@ -344,3 +366,36 @@ def scaling_table(results: dict[str, Any]) -> str:
         lines.append(f"graph2mat, 1000 atoms (H only): {g.get('wall_s', float('nan')):.1f} s; "
                      f"HForge (H and S) speed-up {results.get('speedup_vs_graph2mat', float('nan')):.1f}x")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line: predict aBN cells of growing size (each in a fresh process); print and save the
+    table, the log-log fit and the plot (``results.json``, ``table.md``, ``scaling.png``)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=main.__doc__)
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="atoms, comma-separated")
+    parser.add_argument("--out", type=Path, default=Path("hforge-bench-scaling"), help="output folder")
+    parser.add_argument("--model", default=None, help="checkpoint (default: the default model config, random weights)")
+    parser.add_argument("--max-memory", default=GOAL,
+                        help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or bytes such as 8GB")
+    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="output precision")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of the generated cells (default ~/.cache/hforge/bench-scaling)")
+    parser.add_argument("--no-graph2mat", dest="graph2mat", action="store_false", help="skip graph2mat on the 1000-atom cell")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: give comma-separated integers")
+    max_memory: str | int | None = {"goal": GOAL, "none": None}.get(args.max_memory.lower(), args.max_memory)
+    if isinstance(max_memory, str) and max_memory != GOAL:
+        from hforge.cli.predict import parse_bytes
+
+        max_memory = parse_bytes(max_memory)
+    results = run_scaling(sizes, args.out, cache_dir=args.cache, model=args.model, max_memory=max_memory, dtype=args.dtype,
+                          graph2mat=args.graph2mat)
+    print(scaling_table(results))
+    print(f"results: {args.out / 'results.json'}, {args.out / 'table.md'}, {args.out / 'scaling.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
