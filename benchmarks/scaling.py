@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hforge.files import atomic_write, write_json
+
 __all__ = [
     "DEFAULT_SIZES",
     "GOAL",
@@ -76,9 +78,8 @@ def scaling_cell(n_atoms: int, cache_dir: str | os.PathLike) -> tuple[Any, str]:
     path = cache_dir / f"abn-fast-{base_atoms}-seed0.traj"
     if not path.is_file():
         atoms = amorphous_bn(base_atoms, protocol="fast", seed=0, progress=False)
-        tmp = path.with_name(f".{path.name}.part.traj")
-        atoms.write(tmp)
-        tmp.replace(path)
+        with atomic_write(path, None) as tmp:
+            atoms.write(tmp)
     atoms = ase.io.read(path)
     how = f"amorphous_bn({base_atoms}, protocol='fast', seed=0)"
     if n_atoms > 1000:
@@ -273,7 +274,8 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: dict[str, float], path: st
     ax_mem.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, None) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
@@ -323,8 +325,9 @@ def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     """``results.json``, ``table.md`` and (with two measured sizes or more) ``scaling.png`` under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (out_dir / "table.md").write_text(scaling_table(results))
+    write_json(out_dir / "results.json", results)
+    with atomic_write(out_dir / "table.md") as f:
+        f.write(scaling_table(results))
     if sum("wall_s" in r for r in results["rows"]) >= 2:
         plot_scaling(results["rows"], results["fit"], out_dir / "scaling.png")
     return out_dir

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hforge.basis.radial import ANG_TO_BOHR, RY_TO_EV
+from hforge.files import atomic_write
 from hforge.io import read_hs
 from hforge.io.block_statistics import block_type_shape
 from hforge.io import value_block_types
@@ -85,7 +86,8 @@ def main() -> None:
         ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=90, fontsize=6)
         ax.set_ylabel("var(H - H0) / var(H), after c S")
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=150)
+        with atomic_write(args.plot, None) as tmp:
+            fig.savefig(tmp, dpi=150)
 
 
 def _label(data, b: int) -> str:

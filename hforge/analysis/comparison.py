@@ -9,16 +9,14 @@ of the H entries, the DFT | ML | difference heatmap of H(Γ), and the eigenvalue
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hforge.analysis.plots import eigenvalue_comparison_plot, hamiltonian_heatmap, parity_plot, save_figure
 from hforge.errors import InputError
+from hforge.files import write_json
 from hforge.io import HSData
 from hforge.metrics import (
     DEFAULT_THRESHOLD,
@@ -128,16 +126,6 @@ def spectrum_report(
         out = Path(out_dir)
         for key, fig in report.figures.items():
             report.paths[key] = save_figure(fig, out / f"{name}_{key}.png")
-        path = out / f"{name}_metrics.json"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         out.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(metrics, indent=1, default=_json_default))
-        os.replace(tmp, path)
-        report.paths["metrics"] = path
+        report.paths["metrics"] = write_json(out / f"{name}_metrics.json", metrics)
     return report
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

@@ -2,7 +2,7 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state,
 no window; rendered by the Agg canvas), and takes ``save=`` to also write it (``.png``, ``.pdf``,
-``.svg``; written to a temporary file and renamed, so a killed run leaves no half figure).
+``.svg``; written by :func:`hforge.files.atomic_write`, so a killed run leaves no half figure).
 Energies in eV, H in eV.
 """
 
@@ -18,6 +18,7 @@ from matplotlib.colors import SymLogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from hforge.errors import InputError
+from hforge.files import atomic_write
 
 __all__ = [
     "new_figure",
@@ -40,15 +41,11 @@ def new_figure(ncols: int = 1, *, size: tuple[float, float] = (5.0, 4.0), **subp
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
-    """Write ``fig`` atomically (temporary file in the same folder, then rename); returns the path."""
+    """Write ``fig`` atomically (its folder created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_write(path, None) as tmp:
         fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

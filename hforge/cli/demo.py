@@ -23,7 +23,8 @@ import typer
 from rich.console import Console
 
 from hforge.cli._errors import user_errors
-from hforge.cli.evaluate import metrics_table, wide_console, write_json
+from hforge.cli.evaluate import metrics_table, wide_console
+from hforge.files import write_json
 from hforge.io import HSData
 
 __all__ = ["DEMO_STEPS", "TEST_CELL", "demo", "demo_command", "demo_config", "demo_test_cell"]

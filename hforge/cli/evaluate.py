@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional
@@ -15,7 +13,7 @@ from rich.table import Table
 
 from hforge.cli._errors import user_errors
 
-__all__ = ["COLUMNS", "evaluate_command", "iter_references", "json_safe", "metrics_table", "parse_valence", "wide_console", "write_json"]
+__all__ = ["COLUMNS", "evaluate_command", "iter_references", "metrics_table", "parse_valence", "wide_console"]
 
 #: Table columns: summary key -> header.
 COLUMNS = {
@@ -52,26 +50,6 @@ def metrics_table(rows: Mapping[str, Mapping[str, Any]], *, title: str, first: s
     for label, row in rows.items():
         table.add_row(label, *(_fmt(k, row.get(k)) for k in COLUMNS))
     return table
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Strict JSON written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(data), indent=1))
-    os.replace(tmp, path)
-    return path
 
 
 def parse_valence(items: List[str]) -> dict[str, float]:
@@ -130,5 +108,8 @@ def evaluate_command(
     console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{checkpoint} per structure"))
     console.print(metrics_table({n: g["summary"] for n, g in evaluation.groups.items()}, title="per size", first="atoms"))
     if json_out is not None:
+        from hforge.files import write_json
+
         result = {"checkpoint": str(checkpoint), "model": model.config.to_dict(), **evaluation.to_dict()}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         console.print(f"wrote {write_json(json_out, result)}")

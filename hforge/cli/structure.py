@@ -28,6 +28,7 @@ def abn_command(
     from ase.io.formats import filetype, ioformats
 
     from hforge.errors import ConfigError
+    from hforge.files import atomic_write
     from hforge.structures import amorphous_bn, structure_statistics
 
     with user_errors():
@@ -36,9 +37,8 @@ def abn_command(
             raise ConfigError(f"ASE cannot write this kind of file (format {file_format!r}); use .xyz, .cif, ...", path=out)
         atoms = amorphous_bn(n_atoms, density=density, seed=seed, protocol=protocol, threads=threads)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.part")
-    ase.io.write(partial, atoms, format=file_format)
-    partial.replace(out)
+    with atomic_write(out, None) as tmp:
+        ase.io.write(tmp, atoms, format=file_format)
     stats = structure_statistics(atoms)
     folds = ", ".join(f"{k}-fold {v:.0%}" for k, v in sorted(stats.coord_frac.items()))
     Console().print(

@@ -10,8 +10,8 @@ basis files the template uses (``<label>.ion`` with ``User.Basis``, else ``<labe
 and files it includes are copied next to each input.
 
 :func:`run_siesta` runs every folder that has not finished, one by one (``siesta < label.fdf >
-label.out`` in the folder); the log is written to ``label.out.part`` and renamed when SIESTA exits,
-so a killed run is simply run again. Finished runs (converged or not) are skipped.
+label.out`` in the folder); the log is written through :func:`hforge.files.atomic_write` and
+appears as ``label.out`` when SIESTA exits, so a killed run is simply run again. Finished runs (converged or not) are skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from hforge.errors import (
     InputError,
     UnknownSpeciesError,
 )
+from hforge.files import atomic_write
 from hforge.io.runs import log_failure
 from hforge.structures.validate import validate_structure
 
@@ -448,7 +449,5 @@ def run_siesta(
 
 def _run_one(command: list[str], folder: Path) -> None:
     name = folder.name
-    partial = folder / f"{name}.out.part"
-    with open(folder / f"{name}.fdf", "rb") as stdin, open(partial, "wb") as stdout:
+    with open(folder / f"{name}.fdf", "rb") as stdin, atomic_write(folder / f"{name}.out", "wb") as stdout:
         subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT, cwd=folder, check=False)
-    os.replace(partial, folder / f"{name}.out")

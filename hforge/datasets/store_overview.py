@@ -12,13 +12,13 @@ Figures (PNG, matplotlib, Agg):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hforge.files import atomic_write, write_json
 from hforge.io import HSData, HSStore
 
 __all__ = ["store_summary", "plot_store", "collect_pairs", "collect_onsite"]
@@ -123,9 +123,7 @@ def plot_store(store: HSStore, out_dir: str | os.PathLike, structure: str | int 
         ax.set_title(f"{basis[k].symbol}: {len(values)} atoms", fontsize=9)
     fig.suptitle("Onsite energies per orbital (unshifted H)")
     fig.tight_layout()
-    written.append(out / "onsite_energies.png")
-    fig.savefig(written[-1], dpi=dpi)
-    plt.close(fig)
+    written.append(_save(fig, out / "onsite_energies.png", dpi))
 
     pairs = collect_pairs(store)
     combos = [(i, j) for i in range(len(basis)) for j in range(i, len(basis))]
@@ -150,19 +148,23 @@ def plot_store(store: HSStore, out_dir: str | os.PathLike, structure: str | int 
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Decay of H and S with pair distance")
     fig.tight_layout()
-    written.append(out / "decay_with_distance.png")
-    fig.savefig(written[-1], dpi=dpi)
-    plt.close(fig)
+    written.append(_save(fig, out / "decay_with_distance.png", dpi))
 
     if structure is None:
         structure = int(np.argmin([e["n_orbitals"] for e in store.manifest]))
     fig, ax = plt.subplots(figsize=(6.4, 5.4))
     _heatmap(ax, fig, store.read(structure))
     fig.tight_layout()
-    written.append(out / "h_heatmap.png")
-    fig.savefig(written[-1], dpi=dpi)
-    plt.close(fig)
-
-    written.append(out / "stats.json")
-    written[-1].write_text(json.dumps(store_summary(store), indent=1))
+    written.append(_save(fig, out / "h_heatmap.png", dpi))
+    written.append(write_json(out / "stats.json", store_summary(store)))
     return written
+
+
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    """Write a pyplot figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, None) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path

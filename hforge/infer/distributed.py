@@ -3,7 +3,7 @@
 Every rank builds the same pair list and chunk grid, predicts the chunks ``rank, rank + world,
 ...`` and writes its atoms' rows into a *part*: ``rank<r>.indices.npy`` and ``rank<r>.data.npy``,
 memory maps laid out as the whole matrix (only the rank's rows are written; the files are sparse)
-plus ``rank<r>.atoms.npy``, each renamed into place when complete.  After a barrier, rank 0
+plus ``rank<r>.atoms.npy``, each written by :func:`hforge.files.atomic_write` (in place when complete).  After a barrier, rank 0
 merges the parts (:func:`merge_parts`) into the whole ``sisl.Hamiltonian``; the result is the
 single-process chunked prediction, bit for bit.
 """
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from hforge.errors import FileFormatError
+from hforge.files import atomic_write
 from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
 from hforge.infer.predictor import PredictionReport, Predictor, Problem, _Timer, peak_rss_bytes
 
@@ -51,20 +53,21 @@ def predict_part(
         "indices": ((problem.nnz,), problem.index_dtype),
         "data": ((problem.nnz, 2), dtype),
     }
-    maps = {}
-    for name, (shape, kind) in buffers.items():
-        maps[name] = open_memmap(_part(parts_dir, rank, name + ".tmp"), mode="w+", dtype=kind, shape=shape)
-    predictor.fill_chunks(
-        problem, grid, mine, maps["indices"], maps["data"], dtype=dtype, backend=backend,
-        timer=_Timer(predictor.last_report), progress=progress,
-    )
-    for name, array in maps.items():
-        array.flush()
-        os.replace(_part(parts_dir, rank, name + ".tmp"), _part(parts_dir, rank, name))
+    with ExitStack() as files:  # each part appears under its name only once complete
+        maps = {
+            name: open_memmap(files.enter_context(atomic_write(_part(parts_dir, rank, name), None)), mode="w+",
+                              dtype=kind, shape=shape)
+            for name, (shape, kind) in buffers.items()
+        }
+        predictor.fill_chunks(
+            problem, grid, mine, maps["indices"], maps["data"], dtype=dtype, backend=backend,
+            timer=_Timer(predictor.last_report), progress=progress,
+        )
+        for array in maps.values():
+            array.flush()
     chunk = chunk_of_atoms(problem.frac, grid)
-    atoms = np.flatnonzero(np.isin(chunk, mine))
-    np.save(_part(parts_dir, rank, "atoms.tmp"), atoms)
-    os.replace(_part(parts_dir, rank, "atoms.tmp"), _part(parts_dir, rank, "atoms"))
+    with atomic_write(_part(parts_dir, rank, "atoms"), "wb") as f:
+        np.save(f, np.flatnonzero(np.isin(chunk, mine)))
     return parts_dir
 
 

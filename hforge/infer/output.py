@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hforge.errors import FileFormatError, InputError
+from hforge.files import atomic_write
 
 __all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
 
@@ -35,17 +36,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 def write_hamiltonian(hamiltonian: Any, path: str | os.PathLike) -> Path:
-    """Write a ``sisl.Hamiltonian`` (with S) as ``.TSHS`` or ``.nc``: temp file, then rename.
-
-    A failed or killed write leaves no partial file under ``path``.  Returns the path.
+    """Write a ``sisl.Hamiltonian`` (with S) as ``.TSHS`` or ``.nc``, atomically
+    (:func:`hforge.files.atomic_write`): a failed or killed write leaves no partial file under
+    ``path``.  Returns the path.
     """
     import sisl
 
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
+    with atomic_write(path, None) as tmp:
         sisl.get_sile(str(tmp), mode="w").write_hamiltonian(hamiltonian)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

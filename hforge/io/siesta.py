@@ -32,6 +32,7 @@ from hforge.errors import (
     UnknownSpeciesError,
     UnsupportedSystemError,
 )
+from hforge.files import atomic_write
 from hforge.io.hsdata import HSData
 
 __all__ = ["read_hs", "write_hs", "find_hs_file", "HS_SUFFIXES", "RY_TO_EV"]
@@ -471,7 +472,7 @@ def _write_nc(data: HSData, path: Path) -> None:
 
 
 def write_hs(data: HSData, path: str | os.PathLike) -> Path:
-    """Write H and S as a SIESTA ``.TSHS`` or CDF ``.nc`` file, atomically (temp file + rename).
+    """Write H and S as a SIESTA ``.TSHS`` or CDF ``.nc`` file, atomically (:func:`hforge.files.atomic_write`).
 
     Reading the result back (with the same basis) gives the same H, S, E_F, geometry and
     supercell bit for bit.  A ``.nc`` file also records the basis; a TSHS cannot.
@@ -487,12 +488,7 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
     writer = writers.get(path.suffix)
     if writer is None:
         raise FileFormatError("HForge writes .TSHS and .nc files", path=path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
+    with atomic_write(path, None) as tmp:
         writer(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 

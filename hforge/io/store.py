@@ -37,6 +37,7 @@ import numpy as np
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
+from hforge.files import atomic_write, stale_temporaries
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import read_hs
@@ -179,10 +180,9 @@ def write_store(
     import h5py
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     manifest = []
     accumulator = StatisticsAccumulator(basis)
-    try:
+    with atomic_write(path, None) as tmp:
         with h5py.File(tmp, "w") as h5:
             root = h5.create_group("structures")
             for name, data, sha in structures:
@@ -206,10 +206,6 @@ def write_store(
             write_basis(h5, basis)
             h5.create_dataset("manifest", data=json.dumps(manifest))
             _save_statistics(h5, accumulator.result())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -384,7 +380,7 @@ def convert(
         basis = BasisSet.from_folder(basis)
     parts = store.with_name(store.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in store.parent.glob(f".{store.name}.*.tmp"):
+    for stale in stale_temporaries(store):
         stale.unlink()
     options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
     old = HSStore(store) if store.is_file() else None
@@ -443,17 +439,11 @@ def _save_part(part: Path, data: HSData, dtype: Any, half: bool, source: Path, s
     """One structure (read from the file ``source``) in its own file, atomically."""
     import h5py
 
-    tmp = part.with_name(f".{part.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
-            write_basis(h5, data.basis)
-            h5.attrs["source_path"] = str(source)
-            h5.attrs["source_sha256"] = sha
-        os.replace(tmp, part)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(part, None) as tmp, h5py.File(tmp, "w") as h5:
+        _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
+        write_basis(h5, data.basis)
+        h5.attrs["source_path"] = str(source)
+        h5.attrs["source_sha256"] = sha
 
 
 def _part_basis(part: Path) -> BasisSet:

@@ -19,6 +19,7 @@ import torch
 
 from hforge.basis import BasisSet
 from hforge.errors import ConfigError, FileFormatError
+from hforge.files import atomic_write
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
@@ -58,8 +59,8 @@ def _git_commit() -> str | None:
 def save_model(model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (config, basis, code version, weights, ``extra``) to ``path`` atomically.
 
-    The file is written next to ``path`` under a temporary name and renamed over it, so a killed
-    write never leaves a partial checkpoint.  Returns the path.
+    Written by :func:`hforge.files.atomic_write`, so a killed or failed write never leaves a
+    partial checkpoint.  Returns the path.
     """
     import hforge
 
@@ -74,12 +75,8 @@ def save_model(model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any]
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from hforge.errors import ConfigError
+from hforge.files import atomic_write, write_json
 from hforge.graph import collate
 from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
@@ -449,7 +450,8 @@ class Trainer:
             setattr(self, key, state[key])
         if self.dist.is_main and self.log_path.is_file():  # drop the log lines of steps after the checkpoint
             lines = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            _write_atomic(self.log_path, "".join(line + "\n" for line in lines))
+            with atomic_write(self.log_path) as f:
+                f.writelines(line + "\n" for line in lines)
 
     # ---- one step -----------------------------------------------------------------------------
     def _batch(self, share: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor, list[_Item]]:
@@ -561,7 +563,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             import yaml
 
-            _write_atomic(self.out_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            with atomic_write(self.out_dir / "config.yaml") as f:
+                yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         start = time.perf_counter()
         elapsed_before = self.elapsed_s
@@ -621,7 +624,7 @@ class Trainer:
             from hforge.train.curves import plot_learning_curves
 
             plot_learning_curves(read_log(self.log_path), self.out_dir / "learning_curve.png", title=self.config.model.kind)
-            _write_atomic(self.out_dir / "summary.json", json.dumps(result.to_dict(), indent=1))
+            write_json(self.out_dir / "summary.json", result.to_dict())
         return result
 
 
@@ -631,9 +634,3 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
