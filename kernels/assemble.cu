@@ -14,7 +14,7 @@
 //      The key (row atom - atom_begin, supercell, column atom) orders each row's columns.
 //   3. hf_assemble_row_counts: one thread per (row atom, orbital row); nonzeros of its row and
 //      the column offset of every block within it (per pair, or per (pair, row) with a mask).
-//   4. hf_chunk_totals / hf_exclusive_scan / hf_write_row_pointer (row_pointer.cu): indptr.
+//   4. (host library) cupy.cumsum of the row counts: indptr.
 //   5. hf_assemble_fill_<values>_<indices>: one thread per (pair, block row, block column)
 //      entry, grid-stride; writes its column index and K values at a precomputed offset.
 // Threads never cooperate and never write the same place: no atomics, no barriers.

@@ -19,9 +19,9 @@ def test_auto_prefers_numba_on_cpu():
 
 def test_explicit_backend_errors_are_clear():
     with pytest.raises(BackendUnavailableError, match="no 'triton' backend"):
-        resolve_backend("triton", on_gpu=False, implemented=("numba", "torch"), op="row_pointer")
+        resolve_backend("triton", on_gpu=False, implemented=("numba", "torch"), op="assemble")
     with pytest.raises(BackendUnavailableError, match="unknown backend"):
-        resolve_backend("cuda", on_gpu=False, implemented=("numba", "torch"), op="row_pointer")
+        resolve_backend("cuda", on_gpu=False, implemented=("numba", "torch"), op="assemble")
     if not backend_status()["cupy"].available:
         with pytest.raises(BackendUnavailableError, match="unavailable"):
-            resolve_backend("cupy", on_gpu=False, implemented=("cupy", "torch"), op="row_pointer")
+            resolve_backend("cupy", on_gpu=False, implemented=("cupy", "torch"), op="assemble")

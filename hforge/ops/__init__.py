@@ -6,7 +6,6 @@ Each op takes ``backend="auto" | "torch" | "numba" | "triton" | "cupy"``; see :m
 from hforge.ops.assemble import AssembledCSR, AssemblyPlan, assemble_csr, plan_csr_assembly
 from hforge.ops.backends import BACKENDS, BackendStatus, backend_status, resolve_backend
 from hforge.ops.cg_blocks import blocks_to_irreps, cg_descriptor, edge_blocks, irreps_to_blocks, onsite_blocks
-from hforge.ops.row_pointer import row_pointer
 
 __all__ = [
     "BACKENDS",
@@ -22,5 +21,4 @@ __all__ = [
     "irreps_to_blocks",
     "onsite_blocks",
     "resolve_backend",
-    "row_pointer",
 ]

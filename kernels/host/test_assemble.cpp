@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "../assemble.cu"
-#include "../row_pointer.cu"
 
 namespace {
 
@@ -114,14 +113,9 @@ Result assemble(const Case& c, Fill fill_kernel, unsigned tpb, hf_index max_fill
                   sorted_keys.data(), slots.data(), atom_pair_ptr.data(), n_range, max_orbitals, orbitals.data(),
                   orbital_offset.data(), atom_begin, n_atoms, n_pairs, block_ptr.data(), mask_ptr, row_counts.data(),
                   pair_offsets.data());
-  // 4. row pointer (row_pointer.cu, one row per thread-chunk of 2)
-  const hf_index chunk = 2, n_chunks = n_rows == 0 ? 1 : (n_rows + chunk - 1) / chunk;
-  std::vector<hf_index> totals(n_chunks, 0), indptr(n_rows + 1, -1);
-  hf_host::launch({blocks_for(n_chunks, tpb, 1 << 20)}, {tpb}, hf_chunk_totals, row_counts.data(), n_rows, chunk,
-                  n_chunks, totals.data());
-  hf_host::launch({1}, {1}, hf_exclusive_scan, totals.data(), n_chunks);
-  hf_host::launch({blocks_for(n_chunks, tpb, 1 << 20)}, {tpb}, hf_write_row_pointer, row_counts.data(), n_rows,
-                  chunk, n_chunks, static_cast<const hf_index*>(totals.data()), indptr.data());
+  // 4. row pointer (cupy.cumsum on the device)
+  std::vector<hf_index> indptr(n_rows + 1, 0);
+  std::partial_sum(row_counts.begin(), row_counts.end(), indptr.begin() + 1);
   // 5. fill
   const hf_index nnz = indptr.back();
   std::vector<const Value*> block_pointers;

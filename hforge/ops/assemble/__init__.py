@@ -11,7 +11,7 @@ Output (:class:`AssembledCSR`): rows = orbitals, columns = ``orbital + n_orbital
 ``SparseCSR._D`` (S last), handed to ``sisl.Hamiltonian`` without a copy (:meth:`AssembledCSR.to_sisl`).
 
 Algorithm: count nonzeros per row from the pairs, prefix-sum them into the row pointer
-(:func:`hforge.ops.row_pointer`), sort each atom's pairs by output column (a sort over pairs,
+(the array library's cumsum), sort each atom's pairs by output column (a sort over pairs,
 not nonzeros), then every block writes its entries at precomputed offsets; no COO
 intermediate, no sort over nonzeros, no atomics; output buffers allocated once.
 

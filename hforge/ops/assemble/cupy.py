@@ -13,8 +13,7 @@ import numpy as np
 
 from hforge.errors import InputError
 from hforge.ops._cuda import load_module
-from hforge.ops.assemble.layout import AssemblyInputs
-from hforge.ops.row_pointer import row_pointer
+from hforge.ops.assemble.layout import AssemblyInputs, offsets
 
 __all__ = ["CupyPlan", "fill_cupy", "plan_cupy"]
 
@@ -91,7 +90,7 @@ def plan_cupy(inputs: AssemblyInputs) -> tuple[Any, CupyPlan]:
          inputs.orbital_offset, i64(inputs.atom_begin), i64(n_atoms), i64(n_pairs), inputs.block_ptr,
          _mask_pointer(inputs), row_counts, pair_offsets),
     )
-    return row_pointer(row_counts, backend="cupy"), CupyPlan(keys, slots, pair_offsets)
+    return offsets(row_counts), CupyPlan(keys, slots, pair_offsets)
 
 
 def fill_cupy(

@@ -26,6 +26,7 @@ __all__ = [
     "check_blocks",
     "default_index_dtype",
     "is_canonical",
+    "offsets",
     "supercell_lookup",
 ]
 
@@ -39,6 +40,15 @@ def array_module(array: Any) -> Any:
 
         return cupy
     return np
+
+
+def offsets(counts: Any) -> Any:
+    """``(n + 1,)`` int64 ``[0, c_0, c_0 + c_1, ...]`` of ``(n,)`` counts (a row pointer from row
+    counts, orbital offsets from orbital counts): the array library's cumsum, numpy or cupy."""
+    xp = array_module(counts)
+    out = xp.zeros(counts.shape[0] + 1, dtype=xp.int64)
+    xp.cumsum(counts, out=out[1:])
+    return out
 
 
 def supercell_lookup(nsc: Sequence[int]) -> np.ndarray:
@@ -215,8 +225,7 @@ def check_assembly_inputs(
             raise InputError(
                 f"assemble_csr: mask must be bool of shape ({int(block_ptr[-1])},), got {mask.dtype} {mask.shape}"
             )
-    orbital_offset = xp.zeros(n_atoms + 1, dtype=xp.int64)
-    xp.cumsum(orbitals_per_atom, out=orbital_offset[1:])
+    orbital_offset = offsets(orbitals_per_atom)
     return AssemblyInputs(
         edge_index=edge_index,
         cell_shift=cell_shift,

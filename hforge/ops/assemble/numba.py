@@ -7,7 +7,7 @@ Plan (over pairs, never over nonzeros):
   2. per row atom, in parallel: sort its pairs by key, which is the order of their columns in
      every row, turn them into fill descriptors (first column, block start, transposed) and
      count the nonzeros of its rows;
-  3. prefix-sum the row counts into ``indptr`` (:func:`hforge.ops.row_pointer`).
+  3. prefix-sum the row counts into ``indptr`` (numpy's cumsum).
 Fill: every row atom writes its rows left to right, a block's row (or column, for a transposed
 block) at a time, straight into the output buffers; threads own disjoint rows.
 """
@@ -24,13 +24,9 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from hforge.errors import InputError
-from hforge.ops.assemble.layout import AssemblyInputs
-from hforge.ops.row_pointer import row_pointer
+from hforge.ops.assemble.layout import AssemblyInputs, offsets
 
 __all__ = ["NumbaPlan", "fill_numba", "plan_numba"]
-
-_PARALLEL_SCAN_ROWS = 1 << 22
-
 
 @dataclass(frozen=True, eq=False)
 class NumbaPlan:
@@ -281,10 +277,7 @@ def plan_numba(inputs: AssemblyInputs) -> tuple[np.ndarray, NumbaPlan]:
     )
     if repeated:
         raise InputError("assemble_csr: a pair (i, j, n) is given twice (or with its partner (j, i, -n))")
-    # A parallel scan pays off only for millions of rows; below, one more parallel region costs
-    # more (on a loaded machine, milliseconds) than numpy's cumsum over the rows.
-    scan = "numba" if row_counts.shape[0] >= _PARALLEL_SCAN_ROWS else "torch"
-    return row_pointer(row_counts, backend=scan), NumbaPlan(atom_pair_ptr, *descriptors)
+    return offsets(row_counts), NumbaPlan(atom_pair_ptr, *descriptors)
 
 
 def fill_numba(
