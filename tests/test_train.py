@@ -27,7 +27,7 @@ from hforge.io import read_hs
 from hforge.models import load_checkpoint
 from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
 from hforge.train.evaluation import evaluate_structures, predict_blocks
-from hforge.train.trainer import KILL_ENV, Trainer, atom_batches, read_log, share_of_batch
+from hforge.train.trainer import Trainer, atom_batches, read_log, share_of_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,6 +148,26 @@ def test_atom_batches_cover_each_epoch_once_and_respect_the_budget():
 
 
 # ------------------------------------------------------------------------------- resume
+#: ``hforge train ARGS...`` (``python -c KILLED_TRAIN N ARGS...``) that SIGKILLs itself right after
+#: optimizer step N, before the run logs or checkpoints anything of that step.
+KILLED_TRAIN = """
+import os, signal, sys
+from hforge.cli.main import app
+from hforge.train.trainer import Trainer
+
+kill_after, train_step = int(sys.argv.pop(1)), Trainer._train_step
+
+def train_step_then_die(self, batch):
+    record = train_step(self, batch)
+    if self.step + 1 == kill_after:  # the loop counts the step after this call returns
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record
+
+Trainer._train_step = train_step_then_die
+app(prog_name="hforge")
+"""
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6
     config = tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100})
@@ -156,15 +176,17 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         whole = Trainer(load_config(config), tmp_path / "whole", progress=False).run()
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--out", str(killed), "--no-progress"]
-    run = subprocess.run(command, env={**env(), KILL_ENV: "6"}, capture_output=True, text=True, timeout=300)
+    arguments = ["train", str(path), "--out", str(killed), "--no-progress"]
+    run = subprocess.run([sys.executable, "-c", KILLED_TRAIN, "6", *arguments], env=env(), capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     _, payload = load_checkpoint(killed / "last.pt")
     state = payload["extra"]["training"]
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 2, 1)
     assert not list(killed.glob(".*tmp*"))
 
-    resumed = subprocess.run(command + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "hforge.cli.main", *arguments, "--resume"], env=env(), capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, pa = load_checkpoint(whole.last)
     b, pb = load_checkpoint(killed / "last.pt")

@@ -31,9 +31,6 @@ weights still learn).  With batch statistics a structure's prediction would depe
 structures of its batch, training and inference would compute different functions (measured: 42
 meV training-mode vs 169 meV evaluation-mode H MAE after 40 steps on abn-small), and P
 processes would not equal one.
-
-Testing hook: the environment variable ``HFORGE_TRAIN_KILL_AT_STEP=N`` makes the run SIGKILL
-itself right after optimizer step ``N`` (before any checkpoint of that step).
 """
 
 from __future__ import annotations
@@ -43,7 +40,6 @@ import math
 import os
 import random
 import resource
-import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,8 +65,6 @@ __all__ = [
     "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",
     "share_of_batch",
 ]
-
-KILL_ENV = "HFORGE_TRAIN_KILL_AT_STEP"
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,7 +559,6 @@ class Trainer:
 
             with atomic_write(self.out_dir / "config.yaml") as f:
                 yaml.safe_dump(self.config.to_dict(), f, sort_keys=False)
-        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         start = time.perf_counter()
         elapsed_before = self.elapsed_s
         bar = None
@@ -585,8 +578,6 @@ class Trainer:
             self.batch_in_epoch += 1
             if self.batch_in_epoch == len(batches):
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            if kill_at and self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
             self.elapsed_s = elapsed_before + time.perf_counter() - start
             if self.step % training.log_every == 0:
                 self._log({"step": self.step, "epoch": self.epoch, **record})
