@@ -1,9 +1,10 @@
-# The two commands of the README: `make demo` (main job) and `make test` (all tests).
+# The two commands of the README: `make demo` (main job) and `make test` (the tests CI runs);
+# `make lint` (ruff, run by CI before the tests) and `make test-all` (the tests plus the slow ones).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= hforge-demo
 
-.PHONY: setup demo test test-python test-kernels bench clean
+.PHONY: setup demo lint test test-all test-python test-kernels bench clean
 
 setup:
 	@VENV=$(VENV) scripts/setup.sh
@@ -11,7 +12,14 @@ setup:
 demo: setup
 	$(VENV)/bin/hforge demo --out $(OUT)
 
+lint: setup
+	$(VENV)/bin/ruff check .
+
 test: setup test-kernels test-python
+
+# The slow tests too (minutes each; tests/conftest.py skips `slow` ones unless -m names them).
+test-all: PYTEST_ARGS += -m "slow or not slow"
+test-all: setup test-kernels test-python
 
 # Host build of kernels/*.cu (emulated launch grid) and the nvcc fatbins where nvcc exists.
 test-kernels:
@@ -28,4 +36,4 @@ bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave
 
 clean:
-	rm -rf build $(OUT) .pytest_cache .benchmarks
+	rm -rf build $(OUT) .pytest_cache .benchmarks .ruff_cache

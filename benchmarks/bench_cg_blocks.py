@@ -39,8 +39,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
-import hforge  # noqa: F401  (e3nn import fix first)
 from e3nn import o3
 
 from hforge.ops.cg_blocks import block_pointer, cg_descriptor, channelwise_from_e3nn, edge_blocks
@@ -123,7 +121,9 @@ class E3nnComposition(_Composition):
     def setup(self):
         desc = self.desc
         side = [(int(desc.path_node_irrep[p]), int(desc.path_l2[p]), p) for p in range(desc.n_side_paths)]
-        self.mid = o3.Irreps([(CHANNELS, (int(desc.path_L[p]), int(desc.key_parity[desc.path_key[p]]))) for p in range(desc.n_side_paths)])
+        self.mid = o3.Irreps(
+            [(CHANNELS, (int(desc.path_L[p]), int(desc.key_parity[desc.path_key[p]]))) for p in range(desc.n_side_paths)]
+        )
         self.input_paths = list(range(desc.n_paths))
         self.tp = o3.TensorProduct(
             NODE_IRREPS, o3.Irreps.spherical_harmonics(L_SH), self.mid, [(q, l2, p, "uvu", True) for q, l2, p in side],
@@ -134,7 +134,9 @@ class E3nnComposition(_Composition):
         d = self.desc
         linear = o3.Linear(self.mid + self.mid, d.irreps_of_pair(t // d.n_species, t % d.n_species))
         with torch.no_grad():
-            linear.weight.copy_(torch.cat([W[self.mixing_row(t, ins.i_in, ins.i_out)] / ins.path_weight for ins in linear.instructions]))
+            linear.weight.copy_(
+                torch.cat([W[self.mixing_row(t, ins.i_in, ins.i_out)] / ins.path_weight for ins in linear.instructions])
+            )
         return linear
 
     def tensor_product(self, case, x, R, side):
@@ -174,12 +176,15 @@ class CueComposition(_Composition):
         cue, cuet, d = self.cue, self.cuet, self.desc
         irreps_in = self.tp_out + self.tp_out
         irreps_out = cue.Irreps("O3", d.irreps_of_pair(t // d.n_species, t % d.n_species))
-        linear = cuet.Linear(irreps_in, irreps_out, layout=cue.mul_ir, internal_weights=True, shared_weights=True, method="naive", dtype=DTYPE)
+        linear = cuet.Linear(
+            irreps_in, irreps_out, layout=cue.mul_ir, internal_weights=True, shared_weights=True, method="naive", dtype=DTYPE
+        )
         stp = cue.descriptors.linear(irreps_in, irreps_out).polynomial.operations[0][1]
         weight = torch.zeros_like(linear.weight)
         for path in stp.paths:
             w, i_in, i_out = path.indices
-            weight[0, w * CHANNELS : (w + 1) * CHANNELS] = W[self.mixing_row(t, i_in, i_out)] / float(np.asarray(path.coefficients))
+            coefficient = float(np.asarray(path.coefficients))
+            weight[0, w * CHANNELS : (w + 1) * CHANNELS] = W[self.mixing_row(t, i_in, i_out)] / coefficient
         with torch.no_grad():
             linear.weight.copy_(weight)
         return linear
@@ -224,7 +229,10 @@ def _call(fn, case, mode: str, chunk: int):
     n_edges = case.edge_index.shape[1]
     if mode == "forward":
         with torch.no_grad():
-            parts = [fn(_slice(case, a, min(a + chunk, n_edges)), case.x, case.R[a : a + chunk], case.W) for a in range(0, n_edges, chunk)]
+            parts = [
+                fn(_slice(case, a, min(a + chunk, n_edges)), case.x, case.R[a : a + chunk], case.W)
+                for a in range(0, n_edges, chunk)
+            ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
     x, R, W = (t.detach().requires_grad_() for t in (case.x, case.R, case.W))
     if chunk >= n_edges:
@@ -281,7 +289,9 @@ def test_cg_blocks(benchmark, n_edges, impl, mode):
     peaks: list[float] = []
     fast = impl == "hforge-numba"
     benchmark.group = f"cg_blocks {n_edges:.0e} edges"
-    benchmark.pedantic(_with_peak_memory(_call, peaks), (fn, case, mode, chunk), rounds=3 if fast else 1, warmup_rounds=1 if fast else 0)
+    benchmark.pedantic(
+        _with_peak_memory(_call, peaks), (fn, case, mode, chunk), rounds=3 if fast else 1, warmup_rounds=1 if fast else 0
+    )
     benchmark.extra_info.update(
         chunk=chunk,
         peak_extra_mb=round(max(peaks), 1) if peaks else math.nan,

@@ -42,7 +42,9 @@ def test_inference_scaling(benchmark, model, n_atoms):
     benchmark.group = "inference_scaling"
     row = benchmark.pedantic(lambda: measure_size(model, n_atoms, CACHE, max_memory=GOAL), rounds=1, iterations=1)
     assert "error" not in row, row["error"]
-    benchmark.extra_info.update({k: v for k, v in row.items() if k != "stages_s"}, **{f"{k} s": v for k, v in row["stages_s"].items()})
+    benchmark.extra_info.update(
+        {k: v for k, v in row.items() if k != "stages_s"}, **{f"{k} s": v for k, v in row["stages_s"].items()}
+    )
     ROWS[n_atoms] = row
 
 

@@ -64,7 +64,6 @@ import numpy as np
 import pytest
 import torch
 
-import hforge  # noqa: F401  (e3nn import fix first)
 from hforge.datasets import load
 from hforge.models import ModelConfig, build_model
 

@@ -215,7 +215,8 @@ def _graph2mat_run(cache_dir: str, n_atoms: int) -> dict[str, Any]:
 
     def geometry_of(n: int) -> Any:
         atoms = scaling_cell(n, cache_dir)[0]
-        return sisl.Geometry(atoms.positions, atoms=[by_symbol[s] for s in atoms.get_chemical_symbols()], lattice=atoms.cell.array)
+        species = [by_symbol[s] for s in atoms.get_chemical_symbols()]
+        return sisl.Geometry(atoms.positions, atoms=species, lattice=atoms.cell.array)
 
     processor.torch_predict(model, geometry_of(100))  # warm-up, as HForge's
     geometry = geometry_of(n_atoms)
@@ -258,7 +259,9 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: dict[str, float], path: st
     ax_time.loglog(atoms, [r["wall_s"] for r in rows], "ko-", label="total (wall)")
     with_cpu = [r for r in rows if "cpu_s" in r]
     if with_cpu:
-        ax_time.loglog([r["n_atoms"] for r in with_cpu], [r["cpu_s"] for r in with_cpu], "ks:", mfc="none", label="CPU s (both threads)")
+        ax_time.loglog(
+            [r["n_atoms"] for r in with_cpu], [r["cpu_s"] for r in with_cpu], "ks:", mfc="none", label="CPU s (both threads)"
+        )
     for stage in rows[0]["stages_s"]:
         ax_time.loglog(atoms, [max(r["stages_s"][stage], 1e-3) for r in rows], ".--", label=stage)
     if np.isfinite(fit["slope"]):
@@ -346,7 +349,8 @@ def _row_text(row: dict[str, Any]) -> str:
 def scaling_table(results: dict[str, Any]) -> str:
     """Markdown table of the results."""
     lines = [
-        "| atoms | wall s | CPU s | load | neighbour list | descriptors | blocks | assembly | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB |",
+        "| atoms | wall s | CPU s | load | neighbour list | descriptors | blocks | assembly | mode | nnz | CSR GB | peak RSS GB "
+        "| RSS - CSR GB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
@@ -356,7 +360,8 @@ def scaling_table(results: dict[str, Any]) -> str:
         s = r["stages_s"]
         lines.append(
             f"| {r['n_atoms']} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
-            f"{max(r.get('load_average', [float('nan')])):.1f} | {s['neighbour list']:.1f} | {s['descriptors']:.1f} | {s['blocks']:.1f} | "
+            f"{max(r.get('load_average', [float('nan')])):.1f} | {s['neighbour list']:.1f} | {s['descriptors']:.1f} | "
+            f"{s['blocks']:.1f} | "
             f"{s['assembly']:.1f} | {r['mode']} x{r['n_chunks']} | {r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | "
             f"{r['peak_rss_bytes'] / 1e9:.2f} | {(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} |"
         )
@@ -381,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-memory", default=GOAL,
                         help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or bytes such as 8GB")
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="output precision")
-    parser.add_argument("--cache", type=Path, default=None, help="folder of the generated cells (default ~/.cache/hforge/bench-scaling)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder of the generated cells (default ~/.cache/hforge/bench-scaling)")
     parser.add_argument("--no-graph2mat", dest="graph2mat", action="store_false", help="skip graph2mat on the 1000-atom cell")
     args = parser.parse_args(argv)
     try:

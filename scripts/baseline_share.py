@@ -19,9 +19,8 @@ import numpy as np
 
 from hforge.basis.radial import ANG_TO_BOHR, RY_TO_EV
 from hforge.files import atomic_write
-from hforge.io import read_hs
+from hforge.io import read_hs, value_block_types
 from hforge.io.block_statistics import block_type_shape
-from hforge.io import value_block_types
 from hforge.ops.two_centre import baseline_blocks, kb_blocks, program_blocks, two_centre_descriptor
 
 
@@ -36,7 +35,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=["abn_8_0", "abn_16_1", "abn_24_1", "abn_32_1", "abn_64_0"])
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
-    print("| cell | H std (after c S) eV | H - T - V_KB (after c S) | H - H0 (after c S) | MAE H - H0 (after c S) meV | share of variance left |")
+    print("| cell | H std (after c S) eV | H - T - V_KB (after c S) | H - H0 (after c S) | MAE H - H0 (after c S) meV "
+          "| share of variance left |")
     print("|---|---:|---:|---:|---:|---:|")
     classes: dict[str, list[float]] = {}
     for name in args.cells:
@@ -54,7 +54,7 @@ def main() -> None:
         kb = kb_blocks(*geometry, data.block_ptr)
         tk = (t + kb)[m]
 
-        def spread(x: np.ndarray) -> float:
+        def spread(x: np.ndarray, s: np.ndarray = s) -> float:
             return float(np.std(x - best_shift(x, s) * s))
 
         res = h - h0

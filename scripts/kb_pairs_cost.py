@@ -29,6 +29,7 @@ import scipy.linalg
 from hforge.graph import GraphBuilder, uncovered_pairs
 from hforge.io import read_hs
 
+
 def gamma_eigenvalues(h: np.ndarray, s: np.ndarray, threshold: float | None) -> np.ndarray:
     """Generalized eigenvalues of ``(H, S)``; with ``threshold`` after dropping S's eigenvectors below it."""
     if threshold is None:

@@ -19,7 +19,6 @@ from collections import defaultdict
 
 import numpy as np
 
-import hforge  # noqa: F401  (e3nn compatibility)
 from hforge.datasets import load
 from hforge.graph import GraphBuilder
 
@@ -39,8 +38,8 @@ def main() -> None:
         if i != j or shift[e].any():  # hopping pairs only
             groups[(int(species[i]), int(species[j]), *np.round(vectors[e], 3))].append(e)
     shared = {key: pairs for key, pairs in groups.items() if len(pairs) > 1}
-    print(f"abn-small[{args.index}]: {index.shape[1]} block pairs, {len(groups)} distinct (species pair, r_ij) among the hopping ones, "
-          f"{len(shared)} shared by several pairs ({sum(map(len, shared.values()))} pairs)")
+    print(f"abn-small[{args.index}]: {index.shape[1]} block pairs, {len(groups)} distinct (species pair, r_ij) among the "
+          f"hopping ones, {len(shared)} shared by several pairs ({sum(map(len, shared.values()))} pairs)")
     floor = 0.0
     for key, pairs in sorted(shared.items(), key=lambda item: np.linalg.norm(item[0][2:])):
         blocks = np.stack([h[ptr[e] : ptr[e + 1]] for e in pairs])

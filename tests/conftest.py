@@ -74,14 +74,15 @@ def abn8(abn_dir: Path):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``gpu``-marked tests where torch sees no CUDA device, and ``slow`` ones unless ``-m`` names them."""
+    """Skip ``gpu``-marked tests where torch sees no CUDA device, and ``slow`` ones unless ``-m`` names them
+    (``-m slow``, or ``-m "slow or not slow"`` for everything: ``make test-all``)."""
     import torch
 
     skips = []
     if not torch.cuda.is_available():
         skips.append(("gpu", pytest.mark.skip(reason="needs a CUDA GPU")))
     if "slow" not in (config.getoption("markexpr") or ""):
-        skips.append(("slow", pytest.mark.skip(reason="slow: run with -m slow")))
+        skips.append(("slow", pytest.mark.skip(reason="slow: run with -m slow, or make test-all")))
     for item in items:
         for keyword, mark in skips:
             if keyword in item.keywords:

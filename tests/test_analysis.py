@@ -31,7 +31,6 @@ from hforge.errors import ConvergenceError, InputError, UnsupportedSystemError
 from hforge.io import read_hs
 from hforge.metrics import generalized_eigenvalues
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

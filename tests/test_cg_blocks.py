@@ -18,12 +18,11 @@ from hypothesis import strategies as st
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import hforge  # noqa: E402, F401  (e3nn import fix first)
-from e3nn import o3  # noqa: E402
+from e3nn import o3
 
-from hforge.errors import InputError, UnknownSpeciesError  # noqa: E402
-from hforge.ops.backends import backend_status, triton_interpreted  # noqa: E402
-from hforge.ops.cg_blocks import (  # noqa: E402
+from hforge.errors import InputError, UnknownSpeciesError
+from hforge.ops.backends import backend_status, triton_interpreted
+from hforge.ops.cg_blocks import (
     block_pointer,
     blocks_to_irreps,
     cg_descriptor,
@@ -32,7 +31,7 @@ from hforge.ops.cg_blocks import (  # noqa: E402
     irreps_to_blocks,
     onsite_blocks,
 )
-from hforge.ops.cg_blocks.reference import onsite_blocks_reference  # noqa: E402
+from hforge.ops.cg_blocks.reference import onsite_blocks_reference
 
 DZP = (0, 0, 1, 1, 2)
 FAST = ["numba"] + (["triton"] if backend_status()["triton"].available else [])
@@ -89,7 +88,8 @@ def edge_inputs(desc, channels, n_nodes, n_edges, dtype, gen, geometry=False):
 
 
 def random_rotation(gen, dtype, inversion=False):
-    alpha, beta, gamma = torch.rand(3, generator=gen, dtype=dtype) * torch.tensor([2 * torch.pi, torch.pi, 2 * torch.pi], dtype=dtype)
+    ranges = torch.tensor([2 * torch.pi, torch.pi, 2 * torch.pi], dtype=dtype)
+    alpha, beta, gamma = torch.rand(3, generator=gen, dtype=dtype) * ranges
     return o3.angles_to_matrix(alpha, beta, gamma) * (-1 if inversion else 1)
 
 
@@ -337,11 +337,17 @@ def _rotated_case(desc, dtype, backend, symmetric, inversion, seed):
     Y = o3.spherical_harmonics(ls, vectors, normalize=True, normalization="component")
     Y_rot = o3.spherical_harmonics(ls, vectors @ rotation.T, normalize=True, normalization="component")
     graph = on_device(backend, edge_index, species)
-    before = edge_blocks(*on_device(backend, *(t.to(dtype) for t in (x, Y, R, W))), *graph, desc, symmetric=symmetric, backend=backend).cpu()
-    after = edge_blocks(*on_device(backend, *(t.to(dtype) for t in (x @ d_node.T, Y_rot, R, W))), *graph, desc, symmetric=symmetric, backend=backend).cpu()
+
+    def blocks(*inputs):
+        inputs = on_device(backend, *(t.to(dtype) for t in inputs))
+        return edge_blocks(*inputs, *graph, desc, symmetric=symmetric, backend=backend).cpu()
+
+    before = blocks(x, Y, R, W)
+    after = blocks(x @ d_node.T, Y_rot, R, W)
     pair_species = species[edge_index]
     block_ptr = block_pointer(pair_species, desc)
-    for e, (b, b_rot) in enumerate(zip(blocks_of(before, block_ptr, desc, pair_species), blocks_of(after, block_ptr, desc, pair_species))):
+    pairs = zip(blocks_of(before, block_ptr, desc, pair_species), blocks_of(after, block_ptr, desc, pair_species))
+    for e, (b, b_rot) in enumerate(pairs):
         di = orbital_rotation(desc, int(pair_species[0, e]), rotation)
         dj = orbital_rotation(desc, int(pair_species[1, e]), rotation)
         yield di @ b.to(f64) @ dj.T, b_rot.to(f64)
@@ -441,7 +447,9 @@ def test_onsite_blocks_are_equivariant_and_differentiable():
     for s, b, b_rot in zip(species.tolist(), before, after):
         d = orbital_rotation(desc, s, rotation)
         assert_close(b_rot, d @ b @ d.T, 1e-12)
-    assert torch.autograd.gradcheck(lambda x, W: onsite_blocks(x, W, species, desc), (x.requires_grad_(), W.requires_grad_()), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda x, W: onsite_blocks(x, W, species, desc), (x.requires_grad_(), W.requires_grad_()), fast_mode=True
+    )
 
 
 def test_channelwise_from_e3nn():

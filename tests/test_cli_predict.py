@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_infer import TINY, small_radii, tiled_64_atoms
 from typer.testing import CliRunner
 
 from hforge.cli.main import app
@@ -16,7 +17,6 @@ from hforge.cli.predict import parse_bytes
 from hforge.errors import ConfigError
 from hforge.infer import Predictor
 from hforge.models import build_model, save_model
-from test_infer import TINY, small_radii, tiled_64_atoms
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def assert_equal(a, b):
 def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     checkpoint, structure, predictor = files
     out = tmp_path / "out.TSHS"
-    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out), "--mode", "chunked", "--parts", "2"])
+    result = CliRunner().invoke(
+        app, ["predict", str(checkpoint), str(structure), "-o", str(out), "--mode", "chunked", "--parts", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "64 atoms" in result.output and "nnz" in result.output and "peak memory" in result.output
     assert "chunked (2 part(s))" in result.output

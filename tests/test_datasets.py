@@ -49,7 +49,9 @@ def test_sample_loads_without_shared_data(tmp_path):
         f"""
         import json, sys
         opened = []
-        sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args and isinstance(args[0], str) else None)
+        sys.addaudithook(
+            lambda event, args: opened.append(str(args[0])) if event == "open" and args and isinstance(args[0], str) else None
+        )
         from hforge.datasets import load
         data = load("abn-small")
         sizes = [d.n_atoms for d in data]

@@ -63,7 +63,10 @@ def test_path_mode_refuses_a_body_that_wrote_nothing(tmp_path):
 
 def test_a_killed_writer_leaves_a_temporary_that_stale_temporaries_finds(tmp_path):
     target = tmp_path / "store.h5"
-    code = f"import os; from hforge.files import atomic_write\nwith atomic_write({str(target)!r}) as f:\n    f.write('x'); f.flush(); os._exit(9)"
+    code = (
+        "import os; from hforge.files import atomic_write\n"
+        f"with atomic_write({str(target)!r}) as f:\n    f.write('x'); f.flush(); os._exit(9)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     assert not target.exists()
     (stale,) = stale_temporaries(target)

@@ -43,7 +43,6 @@ from hforge.train.losses import (
     remove_shift,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

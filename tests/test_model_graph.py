@@ -114,7 +114,8 @@ def test_rotate_graph_rotates_positions_cell_and_target_blocks(abn, cell8):
     np.testing.assert_allclose(turned.positions.numpy(), cell8.positions @ rotation.T, atol=1e-12)
     np.testing.assert_allclose(turned.cell[0].numpy(), cell8.cell @ rotation.T, atol=1e-12)
     # the pairs of the rotated structure are the same pairs
-    again = GraphBuilder(abn.basis, R_MAX)(StructureArrays(turned.positions.numpy(), turned.cell[0].numpy(), cell8.pbc, cell8.species))
+    arrays = StructureArrays(turned.positions.numpy(), turned.cell[0].numpy(), cell8.pbc, cell8.species)
+    again = GraphBuilder(abn.basis, R_MAX)(arrays)
     assert pair_set(again.pair_index, again.pair_shift) == pair_set(graph.pair_index, graph.pair_shift)
     ptr = graph.block_ptr.numpy()
     species = cell8.species[graph.pair_index.numpy()]

@@ -7,7 +7,6 @@ import functools
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from e3nn import o3
 from scipy.spatial.transform import Rotation
@@ -178,7 +177,9 @@ def test_equivariant_model_blocks_transform_like_siesta_orbitals(eval_model, cel
             np.testing.assert_allclose(b, a, atol=1e-8 * max(1.0, np.abs(a).max()))
 
 
-@pytest.mark.parametrize("options", [{}, {"pair_orientation": True}, {"baseline": "h0"}], ids=["", "pair_orientation", "baseline"])
+@pytest.mark.parametrize(
+    "options", [{}, {"pair_orientation": True}, {"baseline": "h0"}], ids=["", "pair_orientation", "baseline"]
+)
 @pytest.mark.parametrize("kind", ["translation", "permutation", "image"])
 def test_invariant_model_is_exactly_invariant_except_under_rotations(eval_model, cell8, kind, options):
     model = eval_model("invariant", **options)
@@ -239,7 +240,8 @@ def test_reversed_pairs_give_transposed_blocks(eval_model, abn, kind, options):
 def test_untrained_slot_gains_are_zero(abn, cell8):
     """The gains' last layer starts at zero: the untrained model predicts what it predicts without them."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(species=tuple(abn.basis.symbols), dtype="float64", slot_gains=2, **SMALL), abn.basis, abn.statistics).eval()
+    config = ModelConfig(species=tuple(abn.basis.symbols), dtype="float64", slot_gains=2, **SMALL)
+    model = build_model(config, abn.basis, abn.statistics).eval()
     _, with_gains = predict(model, cell8)
     model.h_head.pairs.gains = None
     _, without = predict(model, cell8)

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hforge.cli.main import app
-from hforge.errors import BackendUnavailableError, BasisMismatchError, GeometryError, InputError, UnknownSpeciesError
 from hforge.datasets.siesta_runs import find_siesta, run_siesta, run_status, write_siesta_inputs
+from hforge.errors import BackendUnavailableError, BasisMismatchError, GeometryError, InputError, UnknownSpeciesError
 
 # The settings of shared/abn/README.md, as sisl reads them from an fdf: (label, unit, value).
 SETTINGS = [

@@ -134,7 +134,12 @@ def test_statistics_match_a_direct_computation(runs, tmp_path, siesta_fixtures):
     for symbol in ("B", "N"):
         k = store.basis.index(symbol)
         diagonals = np.array(
-            [np.diag(d.block(e, "h_unshifted")) for d in data for e in np.flatnonzero(d.onsite) if d.species[d.edge_index[0, e]] == k]
+            [
+                np.diag(d.block(e, "h_unshifted"))
+                for d in data
+                for e in np.flatnonzero(d.onsite)
+                if d.species[d.edge_index[0, e]] == k
+            ]
         )
         mean, std = stats.onsite_energies(symbol)
         np.testing.assert_allclose(mean, diagonals.mean(axis=0), rtol=1e-12)

@@ -22,6 +22,7 @@ from hforge.structures import (
     validate_structure,
 )
 
+
 def shared_records(abn_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (abn_dir / "structures.jsonl").read_text().splitlines()]
 

@@ -225,7 +225,8 @@ def free_port() -> int:
 
 def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
     # a global batch of 32 atoms = the 8-, 8- and 16-atom cells: rank 0 takes the 16, rank 1 both 8s
-    config = tiny(training={"max_steps": 3, "batch_atoms": 32, "val_every": 3, "checkpoint_every": 3}, model={"kind": "equivariant"})
+    config = tiny(training={"max_steps": 3, "batch_atoms": 32, "val_every": 3, "checkpoint_every": 3},
+                  model={"kind": "equivariant"})
     config["schedule"] = {"name": "constant", "warmup_steps": 0}
     path = write_config(tmp_path / "ddp.yaml", config)
     script = tmp_path / "ddp_train.py"
@@ -294,8 +295,8 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
 
 def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, tmp_path):
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"), "--split", "val",
-                                      "--json", str(out), "--no-eigenvalues"])
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"),
+                                      "--split", "val", "--json", str(out), "--no-eigenvalues"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     names = [e["name"] for e in report["structures"]]
@@ -324,7 +325,9 @@ def test_demo_tests_on_the_shared_64_atom_cell_or_the_bundled_24_atom_one(shared
 
 
 def test_demo_with_a_tiny_budget(shared_dir, tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "1", "--shared", str(shared_dir), "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path), "--steps", "1", "--shared", str(shared_dir), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert str(tmp_path.resolve()) in result.output.replace("\n", "")
     results = json.loads((tmp_path / "results.json").read_text())

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hforge.basis import BasisSet, Shell, SpeciesBasis
 from hforge.basis.conventions import real_harmonics, rotate_blocks, siesta_real_harmonics
-from hforge.basis.radial import ANG_TO_BOHR, RY_TO_EV, KBProjector, RadialFunction, SpeciesRadials
+from hforge.basis.radial import ANG_TO_BOHR, KBProjector, RadialFunction, SpeciesRadials
 from hforge.errors import BasisMismatchError
 from hforge.graph.neighbours import orbital_pair_list
 from hforge.io import read_hs
@@ -81,7 +81,8 @@ def _gamma_folded_overlap(basis, species, positions, cell, pairs_i, pairs_j) -> 
     radii = np.array([sp.cutoff for sp in basis])
     pairs = orbital_pair_list(positions, cell, True, species, radii)
     s = overlap_blocks(basis, species, positions, cell, pairs.edge_index, pairs.cell_shift)
-    ptr = block_pointer(two_centre_descriptor(basis).program("overlap"), species[pairs.edge_index[0]] * len(basis) + species[pairs.edge_index[1]])
+    pair_type = species[pairs.edge_index[0]] * len(basis) + species[pairs.edge_index[1]]
+    ptr = block_pointer(two_centre_descriptor(basis).program("overlap"), pair_type)
     n_orb = basis.n_orbitals[species]
     folded = {}
     for e, (i, j) in enumerate(pairs.edge_index.T):
@@ -196,7 +197,9 @@ def test_gaunt_coefficients_are_integrals_of_three_harmonics():
     monte_carlo = 4 * np.pi * np.einsum("pa,pb,pc->abc", y[:, :9], y[:, :9], y) / len(points)
     np.testing.assert_allclose(gaunt(2, 2), monte_carlo, atol=0.02)
     for l in range(4):
-        np.testing.assert_allclose(real_harmonics(3, points[:50])[:, l * l : (l + 1) ** 2], siesta_real_harmonics(l, points[:50]), atol=1e-13)
+        np.testing.assert_allclose(
+            real_harmonics(3, points[:50])[:, l * l : (l + 1) ** 2], siesta_real_harmonics(l, points[:50]), atol=1e-13
+        )
 
 
 @settings(max_examples=10)
@@ -245,7 +248,8 @@ def test_a_tiny_cell_with_its_own_images_gives_a_positive_definite_overlap(abn_b
     species = np.array([0, 1])
     pairs = orbital_pair_list(positions, cell, True, species, [sp.cutoff for sp in abn_basis])
     s = overlap_blocks(abn_basis, species, positions, cell, pairs.edge_index, pairs.cell_shift)
-    ptr = block_pointer(two_centre_descriptor(abn_basis).program("overlap"), species[pairs.edge_index[0]] * 2 + species[pairs.edge_index[1]])
+    pair_type = species[pairs.edge_index[0]] * 2 + species[pairs.edge_index[1]]
+    ptr = block_pointer(two_centre_descriptor(abn_basis).program("overlap"), pair_type)
     gamma = np.zeros((26, 26))
     index = {(int(i), int(j), *map(int, n)): e for e, ((i, j), n) in enumerate(zip(pairs.edge_index.T, pairs.cell_shift))}
     for (i, j, *n), e in index.items():
@@ -290,7 +294,8 @@ def test_a_basis_without_radial_tables_is_refused_by_name(abn_basis):
 
 def test_a_basis_without_neutral_atom_potential_has_s_but_no_h0(abn_basis):
     radials = abn_basis["B"].radials
-    basis = BasisSet((replace(abn_basis["B"], radials=SpeciesRadials(radials.orbitals, radials.projectors, None)), abn_basis["N"]))
+    without_vna = replace(abn_basis["B"], radials=SpeciesRadials(radials.orbitals, radials.projectors, None))
+    basis = BasisSet((without_vna, abn_basis["N"]))
     desc = two_centre_descriptor(basis)
     assert desc.program("overlap").name == "overlap"
     with pytest.raises(BasisMismatchError, match="neutral-atom potential"):

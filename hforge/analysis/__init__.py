@@ -9,8 +9,8 @@ Sparse (large cells): :func:`dos_kpm` (kernel polynomial method of the generaliz
 
 from __future__ import annotations
 
-from hforge.analysis.kpm import dos_kpm
 from hforge.analysis.comparison import SpectrumReport, spectrum_report
+from hforge.analysis.kpm import dos_kpm
 from hforge.analysis.spectrum import (
     DOS,
     BandStructure,

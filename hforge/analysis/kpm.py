@@ -46,7 +46,7 @@ import scipy.sparse as sp
 
 from hforge.analysis.spectrum import DOS, _check_hamiltonian, _finish_dos, _progress, default_energies, matrices_at_k
 from hforge.errors import ConvergenceError, InputError, InvalidMatrixError, UnsupportedSystemError
-from hforge.metrics import DEFAULT_THRESHOLD, canonical_orthogonalization
+from hforge.metrics import canonical_orthogonalization
 
 __all__ = [
     "SchwarzPreconditioner",

@@ -106,9 +106,8 @@ def plot_levels(
 ) -> Figure:
     """Eigenvalues as horizontal ticks, one column per label (e.g. a shift-invert window)."""
     fig, ax = new_figure(size=(4.0, 4.5))
-    for col, (label, values) in enumerate(levels.items()):
-        values = np.asarray(values)
-        ax.hlines(values, col - 0.35, col + 0.35, color=f"C{col}", lw=1.0)
+    for col, values in enumerate(levels.values()):
+        ax.hlines(np.asarray(values), col - 0.35, col + 0.35, color=f"C{col}", lw=1.0)
     ax.set_xticks(range(len(levels)), list(levels))
     if window is not None:
         ax.set_ylim(*window)
@@ -140,7 +139,8 @@ def parity_plot(
     groups = {"all": np.ones(predicted.shape, bool)} if groups is None else groups
     rng = np.random.default_rng(seed)
     fig, ax = new_figure(size=(4.5, 4.5))
-    lo, hi = float(min(predicted.min(initial=0), reference.min(initial=0))), float(max(predicted.max(initial=0), reference.max(initial=0)))
+    lo = float(min(predicted.min(initial=0), reference.min(initial=0)))
+    hi = float(max(predicted.max(initial=0), reference.max(initial=0)))
     ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8)
     for col, (label, mask) in enumerate(groups.items()):
         idx = np.flatnonzero(mask)
@@ -149,7 +149,8 @@ def parity_plot(
         mae = np.abs(predicted[idx] - reference[idx]).mean()
         if len(idx) > max_points:
             idx = rng.choice(idx, max_points, replace=False)
-        ax.scatter(reference[idx], predicted[idx], s=2, alpha=0.5, color=f"C{col}", rasterized=True, label=f"{label}: MAE {1e3 * mae:.3g} m{unit}" if unit == "eV" else f"{label}: MAE {mae:.3g}")
+        legend = f"{label}: MAE {1e3 * mae:.3g} m{unit}" if unit == "eV" else f"{label}: MAE {mae:.3g}"
+        ax.scatter(reference[idx], predicted[idx], s=2, alpha=0.5, color=f"C{col}", rasterized=True, label=legend)
     ax.set_xlabel(f"DFT {title} ({unit})")
     ax.set_ylabel(f"ML {title} ({unit})")
     ax.set_aspect("equal")

@@ -50,7 +50,7 @@ class Shell:
     """
 
     n: int
-    l: int  # noqa: E741  (the physicists' name)
+    l: int
     zeta: int = 1
     polarized: bool = False
     cutoff: float | None = None

@@ -104,7 +104,7 @@ class RadialFunction:
 class KBProjector:
     """A Kleinman-Bylander projector: angular momentum ``l``, reference energy (Ry), radial table ``chi/r^l``."""
 
-    l: int  # noqa: E741  (the physicists' name)
+    l: int
     energy: float
     radial: RadialFunction
 

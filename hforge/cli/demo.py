@@ -14,8 +14,8 @@ of the test cell.
 
 from __future__ import annotations
 
-import time
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
         "model": {"kind": kind},
         "schedule": {"name": "cosine", "warmup_steps": min(10, steps)},
         "training": {
-            "max_steps": steps, "batch_atoms": 32, "val_every": steps // 3 if steps >= 3 else 10**9, "checkpoint_every": max(1, min(50, steps)),
+            "max_steps": steps, "batch_atoms": 32, "val_every": steps // 3 if steps >= 3 else 10**9,
+            "checkpoint_every": max(1, min(50, steps)),
             "seed": seed, "device": "cpu", "ema_decay": 0.99, "val_eigenvalues": False,
         },
     }
@@ -72,11 +73,11 @@ def demo(
     """Run the demo (see the module docstring); returns the content of ``results.json``."""
     from hforge.analysis import spectrum_report
     from hforge.datasets import load
+    from hforge.metrics import n_occupied_states
     from hforge.models import load_checkpoint
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
     from hforge.train.evaluation import evaluate_structures, predict_blocks
-    from hforge.metrics import n_occupied_states
     from hforge.train.trainer import Trainer, read_log
 
     console = console or wide_console()

@@ -88,7 +88,9 @@ def evaluate_command(
     window: float = typer.Option(2.0, help="Half-width (eV) of the eigenvalue window around the gap centre."),
     threshold: float = typer.Option(1e-3, help="Canonical orthogonalization: drop S eigenvalues below this."),
     eigenvalues: bool = typer.Option(True, "--eigenvalues/--no-eigenvalues", help="Γ eigenvalue metrics (dense)."),
-    valence: List[str] = typer.Option([], "--valence", help="Z_valence where the basis lacks it, e.g. --valence B=3 --valence N=5."),
+    valence: List[str] = typer.Option(
+        [], "--valence", help="Z_valence where the basis lacks it, e.g. --valence B=3 --valence N=5."
+    ),
 ) -> None:
     """H MAE (meV; all, onsite, hopping, per species and shell pair; raw and without the best c·S shift), S MAE and
     Γ eigenvalue MAE (±window around the gap centre and occupied states; raw and canonically orthogonalized),
@@ -103,7 +105,9 @@ def evaluate_command(
         evaluation = evaluate_structures(
             model, iter_references(data, split=split, basis=basis), window=window, threshold=threshold,
             eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
-            on_structure=lambda e: console.print(f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"),
+            on_structure=lambda e: console.print(
+                f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"
+            ),
         )
     console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{checkpoint} per structure"))
     console.print(metrics_table({n: g["summary"] for n, g in evaluation.groups.items()}, title="per size", first="atoms"))

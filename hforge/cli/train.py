@@ -18,7 +18,9 @@ def train_command(
     config: Optional[Path] = typer.Argument(None, help="Training config (YAML); see --print-default-config."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: hforge-train/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-    print_default_config: bool = typer.Option(False, "--print-default-config", help="Print the commented default config and exit."),
+    print_default_config: bool = typer.Option(
+        False, "--print-default-config", help="Print the commented default config and exit."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train an H/S model (torchrun --nproc-per-node P $(which hforge) train ... for data parallelism)."""
@@ -40,10 +42,12 @@ def train_command(
             console.print(
                 f"training {cfg.model.kind} on {len(trainer.data.train)} structures of {cfg.data.source} "
                 f"(validation: {len(trainer.data.val)}), {sum(p.numel() for p in trainer.model.parameters())} parameters, "
-                f"{trainer.dist.world} process(es), device {trainer.device}" + (f", resumed at step {trainer.step}" if resume else "")
+                f"{trainer.dist.world} process(es), device {trainer.device}"
+                + (f", resumed at step {trainer.step}" if resume else "")
             )
         result = trainer.run()
     if trainer.dist.is_main:
         mean = result.validation.get("mean", {})
         console.print(json.dumps({"validation_mean": mean, "throughput": result.throughput}, indent=1, default=str))
-        console.print(f"checkpoints: {result.last}" + (f", {result.best}" if result.best else "") + f"\noutput folder: {out.resolve()}")
+        best = f", {result.best}" if result.best else ""
+        console.print(f"checkpoints: {result.last}{best}\noutput folder: {out.resolve()}")

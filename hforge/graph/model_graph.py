@@ -80,14 +80,17 @@ def structure_arrays(structure: Any, basis: BasisSet, *, species: Sequence[str] 
     """
     if isinstance(structure, StructureArrays):
         species_index = np.asarray(structure.species, dtype=np.int64)
-        if species_index.shape != (len(structure.positions),) or (species_index.size and not 0 <= species_index.min() <= species_index.max() < len(basis)):
+        in_range = not species_index.size or 0 <= species_index.min() <= species_index.max() < len(basis)
+        if species_index.shape != (len(structure.positions),) or not in_range:
             raise UnknownSpeciesError(f"species indices must be one per atom in 0..{len(basis) - 1}")
         return StructureArrays(*check_arrays(structure.positions, structure.cell, structure.pbc), species_index)
     if isinstance(structure, HSData):
         labels = [structure.basis.symbols[s] for s in structure.species]
         for k, sp in enumerate(structure.basis):
             if sp.symbol in basis and not sp.same_orbitals(basis[sp.symbol]) and k in structure.species:
-                raise BasisMismatchError(f"species {sp.symbol!r} has other orbitals in the data than in the basis", path=structure.source)
+                raise BasisMismatchError(
+                    f"species {sp.symbol!r} has other orbitals in the data than in the basis", path=structure.source
+                )
         positions, cell, pbc = structure.positions, structure.cell, structure.pbc
     elif hasattr(structure, "get_chemical_symbols"):  # ase.Atoms
         labels = structure.get_chemical_symbols()

@@ -19,9 +19,9 @@ import functools
 import os
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -298,7 +298,9 @@ class Predictor:
         else:
             indices, data = problem.allocate(dtype)
             occupied = problem.occupied_chunks(plan.grid)
-            self.fill_chunks(problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress)
+            self.fill_chunks(
+                problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress
+            )
             csr = problem.csr(indices, data)
         with timer("assembly"):
             hamiltonian = csr.to_sisl(problem.geometry(self.model.basis))

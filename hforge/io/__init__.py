@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
+from hforge.io.block_statistics import StoreStatistics, block_type_shape, value_block_types
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import find_hs_file, read_hs, write_hs
-from hforge.io.block_statistics import StoreStatistics, block_type_shape, value_block_types
 from hforge.io.store import ConversionReport, HSStore, SplitRule, convert, write_store
 
 __all__ = [

@@ -464,7 +464,9 @@ class HSData:
         atoms = self.basis.to_sisl()
         lattice = sisl.Lattice(self.cell.copy(), nsc=self.nsc)
         if not self.pbc.all():
-            lattice.set_boundary_condition([sisl.BoundaryCondition.PERIODIC if p else sisl.BoundaryCondition.OPEN for p in self.pbc])
+            lattice.set_boundary_condition(
+                [sisl.BoundaryCondition.PERIODIC if p else sisl.BoundaryCondition.OPEN for p in self.pbc]
+            )
         return sisl.Geometry(self.positions.copy(), atoms=[atoms[s] for s in self.species], lattice=lattice)
 
     def to_sisl(self) -> Any:

@@ -38,10 +38,10 @@ from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
 from hforge.files import atomic_write, stale_temporaries
+from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import read_hs
-from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
 

@@ -138,7 +138,8 @@ class BlockTypes:
     @classmethod
     def of(cls, basis: BasisSet, species: Any, edge_index: Any, cell_shift: Any, block_ptr: Any) -> "BlockTypes":
         """Types of the values of the pairs ``(edge_index, cell_shift)`` with offsets ``block_ptr``."""
-        return cls(basis, value_block_types(basis, np.asarray(species), np.asarray(edge_index), np.asarray(cell_shift), np.asarray(block_ptr)))
+        arrays = (np.asarray(a) for a in (species, edge_index, cell_shift, block_ptr))
+        return cls(basis, value_block_types(basis, *arrays))
 
     @classmethod
     def from_hsdata(cls, data: HSData) -> "BlockTypes":

@@ -34,8 +34,8 @@ import torch
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, InputError, InvalidMatrixError
 from hforge.io import HSData
-from hforge.ops.assemble import is_canonical
 from hforge.metrics.blocks import MEV_PER_EV, check_same_structure
+from hforge.ops.assemble import is_canonical
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -145,7 +145,8 @@ class ModelConfig:
 
         if self.kind not in KINDS:
             raise bad("kind", f"choose one of {', '.join(KINDS)}")
-        if not self.species or len(set(self.species)) != len(self.species) or not all(isinstance(s, str) and s for s in self.species):
+        labels = all(isinstance(s, str) and s for s in self.species)
+        if not self.species or len(set(self.species)) != len(self.species) or not labels:
             raise bad("species", "need at least one species label, each once")
         if not self.r_max > 0:
             raise bad("r_max", "must be positive (Å)")

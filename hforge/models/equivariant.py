@@ -49,7 +49,13 @@ from hforge.models.config import ModelConfig
 from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import (
-    CGDescriptor, block_pointer, blocks_to_irreps, cg_descriptor, channelwise_from_e3nn, edge_blocks, irreps_to_blocks,
+    CGDescriptor,
+    block_pointer,
+    blocks_to_irreps,
+    cg_descriptor,
+    channelwise_from_e3nn,
+    edge_blocks,
+    irreps_to_blocks,
     onsite_blocks,
 )
 
@@ -127,14 +133,22 @@ class EdgeAttributes(torch.nn.Module):
         config: the model config (``radial_hidden``).
     """
 
-    def __init__(self, coupled: list[tuple[int, int]], node_offset: np.ndarray, channels: int, input_dim: int, config: ModelConfig) -> None:
+    def __init__(
+        self, coupled: list[tuple[int, int]], node_offset: np.ndarray, channels: int, input_dim: int, config: ModelConfig
+    ) -> None:
         super().__init__()
         self.coupled = [(int(node_offset[q]), l) for q, l in coupled]
         self.channels = channels
         self.mlp = mlp([input_dim, *config.radial_hidden, len(coupled) * channels])
 
     def forward(
-        self, harmonics: torch.Tensor, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, inputs: torch.Tensor, envelope: torch.Tensor
+        self,
+        harmonics: torch.Tensor,
+        x: torch.Tensor,
+        i: torch.Tensor,
+        j: torch.Tensor,
+        inputs: torch.Tensor,
+        envelope: torch.Tensor,
     ) -> torch.Tensor:
         alpha = (self.mlp(inputs) * envelope[:, None]).view(len(inputs), len(self.coupled), self.channels)
         degrees = int(round(harmonics.shape[1] ** 0.5))
@@ -187,7 +201,11 @@ class CGPairBlocks(torch.nn.Module):
         self.register_buffer("mix_slot", torch.from_numpy(np.array(self.desc.mix_slot)), persistent=False)
         # node irreps of natural parity that can join the edge attributes (see EdgeAttributes)
         coupled = [(q, l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l and l <= config.pair_l_max]
-        self.attributes = EdgeAttributes(coupled, self.desc.node_offset, channels, 2 * scalar_dim + config.pair_num_basis, config) if coupled else None
+        self.attributes = (
+            EdgeAttributes(coupled, self.desc.node_offset, channels, 2 * scalar_dim + config.pair_num_basis, config)
+            if coupled
+            else None
+        )
         self.two_centre = TwoCentreBlocks(self.desc, edge_dim, scalar_dim, config) if two_centre else None
         self.gains = SlotGains(self.desc, channels, edge_dim, scalar_dim, slot_gains, config) if slot_gains else None
 
@@ -219,7 +237,9 @@ class CGPairBlocks(torch.nn.Module):
         def cg_term(weight: torch.Tensor) -> torch.Tensor:
             if scale is not None:
                 weight = weight * scale.to(weight.dtype)[self.mix_slot][:, None]
-            return edge_blocks(x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend)
+            return edge_blocks(
+                x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend
+            )
 
         blocks = cg_term(self.weight)
         if self.gains is None and self.two_centre is None:
@@ -272,7 +292,14 @@ class TwoCentreBlocks(torch.nn.Module):
         for t in range(desc.n_pair_types):
             slots = [s for s in range(desc.slot_ptr[t], desc.slot_ptr[t + 1]) if natural[s]]
             parts = [
-                (desc.slot_offset[s] + m, s, column[s], column[desc.slot_transpose[s]], desc.slot_L[s] ** 2 + m, (-1.0) ** desc.slot_L[s])
+                (
+                    desc.slot_offset[s] + m,
+                    s,
+                    column[s],
+                    column[desc.slot_transpose[s]],
+                    desc.slot_L[s] ** 2 + m,
+                    (-1.0) ** desc.slot_L[s],
+                )
                 for s in slots
                 for m in range(2 * desc.slot_L[s] + 1)
             ]
@@ -306,7 +333,9 @@ class TwoCentreBlocks(torch.nn.Module):
             selected = torch.nonzero(pair_type == t).squeeze(1)
             if not len(selected):
                 continue
-            index, slot, column, partner, harmonic = (getattr(self, f"t{t}_{n}") for n in ("index", "slot", "column", "partner", "harmonic"))
+            index, slot, column, partner, harmonic = (
+                getattr(self, f"t{t}_{n}") for n in ("index", "slot", "column", "partner", "harmonic")
+            )
             sign = getattr(self, f"t{t}_sign").to(coeffs.dtype)
             rows = selected[:, None]
             g = 0.5 * (forward[rows, column] + sign * reverse[rows, partner])
@@ -342,7 +371,9 @@ class SlotGains(torch.nn.Module):
         config: the model config (``block_hidden``, ``backend``).
     """
 
-    def __init__(self, desc: CGDescriptor, channels: int, edge_dim: int, scalar_dim: int, n_sets: int, config: ModelConfig) -> None:
+    def __init__(
+        self, desc: CGDescriptor, channels: int, edge_dim: int, scalar_dim: int, n_sets: int, config: ModelConfig
+    ) -> None:
         super().__init__()
         self.desc, self.backend, self.n_sets = desc, config.backend, n_sets
         self.weights = torch.nn.ParameterList([_mixing_weights(desc.mix_ptr, channels) for _ in range(n_sets - 1)])

@@ -183,7 +183,9 @@ def _output_layers(width: int, sizes: list[int]) -> tuple[torch.nn.ParameterList
     return weights, biases
 
 
-def _scatter(total: int, rows: list[tuple[torch.Tensor, torch.Tensor]], block_ptr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _scatter(
+    total: int, rows: list[tuple[torch.Tensor, torch.Tensor]], block_ptr: torch.Tensor, like: torch.Tensor
+) -> torch.Tensor:
     """Flat values: block rows ``(n_k, size_k)`` of the pairs ``idx_k`` at ``block_ptr[idx_k]``."""
     sizes = {int(block.shape[1]) for _, block in rows}
     n_pairs = block_ptr.shape[0] - 1
@@ -293,7 +295,9 @@ class InvariantHSModel(HSModel):
         node_dim = config.channels * (config.node_l_max + 1)
         hidden = list(config.block_hidden)
         n_species = len(self.basis)
-        self.environment_radial = PairRadial(np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff)
+        self.environment_radial = PairRadial(
+            np.full((n_species, n_species), config.r_max), config.pair_num_basis, config.num_polynomial_cutoff
+        )
         self.environment = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
         node_spec = [(ir.l, ir.p) for _, ir in self.trunk.irreps_out]
         orientation = PairOrientation(node_spec, config.channels) if config.pair_orientation else None

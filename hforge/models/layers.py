@@ -42,7 +42,9 @@ class PairRadial(torch.nn.Module):
         self.bessel = BesselBasis(r_max=1.0, num_basis=num_basis)
         self.envelope = PolynomialCutoff(r_max=1.0, p=p)
 
-    def forward(self, distances: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, distances: torch.Tensor, species_i: torch.Tensor, species_j: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         u = (distances / self.cutoffs[species_i, species_j])[:, None]
         return self.bessel(u), self.envelope(u)[:, 0]
 
@@ -75,10 +77,14 @@ class PairOrientation(torch.nn.Module):
         self.paired = [(int(offsets[q]), l) for q, (l, _) in enumerate(node_spec) if l > 0]
         self.projected = [(int(offsets[q]), l) for q, (l, p) in enumerate(node_spec) if l > 0 and p == (-1) ** l]
         l_max = max((l for _, l in self.projected), default=0)
-        self.spherical_harmonics = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(l_max), normalize=True, normalization="component")
+        self.spherical_harmonics = o3.SphericalHarmonics(
+            o3.Irreps.spherical_harmonics(l_max), normalize=True, normalization="component"
+        )
         self.dim = channels * (2 * len(self.projected) + len(self.paired))
 
-    def forward(self, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the pairs ``(i, j)`` with vectors ``r_ij (E, 3)``: ``(forward, reversed)``."""
         harmonics = self.spherical_harmonics(vectors)
         xi, xj = x[i], x[j]

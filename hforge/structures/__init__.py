@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 from hforge.structures.amorphous import DENSITY_RANGE, PROTOCOLS, MeltQuenchProtocol, amorphous_bn, random_bn_cell
-from hforge.structures.lammps import tersoff_bn_potential
 from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, radial_distribution, structure_statistics
+from hforge.structures.lammps import tersoff_bn_potential
 from hforge.structures.validate import MIN_DISTANCE, check_arrays, validate_structure
 
 __all__ = [

@@ -76,7 +76,8 @@ class Selection:
         object.__setattr__(self, "exclude", tuple(str(n) for n in self.exclude))
         for name in ("min_atoms", "max_atoms"):
             value = getattr(self, name)
-            _check("data", name, value is None or (isinstance(value, int) and value >= 0), "a non-negative integer or null", value)
+            _check("data", name, value is None or (isinstance(value, int) and value >= 0), "a non-negative integer or null",
+                   value)
 
     def matches(self, name: str, n_atoms: int) -> bool:
         return (
@@ -114,8 +115,10 @@ class DataConfig:
         object.__setattr__(self, "source", os.fspath(self.source))
         object.__setattr__(self, "train", Selection.parse(self.train, "data.train"))
         object.__setattr__(self, "val", Selection.parse(self.val, "data.val"))
-        _check("data", "valence", isinstance(self.valence, Mapping) and all(
-            isinstance(v, (int, float)) and v > 0 for v in self.valence.values()), "a mapping species -> positive charge", self.valence)
+        charges = isinstance(self.valence, Mapping) and all(
+            isinstance(v, (int, float)) and v > 0 for v in self.valence.values()
+        )
+        _check("data", "valence", charges, "a mapping species -> positive charge", self.valence)
         object.__setattr__(self, "valence", {str(k): float(v) for k, v in self.valence.items()})
 
 
@@ -186,7 +189,8 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _check("schedule", "name", self.name in ("constant", "cosine"), "constant or cosine", self.name)
-        _check("schedule", "warmup_steps", isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "a non-negative integer", self.warmup_steps)
+        warmup = isinstance(self.warmup_steps, int) and self.warmup_steps >= 0
+        _check("schedule", "warmup_steps", warmup, "a non-negative integer", self.warmup_steps)
         _check("schedule", "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]", self.min_lr_ratio)
 
 
@@ -224,14 +228,16 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_atoms", "val_every", "checkpoint_every", "log_every"):
             value = getattr(self, name)
-            _check("training", name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive integer", value)
+            positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            _check("training", name, positive, "a positive integer", value)
         _check("training", "max_minutes", self.max_minutes is None or self.max_minutes > 0, "positive or null", self.max_minutes)
         _check("training", "ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)", self.ema_decay)
-        _check("training", "augment_rotations", self.augment_rotations in ("auto", True, False), "auto, true or false", self.augment_rotations)
+        _check("training", "augment_rotations", self.augment_rotations in ("auto", True, False), "auto, true or false",
+               self.augment_rotations)
         _check("training", "seed", isinstance(self.seed, int) and self.seed >= 0, "a non-negative integer", self.seed)
         _check("training", "precision", self.precision in ("float32", "float64"), "float32 or float64", self.precision)
-        _check("training", "device", isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.startswith("cuda")),
-               "auto, cpu or cuda[:k]", self.device)
+        device = isinstance(self.device, str) and (self.device in ("auto", "cpu") or self.device.startswith("cuda"))
+        _check("training", "device", device, "auto, cpu or cuda[:k]", self.device)
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,9 @@ class TrainConfig:
         model = dict(data.get("model") or {})
         model.setdefault("dtype", training.precision)
         if model["dtype"] != training.precision:
-            raise ConfigError(f"config: model.dtype={model['dtype']!r} differs from training.precision={training.precision!r}: set one")
+            raise ConfigError(
+                f"config: model.dtype={model['dtype']!r} differs from training.precision={training.precision!r}: set one"
+            )
         data_section = dict(data.get("data") or {})
         source = data_section.get("source")
         if base is not None and source is not None and not _is_bundled(str(source)) and not Path(source).is_absolute():

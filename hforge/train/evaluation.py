@@ -22,7 +22,6 @@ import torch
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
-from hforge.models import HSModel
 from hforge.metrics import (
     DEFAULT_THRESHOLD,
     DEFAULT_WINDOW,
@@ -32,6 +31,7 @@ from hforge.metrics import (
     compare_spectra,
     n_occupied_states,
 )
+from hforge.models import HSModel
 
 __all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "nan_mean", "predict_blocks", "summary_row", "with_valence"]
 
@@ -54,7 +54,9 @@ def check_data_basis(model_basis: BasisSet, data_basis: BasisSet, *, source: Any
     or the data holds species the model does not know."""
     unknown = [s for s in data_basis.symbols if s not in model_basis]
     if unknown:
-        raise BasisMismatchError(f"the data holds species {unknown} that the model does not know (it knows {model_basis.symbols})", path=source)
+        raise BasisMismatchError(
+            f"the data holds species {unknown} that the model does not know (it knows {model_basis.symbols})", path=source
+        )
     differ = [sp.symbol for sp in data_basis if not sp.same_orbitals(model_basis[sp.symbol])]
     if differ:
         raise BasisMismatchError(f"species {differ} have other orbitals in the data than in the model's basis", path=source)

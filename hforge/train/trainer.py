@@ -54,11 +54,11 @@ from hforge.graph import collate
 from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
-from hforge.models import HSModel, build_model, load_checkpoint, save_model
+from hforge.metrics import GammaLayout
+from hforge.models import build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
-from hforge.metrics import GammaLayout
 from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
 
 __all__ = [
@@ -223,7 +223,9 @@ def distributed_context(device: torch.device) -> DistributedContext:
         return DistributedContext()
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedContext(
+        torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -469,7 +471,9 @@ class Trainer:
         if not share:  # fewer structures than processes: run one with weight 0
             share, weight_scale = [batch[0]], 0.0
         graph, types, value_batch, items = self._batch(share)
-        totals = self.dist.all_sum(torch.tensor([float(graph.n_values) * weight_scale, float(len(items)) * weight_scale], dtype=torch.float64))
+        totals = self.dist.all_sum(
+            torch.tensor([float(graph.n_values) * weight_scale, float(len(items)) * weight_scale], dtype=torch.float64)
+        )
         fraction = weight_scale * graph.n_values / float(totals[0])
         dtype, device = self.model.dtype, self.device
         self.model.train()
@@ -565,7 +569,8 @@ class Trainer:
         if self.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=training.max_steps, initial=self.step, desc=f"train {self.config.model.kind}", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=training.max_steps, initial=self.step, desc=f"train {self.config.model.kind}", unit="step",
+                       dynamic_ncols=True)
         validated_at = -1
         while self.step < training.max_steps:
             batches = atom_batches(self.sizes, training.batch_atoms, training.seed, self.epoch)

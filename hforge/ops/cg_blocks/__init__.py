@@ -130,12 +130,12 @@ class _LinearMap(torch.autograd.Function):
     """``Q`` (``transpose=False``: irreps -> blocks) or ``Q^T`` through a backend's kernel; each is the other's backward."""
 
     @staticmethod
-    def forward(ctx, values, kernel, pair_type, block_ptr, desc, transpose):  # noqa: D102
+    def forward(ctx, values, kernel, pair_type, block_ptr, desc, transpose):
         ctx.saved = (kernel, pair_type, block_ptr, desc, transpose)
         return kernel(values, pair_type, block_ptr, desc, transpose)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         kernel, pair_type, block_ptr, desc, transpose = ctx.saved
         return _LinearMap.apply(grad, kernel, pair_type, block_ptr, desc, not transpose), None, None, None, None, None
 
@@ -229,9 +229,14 @@ def _check_edge_inputs(x, Y, R, W, edge_index, species, desc: CGDescriptor) -> N
     }
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
-            raise InputError(f"edge_blocks: {name} has shape {tuple(tensor.shape)}, expected {shape} (N, E, C inferred from x and edge_index)")
+            raise InputError(
+                f"edge_blocks: {name} has shape {tuple(tensor.shape)}, expected {shape} (N, E, C inferred from x and edge_index)"
+            )
     if x.dtype not in (torch.float32, torch.float64) or any(t.dtype != x.dtype for t in (Y, R, W)):
-        raise InputError(f"edge_blocks: x, Y, R, W need one float dtype (float32 or float64), got {x.dtype}, {Y.dtype}, {R.dtype}, {W.dtype}")
+        raise InputError(
+            "edge_blocks: x, Y, R, W need one float dtype (float32 or float64), "
+            f"got {x.dtype}, {Y.dtype}, {R.dtype}, {W.dtype}"
+        )
     if n_edges and (edge_index.min() < 0 or edge_index.max() >= n_nodes):
         raise InputError(f"edge_blocks: edge_index refers to atoms outside 0..{n_nodes - 1}")
 

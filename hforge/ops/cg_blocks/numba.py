@@ -59,7 +59,9 @@ def _apply_q(values, pair_type, block_ptr, pair_entry_ptr, ptr, index, val, out)
         _gather_rows(values, block_ptr[e], pair_entry_ptr[t], block_ptr[e + 1] - block_ptr[e], ptr, index, val, out)
 
 
-def apply_q_numba(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def apply_q_numba(
+    values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool
+) -> torch.Tensor:
     """Coupled irreps -> blocks through ``Q`` (``transpose=False``) or blocks -> coupled irreps through ``Q^T``."""
     values = values.contiguous()
     out = torch.empty_like(values)
@@ -306,7 +308,7 @@ class EdgeBlocksNumba(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):  # noqa: D102
+    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):
         ctx.save_for_backward(x, Y, R, W, src, dst, species, block_ptr)
         ctx.desc = desc
         out = torch.empty(int(block_ptr[-1]), dtype=x.dtype)
@@ -325,7 +327,7 @@ class EdgeBlocksNumba(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
             raise RuntimeError("edge_blocks (numba): second derivatives are not implemented; use backend='torch'")
         x, Y, R, W, src, dst, species, block_ptr = ctx.saved_tensors

@@ -57,7 +57,9 @@ def _positions(block_ptr: torch.Tensor, idx: torch.Tensor, size: int) -> torch.T
     return block_ptr[idx][:, None] + torch.arange(size, device=block_ptr.device)[None, :]
 
 
-def _map_blocks(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def _map_blocks(
+    values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool
+) -> torch.Tensor:
     if values.numel() == 0:
         return values.clone()
     out = torch.zeros_like(values)
@@ -70,18 +72,28 @@ def _map_blocks(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.
     return out
 
 
-def irreps_to_blocks_reference(coeffs: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor) -> torch.Tensor:
+def irreps_to_blocks_reference(
+    coeffs: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor
+) -> torch.Tensor:
     """Flat coupled irreps -> flat blocks, both on ``block_ptr``."""
     return _map_blocks(coeffs, pair_type, block_ptr, desc, transpose=False)
 
 
-def blocks_to_irreps_reference(blocks: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor) -> torch.Tensor:
+def blocks_to_irreps_reference(
+    blocks: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor
+) -> torch.Tensor:
     """Flat blocks -> flat coupled irreps (the transpose, hence inverse, of :func:`irreps_to_blocks_reference`)."""
     return _map_blocks(blocks, pair_type, block_ptr, desc, transpose=True)
 
 
 def _coupled_irreps(
-    x_row: torch.Tensor, x_col: torch.Tensor, Y: torch.Tensor, R: torch.Tensor, W: torch.Tensor, pair_type: int, desc: CGDescriptor
+    x_row: torch.Tensor,
+    x_col: torch.Tensor,
+    Y: torch.Tensor,
+    R: torch.Tensor,
+    W: torch.Tensor,
+    pair_type: int,
+    desc: CGDescriptor,
 ) -> torch.Tensor:
     """``t[e, :]``, the coupled-irreps vectors of edges of one pair type (``x_row``/``x_col``: ``(E_t, C, K)``)."""
     m = []
@@ -119,7 +131,9 @@ def edge_blocks_reference(
     n_species = desc.n_species
     src, dst = edge_index
     pair_type = species[src] * n_species + species[dst]
-    parity = torch.cat([torch.full((2 * l + 1,), (-1.0) ** l, dtype=Y.dtype, device=Y.device) for l in range((desc.l_sh or 0) + 1)])
+    parity = torch.cat(
+        [torch.full((2 * l + 1,), (-1.0) ** l, dtype=Y.dtype, device=Y.device) for l in range((desc.l_sh or 0) + 1)]
+    )
     swap = torch.tensor(desc.path_swap, device=R.device)
     out = torch.zeros(int(block_ptr[-1]), dtype=Y.dtype, device=Y.device)
     for t in torch.unique(pair_type).tolist():
@@ -137,7 +151,9 @@ def edge_blocks_reference(
     return out
 
 
-def onsite_blocks_reference(x: torch.Tensor, W: torch.Tensor, species: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor) -> torch.Tensor:
+def onsite_blocks_reference(
+    x: torch.Tensor, W: torch.Tensor, species: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor
+) -> torch.Tensor:
     """Flat onsite blocks ``(B + B^T) / 2`` with ``t[(a, b, L)] = sum_rows W[row] . x[:, :, irrep of row]``."""
     out = torch.zeros(int(block_ptr[-1]), dtype=x.dtype, device=x.device)
     for s_atom in torch.unique(species).tolist():

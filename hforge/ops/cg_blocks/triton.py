@@ -91,7 +91,8 @@ def _tiles(pair_type: torch.Tensor, n_pair_types: int) -> tuple[torch.Tensor, to
     counts = torch.bincount(pair_type, minlength=n_pair_types)
     per_type = (counts + BLOCK_E - 1) // BLOCK_E
     tile_pt = torch.repeat_interleave(torch.arange(n_pair_types, device=pair_type.device), per_type)
-    rank = torch.arange(tile_pt.shape[0], device=pair_type.device) - torch.repeat_interleave(torch.cumsum(per_type, 0) - per_type, per_type)
+    first_tile = torch.repeat_interleave(torch.cumsum(per_type, 0) - per_type, per_type)
+    rank = torch.arange(tile_pt.shape[0], device=pair_type.device) - first_tile
     first = torch.cumsum(counts, 0) - counts
     tile_start = first[tile_pt] + rank * BLOCK_E
     tile_len = torch.clamp(counts[tile_pt] - rank * BLOCK_E, max=BLOCK_E)
@@ -257,7 +258,9 @@ def _edge_backward_kernel(
                 tl.atomic_add(gY_ptr + e[:, None] * NSH + l2 * l2 + m2[None, :], gyp, mask=y_mask)
 
 
-def apply_q_triton(values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool) -> torch.Tensor:
+def apply_q_triton(
+    values: torch.Tensor, pair_type: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor, transpose: bool
+) -> torch.Tensor:
     _check_mode(values)
     values = values.contiguous()
     out = torch.empty_like(values)
@@ -280,7 +283,7 @@ class EdgeBlocksTriton(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):  # noqa: D102
+    def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):
         _check_mode(x)
         x = x.transpose(1, 2).contiguous()
         pair_type = species[src] * desc.n_species + species[dst]
@@ -301,13 +304,15 @@ class EdgeBlocksTriton(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         if torch.is_grad_enabled():  # create_graph=True: refuse instead of returning constants
             raise RuntimeError("edge_blocks (triton): second derivatives are not implemented; use backend='torch'")
         x, Y, R, W, src, dst, pair_type, block_ptr = ctx.saved_tensors
         desc = ctx.desc
         need_x, need_Y, need_R, need_W = ctx.needs_input_grad[:4]
-        gx, gY, gR, gW = (torch.zeros_like(v) if need else v.new_empty(1) for v, need in zip((x, Y, R, W), (need_x, need_Y, need_R, need_W)))
+        gx, gY, gR, gW = (
+            torch.zeros_like(v) if need else v.new_empty(1) for v, need in zip((x, Y, R, W), (need_x, need_Y, need_R, need_W))
+        )
         if src.shape[0]:
             gt = apply_q_triton(grad, pair_type, block_ptr, desc, transpose=True)
             tb = _device_tables(desc, str(x.device), x.dtype)

@@ -22,8 +22,8 @@ Public functions (lengths in Å, results in SIESTA's convention: S dimensionless
                          is what a model learns on top.
 
 Conventions: pair ``(i, j, n)`` has ``R = positions[j] + n @ cell - positions[i]`` (Å, converted
-to Bohr as sisl reads SIESTA files, :data:`hforge.basis.radial.BOHR_TO_ANG`); blocks are flat-packed row-major in SIESTA's orbital order on a
-``block_ptr`` (docs/design.md).
+to Bohr as sisl reads SIESTA files, :data:`hforge.basis.radial.BOHR_TO_ANG`); blocks are flat-packed
+row-major in SIESTA's orbital order on a ``block_ptr`` (docs/design.md).
 """
 
 from __future__ import annotations

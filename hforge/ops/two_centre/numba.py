@@ -36,7 +36,7 @@ def _legendre_norms(lmax):  # pragma: no cover
     dfact = np.ones(lmax + 1)
     for m in range(1, lmax + 1):
         dfact[m] = dfact[m - 1] * (2 * m - 1)
-    for l in range(lmax + 1):  # noqa: E741
+    for l in range(lmax + 1):
         for m in range(l + 1):
             ratio = 1.0
             for q in range(l - m + 1, l + m + 1):
@@ -52,7 +52,7 @@ def _harmonics(x, y, z, lmax, norms, dfact, out):  # pragma: no cover
     re, im = 1.0, 0.0
     for m in range(lmax + 1):
         p_prev, p = 0.0, dfact[m]
-        for l in range(m, lmax + 1):  # noqa: E741
+        for l in range(m, lmax + 1):
             if l > m:
                 p, p_prev = ((2 * l - 1) * z * p - (l + m - 1) * p_prev) / (l - m), p
             c = norms[l, m] * p

@@ -32,7 +32,7 @@ def real_harmonics_torch(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
     for m in range(lmax + 1):
         p_prev = torch.zeros_like(z)
         p = torch.full_like(z, float(np.prod(np.arange(1, 2 * m, 2))))
-        for l in range(m, lmax + 1):  # noqa: E741
+        for l in range(m, lmax + 1):
             if l > m:
                 p, p_prev = ((2 * l - 1) * z * p - (l + m - 1) * p_prev) / (l - m), p
             norm_lm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))

@@ -58,7 +58,7 @@ class Profile:
 
     factors: tuple[RadialFunction, ...]
     power: int
-    l: int  # noqa: E741
+    l: int
     scale: float = 1.0
 
     @property
@@ -211,7 +211,10 @@ def combine(
     of the programs' tables, so the sum costs one program evaluation."""
     first = programs[0]
     for other in programs[1:]:
-        same = all(np.array_equal(getattr(first, f), getattr(other, f)) for f in ("slot_ptr", "entry_ptr", "term_ptr", "term_slot", "term_lm"))
+        same = all(
+            np.array_equal(getattr(first, f), getattr(other, f))
+            for f in ("slot_ptr", "entry_ptr", "term_ptr", "term_slot", "term_lm")
+        )
         if not same or not np.allclose(first.term_coef, other.term_coef):
             raise ValueError("combine: the programs differ in structure")
     entry = first.slot_entries()
@@ -349,8 +352,9 @@ class ProgramBuilder:
 
     def add_density(self, t: int, row0: int, col0: int, la: int, lb: int, density: Profile, potential: Profile) -> None:
         """Add ``<phi_a | V | phi_b>`` with both functions on one atom (degree ``la`` at rows
-        ``row0..``, ``lb`` at columns ``col0..``) and a spherical potential on the other atom.  ``density`` is the product's radial part (its ``l`` is
-        replaced by each ``L``), ``potential`` an ``l = 0`` profile.  With
+        ``row0..``, ``lb`` at columns ``col0..``) and a spherical potential on the other atom.
+        ``density`` is the product's radial part (its ``l`` is replaced by each ``L``), ``potential``
+        an ``l = 0`` profile.  With
         ``phi_a phi_b = sum_LM G(la ma, lb mb, LM) rho(r) Y_LM`` and ``V = sqrt(4 pi) V Y_00``,
         each term is ``G * I_L(R) * Y_LM(R^)`` (``I_L`` of ``rho`` at order ``L`` and ``V``)."""
         block, slots, ncol = self._block(t)
@@ -394,7 +398,6 @@ class ProgramBuilder:
             self.name, self.n_species, i64(self.rows), i64(self.cols), lmax, i64(slot_ptr), i64(slot_table),
             i64(entry_ptr), i64(term_ptr), i64(term_slot), i64(term_lm), np.asarray(term_coef, dtype=np.float64),
         )
-
 
 def _orbital(basis: BasisSet, s: int, a: int, extra: tuple[RadialFunction, ...] = ()) -> Profile:
     """Profile of shell ``a`` of species ``s`` (``f r^l``), times ``extra`` factors."""
