@@ -57,11 +57,6 @@ DEFAULT_THRESHOLD = 1e-3
 DEFAULT_WINDOW = 2.0
 
 
-def _tensor(x: Any) -> torch.Tensor:
-    """float64 tensor (no copy for float64 numpy arrays or tensors)."""
-    return torch.as_tensor(x).to(torch.float64)
-
-
 # ---------------------------------------------------------------------------------------
 # dense Γ matrices from flat blocks
 # ---------------------------------------------------------------------------------------

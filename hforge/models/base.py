@@ -149,15 +149,6 @@ class HSModel(torch.nn.Module):
         """The :class:`~hforge.graph.GraphBuilder` of this model (its basis, ``r_max`` and pair cut-offs)."""
         return GraphBuilder(self.basis, r_max=self.config.r_max, include_kb=self.config.include_kb, spin=spin)
 
-    def count_parameters(self) -> dict[str, int]:
-        """Trainable parameters per top-level part and in total."""
-        counts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
-        counts = {k: v for k, v in counts.items() if v}
-        if self.s_embedding is not None:
-            counts["s_embedding"] = self.s_embedding.weight.numel()
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
-
     def _onsite(self, head: Any, inputs: Any, species: torch.Tensor, matrix: str) -> torch.Tensor:
         raw = head.onsite(inputs, species)
         ptr = self.entry_ptr

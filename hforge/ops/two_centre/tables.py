@@ -36,7 +36,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hforge.basis import BasisSet
 from hforge.basis.conventions import real_harmonics
 from hforge.basis.radial import RadialFunction
 from hforge.errors import UnsupportedSystemError
@@ -398,22 +397,3 @@ class ProgramBuilder:
             self.name, self.n_species, i64(self.rows), i64(self.cols), lmax, i64(slot_ptr), i64(slot_table),
             i64(entry_ptr), i64(term_ptr), i64(term_slot), i64(term_lm), np.asarray(term_coef, dtype=np.float64),
         )
-
-def _orbital(basis: BasisSet, s: int, a: int, extra: tuple[RadialFunction, ...] = ()) -> Profile:
-    """Profile of shell ``a`` of species ``s`` (``f r^l``), times ``extra`` factors."""
-    shell, table = basis[s].shells[a], basis[s].radials.orbitals[a]
-    return Profile((table, *extra), shell.l, shell.l)
-
-
-def shell_offsets(basis: BasisSet, s: int) -> list[int]:
-    return [sl.start for sl in basis[s].shell_slices]
-
-
-def projector_offsets(basis: BasisSet, s: int) -> list[int]:
-    sizes = [2 * p.l + 1 for p in basis[s].radials.projectors]
-    return [int(x) for x in np.concatenate([[0], np.cumsum(sizes)[:-1]])] if sizes else []
-
-
-def n_projector_functions(basis: BasisSet, s: int) -> int:
-    """Number of KB projector functions (``sum 2l+1``) of species ``s``."""
-    return sum(2 * p.l + 1 for p in basis[s].radials.projectors)
