@@ -1,13 +1,14 @@
 """Writing files: the one atomic writer and the one JSON encoding of HForge.
 
 Every file HForge writes (checkpoints, stores, SIESTA matrices, figures, JSON, logs published at
-the end) goes through :func:`atomic_write`: the content is written to a temporary file in the
-target's folder (``.<name>.<pid>.<random>.tmp<suffix>``: hidden, unique per process and call, with
-the target's suffix for writers that pick the format from it), flushed to disk (``fsync``) and
-renamed over the target, so readers see the old file or the new one, never a partial one; on any
-failure (an exception, ``KeyboardInterrupt``) the temporary file is removed and the target is
-left as it was.  A process killed mid-write leaves its temporary file behind:
-:func:`stale_temporaries` finds them.
+the end) goes through :func:`atomic_write`: the content is written to a temporary file beside the
+target, ``dir/.name.<pid>.tmp.ext`` for ``dir/name.ext`` (:func:`temp_path`: hidden, one per
+process, with the target's extension for writers that pick the format from it), flushed to disk
+(``fsync``) and renamed over the target, so readers see the old file or the new one, never a
+partial one.  On any failure (an exception, ``KeyboardInterrupt``, SIGTERM through the CLI's
+handler) the temporary file is removed and the target is left as it was.  Only SIGKILL (or a
+crash of the machine) can leave one behind; the next write of the same target removes the
+temporary files of processes that no longer run (:func:`remove_stale_temps`).
 
 JSON (:func:`json_ready`, :func:`to_json`, :func:`write_json`) is strict: numpy scalars and
 arrays become numbers and lists, NaN and infinities ``null``, paths strings, keys strings.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePath
@@ -26,17 +27,54 @@ from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_ready", "stale_temporaries", "to_json", "write_json"]
+from hforge.errors import HForgeError, OutputError
+
+__all__ = ["atomic_write", "json_ready", "remove_stale_temps", "temp_path", "to_json", "write_json"]
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
-
-
-def stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporary files that :func:`atomic_write` calls for ``path`` left behind (killed processes)."""
+def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
+    """``dir/.name.<pid>.tmp.ext``: where process ``pid`` (default: this one) writes ``dir/name.ext``."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp{path.suffix}"))
+    return path.with_name(f".{path.stem}.{os.getpid() if pid is None else pid}.tmp{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process, or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` (:func:`temp_path`) whose process no longer runs.
+
+    Files of running processes (this one included) are kept.  On a file system shared by several
+    machines a process id names a process of this machine only: write one target from one machine
+    at a time.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(\d+)\.tmp{re.escape(path.suffix)}")
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        if _alive(int(pattern.fullmatch(candidate.name).group(1))):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
 
 
 @overload
@@ -52,14 +90,19 @@ def atomic_write(
 ) -> AbstractContextManager[IO[Any] | Path]:
     """Write ``path`` atomically (module docstring): ``with atomic_write(path) as f: f.write(...)``.
 
+    Stale temporary files of ``path`` left by dead processes are removed first.
+
     Args:
         path: the file to (re)place; its folder must exist.
         mode: ``"w"`` yields a text file (``encoding``), ``"wb"`` a binary file; ``None`` yields the
             temporary *path* instead, for writers that open files themselves (h5py, sisl, numpy,
-            matplotlib, ASE): they must create it, with the format of its suffix (the target's).
+            matplotlib, ASE): they must create it, in the format of its extension (the target's).
 
     Raises:
-        FileNotFoundError: with ``mode=None``, the body did not create the temporary file.
+        OutputError: the block failed with an ``OSError`` (a missing, read-only or special folder,
+            a full disk; sisl's ``SileError`` is one) or a ``RuntimeError`` (netCDF's "HDF error",
+            torch's stream writer), or wrote nothing with ``mode=None``, naming ``path`` and the
+            cause; the original is chained.  Other errors pass unchanged.
     """
     if mode not in ("w", "wb", None):
         raise ValueError(f"atomic_write: mode must be 'w', 'wb' or None, got {mode!r}")
@@ -68,25 +111,32 @@ def atomic_write(
 
 @contextmanager
 def _atomic_write(path: Path, mode: str | None, encoding: str) -> Iterator[IO[Any] | Path]:
-    tmp = _temporary_name(path)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
     try:
         if mode is None:
             yield tmp
-            _fsync_file(tmp)
+            _fsync(tmp)
         else:
-            with open(tmp, "x" + mode[1:], encoding=None if "b" in mode else encoding) as f:
+            with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except HForgeError:
         raise
-    _fsync_file(path.parent)
+    except (OSError, RuntimeError) as exc:
+        raise OutputError(f"cannot write it: {_reason(exc)}", path=path) from exc
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    _fsync(path.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    """``fsync`` a file or a folder (a folder's rename entries); folders that refuse are left alone."""
+def _fsync(path: Path) -> None:
+    """``fsync`` a file, or a folder (its renames); a folder that refuses is left alone."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -95,6 +145,16 @@ def _fsync_file(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _reason(exc: Exception) -> str:
+    """The cause in words: the OS's text for an errno, also for the ``ierr`` of sisl's Fortran writers."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({type(exc).__name__})"
+    ierr = re.search(r"ierr=(\d+)", str(exc))
+    if ierr is not None and 0 < int(ierr.group(1)) < 256:
+        return f"{os.strerror(int(ierr.group(1)))} (SIESTA file writer, ierr={ierr.group(1)})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def json_ready(value: Any) -> Any:

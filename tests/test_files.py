@@ -1,9 +1,10 @@
-"""hforge.files: the atomic writer (text, binary, path modes; failures and kills) and strict JSON."""
+"""hforge.files: the atomic writer (text, binary, path modes; failures, kills, stale temporary files) and strict JSON."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hforge.files import atomic_write, json_ready, stale_temporaries, to_json, write_json
+from hforge.errors import OutputError
+from hforge.files import atomic_write, json_ready, remove_stale_temps, temp_path, to_json, write_json
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -30,7 +32,7 @@ def test_writes_and_replaces(tmp_path, mode, content):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])  # passed on unchanged; OSError: below
 @pytest.mark.parametrize("mode", ["w", "wb", None])
 def test_a_failure_leaves_the_target_and_no_temporary(tmp_path, mode, error):
     target = tmp_path / "checkpoint.pt"
@@ -45,33 +47,42 @@ def test_a_failure_leaves_the_target_and_no_temporary(tmp_path, mode, error):
     assert leftovers(tmp_path) == []
 
 
-def test_path_mode_keeps_the_suffix_for_format_choosing_writers(tmp_path):
+def test_path_mode_keeps_the_extension_for_format_choosing_writers(tmp_path):
     target = tmp_path / "rank0.atoms.npy"
     with atomic_write(target, None) as tmp:
-        assert tmp.parent == tmp_path and tmp.name.startswith(".rank0.atoms.npy.") and tmp.suffix == ".npy"
+        assert tmp == temp_path(target) == tmp_path / f".rank0.atoms.{os.getpid()}.tmp.npy"
         assert not tmp.exists()
-        np.save(tmp, np.arange(3))  # numpy appends .npy to names without it: the suffix is kept for such writers
+        np.save(tmp, np.arange(3))  # numpy appends .npy to names without it: the extension is kept for such writers
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     assert leftovers(tmp_path) == []
 
 
-def test_path_mode_refuses_a_body_that_wrote_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError), atomic_write(tmp_path / "x.h5", None):
-        pass
-    assert not (tmp_path / "x.h5").exists()
+def test_write_errors_name_the_target(tmp_path):
+    with pytest.raises(OutputError, match="No such file or directory") as caught:
+        with atomic_write(tmp_path / "missing" / "x.json") as f:
+            f.write("{}")
+    assert caught.value.path == str(tmp_path / "missing" / "x.json")
+    with pytest.raises(OutputError, match="cannot write it"), atomic_write(tmp_path / "x.h5", None):
+        pass  # a path-mode body that wrote nothing
+    assert leftovers(tmp_path) == [] and not (tmp_path / "x.h5").exists()
 
 
-def test_a_killed_writer_leaves_a_temporary_that_stale_temporaries_finds(tmp_path):
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "store.h5"
     code = (
         "import os; from hforge.files import atomic_write\n"
         f"with atomic_write({str(target)!r}) as f:\n    f.write('x'); f.flush(); os._exit(9)"
     )
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
-    assert not target.exists()
-    (stale,) = stale_temporaries(target)
-    assert stale.read_text() == "x"
-    assert stale_temporaries(tmp_path / "other.h5") == []
+    killed = subprocess.Popen([sys.executable, "-c", code])
+    assert killed.wait() == 9 and not target.exists()
+    assert leftovers(tmp_path) == [temp_path(target, killed.pid).name]  # what SIGKILL leaves
+    running = temp_path(target, os.getppid())
+    running.write_text("a write of a process that still runs")
+    assert remove_stale_temps(tmp_path / "other.h5") == []
+    with atomic_write(target) as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    assert leftovers(tmp_path) == [running.name]  # the dead process's file is gone, the running one's kept
 
 
 def test_json_is_strict_and_takes_numpy():

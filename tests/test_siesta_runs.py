@@ -181,7 +181,7 @@ def test_run_reports_converged_unconverged_failed_and_resumes(fake_siesta, run_f
 
 def test_killed_run_is_pending_and_missing_tshs_is_a_failure(run_folders):
     folder = run_folders / "abn_good"
-    (folder / ".abn_good.out.4242.0badcafe.tmp.out").write_text("scf: 1\n")  # SIESTA was killed: its log never appeared
+    (folder / ".abn_good.4242.tmp.out").write_text("scf: 1\n")  # SIESTA was killed: its log never appeared
     assert run_status(folder).state == "pending"
     (folder / "abn_good.out").write_text("SCF cycle converged after 9 iterations\nJob completed\n")
     status = run_status(folder)

@@ -37,7 +37,7 @@ import numpy as np
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
-from hforge.files import atomic_write, stale_temporaries
+from hforge.files import atomic_write
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
@@ -380,8 +380,6 @@ def convert(
         basis = BasisSet.from_folder(basis)
     parts = store.with_name(store.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in stale_temporaries(store):
-        stale.unlink()
     options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
     old = HSStore(store) if store.is_file() else None
     same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
