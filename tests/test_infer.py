@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hforge
-from hforge.errors import FileFormatError, GeometryError, InputError, ResourceLimitError, UnknownSpeciesError
+from hforge.errors import FileFormatError, GeometryError, InputError, OutputError, ResourceLimitError, UnknownSpeciesError
 from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
 from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
@@ -265,8 +265,9 @@ def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64,
         raise OSError("disk full")
 
     monkeypatch.setattr(binaries.tshsSileSiesta, "write_hamiltonian", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="out.TSHS: cannot write it: OSError: disk full") as caught:
         write_hamiltonian(hamiltonian, tmp_path / "out.TSHS")
+    assert isinstance(caught.value.__cause__, OSError)
     assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
 
 
