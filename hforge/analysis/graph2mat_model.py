@@ -20,7 +20,11 @@ metrics so that the three are compared alike:
   ``min_lr_ratio`` (HForge's schedule), gradient clipping, an EMA of the weights; the loss is the
   MSE of the unshifted H entries in eV (HForge's default loss), or of ``H - H0`` with
   ``target="residual"`` (H0: HForge's fitted physical baseline, :mod:`hforge.models.baseline`,
-  added back at prediction).
+  added back at prediction).  graph2mat has no output scaling: its readouts start orders of
+  magnitude below H (onsite entries down to -16 eV), so by default the mean onsite block of each
+  species (graph2mat's "point matrix" idea) is subtracted from the labels and added back
+  (:attr:`Graph2MatSettings.point_matrix`); HForge's models have their per-block-type output
+  scaling instead.
 * logs: ``metrics.jsonl`` with HForge's trainer keys (``step``, ``epoch``, ``loss``, ``loss_h``,
   ``lr``, ``grad_norm``, ``structures``, ``atoms``; validation records ``val`` with ``mean``,
   ``structures`` (per-structure ``h_mae_meV`` ...) and ``groups``), ``last.pt`` / ``best.pt``
@@ -262,10 +266,11 @@ def to_graph2mat(data: "HSData", processor: Any, values: np.ndarray | None = Non
     """
     from graph2mat import BasisMatrixData, OrbitalConfiguration
 
+    pbc = tuple(bool(p) for p in data.pbc)  # graph2mat's default is periodic in all directions
     if labels:
-        config = OrbitalConfiguration.from_matrix(_as_sisl(data, values))
+        config = OrbitalConfiguration.from_matrix(_as_sisl(data, values), pbc=pbc)
     else:
-        config = OrbitalConfiguration.from_geometry(data.to_sisl_geometry())
+        config = OrbitalConfiguration.from_geometry(data.to_sisl_geometry(), pbc=pbc)
     if as_torch:
         from graph2mat.bindings.torch import TorchBasisMatrixData
 
@@ -902,6 +907,8 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     while run["step"] < max_steps:
         batches = atom_batches(sizes, batch_atoms, seed, run["epoch"])
         batch = batches[run["batch_in_epoch"]]
+        if settings.threads is not None and torch.get_num_threads() != settings.threads:
+            torch.set_num_threads(settings.threads)  # numba's OpenMP kernels (H0) can reset it
         t0, c0 = time.perf_counter(), time.process_time()
         graph = _batch([items[k] for k in sorted(batch)])
         model.train()
