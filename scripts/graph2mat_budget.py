@@ -15,6 +15,19 @@
 
 Threads: on a loaded 2-core machine two torch threads spin against each other (a graph2mat step
 measured 3-13 CPU s with 2 threads against 0.34 s with 1, at load 11): the default is one thread.
+HForge's Trainer resets torch's thread count while it sets up (numba kernels of the baseline fit):
+the script sets it again before every timed step and before each run.
+
+Measured (this 2-core machine shared with a training and other tests, load average 6.5-9.5, one
+torch thread; 2026-12-04):
+
+* per step, 32 atoms: graph2mat (defaults, 104k parameters) 0.32 CPU s / 0.72 s wall; HForge
+  equivariant (80k) 0.21 / 0.48; invariant (128k) 0.08 / 0.20; so graph2mat costs 1.5x HForge's
+  equivariant model a step (about 0.25 s on idle cores where that one takes 0.16 s);
+* 300 steps, lr 1e-2, batches of 32 atoms, validation abn_24_0 (H MAE, meV; onsite / hopping):
+  graph2mat on H 59.1 (502 / 52.1), 239 s; graph2mat on H - H0 16.1 (68.5 / 15.3), 384 s; HForge
+  equivariant (its default, H - H0) 22.1 (72.6 / 21.3), 142 s; invariant 19.2 (74.0 / 18.3), 57 s;
+  the fitted H0 alone 24.6 (402 / 18.7).
 """
 
 from __future__ import annotations

@@ -571,6 +571,9 @@ def predict_graph2mat(
             and the Γ eigenvalue metrics weigh blocks exactly as for HForge's models.  ``"data"``:
             every pair of ``data`` in its order, H zero (H0 for the residual target) on the pairs
             beyond graph2mat's graph (SIESTA's KB-projector reach).
+
+    ``prediction.expand_half().to_sisl()`` (``"model"``) or ``prediction.to_sisl()`` (``"data"``) is
+    the full :class:`sisl.Hamiltonian`.
     """
     if isinstance(checkpoint, Graph2MatPredictor):
         return checkpoint.predict(data, pairs=pairs)
@@ -775,6 +778,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     import torch
 
     import hforge
+    from hforge.train.evaluation import nan_mean
     from hforge.train.trainer import atom_batches
 
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
@@ -890,7 +894,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
                 model.load_state_dict(raw)
         rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
         keys = sorted({k for row in rows.values() for k in row})
-        mean = {k: float(np.nanmean([row.get(k, np.nan) for row in rows.values()])) for k in keys}
+        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
         last_validation = {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
         log({"step": run["step"], "epoch": run["epoch"], "val": last_validation})
         if mean["h_mae_meV"] < run["best"]:
