@@ -2,10 +2,10 @@
 
 1. Timing: one optimizer step (forward, backward, clipping, AdamW, EMA) on the 32-atom batch of
    abn-small's training cells (8 + 8 + 16 atoms), for graph2mat's MatrixMACE
-   (:class:`~hforge.analysis.graph2mat_model.Graph2MatSettings` defaults) and HForge's default
+   (:class:`~hforge.train.graph2mat.Graph2MatSettings` defaults) and HForge's default
    equivariant and invariant models (:class:`hforge.train.Trainer`), steps interleaved so that the
    three share the machine's load; median wall and CPU seconds per step after a warm-up.
-2. A short run: :func:`~hforge.analysis.graph2mat_model.train_graph2mat` on abn-small's training
+2. A short run: :func:`~hforge.train.graph2mat.train_graph2mat` on abn-small's training
    cells (``--steps``, 32 atoms a step), validated on its 24-atom cell; the final validation.
    ``--hforge-steps N`` trains HForge's default models (``--hforge-kinds``) on the same cells, batch,
    seed and validation with :class:`hforge.train.Trainer` for comparison.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
@@ -47,8 +46,8 @@ BATCH = ["abn_8_0", "abn_8_1", "abn_16_0"]
 
 def graph2mat_stepper(settings, seed: int = 0):
     """A closure running one graph2mat training step on the 32-atom batch (as train_graph2mat's loop)."""
-    from hforge.analysis import graph2mat_model as gm
     from hforge.datasets import load
+    from hforge.train import graph2mat as gm
 
     store = load("abn-small").store
     processor = gm._processor(store.basis)
@@ -95,7 +94,7 @@ def hforge_stepper(kind: str, out: Path):
 
 
 def timing(args, out: Path) -> dict:
-    from hforge.analysis.graph2mat_model import Graph2MatSettings
+    from hforge.train.graph2mat import Graph2MatSettings
 
     steppers = {"graph2mat": graph2mat_stepper(Graph2MatSettings())}
     if not args.no_hforge:
@@ -130,8 +129,8 @@ def timing(args, out: Path) -> dict:
 
 
 def short_run(args, out: Path) -> dict:
-    from hforge.analysis.graph2mat_model import Graph2MatSettings, train_graph2mat
     from hforge.datasets import load
+    from hforge.train.graph2mat import Graph2MatSettings, train_graph2mat
 
     store = load("abn-small").store
     train = [e["name"] for e in store.manifest if e["split"] == "train"]
@@ -175,7 +174,8 @@ def hforge_runs(args, out: Path) -> dict:
         mean = result.validation["mean"]
         print(f"HForge {kind} {args.hforge_steps} steps (its defaults: lr {config.optimizer.lr}, baseline "
               f"{config.model.baseline}): {wall:.0f} s wall; val H MAE {mean['h_mae_meV']:.1f} meV, shift removed "
-              f"{mean['h_mae_shifted_meV']:.1f}, onsite {mean['h_onsite_meV']:.1f}, hopping {mean['h_hopping_meV']:.1f}", flush=True)
+              f"{mean['h_mae_shifted_meV']:.1f}, onsite {mean['h_onsite_meV']:.1f}, hopping {mean['h_hopping_meV']:.1f}",
+              flush=True)
         results[kind] = {"wall_s": wall, "final": mean, "throughput": result.throughput}
     return results
 

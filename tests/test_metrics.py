@@ -291,7 +291,7 @@ def test_n_occupied_needs_valence_charges(abn8):
 
 
 def test_spectrum_of_a_reference_against_itself_is_exactly_zero(abn8):
-    metrics = compare_spectra(abn8, abn8)
+    metrics = compare_spectra(abn8, abn8, threshold=1e-3)
     for mode in (metrics.raw, metrics.orthogonalized):
         assert mode.window_max_meV == 0.0 and mode.occupied_max_meV == 0.0
     # the canonical half mirrors the upper blocks: SIESTA's |H_ij - H_ji| ~ 1e-8 eV remains
@@ -308,12 +308,12 @@ def test_readme_noise_sensitivity_and_orthogonalization(abn_dir, run):
     by about 2 meV after canonical orthogonalization at 1e-3; dropping moves them by <= ~12 meV."""
     ref = read_hs(abn_dir / f"runs/{run}/{run}.TSHS")
     half = ref.canonical_half()
-    noisy = compare_spectra(with_h(half, half.h_unshifted[0] + symmetric_noise(half, 1e-3, 7)), ref)
+    noisy = compare_spectra(with_h(half, half.h_unshifted[0] + symmetric_noise(half, 1e-3, 7)), ref, threshold=1e-3)
     assert noisy.raw.window_mae_meV > 500  # measured 2.3-2.6 eV
     assert noisy.orthogonalized.window_mae_meV < 20  # measured 7 meV
     assert noisy.orthogonalized.occupied_mae_meV < 20
     # the dropping itself: the orthogonalized reference against the raw one (measured <= 12 meV)
-    eig = compare_spectra(ref, ref).eigenvalues
+    eig = compare_spectra(ref, ref, threshold=1e-3).eigenvalues
     dropped = spectrum_errors(eig["ref_orthogonalized"], eig["ref_raw"], noisy.n_occupied)
     assert 0 < dropped.window_max_meV < 15 and dropped.n_window_unpaired == 0
 
@@ -333,7 +333,7 @@ def test_different_dropped_counts_pair_from_the_bottom(abn8):
     evals, evecs = np.linalg.eigh(s)
     k = int((evals <= 1e-3).sum())  # the smallest kept eigenvalue of S, pushed below the threshold
     s_pred = s - (evals[k] - 5e-4) * np.outer(evecs[:, k], evecs[:, k])
-    metrics = eigenvalue_metrics(h, s_pred, h, s, n_occupied_states(abn8.basis, abn8.species))
+    metrics = eigenvalue_metrics(h, s_pred, h, s, n_occupied_states(abn8.basis, abn8.species), threshold=1e-3)
     ortho = metrics.orthogonalized
     assert (ortho.n_states_pred, ortho.n_states_ref) == (91, 92)
     assert ortho.n_window == 4 and ortho.n_window_unpaired == 0
@@ -345,7 +345,7 @@ def test_different_dropped_counts_pair_from_the_bottom(abn8):
 # ---------------------------------------------------------------------------------------
 def test_eigenvalue_loss_is_zero_at_the_reference_with_finite_gradients(abn8):
     half = abn8.canonical_half()
-    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half))
+    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half), threshold=1e-3)
     # 16 occupied + the triply degenerate LUMO group: whole groups are kept
     assert len(target.states) == 19 and target.x.shape == (104, 92)
     h = torch.tensor(half.h_unshifted[0], requires_grad=True)
@@ -357,7 +357,7 @@ def test_eigenvalue_loss_is_zero_at_the_reference_with_finite_gradients(abn8):
 
 def test_eigenvalue_loss_gradient_matches_finite_differences(abn8):
     half = abn8.canonical_half()
-    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half), window=1.0)
+    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half), window=1.0, threshold=1e-3)
     rng = np.random.default_rng(5)
     h0 = torch.tensor(half.h_unshifted[0] + 2e-3 * rng.standard_normal(half.n_values), requires_grad=True)
     loss = eigenvalue_loss(h0, target)
@@ -372,7 +372,7 @@ def test_eigenvalue_loss_gradient_matches_finite_differences(abn8):
 
 def test_eigenvalue_loss_steps_reduce_it(abn8):
     half = abn8.canonical_half()
-    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half))
+    target = eigenvalue_target(abn8, layout=GammaLayout.from_hsdata(half), threshold=1e-3)
     rng = np.random.default_rng(2)
     h = torch.tensor(half.h_unshifted[0] + 1e-2 * rng.standard_normal(half.n_values), requires_grad=True)
     opt = torch.optim.Adam([h], lr=1e-3)
@@ -386,3 +386,27 @@ def test_eigenvalue_loss_steps_reduce_it(abn8):
     assert eigenvalue_loss(h, target, kind="mae").item() < 0.5 * first
     with pytest.raises(InputError, match="shape"):
         eigenvalue_loss(h[:-1], target)
+
+
+def test_a_rigid_shift_moves_every_spectral_metric_by_the_shift(abn8):
+    """H + c S has the eigenvalues of H plus c (any threshold, the reference S's basis): the window
+    and occupied MAEs are c, the gap is unchanged, the band energy moves by 2 c n_occupied, and the
+    DOS (Wasserstein-1) distance is c."""
+    from dataclasses import replace
+
+    from hforge.metrics import compare_blocks, n_occupied_states
+    from hforge.train.evaluation import spectra_of, summary_row
+
+    c = 0.0371  # eV
+    shifted = replace(abn8, h=abn8.h + c * abn8.s[None])
+    n_occupied = n_occupied_states(abn8.basis, abn8.species)
+    eig = spectra_of(shifted, abn8, n_occupied, window=2.0, thresholds=(1e-2, 1e-3))
+    row = summary_row(compare_blocks(shifted, abn8).to_dict(), eig)
+    for t in ("1e-2", "1e-3"):
+        assert row[f"eig_window_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
+        assert row[f"eig_occupied_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
+        assert row[f"gap_error_refS_{t}_meV"] == pytest.approx(0.0, abs=1e-8)
+        assert row[f"dos_distance_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
+        expected = 1e3 * 2 * c * n_occupied / abn8.n_atoms
+        assert row[f"band_energy_error_refS_{t}_meV_per_atom"] == pytest.approx(expected, rel=1e-9)
+    assert row["eig_window_raw_meV"] == pytest.approx(1e3 * c, rel=1e-6)

@@ -279,9 +279,10 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
         errors.append(error)
         np.testing.assert_allclose(entry["summary"]["h_mae_meV"], 1e3 * float(error.mean()), rtol=1e-9)
         np.testing.assert_allclose(entry["summary"]["s_mae"], float((out.s.double() - graph.s).abs().mean()), rtol=1e-9)
-        eig = entry["eigenvalues"]["orthogonalized"]
-        assert eig["n_window"] > 0 and np.isfinite(entry["summary"]["eig_window_ortho_meV"])
-        assert np.isfinite(entry["summary"]["eig_window_refS_meV"])
+        eig = entry["eigenvalues"]["thresholds"]["0.01"]["orthogonalized"]
+        assert eig["n_window"] > 0 and np.isfinite(entry["summary"]["eig_window_ortho_1e-2_meV"])
+        for threshold in ("1e-2", "1e-3"):
+            assert np.isfinite(entry["summary"][f"eig_window_refS_{threshold}_meV"])
     pooled = 1e3 * float(torch.cat(errors[:2]).mean())
     np.testing.assert_allclose(result.groups["8"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
     # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from hforge.cli._errors import user_errors
 
-__all__ = ["COLUMNS", "evaluate_command", "iter_references", "metrics_table", "parse_valence", "wide_console"]
+__all__ = ["COLUMNS", "columns", "evaluate_command", "iter_references", "metrics_table", "parse_valence", "wide_console"]
 
-#: Table columns: summary key -> header.
+#: Table columns that do not depend on a threshold: summary key -> header.
 COLUMNS = {
     "h_mae_meV": "H MAE\nmeV",
     "h_onsite_meV": "onsite\nmeV",
@@ -23,11 +23,23 @@ COLUMNS = {
     "h_mae_shifted_meV": "H MAE\n-c·S meV",
     "s_mae": "S MAE",
     "eig_window_raw_meV": "eig ±2eV\nraw meV",
-    "eig_window_ortho_meV": "eig ±2eV\northo meV",
-    "eig_occupied_raw_meV": "eig occ.\nraw meV",
-    "eig_occupied_ortho_meV": "eig occ.\northo meV",
-    "eig_window_refS_meV": "eig ±2eV\nref S meV",
 }
+
+
+def columns(thresholds: List[float]) -> dict[str, str]:
+    """The table's columns for the evaluation's thresholds: every eigenvalue column names its
+    canonical-orthogonalization threshold (the first threshold is the headline, with the gap and
+    the DOS distance)."""
+    from hforge.train.evaluation import threshold_key
+
+    out = dict(COLUMNS)
+    for k, threshold in enumerate(thresholds):
+        t = threshold_key(threshold)
+        out[f"eig_window_refS_{t}_meV"] = f"eig ±2eV\nref S {t}\nmeV"
+        if k == 0:
+            out[f"gap_error_refS_{t}_meV"] = f"gap err.\nref S {t}\nmeV"
+            out[f"dos_distance_refS_{t}_meV"] = f"DOS W1\nref S {t}\nmeV"
+    return out
 
 
 def wide_console() -> Console:
@@ -41,14 +53,19 @@ def _fmt(key: str, value: Any) -> str:
     return f"{value:.2e}" if key == "s_mae" else f"{value:.4g}"
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, Any]], *, title: str, first: str = "structure") -> Table:
+def metrics_table(
+    rows: Mapping[str, Mapping[str, Any]], *, title: str, first: str = "structure", thresholds: List[float] | None = None
+) -> Table:
     """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`)."""
+    from hforge.metrics import EVALUATION_THRESHOLDS
+
+    shown = columns(list(EVALUATION_THRESHOLDS if thresholds is None else thresholds))
     table = Table(title=title)
     table.add_column(first)
-    for header in COLUMNS.values():
+    for header in shown.values():
         table.add_column(header, justify="right")
     for label, row in rows.items():
-        table.add_row(label, *(_fmt(k, row.get(k)) for k in COLUMNS))
+        table.add_row(label, *(_fmt(k, row.get(k)) for k in shown))
     return table
 
 
@@ -86,15 +103,18 @@ def evaluate_command(
     split: Optional[str] = typer.Option(None, "--split", help="Only this split of stores (train, val, test)."),
     basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of .ion files for bare TSHS files."),
     window: float = typer.Option(2.0, help="Half-width (eV) of the eigenvalue window around the gap centre."),
-    threshold: float = typer.Option(1e-3, help="Canonical orthogonalization: drop S eigenvalues below this."),
+    threshold: List[float] = typer.Option(
+        [1e-2, 1e-3], "--threshold",
+        help="Canonical orthogonalization: drop S eigenvalues below this (repeat for several; the first is the headline).",
+    ),
     eigenvalues: bool = typer.Option(True, "--eigenvalues/--no-eigenvalues", help="Γ eigenvalue metrics (dense)."),
     valence: List[str] = typer.Option(
         [], "--valence", help="Z_valence where the basis lacks it, e.g. --valence B=3 --valence N=5."
     ),
 ) -> None:
     """H MAE (meV; all, onsite, hopping, per species and shell pair; raw and without the best c·S shift), S MAE and
-    Γ eigenvalue MAE (±window around the gap centre and occupied states; raw and canonically orthogonalized),
-    per structure and per size."""
+    Γ eigenvalue MAE (±window around the gap centre and occupied states; raw, and in the reference S's canonical
+    basis at each threshold: H's errors alone), band gap and DOS errors, per structure and per size."""
     from hforge.models import load_checkpoint
     from hforge.train.evaluation import evaluate_structures
 
@@ -103,14 +123,16 @@ def evaluate_command(
         model, payload = load_checkpoint(checkpoint)
         extra_valence = (payload.get("extra", {}).get("training", {}).get("config", {}).get("data", {}).get("valence")) or {}
         evaluation = evaluate_structures(
-            model, iter_references(data, split=split, basis=basis), window=window, threshold=threshold,
+            model, iter_references(data, split=split, basis=basis), window=window, thresholds=threshold,
             eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
             on_structure=lambda e: console.print(
                 f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"
             ),
         )
-    console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{checkpoint} per structure"))
-    console.print(metrics_table({n: g["summary"] for n, g in evaluation.groups.items()}, title="per size", first="atoms"))
+    rows = {e["name"]: e["summary"] for e in evaluation.structures}
+    console.print(metrics_table(rows, title=f"{checkpoint} per structure", thresholds=threshold))
+    groups = {n: g["summary"] for n, g in evaluation.groups.items()}
+    console.print(metrics_table(groups, title="per size", first="atoms", thresholds=threshold))
     if json_out is not None:
         from hforge.files import write_json
 

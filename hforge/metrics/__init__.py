@@ -27,6 +27,7 @@ from hforge.metrics.blocks import (
 from hforge.metrics.spectra import (
     DEFAULT_THRESHOLD,
     DEFAULT_WINDOW,
+    EVALUATION_THRESHOLDS,
     EigenMetrics,
     GammaLayout,
     SpectrumErrors,
@@ -41,6 +42,7 @@ from hforge.metrics.spectra import (
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_WINDOW",
+    "EVALUATION_THRESHOLDS",
     "MEV_PER_EV",
     "AlignedReference",
     "BlockMetrics",

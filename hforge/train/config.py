@@ -149,7 +149,7 @@ class LossConfig:
     shift_invariant: bool = False
     eigen_weight: float = 0.0
     eigen_window: float = 2.0
-    eigen_threshold: float = 1e-3
+    eigen_threshold: float = 1e-2
 
     def __post_init__(self) -> None:
         for name in ("h_weight", "s_weight", "eigen_weight"):
@@ -367,7 +367,7 @@ loss:
   shift_invariant: false   # ignore a uniform shift c*S of H (SIESTA's energy zero is arbitrary)
   eigen_weight: 0.0        # Γ eigenvalue loss (eV^2), canonically orthogonalized with the reference S
   eigen_window: 2.0        # eV around the gap centre (plus the occupied states)
-  eigen_threshold: 1.0e-3  # S eigenvalues dropped below this
+  eigen_threshold: 1.0e-2  # S eigenvalues dropped below this (the evaluation's headline threshold)
 optimizer:
   name: adamw              # adam or adamw
   lr: 1.0e-2

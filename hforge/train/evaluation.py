@@ -2,19 +2,22 @@
 
 :func:`predict_blocks` runs a model on one structure and returns its prediction as an
 :class:`~hforge.io.HSData` on the model's pairs (onsite + canonical half; ``h`` the unshifted H,
-E_F = 0).  :func:`evaluate_structures` compares the predictions of many structures with their
-references: per structure the block metrics of :mod:`hforge.metrics.blocks` (H MAE in meV: all,
-onsite, hopping, per species pair and block type, raw and shift-removed; S MAE) and the Γ
-eigenvalue metrics of :mod:`hforge.metrics.spectra` (window around the gap centre and occupied
-states, raw and canonically orthogonalized); per size group (structures with the same number of
-atoms) the pooled block metrics and the mean eigenvalue errors.
+E_F = 0).  :func:`evaluate_predictions` (any predictor) and :func:`evaluate_structures` (an HForge
+model) compare the predictions of many structures with their references: per structure the block
+metrics of :mod:`hforge.metrics.blocks` (H MAE in meV: all, onsite, hopping, per species pair and
+block type, raw and shift-removed; S MAE) and the Γ eigenvalue metrics of
+:mod:`hforge.metrics.spectra` (window around the gap centre and occupied states; the raw
+generalized problem, and per canonical-orthogonalization threshold with each side's S and with the
+reference S for both, which leaves H's errors alone; the gap, the band energy, the DOS distance);
+per size group (structures with the same number of atoms) the pooled block metrics and the mean
+eigenvalue errors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +26,8 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
 from hforge.metrics import (
-    DEFAULT_THRESHOLD,
     DEFAULT_WINDOW,
+    EVALUATION_THRESHOLDS,
     BlockMetrics,
     align_reference,
     compare_blocks,
@@ -33,7 +36,18 @@ from hforge.metrics import (
 )
 from hforge.models import HSModel
 
-__all__ = ["Evaluation", "check_data_basis", "evaluate_structures", "nan_mean", "predict_blocks", "summary_row", "with_valence"]
+__all__ = [
+    "Evaluation",
+    "check_data_basis",
+    "evaluate_predictions",
+    "evaluate_structures",
+    "nan_mean",
+    "predict_blocks",
+    "spectra_of",
+    "summary_row",
+    "threshold_key",
+    "with_valence",
+]
 
 #: Eigenvalue metrics (dense Γ problem) are skipped above this many orbitals.
 MAX_EIGEN_ORBITALS = 6000
@@ -82,27 +96,45 @@ def nan_mean(values: Iterable[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def threshold_key(threshold: float) -> str:
+    """How a threshold names its keys: ``1e-2`` -> ``"1e-2"``."""
+    mantissa, exponent = f"{threshold:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def _eigen_summary(eig: dict[str, Any] | None) -> dict[str, float]:
+    """Summary keys of one structure's eigenvalue metrics, each naming its canonical-orthogonalization
+    threshold: ``eig_window_raw_meV`` (the generalized problem, no threshold), and per threshold
+    ``t``: ``eig_window_refS_{t}_meV`` / ``eig_occupied_refS_{t}_meV`` (the predicted H in the
+    reference S's canonical basis: H's errors alone), ``eig_window_ortho_{t}_meV`` (each side with its
+    own S), ``gap_error_refS_{t}_meV``, ``band_energy_error_refS_{t}_meV_per_atom`` and
+    ``dos_distance_refS_{t}_meV``."""
     nan = float("nan")
     if eig is None:
         return {}
-    raw, ortho = eig.get("raw"), eig["orthogonalized"]
+    raw = eig.get("raw")
     out = {
         "eig_window_raw_meV": raw["window_mae_meV"] if raw else nan,
-        "eig_window_ortho_meV": ortho["window_mae_meV"],
         "eig_occupied_raw_meV": raw["occupied_mae_meV"] if raw else nan,
-        "eig_occupied_ortho_meV": ortho["occupied_mae_meV"],
     }
-    ref_s = eig.get("with_reference_s")
-    if ref_s is not None:
-        out["eig_window_refS_meV"] = ref_s["orthogonalized"]["window_mae_meV"]
-        out["eig_occupied_refS_meV"] = ref_s["orthogonalized"]["occupied_mae_meV"]
+    n_atoms = eig["n_atoms"]
+    for threshold, metrics in eig["thresholds"].items():
+        t = threshold_key(float(threshold))
+        own, ref_s = metrics["orthogonalized"], metrics["with_reference_s"]
+        out[f"eig_window_ortho_{t}_meV"] = own["window_mae_meV"]
+        out[f"eig_window_refS_{t}_meV"] = ref_s["window_mae_meV"]
+        out[f"eig_occupied_refS_{t}_meV"] = ref_s["occupied_mae_meV"]
+        out[f"gap_error_refS_{t}_meV"] = 1e3 * abs(ref_s["gap_pred_eV"] - ref_s["gap_ref_eV"])
+        out[f"band_energy_error_refS_{t}_meV_per_atom"] = (
+            1e3 * abs(ref_s["band_energy_pred_eV"] - ref_s["band_energy_ref_eV"]) / n_atoms
+        )
+        out[f"dos_distance_refS_{t}_meV"] = ref_s["dos_distance_meV"]
     return out
 
 
 def summary_row(blocks: dict[str, Any], eig: dict[str, Any] | None = None) -> dict[str, float]:
     """The headline numbers of one structure or group: H MAE (meV) all/onsite/hopping raw and
-    shift-removed, S MAE, and the Γ eigenvalue MAEs (meV)."""
+    shift-removed, S MAE, and the Γ eigenvalue metrics (:func:`_eigen_summary`)."""
     h, hs, s = blocks["h_mae_meV"], blocks["h_mae_shifted_meV"], blocks["s_mae"]
     row = {
         "h_mae_meV": h["all"], "h_onsite_meV": h["onsite"], "h_hopping_meV": h["hopping"],
@@ -120,8 +152,8 @@ class Evaluation:
     Attributes:
         structures: per structure ``{"name", "n_atoms", "summary", "blocks", "eigenvalues"}``.
         groups: per size (``"64"``) ``{"n_structures", "summary", "blocks"}`` (pooled MAEs; the
-            eigenvalue MAEs are means over the group's structures).
-        settings: window, threshold.
+            eigenvalue metrics are means over the group's structures).
+        settings: window, thresholds.
     """
 
     structures: list[dict[str, Any]] = field(default_factory=list)
@@ -132,58 +164,67 @@ class Evaluation:
         return {"settings": self.settings, "structures": self.structures, "groups": self.groups}
 
 
-def evaluate_structures(
-    model: HSModel,
+def spectra_of(
+    prediction: HSData, reference: HSData, n_occupied: int, *, window: float, thresholds: Sequence[float]
+) -> dict[str, Any]:
+    """The eigenvalue metrics of one structure: the raw generalized problem, and per threshold the
+    canonically orthogonalized spectra with each side's own S and with the reference S for both."""
+    ref_s = align_reference(reference, prediction.edge_index, prediction.cell_shift).s
+    with_ref_s = replace(prediction, s=ref_s)
+    per_threshold = {}
+    raw = None
+    for threshold in thresholds:
+        own = compare_spectra(prediction, reference, n_occupied=n_occupied, window=window, threshold=threshold).to_dict()
+        raw = own["raw"] if raw is None else raw
+        per_threshold[str(threshold)] = {
+            "orthogonalized": own["orthogonalized"],
+            "with_reference_s": compare_spectra(
+                with_ref_s, reference, n_occupied=n_occupied, window=window, threshold=threshold
+            ).to_dict()["orthogonalized"],
+        }
+    return {"window_eV": window, "n_occupied": n_occupied, "n_atoms": reference.n_atoms, "raw": raw,
+            "thresholds": per_threshold}
+
+
+def evaluate_predictions(
+    predict: Callable[[HSData], HSData],
     references: Iterable[HSData],
     *,
     window: float = DEFAULT_WINDOW,
-    threshold: float = DEFAULT_THRESHOLD,
+    thresholds: Sequence[float] = EVALUATION_THRESHOLDS,
     eigenvalues: bool = True,
     valence: Mapping[str, float] | None = None,
     on_structure: Callable[[dict[str, Any]], None] | None = None,
 ) -> Evaluation:
-    """Metrics of ``model`` on every reference structure, and per size group.
+    """Metrics of the predictions ``predict(reference)`` (an :class:`HSData` on its own pairs: H
+    unshifted, E_F = 0, and S) against every reference, and per size group.
 
     Args:
-        model: the model (evaluated in its dtype, no gradients).
-        references: SIESTA structures (:class:`HSData`; the model's basis).
-        window, threshold: eigenvalue window (eV) and canonical-orthogonalization threshold.
+        predict: one structure's prediction (an HForge model: :func:`predict_blocks`; graph2mat:
+            :func:`hforge.train.graph2mat.predict_graph2mat`).
+        references: SIESTA structures (:class:`HSData`).
+        window: half-width (eV) of the eigenvalue window around the reference gap centre.
+        thresholds: canonical-orthogonalization thresholds of the eigenvalue metrics (each key names
+            its threshold; the first is the headline).
         eigenvalues: compute the Γ eigenvalue metrics (skipped above 6000 orbitals, and where the
-            number of occupied states is unknown: no valence charges in either basis): with the
-            predicted H and S, and (``eigenvalues["with_reference_s"]``, summary keys ``*_refS_*``)
-            with the predicted H and the reference S, the error that H alone causes.
+            number of occupied states is unknown: no valence charges in the basis).
         valence: Z_valence per species for bases that lack it.
         on_structure: called with each structure's entry (progress).
-
-    Raises:
-        BasisMismatchError: a reference whose species or orbitals the model does not share.
     """
-    model.eval()
-    result = Evaluation(settings={"window_eV": window, "threshold": threshold})
+    result = Evaluation(settings={"window_eV": window, "thresholds": list(thresholds)})
     pooled: dict[int, list[BlockMetrics]] = {}
     eig_rows: dict[int, list[dict[str, float]]] = {}
-    valence = dict(valence or {})
-    for sp in model.basis:
-        if sp.valence_charge is not None:
-            valence.setdefault(sp.symbol, sp.valence_charge)
     for reference in references:
-        check_data_basis(model.basis, reference.basis, source=reference.source)
-        prediction = predict_blocks(model, reference)
+        prediction = predict(reference)
         blocks = compare_blocks(prediction, reference)
         eig = None
         if eigenvalues and reference.n_orbitals <= MAX_EIGEN_ORBITALS:
-            basis = with_valence(reference.basis, valence)
+            basis = with_valence(reference.basis, dict(valence or {}))
             if not np.isnan(basis.valence_charges[np.unique(reference.species)]).any():
                 n_occupied = n_occupied_states(basis, reference.species)
-                eig = compare_spectra(prediction, reference, n_occupied=n_occupied, window=window, threshold=threshold).to_dict()
-                # the predicted H with the reference S: the eigenvalue error that H alone causes
-                with_ref_s = replace(prediction, s=align_reference(reference, prediction.edge_index, prediction.cell_shift).s)
-                eig["with_reference_s"] = compare_spectra(
-                    with_ref_s, reference, n_occupied=n_occupied, window=window, threshold=threshold
-                ).to_dict()
-        name = _name(reference)
+                eig = spectra_of(prediction, reference, n_occupied, window=window, thresholds=thresholds)
         entry = {
-            "name": name, "n_atoms": reference.n_atoms, "n_orbitals": reference.n_orbitals,
+            "name": _name(reference), "n_atoms": reference.n_atoms, "n_orbitals": reference.n_orbitals,
             "summary": summary_row(blocks.to_dict(), eig), "blocks": blocks.to_dict(), "eigenvalues": eig,
         }
         result.structures.append(entry)
@@ -198,6 +239,32 @@ def evaluate_structures(
         summary.update({k: nan_mean([row.get(k, np.nan) for row in eig_rows[n_atoms]]) for k in keys})
         result.groups[str(n_atoms)] = {"n_structures": len(pooled[n_atoms]), "summary": summary, "blocks": blocks}
     return result
+
+
+def evaluate_structures(
+    model: HSModel,
+    references: Iterable[HSData],
+    *,
+    valence: Mapping[str, float] | None = None,
+    **options: Any,
+) -> Evaluation:
+    """:func:`evaluate_predictions` of an HForge model (evaluated in its dtype, no gradients); the
+    valence charges of the model's basis count where the references' lack them.
+
+    Raises:
+        BasisMismatchError: a reference whose species or orbitals the model does not share.
+    """
+    model.eval()
+    valence = dict(valence or {})
+    for sp in model.basis:
+        if sp.valence_charge is not None:
+            valence.setdefault(sp.symbol, sp.valence_charge)
+
+    def predict(reference: HSData) -> HSData:
+        check_data_basis(model.basis, reference.basis, source=reference.source)
+        return predict_blocks(model, reference)
+
+    return evaluate_predictions(predict, references, valence=valence, **options)
 
 
 def _name(data: HSData) -> str:

@@ -259,7 +259,9 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def _lr_lambda(schedule: Any, max_steps: int):
+def lr_lambda(schedule: Any, max_steps: int) -> Any:
+    """The learning-rate factor of a step: linear warm-up, then constant or cosine to ``min_lr_ratio``."""
+
     def factor(step: int) -> float:
         if schedule.warmup_steps and step < schedule.warmup_steps:
             return (step + 1) / schedule.warmup_steps
@@ -271,7 +273,8 @@ def _lr_lambda(schedule: Any, max_steps: int):
     return factor
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The torch, numpy and python random states (JSON- and ``weights_only``-safe)."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -280,7 +283,8 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
@@ -338,7 +342,7 @@ class Trainer:
         opt = config.optimizer
         cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
         self.optimizer = cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config.schedule, training.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.schedule, training.max_steps))
         self.loss_fn = BlockLoss(
             self.data.store.statistics, kind=config.loss.kind, reduction=config.loss.reduction,
             h_weight=config.loss.h_weight, s_weight=config.loss.s_weight, shift_invariant=config.loss.shift_invariant,
@@ -401,7 +405,7 @@ class Trainer:
                 "model_state": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "step": self.step,
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
@@ -441,7 +445,7 @@ class Trainer:
             self.ema.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         for key in ("step", "epoch", "batch_in_epoch", "best", "elapsed_s", "train_time_s", "structures_seen", "atoms_seen"):
             setattr(self, key, state[key])
         if self.dist.is_main and self.log_path.is_file():  # drop the log lines of steps after the checkpoint

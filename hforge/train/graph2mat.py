@@ -11,7 +11,7 @@ metrics so that the three are compared alike:
   ``"siesta_spherical"``): :func:`to_graph2mat`.  graph2mat's graph holds every pair ``(i, j, n)``
   with ``|r_ij| < r_i + r_j`` (the blocks of S, the pairs HForge's models predict by default);
   the pairs that SIESTA's H has beyond them (reach of the KB projectors) are left out, as
-  HForge's default models leave them out.  ``tests/test_graph2mat_model.py`` checks that
+  HForge's default models leave them out.  ``tests/test_graph2mat.py`` checks that
   graph2mat's labels convert back to exactly the original blocks and that the model is
   equivariant in SIESTA's convention (HForge's own Wigner matrices).
 * budget (:func:`train_graph2mat`): one optimizer step is one batch of training structures packed up
@@ -50,7 +50,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -296,10 +296,10 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
     """graph2mat labels of one structure as an :class:`HSData` of ``like``'s atoms: the onsite pairs
     and the canonical half of graph2mat's edges (each block once, in HForge's orientation),
     sorted by ``(i, j, n)``; ``h`` the labels (float64), ``s`` zero, ``mask`` all True."""
+    import sisl
+
     from hforge.io import HSData
     from hforge.io.hsdata import _pair_keys
-
-    import sisl
 
     table = processor.basis_table
     point_types = _numpy(g2m_data["point_types"]).astype(np.int64)
@@ -344,10 +344,10 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
     low, span = all_n.min(axis=0), np.ptp(all_n, axis=0) + 1
     order = np.argsort(_pair_keys(edge, all_n, n_atoms, low, span), kind="stable")
     ptr = np.concatenate([[0], np.cumsum(block_sizes)]).astype(np.int64)
-    starts = np.repeat(ptr[:-1][order], block_sizes[order])
-    local_sorted = np.arange(int(block_sizes.sum())) - np.repeat(np.cumsum(block_sizes[order]) - block_sizes[order], block_sizes[order])
-    values = values[starts + local_sorted]
-    new_ptr = np.concatenate([[0], np.cumsum(block_sizes[order])]).astype(np.int64)
+    sorted_sizes = block_sizes[order]
+    new_ptr = np.concatenate([[0], np.cumsum(sorted_sizes)]).astype(np.int64)
+    starts = np.repeat(ptr[:-1][order], sorted_sizes)
+    values = values[starts + np.arange(int(new_ptr[-1])) - np.repeat(new_ptr[:-1], sorted_sizes)]
     return HSData(
         cell=like.cell, positions=like.positions, species=like.species, basis=like.basis, edge_index=edge[:, order],
         cell_shift=all_n[order], block_ptr=new_ptr, h=values[None], s=np.zeros(len(values)),
@@ -592,95 +592,25 @@ def predict_graph2mat(
 def evaluate_graph2mat(
     checkpoint: str | os.PathLike | Graph2MatPredictor,
     references: Iterable["HSData"],
-    *,
-    window: float | None = None,
-    threshold: float | None = None,
-    eigenvalues: bool = True,
-    valence: Mapping[str, float] | None = None,
-    on_structure: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
 ) -> Any:
-    """:func:`hforge.train.evaluation.evaluate_structures` for a graph2mat model: the same
-    :class:`~hforge.train.evaluation.Evaluation` (per structure and per size group; H MAE all /
-    onsite / hopping, raw and shift-removed; S MAE, 0 here since S is the reference's; Γ eigenvalue
-    metrics with the predicted H and, ``*_refS_*``, with the reference S), from
-    :func:`predict_graph2mat`'s ``pairs="model"`` layout."""
-    from hforge.train import evaluation as ev
+    """:func:`hforge.train.evaluation.evaluate_predictions` of a graph2mat model (the same
+    :class:`~hforge.train.evaluation.Evaluation`; S is the reference's, so its S MAE is 0 and both
+    eigenvalue comparisons are H's alone), from :func:`predict_graph2mat`'s ``pairs="model"`` layout;
+    ``options`` as there."""
+    from hforge.train.evaluation import evaluate_predictions
 
     predictor = checkpoint if isinstance(checkpoint, Graph2MatPredictor) else load_graph2mat(checkpoint)
-    window = ev.DEFAULT_WINDOW if window is None else window
-    threshold = ev.DEFAULT_THRESHOLD if threshold is None else threshold
-    result = ev.Evaluation(settings={"window_eV": window, "threshold": threshold})
-    pooled: dict[int, list[Any]] = {}
-    eig_rows: dict[int, list[dict[str, float]]] = {}
-    valence = dict(valence or {})
+    valence = dict(options.pop("valence", None) or {})
     for sp in predictor.basis:
         if sp.valence_charge is not None:
             valence.setdefault(sp.symbol, sp.valence_charge)
-    for reference in references:
-        prediction = predictor.predict(reference)
-        blocks = ev.compare_blocks(prediction, reference)
-        eig = None
-        if eigenvalues and reference.n_orbitals <= ev.MAX_EIGEN_ORBITALS:
-            basis = ev.with_valence(reference.basis, valence)
-            if not np.isnan(basis.valence_charges[np.unique(reference.species)]).any():
-                n_occupied = ev.n_occupied_states(basis, reference.species)
-                # S is the reference's already: "with the reference S" equals the plain comparison
-                eig = ev.compare_spectra(prediction, reference, n_occupied=n_occupied, window=window,
-                                         threshold=threshold).to_dict()
-                eig["with_reference_s"] = dict(eig)
-        entry = {
-            "name": Path(reference.source).stem if reference.source else "structure",
-            "n_atoms": reference.n_atoms, "n_orbitals": reference.n_orbitals,
-            "summary": ev.summary_row(blocks.to_dict(), eig), "blocks": blocks.to_dict(), "eigenvalues": eig,
-        }
-        result.structures.append(entry)
-        pooled.setdefault(reference.n_atoms, []).append(blocks)
-        eig_rows.setdefault(reference.n_atoms, []).append(ev._eigen_summary(eig))
-        if on_structure is not None:
-            on_structure(entry)
-    for n_atoms in sorted(pooled):
-        blocks = ev.BlockMetrics.combine(pooled[n_atoms]).to_dict()
-        summary = ev.summary_row(blocks)
-        keys = sorted({k for row in eig_rows[n_atoms] for k in row})
-        summary.update({k: ev.nan_mean([row.get(k, np.nan) for row in eig_rows[n_atoms]]) for k in keys})
-        result.groups[str(n_atoms)] = {"n_structures": len(pooled[n_atoms]), "summary": summary, "blocks": blocks}
-    return result
+    return evaluate_predictions(predictor.predict, references, valence=valence, **options)
 
 
 # ---------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------
-def _lr_factor(step: int, max_steps: int, warmup: int, min_ratio: float, schedule: str) -> float:
-    """HForge's schedule (:func:`hforge.train.trainer._lr_lambda`): linear warm-up, then constant or cosine."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-
-
 def _resolve_names(store: "HSStore", names: Sequence[str], what: str) -> list[int]:
     index = {e["name"]: k for k, e in enumerate(store.manifest)}
     missing = [n for n in names if n not in index]
@@ -778,8 +708,9 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     import torch
 
     import hforge
+    from hforge.train.config import ScheduleConfig
     from hforge.train.evaluation import nan_mean
-    from hforge.train.trainer import atom_batches
+    from hforge.train.trainer import atom_batches, lr_lambda, rng_state, set_rng_state
 
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
     basis = store.basis
@@ -825,9 +756,8 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     parameter_names = {name for name, _ in model.named_parameters()}
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.ema_decay > 0 else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, max_steps, settings.warmup_steps, settings.min_lr_ratio, schedule)
-    )
+    schedule_config = ScheduleConfig(name=schedule, warmup_steps=settings.warmup_steps, min_lr_ratio=settings.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule_config, max_steps))
     run = {
         "step": 0, "epoch": 0, "batch_in_epoch": 0, "best": math.inf, "train_time_s": 0.0, "elapsed_s": 0.0,
         "structures_seen": 0, "atoms_seen": 0, "cpu_s": 0.0,
@@ -849,7 +779,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
             ema = {k: v.clone() for k, v in payload["state_dict"].items()}
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         run.update(state["run"])
         if log_path.is_file():  # drop the log lines of steps after the checkpoint
             lines = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= run["step"]]
@@ -868,7 +798,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
             "state_dict": ema if ema is not None else model.state_dict(),
             "extra": {"training": {
                 "identity": identity, "model_state": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_state(), "run": dict(run),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "run": dict(run),
             }},
         }
         _write_atomic_bytes(path, payload)
