@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from hforge.cli._choices import Dtype
 from hforge.cli._errors import user_errors
 
 __all__ = ["bench_app"]
@@ -20,7 +21,7 @@ def scaling_command(
     out: Path = typer.Option(Path("hforge-bench-scaling"), "--out", help="Output folder (results.json, table.md, scaling.png)."),
     model: str = typer.Option(None, "--model", help="Checkpoint (default: the default model config, random weights)."),
     max_memory: str = typer.Option("goal", "--max-memory", help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or e.g. 8GB."),
-    dtype: str = typer.Option("float64", "--dtype", help="Output precision."),
+    dtype: Dtype = typer.Option("float64", "--dtype", help="Output precision."),
     cache: Path = typer.Option(None, "--cache", help="Folder of the generated cells (default ~/.cache/hforge/bench-scaling)."),
     graph2mat: bool = typer.Option(True, "--graph2mat/--no-graph2mat", help="Time graph2mat on the 1000-atom cell."),
 ) -> None:
@@ -39,7 +40,7 @@ def scaling_command(
         if max_memory.lower() not in ("goal", "none"):
             budget = parse_bytes(max_memory)
         results = run_scaling(
-            atoms, out, cache_dir=cache, model=model, max_memory=budget, dtype=dtype, graph2mat=graph2mat,
+            atoms, out, cache_dir=cache, model=model, max_memory=budget, dtype=dtype.value, graph2mat=graph2mat,
             echo=lambda line: console.print(line, highlight=False),
         )
     from hforge.infer.scaling import scaling_table
