@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` (main job) and `make test` (all tests).
+# The two commands of the README: `make demo` (main job) and `make test` (all tests); `make bench`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= hforge-demo
@@ -6,8 +6,16 @@ OUT ?= hforge-demo
 DEMO_EXTRAS ?=
 TEST_EXTRAS ?= dev,dft
 BENCH_EXTRAS ?= dev,bench
+# pytest-benchmark (benchmarks/README.md): BENCH_SIZE small (minutes) or full (the sizes behind
+# benchmarks/results/ and the README); saved runs go to .benchmarks/; `make bench-compare` runs
+# again and compares with BENCH_BASELINE (a saved run's number or id, default the newest saved),
+# failing when a benchmark's BENCH_FAIL statistic grew more than allowed.
+BENCH_SIZE ?= small
+BENCH_ARGS ?=
+BENCH_BASELINE ?=
+BENCH_FAIL ?= min:25%
 
-.PHONY: setup setup-demo setup-bench demo test test-python test-kernels bench clean
+.PHONY: setup setup-demo setup-bench demo test test-python test-kernels bench bench-compare clean
 
 setup:
 	@VENV=$(VENV) HFORGE_EXTRAS="$(TEST_EXTRAS)" scripts/setup.sh
@@ -34,8 +42,15 @@ test-python:
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# Every suite (benchmarks/README.md), each result checked against its reference before it is
+# timed, saved as .benchmarks/<machine>/NNNN_<commit>.json.
 bench: setup-bench
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave
+	HFORGE_BENCH_SIZE=$(BENCH_SIZE) $(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave $(BENCH_ARGS)
+
+# Run again and compare with a saved run: fails on a regression beyond BENCH_FAIL.
+bench-compare: setup-bench
+	HFORGE_BENCH_SIZE=$(BENCH_SIZE) $(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave \
+	  --benchmark-compare$(if $(BENCH_BASELINE),=$(BENCH_BASELINE)) --benchmark-compare-fail=$(BENCH_FAIL) $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(OUT) .pytest_cache .benchmarks
