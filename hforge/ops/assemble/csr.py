@@ -78,8 +78,9 @@ class AssembledCSR:
         pickle protocol of ``SparseCSR``, which keeps ``col`` and ``D`` as given when their
         dtypes fit sisl's index rule (int32 when ``max(n_cols, nnz) < 2**31``, int64 past it,
         which is what :func:`assemble_csr` writes), handed to the Hamiltonian as
-        ``sisl.Hamiltonian.fromsp`` does with its own copy.  Checked on sisl 0.15.2 to 0.20
-        (pyproject.toml bounds it); should a sisl change them, the same matrices come through
+        ``sisl.Hamiltonian.fromsp`` does with its own copy.  The hand-over is checked on sisl
+        0.15.2, 0.16.0, 0.16.4 and 0.20.0 (pyproject.toml keeps sisl at 0.20.x: the older ones'
+        k-space kernels take no int64 indices); should a sisl change them, the same matrices come through
         sisl's public ``Hamiltonian.fromsp`` from scipy matrices instead (a copy; explicit zeros
         of the pattern dropped), with a warning.  GPU buffers are copied to the host first.
         """
