@@ -4,8 +4,11 @@
 
 Model size: DZP boron/nitrogen (13 orbitals, 169 coupled irreps 0e..4e per pair), node features
 32x0e+32x1o+32x2e, spherical harmonics up to l_sh = 3, 52 uvu paths (26 from each atom of the
-pair), float32, 100 edges per atom.  Every composition is first checked equal to hforge's
-blocks on a slice of the same inputs (same weights, mapped), then timed on the same inputs:
+pair), float32, 100 edges per atom.  Every implementation is first checked against hforge's
+torch reference on a slice of the same inputs (same weights, mapped): the blocks, and for
+``forward_backward`` the gradients of x and R (and W for hforge's kernels); then it is timed on
+the same inputs, at least 3 rounds after a warm-up, each peer's round interleaved with a round
+of ``hforge-numba`` (``extra_info["ratio_median"]``, ``ratio_min``, ``ratio_max``: peer / hforge):
 
 * ``e3nn``: ``o3.TensorProduct`` (uvu, per-edge weights R) on ``x_i`` and on ``x_j``, then per
   pair type an ``o3.Linear`` to the pair's coupled irreps and the dense change of basis
@@ -17,7 +20,8 @@ blocks on a slice of the same inputs (same weights, mapped), then timed on the s
 
 At 10^5 edges e3nn's composition in one call is killed for memory (24 GB machine), so both
 compositions run in chunks of 10^4 edges (forward: concatenated; backward: accumulated per
-chunk); hforge runs every size in one call.
+chunk); hforge runs every size in one call.  Sizes: 2,000 edges (``HFORGE_BENCH_SIZE=small``, the
+default), 10^4 and 10^5 (``full``: benchmarks/results/cg_blocks/, the README's figures).
 
 ``extra_info`` of each benchmark holds ``peak_extra_mb`` (largest peak RSS above the RSS before
 a timed call, through ``/proc/self/clear_refs``), ``output_mb``, ``input_grad_mb`` and
@@ -41,6 +45,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from benchmarks._bench import interleaved, sizes, timed
 from hforge.ops.cg_blocks import block_pointer, cg_descriptor, channelwise_from_e3nn, edge_blocks
 from hforge.ops.cg_blocks.reference import change_of_basis
 
@@ -49,7 +54,7 @@ CHANNELS = 32
 NODE_IRREPS = f"{CHANNELS}x0e+{CHANNELS}x1o+{CHANNELS}x2e"
 L_SH = 3
 EDGES_PER_ATOM = 100
-EDGE_COUNTS = [10_000, 100_000]
+EDGE_COUNTS = sizes([2_000], [10_000, 100_000])
 BASELINE_CHUNK = 10_000
 DTYPE = torch.float32
 SCRATCH_MB = 1.0  # hforge-numba forward: fixed-size scratch allowed above output + features copy
@@ -215,13 +220,24 @@ def _slice(case: SimpleNamespace, start: int, stop: int) -> SimpleNamespace:
     return part
 
 
-@torch.no_grad()
-def _check_equal(name: str, fn, case) -> None:
-    """The composition reproduces hforge's reference blocks on the first 300 edges."""
-    small, R = _slice(case, 0, 300), case.R[:300]
-    expected = _hforge("torch")(small, case.x, R, case.W)
-    err = float((fn(small, case.x, R, case.W) - expected).abs().max() / expected.abs().max())
-    assert err < 1e-4, f"{name} differs from hforge's reference by {err:.2e} (relative)"
+CHECK_EDGES = 300
+
+
+def _check(name: str, fn, case, mode: str) -> None:
+    """The implementation reproduces hforge's torch reference on the first CHECK_EDGES edges: the
+    blocks, and in ``forward_backward`` the gradients (x and R; W too where W is an input)."""
+    small, reference = _slice(case, 0, CHECK_EDGES), _hforge("torch")
+    small.R = case.R[:CHECK_EDGES]
+    got, expected = _call(fn, small, mode, CHECK_EDGES), _call(reference, small, mode, CHECK_EDGES)
+    for what, a, b in zip(("blocks",) if mode == "forward" else ("dx", "dR", "dW"), _tuple(got), _tuple(expected)):
+        if a is None:  # the compositions hold W in their linear layers
+            continue
+        err = float((a - b).abs().max() / b.abs().max())
+        assert err < 1e-4, f"{name}: {what} differs from hforge's reference by {err:.2e} (relative)"
+
+
+def _tuple(result):
+    return result if isinstance(result, tuple) else (result,)
 
 
 def _call(fn, case, mode: str, chunk: int):
@@ -242,7 +258,7 @@ def _call(fn, case, mode: str, chunk: int):
         fn(part, x, R[a : a + chunk], W).backward(part.grad)
     if isinstance(fn, torch.nn.Module):
         fn.zero_grad(set_to_none=True)
-    return x.grad, R.grad
+    return x.grad, R.grad, W.grad
 
 
 try:
@@ -282,16 +298,17 @@ def test_cg_blocks(benchmark, n_edges, impl, mode):
         pytest.skip("the reference materializes every path: tests only")
     case = make_case(n_edges)
     fn = IMPLEMENTATIONS[impl](case.desc, case.W)
-    _check_equal(impl, fn, case)  # also the warm-up (e3nn code generation, numba compilation)
+    _check(impl, fn, case, mode)  # also a first warm-up (e3nn code generation, numba compilation)
     # e3nn and cueq at 1e5 edges in one call exceed the 24 GB of this machine (measured: OOM-killed
     # at 24 GB in e3nn's forward); they run in chunks of BASELINE_CHUNK edges, hforge in one call.
     chunk = n_edges if impl.startswith("hforge") else BASELINE_CHUNK
     peaks: list[float] = []
-    fast = impl == "hforge-numba"
     benchmark.group = f"cg_blocks {n_edges:.0e} edges"
-    benchmark.pedantic(
-        _with_peak_memory(_call, peaks), (fn, case, mode, chunk), rounds=3 if fast else 1, warmup_rounds=1 if fast else 0
-    )
+    run = lambda: _with_peak_memory(_call, peaks)(fn, case, mode, chunk)  # noqa: E731
+    if impl == "hforge-numba":
+        timed(benchmark, run)
+    else:
+        interleaved(benchmark, run, lambda: _call(_hforge("numba"), case, mode, n_edges))
     benchmark.extra_info.update(
         chunk=chunk,
         peak_extra_mb=round(max(peaks), 1) if peaks else math.nan,

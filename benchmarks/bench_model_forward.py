@@ -11,7 +11,15 @@ Generated cells are cached as extended XYZ in ``$HFORGE_BENCH_CACHE`` (default
 
 Implementations, float32, inference (``torch.no_grad``), each on its own inputs prepared outside
 the timed call (graph-building time in ``extra_info["graph_s"]``), after a warm-up call on the
-64-atom cell (numba compilation); 3 rounds at 64 atoms, 1 beyond:
+64-atom cell (numba compilation), then at least 3 rounds after a warm-up round.  Before timing,
+each output is checked: every implementation predicts every block of its pattern (HForge: the
+pairs within r_i + r_j found independently by :func:`hforge.graph.orbital_pair_list`; graph2mat:
+every edge of its graph, counts in ``extra_info["blocks"]``); the numba kernels equal the torch
+reference kernels of the same weights, and the invariant model its float64 evaluation (to 1e-4
+relative).  The peers (graph2mat, the torch-reference kernels) run interleaved with
+``hforge-equivariant-numba``, round by round (``extra_info["ratio_median"]``, ``ratio_min``,
+``ratio_max``: peer / hforge).  Sizes: 64 atoms (``HFORGE_BENCH_SIZE=small``, the default), 64, 512
+and 4096 (``full``):
 
 * ``hforge-equivariant-<backend>``: :class:`~hforge.models.EquivariantHSModel`, default
   :class:`~hforge.models.ModelConfig` (2 MACE layers, 16 channels up to l = 2, interaction cut-off
@@ -64,10 +72,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks._bench import interleaved, sizes, timed
 from hforge.datasets import load
 from hforge.models import ModelConfig, build_model
 
-SIZES = [64, 512, 4096]
+SIZES = sizes([64], [64, 512, 4096])
 GENERATED = (64, 512)  # larger cells: the 512-atom cell repeated
 IMPLEMENTATIONS = ["hforge-equivariant-torch", "hforge-equivariant-numba", "hforge-invariant", "graph2mat"]
 CHANNELS = 16
@@ -193,20 +202,58 @@ def input_size(implementation: str, inputs) -> dict[str, int]:
     return {"pairs": inputs.n_pairs, "interaction_edges": int(inputs.edge_index.shape[1])}
 
 
+def check_output(implementation: str, case: Case, inputs, atoms, output) -> int:
+    """Check ``output`` (see the module docstring); the number of blocks it predicts."""
+    import copy
+
+    from hforge.graph import orbital_pair_list
+
+    n_orb = dataset().basis.n_orbitals[0]  # DZP: the same 13 orbitals for B and N
+    if implementation == "graph2mat":
+        blocks = len(atoms) + int(inputs["n_edges"]) // 2  # symmetric: one block per pair of directed edges
+        assert output["node_labels"].numel() + output["edge_labels"].numel() == blocks * n_orb**2
+        return blocks
+    basis = dataset().basis
+    species = np.array([basis.index(s) for s in atoms.get_chemical_symbols()])
+    radii = np.array([sp.cutoff for sp in basis])
+    pairs = orbital_pair_list(atoms.positions, atoms.cell.array, True, species, radii, half=True, onsite=True)
+    assert inputs.n_pairs == pairs.n_pairs and output.h.numel() == pairs.n_pairs * n_orb**2
+    if implementation == "hforge-equivariant-numba":
+        reference = hforge_case("equivariant", "torch").model
+    elif implementation == "hforge-invariant":
+        reference = copy.deepcopy(case.model).double()  # casts the graph's positions itself
+    else:
+        return pairs.n_pairs
+    reference.load_state_dict(case.model.state_dict())
+    expected = reference(inputs).h.float()
+    error = float((output.h - expected).abs().max() / expected.abs().max())
+    assert error < 1e-4, f"{implementation} differs from its reference by {error:.2e} (relative)"
+    return pairs.n_pairs
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("n_atoms", SIZES)
 def test_model_forward(benchmark, n_atoms, implementation):
     if n_atoms in TOO_SLOW.get(implementation, ()) and not RUN_ALL:
         pytest.skip(f"{implementation} at {n_atoms} atoms: {TOO_SLOW_WHY[implementation]}")
     case = make_case(implementation)
+    atoms = abn_cell(n_atoms)
     start = time.perf_counter()
-    inputs = case.prepare(abn_cell(n_atoms))
+    inputs = case.prepare(atoms)
     graph_s = time.perf_counter() - start
     benchmark.group = "model_forward"
     with torch.no_grad():
         case.run(case.prepare(abn_cell(SIZES[0])))  # warm-up on the smallest cell: compilation, caches
-        benchmark.pedantic(case.run, args=(inputs,), rounds=3 if n_atoms <= SIZES[0] else 1, iterations=1)
+        blocks = check_output(implementation, case, inputs, atoms, case.run(inputs))
+        if implementation == "hforge-equivariant-numba":
+            timed(benchmark, lambda: case.run(inputs))
+        else:
+            hforge = make_case("hforge-equivariant-numba")
+            hforge_inputs = hforge.prepare(atoms)
+            interleaved(benchmark, lambda: case.run(inputs), lambda: hforge.run(hforge_inputs))
     benchmark.extra_info.update(
-        atoms=n_atoms, graph_s=graph_s, parameters=sum(p.numel() for p in case.model.parameters()),
-        s_per_atom=benchmark.stats.stats.min / n_atoms, **input_size(implementation, inputs),
+        atoms=n_atoms, graph_s=graph_s, parameters=sum(p.numel() for p in case.model.parameters()), blocks=blocks,
+        **input_size(implementation, inputs),
     )
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["s_per_atom"] = benchmark.stats.stats.min / n_atoms

@@ -5,10 +5,14 @@
 - ``overlap``: S of every canonical block pair (``|r_ij| < r_i + r_j``, onsite included) of the
   generator's random aBN start at 2.2 g/cm³ (10^3 and 10^4 atoms: 1.3e5 and 1.3e6 blocks of up to
   13 x 13): the numba backend against the readable torch reference (numpy-level vectorised, one
-  gather per pair type and chunk) and a numpy copy of the output bytes (the memory-bandwidth
-  floor).  The numba S is checked against the reference (to 1e-12, first 2,000 pairs) before
-  anything is timed.
+  gather per pair type and chunk; interleaved round by round with numba, ``extra_info["ratio_*"]``
+  = torch / numba) and a numpy copy of the output bytes (the memory-bandwidth floor).
 - ``baseline``: H0 = T + V_KB + two-centre V_NA of the same pairs (numba), KB contraction included.
+
+Before anything is timed, every result is checked: the tables rebuilt equal the first build, the
+numba S and H0 equal the torch reference on the first 2,000 pairs (to 1e-12), the copy its
+source.  Then at least 3 rounds after a warm-up.  Sizes: 10^3 atoms (``HFORGE_BENCH_SIZE=small``,
+the default), 10^3 and 10^4 (``full``).
 
 The basis is the bundled sample's (``hforge.datasets.load("abn-small").basis``, radial tables
 included), so no shared data is needed.  Run:
@@ -23,13 +27,15 @@ from functools import cache
 import numpy as np
 import pytest
 
+from benchmarks._bench import interleaved, sizes, timed
 from hforge.datasets import load
 from hforge.graph import neighbour_list
 from hforge.ops.two_centre import baseline_blocks, block_pointer, overlap_blocks, two_centre_descriptor
 from hforge.ops.two_centre.descriptor import _descriptor
 from hforge.structures import random_bn_cell
 
-SIZES = [1_000, 10_000]
+SIZES = sizes([1_000], [1_000, 10_000])
+CHECKED_PAIRS = slice(0, 2_000)
 
 
 @cache
@@ -54,8 +60,12 @@ def test_tables(benchmark):
         _descriptor.cache_clear()
         return two_centre_descriptor(basis())
 
-    desc = benchmark.pedantic(build, rounds=3, iterations=1)
+    first, again = build().tables, build().tables
+    assert again.step == first.step
+    np.testing.assert_array_equal(again.values, first.values)
+    np.testing.assert_array_equal(again.reach, first.reach)
     benchmark.group = "two_centre_tables"
+    desc = timed(benchmark, build)
     benchmark.extra_info["tables"] = desc.tables.n_tables
 
 
@@ -68,18 +78,19 @@ def test_overlap(benchmark, n_atoms, impl):
     benchmark.extra_info.update(n_atoms=n_atoms, n_pairs=edges.shape[1], n_values=int(ptr[-1]))
     if impl == "numpy-copy":
         source = np.ones(int(ptr[-1]))
-        benchmark.pedantic(lambda: source.copy(), rounds=5, iterations=1)
+        np.testing.assert_array_equal(source.copy(), source)
+        timed(benchmark, source.copy, rounds=5)
         return
     fast = overlap_blocks(*args, block_ptr=ptr, backend="numba")
-    # the result check, before any timing: the reference on the first 2,000 pairs
-    sub = slice(0, 2_000)
-    expected = overlap_blocks(*args[:4], edges[:, sub], shifts[sub], backend="torch")
+    expected = overlap_blocks(*args[:4], edges[:, CHECKED_PAIRS], shifts[CHECKED_PAIRS], backend="torch")
     np.testing.assert_allclose(fast[: len(expected)], expected, rtol=0, atol=1e-12)
     out = np.empty_like(fast)
-    run = (lambda: overlap_blocks(*args, block_ptr=ptr, backend="numba", out=out)) if impl == "numba" else (
-        lambda: overlap_blocks(*args, block_ptr=ptr, backend="torch")
-    )
-    benchmark.pedantic(run, rounds=5 if impl == "numba" else 2, iterations=1, warmup_rounds=1 if impl == "numba" else 0)
+    numba = lambda: overlap_blocks(*args, block_ptr=ptr, backend="numba", out=out)  # noqa: E731
+    if impl == "numba":
+        timed(benchmark, numba, rounds=5)
+    else:
+        reference = lambda: overlap_blocks(*args, block_ptr=ptr, backend="torch")  # noqa: E731
+        interleaved(benchmark, reference, numba)
 
 
 @pytest.mark.parametrize("n_atoms", SIZES)
@@ -87,4 +98,7 @@ def test_baseline(benchmark, n_atoms):
     species, positions, cell, edges, shifts, ptr = case(n_atoms)
     benchmark.group = "baseline"
     args = (basis(), species, positions, cell, True, edges, shifts)
-    benchmark.pedantic(lambda: baseline_blocks(*args, block_ptr=ptr), rounds=2, iterations=1, warmup_rounds=1)
+    fast = baseline_blocks(*args, block_ptr=ptr)
+    expected = baseline_blocks(*args[:5], edges[:, CHECKED_PAIRS], shifts[CHECKED_PAIRS], backend="torch")
+    np.testing.assert_allclose(fast[: len(expected)], expected, rtol=0, atol=1e-12)
+    timed(benchmark, lambda: baseline_blocks(*args, block_ptr=ptr))

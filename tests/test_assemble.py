@@ -286,6 +286,35 @@ def test_to_sisl_shares_the_buffers(index_dtype):
         np.testing.assert_allclose(sisl_matrix.toarray(), want.toarray(), atol=1e-12)
 
 
+def _removed(*args, **kwargs):
+    raise AttributeError("gone in this sisl")
+
+
+def _ignores_its_state(self, state):
+    """A ``__setstate__`` that changed meaning without an error: the pattern is not installed."""
+
+
+@pytest.mark.parametrize("replacement", [_removed, _ignores_its_state], ids=["removed", "changed"])
+def test_to_sisl_falls_back_to_sisls_public_api(monkeypatch, replacement):
+    """A sisl whose internals changed (an error, or a result without the given pattern) gets the
+    same matrices through Hamiltonian.fromsp, with a warning."""
+    rng = np.random.default_rng(5)
+    problem = neighbour_problem(rng, rng.random((4, 3)) * 5.0, 5.0 * np.eye(3), True, 5.5)
+    csr = assemble(problem, "numba")
+    geometry = _geometry(problem.orbitals_per_atom)
+    shared = csr.to_sisl(geometry)
+    monkeypatch.setattr(sisl.SparseCSR, "__setstate__", replacement)
+    with pytest.warns(UserWarning, match="Hamiltonian.fromsp"):
+        public = csr.to_sisl(geometry)
+    assert public._csr._D is not csr.data  # a copy: the shared-buffer path was not taken
+    assert not public.orthogonal and public.spin.is_unpolarized and tuple(public.geometry.nsc) == csr.nsc
+    for k in ([0, 0, 0], [0.1, 0.2, 0.3]):
+        np.testing.assert_array_equal(public.Hk(k).toarray(), shared.Hk(k).toarray())
+        np.testing.assert_array_equal(public.Sk(k).toarray(), shared.Sk(k).toarray())
+    for index in range(2):
+        np.testing.assert_array_equal(public.tocsr(index).toarray(), csr.to_scipy(index).toarray())
+
+
 def test_to_sisl_refuses_a_row_range_and_a_wrong_geometry():
     problem = random_pairs_problem(np.random.default_rng(6), 4, n_pairs=10)
     whole = assemble(problem, "numba")

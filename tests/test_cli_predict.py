@@ -96,6 +96,51 @@ def test_bad_input_fails_cleanly_without_output(files, tmp_path, change, words):
     assert sorted(os.listdir(tmp_path)) == ["bad.traj"]
 
 
+def test_every_frame_of_a_multi_frame_file_is_predicted(files, tmp_path):
+    import ase.io
+
+    checkpoint, structure, predictor = files
+    first = ase.io.read(structure)
+    second = first.copy()
+    second.positions += 0.05
+    frames = tmp_path / "frames.traj"
+    ase.io.write(frames, [first, second])
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(frames), "-o", str(tmp_path / "out.TSHS")])
+    assert result.exit_code == 0, result.output
+    assert "out_0.TSHS (frame 0 of 2)" in result.output and "out_1.TSHS (frame 1 of 2)" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["frames.traj", "out_0.TSHS", "out_1.TSHS"]
+    for k, atoms in enumerate((first, second)):
+        expected = predictor.predict(atoms)
+        got = read(tmp_path / f"out_{k}.TSHS")
+        np.testing.assert_allclose(got.tocsr(0).toarray(), expected.tocsr(0).toarray(), atol=1e-12)
+        np.testing.assert_allclose(got.tocsr(1).toarray(), expected.tocsr(1).toarray(), atol=1e-12)
+
+
+def test_a_bad_frame_is_named_before_any_frame_is_predicted(files, tmp_path):
+    import ase.io
+
+    checkpoint, structure, _ = files
+    good = ase.io.read(structure)
+    bad = good.copy()
+    bad.positions[1] = bad.positions[0] + 0.2
+    frames = tmp_path / "frames.traj"
+    ase.io.write(frames, [good, bad])
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(frames), "-o", str(tmp_path / "out.TSHS")])
+    assert result.exit_code == 1
+    assert "frames.traj: frame 1: " in result.output and "overlapping atoms" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["frames.traj"]
+
+
+def test_frame_outputs_sort_in_frame_order():
+    from pathlib import Path
+
+    from hforge.cli.predict import frame_outputs
+
+    assert frame_outputs(Path("d/cell.nc"), 1) == [Path("d/cell.nc")]
+    names = [p.name for p in frame_outputs(Path("d/cell.TSHS"), 11)]
+    assert names[0] == "cell_00.TSHS" and names[-1] == "cell_10.TSHS" and names == sorted(names)
+
+
 def test_parse_bytes():
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1e6") == 10**6
     with pytest.raises(ConfigError):

@@ -199,6 +199,32 @@ def test_unreadable_structure_files(predictor, tmp_path):
         predictor.predict(junk)
 
 
+def test_multi_frame_files_need_a_frame(predictor, cell64, tmp_path):
+    """A file of several structures is never reduced to its last one in silence."""
+    import ase.io
+
+    from hforge.infer import read_frames, read_structure
+
+    shaken = cell64.copy()
+    shaken.positions += 0.05
+    path = tmp_path / "two.traj"
+    ase.io.write(path, [cell64, shaken])
+    frames = read_frames(path)
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[1].positions, shaken.positions)
+    for call in (lambda: read_structure(path), lambda: predictor.predict(path)):
+        with pytest.raises(InputError, match="two.traj: holds 2 structures") as caught:
+            call()
+        assert "index=k" in str(caught.value) and "read_frames" in str(caught.value)
+    np.testing.assert_array_equal(read_structure(path, index=1).positions, shaken.positions)
+    np.testing.assert_array_equal(read_structure(path, index=-2).positions, cell64.positions)
+    with pytest.raises(InputError, match="frame 2 asked for, the file holds 2"):
+        read_structure(path, index=2)
+    single = tmp_path / "one.traj"
+    ase.io.write(single, cell64)
+    np.testing.assert_array_equal(read_structure(single).positions, cell64.positions)
+
+
 def test_load_checkpoint_and_names(model, predictor, cell64, tmp_path):
     path = save_model(model, tmp_path / "tiny.pt")
     loaded = hforge.load(path)

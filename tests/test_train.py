@@ -27,7 +27,7 @@ from hforge.io import read_hs
 from hforge.models import load_checkpoint
 from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
 from hforge.train.evaluation import evaluate_structures, predict_blocks
-from hforge.train.trainer import Trainer, atom_batches, read_log, share_of_batch
+from hforge.train.trainer import Trainer, TrainingData, atom_batches, read_log, share_of_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,6 +131,29 @@ def test_bad_config_files(tmp_path):
 def test_configs_that_disagree_with_the_data(tmp_path, change, match):
     with pytest.raises((ConfigError, BasisMismatchError, FileFormatError), match=match):
         Trainer(load_config(tiny(**change)), tmp_path, progress=False)
+
+
+def test_species_and_neighbour_count_come_from_the_data_unless_given():
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    config = load_config(tiny())
+    assert config.model_from_data == ("species", "avg_num_neighbors")
+    assert not {"species", "avg_num_neighbors"} & set(config.to_dict()["model"])
+    resolved = TrainingData(config).config
+    store = load("abn-small").store
+    pairs = atoms = 0
+    for name in TINY["data"]["train"]["names"]:  # ASE's own neighbour list, periodic images included
+        data = store.read(name)
+        structure = Atoms(numbers=np.ones(data.n_atoms), positions=data.positions, cell=data.cell, pbc=data.pbc)
+        pairs += len(neighbor_list("i", structure, config.model.r_max))
+        atoms += data.n_atoms
+    assert resolved.model.avg_num_neighbors == pytest.approx(pairs / atoms, rel=1e-12)
+    assert resolved.model.avg_num_neighbors != config.model.avg_num_neighbors  # not aBN's default 40
+    assert resolved.model.species == ("B", "N") and resolved.model_from_data == ()
+    assert TrainConfig.from_dict(resolved.to_dict()) == resolved  # written out, the values are explicit
+    given = TrainingData(load_config(tiny(model={"avg_num_neighbors": 12.5, "species": ["N", "B"]}))).config
+    assert given.model.avg_num_neighbors == 12.5 and given.model.species == ("N", "B")
 
 
 # ------------------------------------------------------------------------------- batches
@@ -261,6 +284,13 @@ def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     config = tiny(training={"max_steps": 2, "val_every": 2, "checkpoint_every": 2})
     return Trainer(load_config(config), out, progress=False).run().last
+
+
+def test_checkpoints_hold_the_values_taken_from_the_data(checkpoint):
+    model, payload = load_checkpoint(checkpoint)
+    expected = TrainingData(load_config(tiny())).config.model
+    assert model.config.avg_num_neighbors == expected.avg_num_neighbors and model.config.species == ("B", "N")
+    assert payload["extra"]["training"]["config"]["model"]["avg_num_neighbors"] == expected.avg_num_neighbors
 
 
 def test_evaluation_matches_an_independent_oracle(checkpoint):

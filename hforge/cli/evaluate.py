@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hforge.cli._choices import Split
 from hforge.cli._errors import user_errors
 
 __all__ = ["COLUMNS", "columns", "evaluate_command", "iter_references", "metrics_table", "parse_valence", "wide_console"]
@@ -100,7 +101,7 @@ def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (hforge train's best.pt / last.pt)."),
     data: List[str] = typer.Argument(..., help="abn-small, stores (.h5), SIESTA files or run folders."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every metric as JSON here."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only this split of stores (train, val, test)."),
+    split: Optional[Split] = typer.Option(None, "--split", help="Only this split of stores."),
     basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of .ion files for bare TSHS files."),
     window: float = typer.Option(2.0, help="Half-width (eV) of the eigenvalue window around the gap centre."),
     threshold: List[float] = typer.Option(
@@ -123,7 +124,8 @@ def evaluate_command(
         model, payload = load_checkpoint(checkpoint)
         extra_valence = (payload.get("extra", {}).get("training", {}).get("config", {}).get("data", {}).get("valence")) or {}
         evaluation = evaluate_structures(
-            model, iter_references(data, split=split, basis=basis), window=window, thresholds=threshold,
+            model, iter_references(data, split=None if split is None else split.value, basis=basis), window=window,
+            thresholds=threshold,
             eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
             on_structure=lambda e: console.print(
                 f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"

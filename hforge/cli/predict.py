@@ -1,17 +1,22 @@
-"""``hforge predict MODEL STRUCTURE -o OUT``: H and S of a structure, written as ``.TSHS`` or ``.nc``."""
+"""``hforge predict MODEL STRUCTURE -o OUT``: H and S of a structure (of each frame of a multi-frame file),
+written as ``.TSHS`` or ``.nc``."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
+from hforge.cli._choices import AssemblyBackend, Dtype, Mode
 from hforge.cli._errors import user_errors
 
-__all__ = ["parse_bytes", "predict_command"]
+__all__ = ["frame_outputs", "parse_bytes", "predict_command"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -34,55 +39,104 @@ def parse_bytes(text: str) -> int:
         raise ConfigError(f"--max-memory {text!r}: not a number") from None
 
 
+def frame_outputs(out: Path, n_frames: int) -> list[Path]:
+    """Output files of ``n_frames`` frames: ``out`` itself for one, else ``<stem>_<k><suffix>`` with
+    ``k`` zero-padded to sort in frame order (``cell.TSHS`` -> ``cell_0.TSHS`` ... ``cell_9.TSHS``)."""
+    if n_frames == 1:
+        return [out]
+    width = len(str(n_frames - 1))
+    return [out.with_name(f"{out.stem}_{k:0{width}d}{out.suffix}") for k in range(n_frames)]
+
+
 def predict_command(
     model: str = typer.Argument(..., help="Checkpoint file, or a bundled model name (e.g. abn-dzp)."),
-    structure: Path = typer.Argument(..., help="Structure file (any format ASE reads)."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output file, .TSHS or .nc."),
+    structure: Path = typer.Argument(
+        ..., help="Structure file (any format ASE reads); every frame of a multi-frame file is predicted."
+    ),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Output file, .TSHS or .nc; of N > 1 frames one file each, named with the frame "
+        "index: cell.TSHS -> cell_0.TSHS ... cell_<N-1>.TSHS."
+    ),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 8GB: chunks the cell to fit."),
-    mode: str = typer.Option(
-        "auto", "--mode", help="auto, whole, streamed (atom ranges) or chunked (spatial chunks with halo)."
+    mode: Mode = typer.Option(
+        "auto", "--mode", help="whole cell, streamed (atom ranges), chunked (spatial chunks with halo), or auto."
     ),
     parts: int = typer.Option(None, "--parts", help="Atom ranges or spatial chunks (default: the fewest that fit)."),
-    dtype: str = typer.Option("float64", "--dtype", help="Output precision: float64 or float32."),
-    backend: str = typer.Option("auto", "--backend", help="CSR assembly backend."),
+    dtype: Dtype = typer.Option("float64", "--dtype", help="Output precision."),
+    backend: AssemblyBackend = typer.Option(
+        "auto", "--backend", help="CSR assembly backend (torch: its reference, scipy's COO -> CSR)."
+    ),
     distributed: bool = typer.Option(
         False, "--distributed", help="Spread chunks over torch.distributed ranks (launch with torchrun)."
     ),
 ) -> None:
-    """Predict H and S of STRUCTURE with MODEL; write them (SIESTA TSHS or sisl NetCDF) atomically."""
+    """Predict H and S of every frame of STRUCTURE with MODEL; write them (SIESTA TSHS or sisl NetCDF) atomically."""
     import numpy as np
 
-    from hforge.errors import ConfigError
-    from hforge.infer import check_output_path, load, peak_rss_bytes, write_hamiltonian
+    from hforge.infer import check_output_path, load, read_frames
 
     console = Console(stderr=True, soft_wrap=True)
     with user_errors():
-        if dtype not in ("float64", "float32"):
-            raise ConfigError(f"--dtype {dtype!r}: choose float64 or float32")
-        check_output_path(out)
+        frames = read_frames(structure)
+        outputs = frame_outputs(out, len(frames))
+        for path in outputs:
+            check_output_path(path)
         budget = None if max_memory is None else parse_bytes(max_memory)
         predictor = load(model)
-        start = time.perf_counter()
-        if distributed:
-            from hforge.infer.distributed import predict_distributed
+        if len(frames) > 1:  # every frame checked before the first is predicted
+            for k, atoms in enumerate(frames):
+                with _naming(structure, k, len(frames)):
+                    predictor.arrays(atoms)
+        for k, (atoms, path) in enumerate(zip(frames, outputs)):
+            label = f"{path} (frame {k} of {len(frames)})" if len(frames) > 1 else str(path)
+            with _naming(structure, k, len(frames)):
+                _predict_one(
+                    predictor, atoms, path, label, console, max_memory=budget, mode=mode.value, parts=parts,
+                    dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed,
+                )
 
-            hamiltonian = predict_distributed(
-                predictor, structure, out.with_name(f".{out.name}.parts"), parts=parts, max_memory=budget,
-                dtype=np.dtype(dtype), backend=backend, progress=True,
-            )
-            if hamiltonian is None:  # not rank 0: its part is merged there
-                return
-        else:
-            hamiltonian = predictor.predict(
-                structure, max_memory=budget, mode=mode, parts=parts, dtype=np.dtype(dtype), backend=backend,
-                progress=True,
-            )
-        write_hamiltonian(hamiltonian, out)
+
+@contextmanager
+def _naming(structure: Path, frame: int, n_frames: int) -> Iterator[None]:
+    """Input errors raised inside name the structure file, and the frame of a multi-frame one."""
+    from hforge.errors import InputError
+
+    try:
+        yield
+    except InputError as error:
+        if error.path is not None:
+            raise
+        where = f"frame {frame}: " if n_frames > 1 else ""
+        raise type(error)(where + error.message, path=structure) from None
+
+
+def _predict_one(
+    predictor: Any, atoms: Any, out: Path, label: str, console: Console, *, max_memory: int | None, mode: str,
+    parts: int | None, dtype: Any, backend: str, distributed: bool,
+) -> None:
+    """Predict one structure, write it and print its summary line (rank 0 only when distributed)."""
+    from hforge.infer import peak_rss_bytes, write_hamiltonian
+
+    start = time.perf_counter()
+    if distributed:
+        from hforge.infer.distributed import predict_distributed
+
+        hamiltonian = predict_distributed(
+            predictor, atoms, out.with_name(f".{out.name}.parts"), parts=parts, max_memory=max_memory,
+            dtype=dtype, backend=backend, progress=True,
+        )
+        if hamiltonian is None:  # not rank 0: its part is merged there
+            return
+    else:
+        hamiltonian = predictor.predict(
+            atoms, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
+        )
+    write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start
     report = predictor.last_report
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
-        f"{out}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} "
+        f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} "
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from hforge.cli._choices import Protocol
 from hforge.cli._errors import user_errors
 
 __all__ = ["abn_command", "structure_app"]
@@ -20,7 +21,7 @@ def abn_command(
     out: Path = typer.Option(..., "-o", "--out", help="Output file; its extension picks the format (ASE)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same cell)."),
     density: float = typer.Option(2.2, "--density", help="Density, g/cm^3."),
-    protocol: str = typer.Option("full", "--protocol", help="'full' (as shared/abn) or 'fast' (large cells)."),
+    protocol: Protocol = typer.Option("full", "--protocol", help="full (as shared/abn) or fast (large cells)."),
     threads: int = typer.Option(1, "--threads", help="OpenMP threads of LAMMPS."),
 ) -> None:
     """Amorphous BN by melt-quench MD (LAMMPS, B-N Tersoff), written with its statistics printed."""
@@ -35,7 +36,7 @@ def abn_command(
         file_format = filetype(out, read=False)
         if file_format not in ioformats or not ioformats[file_format].can_write:
             raise ConfigError(f"ASE cannot write this kind of file (format {file_format!r}); use .xyz, .cif, ...", path=out)
-        atoms = amorphous_bn(n_atoms, density=density, seed=seed, protocol=protocol, threads=threads)
+        atoms = amorphous_bn(n_atoms, density=density, seed=seed, protocol=protocol.value, threads=threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, None) as tmp:
         ase.io.write(tmp, atoms, format=file_format)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hforge.infer.load import PRETRAINED_DIR, load, pretrained_names
 from hforge.infer.output import check_output_path, write_hamiltonian
-from hforge.infer.predictor import PREDICTION_STAGES, PredictionReport, Predictor, peak_rss_bytes, read_structure
+from hforge.infer.predictor import PREDICTION_STAGES, PredictionReport, Predictor, peak_rss_bytes, read_frames, read_structure
 
 __all__ = [
     "PREDICTION_STAGES",
@@ -22,6 +22,7 @@ __all__ = [
     "load",
     "peak_rss_bytes",
     "pretrained_names",
+    "read_frames",
     "read_structure",
     "write_hamiltonian",
 ]

@@ -47,7 +47,17 @@ from hforge.ops.assemble import AssembledCSR, assemble_csr, plan_csr_assembly
 from hforge.ops.assemble.layout import default_index_dtype
 from hforge.structures.validate import validate_structure
 
-__all__ = ["MODES", "PREDICTION_STAGES", "Plan", "PredictionReport", "Predictor", "Problem", "peak_rss_bytes", "read_structure"]
+__all__ = [
+    "MODES",
+    "PREDICTION_STAGES",
+    "Plan",
+    "PredictionReport",
+    "Predictor",
+    "Problem",
+    "peak_rss_bytes",
+    "read_frames",
+    "read_structure",
+]
 
 #: Stages timed in :attr:`PredictionReport.seconds`.
 PREDICTION_STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
@@ -68,11 +78,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def read_structure(path: str | os.PathLike) -> Any:
-    """An ``ase.Atoms`` read from any file ASE reads.
+def read_frames(path: str | os.PathLike) -> list[Any]:
+    """Every frame of a structure file (``ase.io.read(path, index=":")``) as ``ase.Atoms``.
 
     Raises:
-        FileFormatError: a missing or unreadable file.
+        FileFormatError: a missing or unreadable file, or one without a frame.
     """
     import ase.io
 
@@ -80,9 +90,38 @@ def read_structure(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileFormatError("no such structure file", path=path)
     try:
-        return ase.io.read(path)
+        frames = ase.io.read(path, index=":")
     except Exception as exc:  # ASE raises many types for unreadable files
         raise FileFormatError(f"ASE cannot read a structure from it: {type(exc).__name__}: {exc}", path=path) from exc
+    if not frames:
+        raise FileFormatError("ASE reads no structure from it", path=path)
+    return list(frames)
+
+
+def read_structure(path: str | os.PathLike, *, index: int | None = None) -> Any:
+    """One ``ase.Atoms`` read from any file ASE reads: its only frame, or frame ``index``.
+
+    A file of several frames (a trajectory, a multi-structure ``.xyz``) needs ``index``: it is
+    refused rather than silently reduced to one frame; :func:`read_frames` gives them all
+    (``hforge predict`` predicts each).
+
+    Raises:
+        FileFormatError: a missing or unreadable file.
+        InputError: several frames and no ``index``, or an ``index`` beyond them.
+    """
+    frames = read_frames(path)
+    if index is None:
+        if len(frames) > 1:
+            raise InputError(
+                f"holds {len(frames)} structures (frames), a prediction takes one: pass a frame "
+                "(hforge.infer.read_structure(path, index=k)) or all of them "
+                "(predictor.predict_many(hforge.infer.read_frames(path)); `hforge predict` writes one file per frame)",
+                path=path,
+            )
+        return frames[0]
+    if not -len(frames) <= index < len(frames):
+        raise InputError(f"frame {index} asked for, the file holds {len(frames)}", path=path)
+    return frames[index]
 
 
 @dataclass

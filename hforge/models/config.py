@@ -33,11 +33,17 @@ BASELINES = ("none", "h0")
 class ModelConfig:
     """Everything that defines a model's architecture (weights aside).
 
+    The defaults of ``species`` and ``avg_num_neighbors`` are those of amorphous BN (the bundled
+    data); ``hforge train`` replaces them by values of the training data when the config's model
+    section leaves them out, as MACE does (:data:`hforge.train.config.FROM_DATA`).  Set them when
+    building a model for other data directly.
+
     Descriptor trunk (MACE's blocks, shared by both kinds):
 
     Attributes:
         kind: ``"equivariant"`` or ``"invariant"``.
-        species: the species labels the model knows, in the order of its basis.
+        species: the species labels the model knows, in the order of its basis (default B, N;
+            training: the species of its structures, unless given).
         r_max: cut-off of the interaction graph (Å).
         num_interactions: MACE interaction + product layers.
         channels: channels of every node irrep of the trunk.
@@ -48,8 +54,9 @@ class ModelConfig:
         num_bessel: Bessel functions of the interaction edges' radial embedding.
         num_polynomial_cutoff: order of MACE's polynomial cut-off envelope.
         radial_mlp: hidden sizes of MACE's radial MLPs.
-        avg_num_neighbors: MACE's message normalisation (neighbours within ``r_max``; aBN at
-            2.2 g/cm^3 has about 0.107 atoms/Å^3, i.e. 41 within 4.5 Å).
+        avg_num_neighbors: MACE's message normalisation, the mean number of neighbours within
+            ``r_max`` (default 40: aBN at 2.2 g/cm^3 has about 0.107 atoms/Å^3, i.e. 41 within
+            4.5 Å; training: computed from its structures, unless given).
 
     Heads (one for H, one for S, on the shared trunk):
 

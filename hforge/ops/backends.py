@@ -3,7 +3,10 @@
 Backends:
 
 ``torch``
-    the pure-torch (or numpy/scipy) reference of each op; always available, the oracle of the tests.
+    the *reference* of each op: always available, written for clarity, the oracle of the tests.
+    The name is the dispatch's, not a promise of torch code: it is torch for ``cg_blocks`` and
+    ``two_centre`` (differentiable, CPU or CUDA), and scipy's COO -> CSR for ``assemble_csr``
+    (numpy arrays only).
 ``numba``
     parallel CPU kernels (``numba.njit(parallel=True)``).
 ``triton``

@@ -4,7 +4,8 @@ A configuration has six sections (every field has a default, see :data:`DEFAULT_
 which ``hforge train --print-default-config`` prints)::
 
     data:      source (bundled name or store path), train/val selections by size or name, valence
-    model:     any field of :class:`hforge.models.ModelConfig` (kind, channels, ...)
+    model:     any field of :class:`hforge.models.ModelConfig` (kind, channels, ...); species and
+               avg_num_neighbors, when left out, are taken from the training data (:data:`FROM_DATA`)
     loss:      weights of the normalised H and S block losses, shift invariance, eigenvalue loss
     optimizer: adam/adamw, learning rate, weight decay, gradient clipping
     schedule:  constant or cosine with linear warm-up
@@ -26,6 +27,7 @@ from hforge.models import ModelConfig
 
 __all__ = [
     "DEFAULT_CONFIG_YAML",
+    "FROM_DATA",
     "DataConfig",
     "LossConfig",
     "OptimizerConfig",
@@ -35,6 +37,16 @@ __all__ = [
     "TrainingConfig",
     "load_config",
 ]
+
+
+#: Model fields that training takes from its data where the config leaves them out, as MACE does:
+#: ``species`` (those of the training and validation structures, in the store's basis order) and
+#: ``avg_num_neighbors`` (the mean number of neighbours within ``r_max`` over the training
+#: structures' atoms).  :class:`~hforge.models.ModelConfig`'s own defaults are aBN's.
+FROM_DATA = ("species", "avg_num_neighbors")
+
+#: The sections of a configuration file.
+SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "training")
 
 
 def _check(section: str, name: str, ok: bool, why: str, value: Any) -> None:
@@ -242,7 +254,14 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole training configuration (see the module docstring)."""
+    """A whole training configuration (see the module docstring).
+
+    Attributes:
+        model_from_data: the fields of :data:`FROM_DATA` that the model section left out: the
+            trainer replaces ``model``'s defaults of those by values of the training data
+            (:meth:`hforge.train.TrainingData.with_data_defaults`), after which it is empty.  Not a
+            section: :meth:`to_dict` writes the resolved values into ``model`` instead.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -250,6 +269,13 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    model_from_data: tuple[str, ...] = FROM_DATA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_from_data", tuple(self.model_from_data))
+        unknown = sorted(set(self.model_from_data) - set(FROM_DATA))
+        if unknown:
+            raise ConfigError(f"config: model fields {unknown} cannot come from the data; only {list(FROM_DATA)}")
 
     @property
     def augment(self) -> bool:
@@ -258,9 +284,10 @@ class TrainConfig:
         return self.model.kind == "invariant" if value == "auto" else bool(value)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-ready dict (tuples as lists); :meth:`from_dict` inverts it."""
+        """JSON/YAML-ready dict (tuples as lists); :meth:`from_dict` inverts it.  The model fields
+        still to come from the data (:attr:`model_from_data`) are left out, as in the YAML."""
         out = {name: asdict(getattr(self, name)) for name in ("data", "loss", "optimizer", "schedule", "training")}
-        out["model"] = self.model.to_dict()
+        out["model"] = {k: v for k, v in self.model.to_dict().items() if k not in self.model_from_data}
         for key in ("train", "val"):
             out["data"][key] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["data"][key].items()}
         return out
@@ -276,10 +303,9 @@ class TrainConfig:
             ConfigError: unknown sections or fields, bad values.
         """
         data = dict(data or {})
-        sections = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - sections)
+        unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"config: unknown sections {unknown}; known: {sorted(sections)}")
+            raise ConfigError(f"config: unknown sections {unknown}; known: {sorted(SECTIONS)}")
         for name, value in data.items():
             if value is not None and not isinstance(value, Mapping):
                 raise ConfigError(f"config: section {name!r} must be a mapping, got {value!r}")
@@ -301,6 +327,7 @@ class TrainConfig:
             optimizer=_from_mapping(OptimizerConfig, "optimizer", data.get("optimizer")),
             schedule=_from_mapping(ScheduleConfig, "schedule", data.get("schedule")),
             training=training,
+            model_from_data=tuple(name for name in FROM_DATA if name not in model),
         )
 
 
@@ -345,6 +372,8 @@ data:
   valence: {}              # Z_valence for bases that lack it, e.g. {B: 3, N: 5} (eigenvalue metrics)
 model:                     # any field of hforge.models.ModelConfig
   kind: equivariant        # equivariant (CG blocks on MACE features) or invariant (baseline)
+  # species: [B, N]        # left out: the species of the data's train and val structures (basis order)
+  # avg_num_neighbors: 40  # left out: mean neighbours within r_max of the training atoms (as MACE)
   r_max: 4.5               # interaction cut-off of the MACE trunk (Å)
   num_interactions: 2
   channels: 16

@@ -50,7 +50,7 @@ import torch
 
 from hforge.errors import ConfigError
 from hforge.files import atomic_write, write_json
-from hforge.graph import collate
+from hforge.graph import collate, neighbour_list
 from hforge.graph.augment import rotate_graph
 from hforge.io import HSData, value_block_types
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
@@ -85,6 +85,8 @@ class TrainingData:
     """The structures of a config's dataset, split by its selections, checked against the model.
 
     Attributes:
+        config: the config with the model fields it left out taken from this data
+            (:meth:`with_data_defaults`).
         store: the :class:`~hforge.io.HSStore`.
         basis: the store's basis with the config's valence charges filled in.
         train, val: indices of the store's structures in each split.
@@ -96,7 +98,6 @@ class TrainingData:
     def __init__(self, config: TrainConfig) -> None:
         from hforge.datasets import load
 
-        self.config = config
         self.store = load(config.data.source).store
         self.basis = with_valence(self.store.basis, config.data.valence)
         manifest = self.store.manifest
@@ -112,8 +113,9 @@ class TrainingData:
         overlap = sorted(set(self.train) & set(self.val))
         if overlap:
             raise ConfigError(f"config: data.train and data.val share structures {[manifest[k]['name'] for k in overlap]}")
-        used = {s for k in self.train + self.val for s in manifest[k]["species"]}
-        missing = sorted(used - set(config.model.species))
+        self.config = config = self.with_data_defaults(config)
+        used = self.species()
+        missing = sorted(set(used) - set(config.model.species))
         if missing:
             raise ConfigError(
                 f"config: the data holds species {missing} that model.species={list(config.model.species)} lacks; "
@@ -122,6 +124,31 @@ class TrainingData:
         unknown = sorted(set(config.model.species) - set(self.store.basis.symbols))
         if unknown:
             raise ConfigError(f"config: model.species {unknown} are not in the data's basis {self.store.basis.symbols}")
+
+    def species(self) -> tuple[str, ...]:
+        """The species of the training and validation structures, in the store's basis order."""
+        used = {s for k in self.train + self.val for s in self.store.manifest[k]["species"]}
+        return tuple(s for s in self.store.basis.symbols if s in used)
+
+    def avg_num_neighbors(self, r_max: float) -> float:
+        """Mean number of neighbours within ``r_max`` (the model's interaction graph: every periodic
+        image, both directions) over all atoms of the training structures, as MACE computes it."""
+        pairs = atoms = 0
+        for k in self.train:
+            data = self.store.read(k)
+            pairs += neighbour_list(data.positions, data.cell, data.pbc, r_max).n_pairs
+            atoms += data.n_atoms
+        return pairs / atoms
+
+    def with_data_defaults(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the model fields of ``config.model_from_data`` (those its model section
+        left out) set from this data (:data:`~hforge.train.config.FROM_DATA`); explicit values stay."""
+        derived: dict[str, Any] = {}
+        if "species" in config.model_from_data:
+            derived["species"] = self.species()
+        if "avg_num_neighbors" in config.model_from_data:
+            derived["avg_num_neighbors"] = self.avg_num_neighbors(config.model.r_max)
+        return replace(config, model=replace(config.model, **derived), model_from_data=())
 
     def name(self, index: int) -> str:
         return self.store.manifest[index]["name"]
@@ -310,7 +337,6 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> None:
         if config.loss.eigen_weight > 0 and config.augment:
             raise ConfigError("config: loss.eigen_weight > 0 needs training.augment_rotations: false (its targets are unrotated)")
-        self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
         training = config.training
@@ -319,6 +345,7 @@ class Trainer:
         if config.loss.reduction == "types" and self.dist.world > 1:
             raise ConfigError("config: loss.reduction=types does not split over processes; use entries")
         self.data = TrainingData(config)
+        self.config = config = self.data.config  # species / avg_num_neighbors from the data where not given
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         self.log_path = self.out_dir / "metrics.jsonl"
         torch.manual_seed(training.seed)

@@ -15,7 +15,7 @@ Algorithm: count nonzeros per row from the pairs, prefix-sum them into the row p
 not nonzeros), then every block writes its entries at precomputed offsets; no COO
 intermediate, no sort over nonzeros, no atomics; output buffers allocated once.
 
-Backends: ``torch`` (numpy/scipy COO -> CSR, the oracle), ``numba`` (parallel CPU), ``cupy``
+Backends: ``torch`` (the reference: numpy/scipy COO -> CSR, the oracle), ``numba`` (parallel CPU), ``cupy``
 (``kernels/assemble.cu``).  Whole matrices: :func:`assemble_csr`.  Row ranges into
 caller-provided buffers (chunked inference of huge cells): :func:`plan_csr_assembly` with
 ``atoms=(begin, end)``, then :meth:`AssemblyPlan.fill`.
@@ -175,7 +175,8 @@ def plan_csr_assembly(
         mask: ``(block_ptr[-1],)`` bool, the block entries to store (a file's sparsity); None
             stores every entry (block-dense).
         atoms: ``(begin, end)`` row atoms; None for all.
-        backend: ``"auto"``, ``"torch"``, ``"numba"`` or ``"cupy"`` (cupy arrays in, cupy out).
+        backend: ``"auto"``, ``"torch"`` (this op's reference: scipy's COO -> CSR on numpy
+            arrays, no torch involved), ``"numba"`` or ``"cupy"`` (cupy arrays in, cupy out).
 
     Raises:
         InputError: invalid pairs or layout (see :func:`~hforge.ops.assemble.layout.check_assembly_inputs`),

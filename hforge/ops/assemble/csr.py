@@ -74,42 +74,77 @@ class AssembledCSR:
             InputError: a row range, not a whole matrix.
             BasisMismatchError: the geometry's orbital count disagrees with the matrix.
 
-        The buffers are installed through ``SparseCSR.__setstate__`` (the pickle protocol, which
-        keeps ``col`` and ``D`` as given when their dtypes fit sisl's index rule: int32 when
-        ``max(n_cols, nnz) < 2**31``, int64 past it, which is what :func:`assemble_csr` writes)
-        and handed to the Hamiltonian as ``sisl.Hamiltonian.fromsp`` does with its own copy.
-        GPU buffers are copied to the host first.
+        The buffers are installed through sisl internals (:func:`_sisl_sharing_buffers`): the
+        pickle protocol of ``SparseCSR``, which keeps ``col`` and ``D`` as given when their
+        dtypes fit sisl's index rule (int32 when ``max(n_cols, nnz) < 2**31``, int64 past it,
+        which is what :func:`assemble_csr` writes), handed to the Hamiltonian as
+        ``sisl.Hamiltonian.fromsp`` does with its own copy.  The hand-over is checked on sisl
+        0.15.2, 0.16.0, 0.16.4 and 0.20.0 (pyproject.toml keeps sisl at 0.20.x: the older ones'
+        k-space kernels take no int64 indices); should a sisl change them, the same matrices come through
+        sisl's public ``Hamiltonian.fromsp`` from scipy matrices instead (a copy; explicit zeros
+        of the pattern dropped), with a warning.  GPU buffers are copied to the host first.
         """
-        import sisl
-
         n_rows = self.shape[0]
         if self.row_offset != 0 or n_rows != geometry.no:
             raise (InputError if self.row_offset else BasisMismatchError)(
                 f"to_sisl: matrix rows [{self.row_offset}, {self.row_offset + n_rows}) are not the "
                 f"{geometry.no} orbitals of the geometry"
             )
-        geometry = geometry.copy()
-        geometry.set_nsc(self.nsc)
-        indices, data = _host(self.indices), _host(self.data)
-        n_matrices = data.shape[1]
+        n_matrices = self.data.shape[1]
         if not orthogonal and n_matrices < 2:
             raise InputError("to_sisl: a non-orthogonal Hamiltonian needs H and S (K >= 2 matrices)")
-        csr = sisl.SparseCSR((n_rows, self.shape[1], n_matrices), dtype=data.dtype, nnz=1)
-        csr.__setstate__(
-            {
-                "shape": (n_rows, self.shape[1], n_matrices),
-                "ncol": np.diff(_host(self.indptr)),
-                "col": indices,
-                "D": data,
-                "finalized": True,
-            }
-        )
-        if csr.col is not indices or csr._D is not data:  # correct, but a copy: a sisl with another index rule
-            warnings.warn("to_sisl: this sisl copied the CSR buffers (index dtype rule changed?)", stacklevel=2)
-        hamiltonian = sisl.Hamiltonian(
-            geometry, dim=n_matrices if orthogonal else n_matrices - 1, dtype=data.dtype, nnzpr=1,
-            orthogonal=orthogonal,
-        )
-        hamiltonian._csr = csr
-        hamiltonian._reset()
-        return hamiltonian
+        geometry = geometry.copy()
+        geometry.set_nsc(self.nsc)
+        try:
+            return _sisl_sharing_buffers(self, geometry, orthogonal)
+        except _SISL_INTERNALS_CHANGED as exc:
+            warnings.warn(
+                f"to_sisl: this sisl's SparseCSR internals differ ({type(exc).__name__}: {exc}); "
+                "building the Hamiltonian through Hamiltonian.fromsp (a copy)",
+                stacklevel=2,
+            )
+        return _sisl_from_scipy(self, geometry, orthogonal)
+
+
+#: What a sisl whose ``SparseCSR`` / ``SparseGeometry`` internals changed raises in :func:`_sisl_sharing_buffers`.
+_SISL_INTERNALS_CHANGED = (AttributeError, KeyError, TypeError, ValueError)
+
+
+def _sisl_sharing_buffers(csr: AssembledCSR, geometry: Any, orthogonal: bool) -> Any:
+    """The Hamiltonian on ``csr``'s own buffers, through sisl internals (``SparseCSR.__setstate__``,
+    ``_csr``, ``_reset``).
+
+    Raises:
+        AttributeError, KeyError, TypeError, ValueError: the internals are not what this was
+            written for (checked: the result must hold the pattern it was given).
+    """
+    import sisl
+
+    indices, data, indptr = _host(csr.indices), _host(csr.data), _host(csr.indptr)
+    n_rows, n_cols = csr.shape
+    n_matrices = data.shape[1]
+    sparse = sisl.SparseCSR((n_rows, n_cols, n_matrices), dtype=data.dtype, nnz=1)
+    sparse.__setstate__(
+        {"shape": (n_rows, n_cols, n_matrices), "ncol": np.diff(indptr), "col": indices, "D": data, "finalized": True}
+    )
+    hamiltonian = sisl.Hamiltonian(
+        geometry, dim=n_matrices if orthogonal else n_matrices - 1, dtype=data.dtype, nnzpr=1, orthogonal=orthogonal,
+    )
+    hamiltonian._csr = sparse
+    hamiltonian._reset()
+    kept = tuple(hamiltonian.shape) == (n_rows, n_cols, n_matrices) and hamiltonian.nnz == csr.nnz
+    if not (kept and np.array_equal(hamiltonian._csr.ptr, indptr)):
+        raise ValueError("sisl did not keep the CSR pattern it was given")
+    if sparse.col is not indices or sparse._D is not data:  # correct, but a copy: a sisl with another index rule
+        warnings.warn("to_sisl: this sisl copied the CSR buffers (index dtype rule changed?)", stacklevel=3)
+    return hamiltonian
+
+
+def _sisl_from_scipy(csr: AssembledCSR, geometry: Any, orthogonal: bool) -> Any:
+    """The Hamiltonian through sisl's public API: ``Hamiltonian.fromsp`` of one scipy matrix per component."""
+    import sisl
+
+    matrices = [csr.to_scipy(k) for k in range(csr.data.shape[1])]
+    if orthogonal:
+        return sisl.Hamiltonian.fromsp(geometry, matrices)
+    return sisl.Hamiltonian.fromsp(geometry, matrices[:-1], S=matrices[-1])
