@@ -83,9 +83,27 @@ def test_default_config_yaml_is_the_default_config():
     assert config.augment and config.model.dtype == "float32"
 
 
-def test_print_default_config_cli():
-    result = CliRunner().invoke(app, ["train", "--print-default-config"])
-    assert result.exit_code == 0 and result.output == DEFAULT_CONFIG_YAML
+#: mace prints a line to stdout when imported without cuEquivariance: hide cuEquivariance to provoke it.
+NO_CUEQ = "import sys; sys.modules['cuequivariance'] = sys.modules['cuequivariance_torch'] = None; "
+
+
+def test_print_default_config_is_pure_yaml_that_trains(tmp_path):
+    provoked = subprocess.run([sys.executable, "-c", NO_CUEQ + "import mace.modules"], env=env(), capture_output=True,
+                              text=True, timeout=300)
+    assert "cuequivariance" in provoked.stdout  # the print that must not reach hforge's stdout
+    code = NO_CUEQ + "sys.argv = ['hforge', 'train', '--print-default-config']; from hforge.cli.main import app; app()"
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == DEFAULT_CONFIG_YAML
+    config = yaml.safe_load(done.stdout)
+    config["training"].update(max_steps=2, val_every=2, checkpoint_every=2, val_eigenvalues=False, device="cpu")
+    path = write_config(tmp_path / "d.yaml", config)
+    with one_thread():
+        trainer = Trainer(load_config(path), tmp_path / "run", progress=False)
+        assert [trainer.data.name(k) for k in trainer.data.train] == ["abn_8_0", "abn_8_1", "abn_16_0"]
+        assert [trainer.data.name(k) for k in trainer.data.val] == ["abn_24_0"]  # the bundled store's own split
+        result = trainer.run()
+    assert result.steps == 2 and np.isfinite(result.validation["mean"]["h_mae_meV"])
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,10 @@ Default configs (16 channels up to l = 2, 2 MACE layers): 84,584 parameters (equ
 
 from __future__ import annotations
 
+from hforge._compat import import_mace
+
+import_mace()  # before any module of this package imports mace: its import-time print kept off stdout
+
 from hforge.models.base import HSBlocks, HSModel
 from hforge.models.checkpoint import build_model, init_trunk_from_mace, load_checkpoint, load_model, save_model
 from hforge.models.config import KINDS, ModelConfig

@@ -105,8 +105,8 @@ class TrainingData:
         self.store = load(config.data.source).store
         self.basis = with_valence(self.store.basis, config.data.valence)
         manifest = self.store.manifest
-        self.train = [k for k, e in enumerate(manifest) if config.data.train.matches(e["name"], e["n_atoms"])]
-        self.val = [k for k, e in enumerate(manifest) if config.data.val.matches(e["name"], e["n_atoms"])]
+        self.train = [k for k, e in enumerate(manifest) if config.data.train.matches(e["name"], e["n_atoms"], e.get("split"))]
+        self.val = [k for k, e in enumerate(manifest) if config.data.val.matches(e["name"], e["n_atoms"], e.get("split"))]
         for split in ("train", "val"):
             if not getattr(self, split):
                 sizes = sorted({e["n_atoms"] for e in manifest})
