@@ -41,6 +41,23 @@ def test_inspect_names_the_file_of_an_error(tmp_path):
     assert result.exit_code == 1 and str(bad) in result.output.replace("\n", "")
 
 
+def test_user_text_is_printed_literally(abn_dir, tmp_path):
+    # rich reads "[...]" as markup: "[/y]" in a path crashed the error handler, "[bold]" vanished
+    folder = tmp_path / "runs[" / "y]"
+    folder.mkdir(parents=True)
+    bad = folder / "x.TSHS"
+    bad.write_bytes(b"\x04\x00\x00\x00garbage")
+    result = runner.invoke(app, ["data", "inspect", str(bad)])
+    assert result.exit_code == 1 and f"error: {bad}: truncated" in result.output.replace("\n", "")
+    empty = tmp_path / "[bold]abn_8_1"
+    empty.mkdir()
+    (empty / "abn_8_1.fdf").write_bytes((abn_dir / "runs/abn_8_1/abn_8_1.fdf").read_bytes())
+    runs = [str(abn_dir / "runs/abn_8_0"), str(empty)]
+    result = runner.invoke(app, ["data", "convert", *runs, "-o", str(tmp_path / "s.h5"), "--basis", str(abn_dir / "basis")])
+    assert result.exit_code == 2, result.output  # converted, with one run skipped
+    assert f"skipped {empty}: {empty}: no H/S output" in result.output.replace("\n", "")
+
+
 def test_convert_with_a_basis_folder(abn_dir, tmp_path):
     out = tmp_path / "s.h5"
     runs = [str(abn_dir / "runs" / name) for name in ("abn_8_0", "abn_8_1")]

@@ -62,7 +62,7 @@ def test_predict_writes_what_the_predictor_gives(files, tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ("species", "UnknownSpecies|not in the basis"),
+        ("species", r"species \['C'\] are not in the basis"),  # the name as the user wrote it, not np.str_('C')
         ("overlap", "overlapping atoms"),
         ("output", "does not exist"),
         ("suffix", "must end in .TSHS or .nc"),

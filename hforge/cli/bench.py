@@ -40,9 +40,9 @@ def scaling_command(
             budget = parse_bytes(max_memory)
         results = run_scaling(
             atoms, out, cache_dir=cache, model=model, max_memory=budget, dtype=dtype, graph2mat=graph2mat,
-            echo=lambda line: console.print(line, highlight=False),
+            echo=lambda line: console.print(line, highlight=False, markup=False),
         )
     from hforge.infer.scaling import scaling_table
 
     console.print(scaling_table(results), highlight=False)
-    console.print(f"results: {out / 'results.json'}, {out / 'table.md'}, {out / 'scaling.png'}", highlight=False)
+    console.print(f"results: {out / 'results.json'}, {out / 'table.md'}, {out / 'scaling.png'}", highlight=False, markup=False)

@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import escape, user_errors
 from hforge.cli.evaluate import metrics_table, wide_console, write_json
 from hforge.io import HSData
 
@@ -84,7 +84,7 @@ def demo(
     train_names = [e["name"] for e in load("abn-small").store.manifest if e["split"] == "train"]
     reference = demo_test_cell(shared)
     name = Path(reference.source).stem
-    console.print(f"test cell: {name} ({reference.n_atoms} atoms, {reference.source})")
+    console.print(f"test cell: {name} ({reference.n_atoms} atoms, {reference.source})", markup=False)
     n_occupied = n_occupied_states(reference.basis, reference.species)
     table, checkpoints, budget, figures, logs = {}, {}, {}, {}, {}
     for kind in ("equivariant", "invariant"):
@@ -113,10 +113,10 @@ def demo(
         "settings": {"eigenvalue_window_eV": 2.0, "orthogonalization_threshold": 1e-3, "n_occupied": n_occupied},
     }
     write_json(out / "results.json", results)
-    console.print(metrics_table(table, title=f"{name} ({reference.n_atoms} atoms), never seen in training", first="model"))
+    console.print(metrics_table(table, title=f"{escape(name)} ({reference.n_atoms} atoms), never seen in training", first="model"))
     for kind, info in budget.items():
         console.print(f"{kind}: {info['steps']} steps in {info['wall_s']:.0f} s ({info['structures_per_s']:.2f} structures/s)")
-    console.print(f"output folder: {out.resolve()}")
+    console.print(f"output folder: {out.resolve()}", markup=False)
     return results
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import escape, user_errors
 
 __all__ = ["COLUMNS", "evaluate_command", "iter_references", "json_safe", "metrics_table", "parse_valence", "wide_console", "write_json"]
 
@@ -44,13 +44,14 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def metrics_table(rows: Mapping[str, Mapping[str, Any]], *, title: str, first: str = "structure") -> Table:
-    """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`)."""
+    """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`); ``title``
+    is rich markup (escape user text in it), the labels are printed as they are."""
     table = Table(title=title)
     table.add_column(first)
     for header in COLUMNS.values():
         table.add_column(header, justify="right")
     for label, row in rows.items():
-        table.add_row(label, *(_fmt(k, row.get(k)) for k in COLUMNS))
+        table.add_row(escape(label), *(_fmt(k, row.get(k)) for k in COLUMNS))
     return table
 
 
@@ -125,10 +126,12 @@ def evaluate_command(
         evaluation = evaluate_structures(
             model, iter_references(data, split=split, basis=basis), window=window, threshold=threshold,
             eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
-            on_structure=lambda e: console.print(f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"),
+            on_structure=lambda e: console.print(
+                f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV", markup=False
+            ),
         )
-    console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{checkpoint} per structure"))
+    console.print(metrics_table({e["name"]: e["summary"] for e in evaluation.structures}, title=f"{escape(checkpoint)} per structure"))
     console.print(metrics_table({n: g["summary"] for n, g in evaluation.groups.items()}, title="per size", first="atoms"))
     if json_out is not None:
         result = {"checkpoint": str(checkpoint), "model": model.config.to_dict(), **evaluation.to_dict()}
-        console.print(f"wrote {write_json(json_out, result)}")
+        console.print(f"wrote {write_json(json_out, result)}", markup=False)

@@ -86,4 +86,5 @@ def predict_command(
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
+        markup=False,
     )

@@ -40,10 +40,14 @@ def train_command(
             console.print(
                 f"training {cfg.model.kind} on {len(trainer.data.train)} structures of {cfg.data.source} "
                 f"(validation: {len(trainer.data.val)}), {sum(p.numel() for p in trainer.model.parameters())} parameters, "
-                f"{trainer.dist.world} process(es), device {trainer.device}" + (f", resumed at step {trainer.step}" if resume else "")
+                f"{trainer.dist.world} process(es), device {trainer.device}" + (f", resumed at step {trainer.step}" if resume else ""),
+                markup=False,
             )
         result = trainer.run()
     if trainer.dist.is_main:
         mean = result.validation.get("mean", {})
-        console.print(json.dumps({"validation_mean": mean, "throughput": result.throughput}, indent=1, default=str))
-        console.print(f"checkpoints: {result.last}" + (f", {result.best}" if result.best else "") + f"\noutput folder: {out.resolve()}")
+        console.print(json.dumps({"validation_mean": mean, "throughput": result.throughput}, indent=1, default=str), markup=False)
+        console.print(
+            f"checkpoints: {result.last}" + (f", {result.best}" if result.best else "") + f"\noutput folder: {out.resolve()}",
+            markup=False,
+        )
