@@ -14,6 +14,7 @@ of SIESTA runs knows which one is broken::
     │   └── ConfigError                     invalid configuration (YAML, CLI options)
     ├── UnsupportedSystemError              valid input that HForge cannot handle yet
     ├── ConvergenceError                    a SIESTA run that did not converge
+    ├── OutputError                         a file that could not be written (full disk, read-only place)
     ├── ResourceLimitError                  a memory budget too small for the work
     └── BackendUnavailableError (also RuntimeError)  a kernel backend missing here
 """
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "UnsupportedSystemError",
     "ConvergenceError",
+    "OutputError",
     "ResourceLimitError",
     "BackendUnavailableError",
 ]
@@ -86,6 +88,11 @@ class UnsupportedSystemError(HForgeError):
 
 class ConvergenceError(HForgeError):
     """A calculation (e.g. a SIESTA SCF cycle) that did not converge."""
+
+
+class OutputError(HForgeError):
+    """A file that could not be written (full disk, a read-only or special folder such as ``/proc``);
+    the writers leave no partial or temporary file behind."""
 
 
 class ResourceLimitError(HForgeError):

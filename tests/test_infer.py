@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import resource
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 import hforge
-from hforge.errors import FileFormatError, GeometryError, InputError, ResourceLimitError, UnknownSpeciesError
+from hforge.errors import (
+    FileFormatError,
+    GeometryError,
+    HForgeError,
+    InputError,
+    OutputError,
+    ResourceLimitError,
+    UnknownSpeciesError,
+)
 from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
+from hforge.io.atomic import temp_path
 from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
 
 # A tiny float64 model on the bundled DZP basis with its orbital radii scaled down (pair
@@ -76,6 +88,19 @@ def cell256(cell64):
     atoms = cell64.repeat((2, 2, 1))
     atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
     return atoms[rng.permutation(len(atoms))]
+
+
+@contextlib.contextmanager
+def file_size_limit(n_bytes: int):
+    """Writes beyond ``n_bytes`` fail with EFBIG, as on a full disk (SIGXFSZ ignored, as its default kills)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def assert_same(a, b, tol=1e-12):
@@ -255,19 +280,43 @@ def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64,
         check_output_path(tmp_path / "nowhere" / "out.TSHS")
     with pytest.raises(InputError, match="is a folder"):
         check_output_path(tmp_path / "dir.TSHS" if (tmp_path / "dir.TSHS").mkdir() is None else None)
+    import sisl
     import sisl.io.siesta.binaries as binaries
 
     hamiltonian = predictor.predict(cell64)
+    for suffix in (".TSHS", ".nc"):  # a real failed write: the file size limit (EFBIG) as a full disk would
+        with file_size_limit(100_000), pytest.raises(OutputError, match=f"out{suffix}: .*(File too large|truncated|HDF)"):
+            write_hamiltonian(hamiltonian, tmp_path / f"out{suffix}")
+    assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
+    monkeypatch.chdir(tmp_path)  # sisl's Fortran writer, failing to open a file, writes fort.1000 here
+    with pytest.raises(HForgeError, match="^/proc/out.TSHS: "):  # check_output_path or the write itself
+        write_hamiltonian(hamiltonian, "/proc/out.TSHS")
+    assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
 
     def broken(self, *args, **kwargs):
         with open(self.file, "wb") as handle:
             handle.write(b"partial")
-        raise OSError("disk full")
+        raise sisl.io.SileError(f"{self}.write_hamiltonian could not write Hamiltonian and overlap matrix. (ierr=28)")
 
     monkeypatch.setattr(binaries.tshsSileSiesta, "write_hamiltonian", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="out.TSHS: cannot write it: No space left on device"):
         write_hamiltonian(hamiltonian, tmp_path / "out.TSHS")
     assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed(predictor, cell64, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out.TSHS"
+    # a dead process's file goes; a running one's stays (pytest's parent: this process's own name is the write's)
+    stale, running = temp_path(out, int(dead.stdout)), temp_path(out, os.getppid())
+    other = tmp_path / f".other.{int(dead.stdout)}.tmp.TSHS"
+    for path in (stale, running, other):
+        path.write_bytes(b"partial")
+    write_hamiltonian(predictor.predict(cell64), out)
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, running.name, other.name])
 
 
 def test_predict_many_equals_predict(predictor, cell64, bundled):

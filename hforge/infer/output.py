@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from hforge.errors import FileFormatError, InputError
+from hforge.io.atomic import atomic_output
+from hforge.io.siesta import check_written_tshs
 
 __all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
 
@@ -37,15 +39,19 @@ def check_output_path(path: str | os.PathLike) -> Path:
 def write_hamiltonian(hamiltonian: Any, path: str | os.PathLike) -> Path:
     """Write a ``sisl.Hamiltonian`` (with S) as ``.TSHS`` or ``.nc``: temp file, then rename.
 
-    A failed or killed write leaves no partial file under ``path``.  Returns the path.
+    A failed, interrupted (Ctrl-C, SIGTERM through the CLI) or killed write leaves no partial file
+    under ``path``; temporary files that killed runs left beside it are removed
+    (:func:`hforge.io.atomic.atomic_output`).  Returns the path.
+
+    Raises:
+        FileFormatError, InputError: as :func:`check_output_path`.
+        OutputError: the write failed (full disk, a folder like ``/proc``), naming the path.
     """
     import sisl
 
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
+    with atomic_output(path) as tmp:
         sisl.get_sile(str(tmp), mode="w").write_hamiltonian(hamiltonian)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if path.suffix == ".TSHS":
+            check_written_tshs(tmp, path)  # sisl's Fortran writer can miss a failed write
     return path

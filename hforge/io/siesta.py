@@ -29,12 +29,14 @@ from hforge.errors import (
     BasisMismatchError,
     FileFormatError,
     HForgeError,
+    OutputError,
     UnknownSpeciesError,
     UnsupportedSystemError,
 )
+from hforge.io.atomic import atomic_output
 from hforge.io.hsdata import HSData
 
-__all__ = ["read_hs", "write_hs", "find_hs_file", "HS_SUFFIXES", "RY_TO_EV"]
+__all__ = ["read_hs", "write_hs", "find_hs_file", "check_written_tshs", "HS_SUFFIXES", "RY_TO_EV"]
 
 #: Matrix files in the order an fdf's SystemLabel is resolved (sisl's order).
 HS_SUFFIXES = (".nc", ".TSHS", ".HSX")
@@ -395,11 +397,39 @@ def _siesta_layout(data: HSData) -> dict[str, np.ndarray]:
     }
 
 
+def check_written_tshs(path: str | os.PathLike, target: str | os.PathLike) -> list[tuple[int, int]]:
+    """The Fortran records of a TSHS file just written to ``path``, checked to be complete.
+
+    sisl's Fortran writer does not always report a failed write: a write cut short by a full disk
+    or a file size limit can return without an error and leave a truncated file.  A complete TSHS
+    (the format sisl writes) has ``11 + n_orbitals (2 + n_spin)`` records that tile the file.
+
+    Raises:
+        OutputError: a truncated or incomplete file, naming ``target`` (the path the user asked for).
+    """
+    from sisl.io.siesta import _siesta
+
+    path = Path(path)
+    try:
+        records = _fortran_records(path)
+        nspin, _, no_u, _, _ = (int(x) for x in _siesta.read_tshs_sizes(str(path)))
+    except (HForgeError, OSError, ValueError) as exc:
+        detail = exc.message if isinstance(exc, HForgeError) else str(exc)
+        raise OutputError(f"the written file is truncated (full disk or file size limit?): {detail}", path=target) from exc
+    expected = 11 + no_u * (2 + nspin)
+    if len(records) != expected:
+        raise OutputError(
+            f"the written file is incomplete ({len(records)} of {expected} records; full disk or file size limit?)",
+            path=target,
+        )
+    return records
+
+
 def _geometry_bohr(data: HSData) -> tuple[np.ndarray, np.ndarray]:
     return _to_stored(data.cell, BOHR_TO_ANG), _to_stored(data.positions, BOHR_TO_ANG)
 
 
-def _write_tshs(data: HSData, path: Path) -> None:
+def _write_tshs(data: HSData, path: Path, target: Path) -> None:
     from sisl.io.siesta import _siesta
 
     layout = _siesta_layout(data)
@@ -427,7 +457,7 @@ def _write_tshs(data: HSData, path: Path) -> None:
         np.asfortranarray(layout["isc"].T.astype(np.int32)),
     )
     # sisl's writer records E_F = 0: set the (Ef, Qtot, Temp) record, the 7th.
-    offset, length = _fortran_records(path)[6]
+    offset, length = check_written_tshs(path, target)[6]
     if length != 24:
         raise FileFormatError(f"unexpected TSHS layout written by sisl (record 7 has {length} bytes)", path=path)
     with open(path, "r+b") as f:
@@ -435,7 +465,7 @@ def _write_tshs(data: HSData, path: Path) -> None:
         f.write(struct.pack("<d", ef))
 
 
-def _write_nc(data: HSData, path: Path) -> None:
+def _write_nc(data: HSData, path: Path, target: Path) -> None:
     import netCDF4
     import sisl
 
@@ -481,18 +511,15 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
 
     Raises:
         FileFormatError: an extension other than ``.TSHS``/``.nc``.
+        OutputError: the file cannot be written (full disk, read-only or special folder); no
+            partial or temporary file is left.
     """
     path = Path(path)
     writers = {".TSHS": _write_tshs, ".nc": _write_nc}
     writer = writers.get(path.suffix)
     if writer is None:
         raise FileFormatError("HForge writes .TSHS and .nc files", path=path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        writer(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path) as tmp:
+        writer(data, tmp, path)
     return path
 

@@ -37,6 +37,7 @@ import numpy as np
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
 from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
+from hforge.io.atomic import atomic_output
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import read_hs
@@ -179,10 +180,9 @@ def write_store(
     import h5py
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     manifest = []
     accumulator = StatisticsAccumulator(basis)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             root = h5.create_group("structures")
             for name, data, sha in structures:
@@ -206,10 +206,6 @@ def write_store(
             write_basis(h5, basis)
             h5.create_dataset("manifest", data=json.dumps(manifest))
             _save_statistics(h5, accumulator.result())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -384,8 +380,6 @@ def convert(
         basis = BasisSet.from_folder(basis)
     parts = store.with_name(store.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in store.parent.glob(f".{store.name}.*.tmp"):
-        stale.unlink()
     options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
     old = HSStore(store) if store.is_file() else None
     same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
@@ -424,12 +418,16 @@ def convert(
 
     def structures() -> Iterable[tuple[str, HSData, str]]:
         for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
-            with h5py.File(part, "r") as h5:
-                data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
-                data = _remap(data, merged)
-                source = Path(str(h5.attrs["source_path"]))
-                data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
-                yield name, data, str(h5.attrs["source_sha256"])
+            try:
+                with h5py.File(part, "r") as h5:
+                    data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
+                    source = Path(str(h5.attrs["source_path"]))
+                    sha = str(h5.attrs["source_sha256"])
+            except (OSError, KeyError) as exc:
+                raise FileFormatError(f"cannot read this converted part (delete it to convert its run again): {exc}", path=part) from exc
+            data = _remap(data, merged)
+            data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
+            yield name, data, sha
 
     write_store(
         store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
@@ -443,17 +441,12 @@ def _save_part(part: Path, data: HSData, dtype: Any, half: bool, source: Path, s
     """One structure (read from the file ``source``) in its own file, atomically."""
     import h5py
 
-    tmp = part.with_name(f".{part.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(part) as tmp:
         with h5py.File(tmp, "w") as h5:
             _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
             write_basis(h5, data.basis)
             h5.attrs["source_path"] = str(source)
             h5.attrs["source_sha256"] = sha
-        os.replace(tmp, part)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _part_basis(part: Path) -> BasisSet:
