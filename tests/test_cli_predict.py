@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +94,43 @@ def test_bad_input_fails_cleanly_without_output(files, tmp_path, change, words):
 
     assert re.search(words, result.output)
     assert sorted(os.listdir(tmp_path)) == ["bad.traj"]
+
+
+#: ``hforge predict`` whose TSHS write hangs after its first bytes (the temp file exists), for a SIGTERM to hit it.
+HANGING_WRITE = """
+import sys, time
+import sisl.io.siesta.binaries as binaries
+
+def hang(self, *args, **kwargs):
+    with open(self.file, "wb") as handle:
+        handle.write(b"partial")
+    time.sleep(300)
+
+binaries.tshsSileSiesta.write_hamiltonian = hang
+from hforge.cli.main import app
+sys.argv = ["hforge", *sys.argv[1:]]
+app()
+"""
+
+
+def test_sigterm_during_the_write_leaves_no_temporary_file(files, tmp_path):
+    checkpoint, structure, _ = files
+    out = tmp_path / "out.TSHS"
+    command = [sys.executable, "-c", HANGING_WRITE, "predict", str(checkpoint), str(structure), "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.*.tmp.TSHS")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        process.send_signal(signal.SIGTERM)  # as `timeout` or a batch scheduler does
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_parse_bytes():
