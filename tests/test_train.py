@@ -254,6 +254,32 @@ def checkpoint(tmp_path_factory):
     return Trainer(load_config(config), out, progress=False).run().last
 
 
+def test_a_run_folder_is_not_overwritten_without_resume_or_overwrite(checkpoint, tmp_path):
+    folder = checkpoint.parent  # the module's trained run: last.pt, best.pt, metrics.jsonl
+    before = {name: (folder / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.jsonl")}
+    config = tiny(training={"max_steps": 2, "val_every": 2, "checkpoint_every": 2})
+    with pytest.raises(ConfigError, match=f"^{folder}: holds a training run .*--resume.*another --out.*--overwrite"):
+        Trainer(load_config(config), folder, progress=False)
+    path = write_config(tmp_path / "tiny.yaml", config)
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(folder), "--no-progress"])
+    assert result.exit_code == 1 and "--resume" in result.output, result.output
+    with pytest.raises(ConfigError, match="choose one"):
+        Trainer(load_config(config), folder, resume=True, overwrite=True, progress=False)
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in before:
+        (copy / name).write_bytes(before[name])
+    (copy / "metrics.jsonl").write_text('{"step": 1, "loss": 1e9}\n' * 5)  # an old log that must not be extended
+    with one_thread():
+        Trainer(load_config(tiny(training={"max_steps": 1, "val_every": 5, "checkpoint_every": 5})), copy,
+                overwrite=True, progress=False).run(final_validation=False)
+    log = read_log(copy / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1] and log[0]["loss"] < 1e9
+    assert not (copy / "best.pt").exists()  # the old run's best.pt went with it (no validation in the new one)
+
+
 def test_evaluation_matches_an_independent_oracle(checkpoint):
     model, _ = load_checkpoint(checkpoint)
     data = load("abn-small")

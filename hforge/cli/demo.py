@@ -91,7 +91,7 @@ def demo(
         config = load_config(demo_config(kind, steps))
         console.print(f"[bold]{kind}[/bold]: training {steps} steps on the abn-small training cells (8-16 atoms)")
         start = time.perf_counter()
-        result = Trainer(config, out / kind, progress=progress).run(final_validation=False)  # evaluated below
+        result = Trainer(config, out / kind, progress=progress, overwrite=True).run(final_validation=False)  # evaluated below
         budget[kind] = {"steps": result.steps, "wall_s": time.perf_counter() - start, **result.throughput}
         model, _ = load_checkpoint(result.last)
         checkpoints[kind] = str(result.last.resolve())
@@ -121,7 +121,7 @@ def demo(
 
 
 def demo_command(
-    out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder (a demo already there is replaced)."),
     steps: int = typer.Option(DEMO_STEPS, "--steps", min=1, help="Optimizer steps per model (the budget)."),
     shared: Path = typer.Option(None, "--shared", help="Shared data folder holding abn/runs/abn_64_0 "
                                 "(default $HFORGE_SHARED or ../shared; without it the bundled 24-atom cell is the test)."),
