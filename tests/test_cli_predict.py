@@ -133,6 +133,20 @@ def test_sigterm_during_the_write_leaves_no_temporary_file(files, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_learned_overlap_is_reported_by_the_cli(abn_dir, tmp_path):
+    from hforge.io import read_hs
+    from test_infer import as_atoms
+
+    data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+    structure = tmp_path / "abn_8_0.xyz"
+    as_atoms(data, data.basis).write(structure)
+    out = tmp_path / "out.TSHS"
+    result = CliRunner().invoke(app, ["predict", "abn-dzp", str(structure), "-o", str(out)])  # a learned S
+    assert result.exit_code == 0, result.output
+    assert f"warning: {structure}: the model learns S" in result.output.replace("\n", "")
+    assert "not positive definite" in result.output and out.is_file()
+
+
 def test_parse_bytes():
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1e6") == 10**6
     with pytest.raises(ConfigError):

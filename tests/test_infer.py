@@ -7,6 +7,7 @@ import dataclasses
 import os
 import resource
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from hforge.errors import (
     HForgeError,
     InputError,
     OutputError,
+    OverlapWarning,
     ResourceLimitError,
     UnknownSpeciesError,
 )
@@ -243,7 +245,8 @@ def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
     run = abn_dir / "runs" / "abn_64_0" / "abn_64_0.TSHS"
     reference = sisl.get_sile(run).read_hamiltonian()
     assert "abn-dzp" in pretrained_names()
-    predicted = hforge.load("abn-dzp").predict(read_hs(run))
+    with pytest.warns(OverlapWarning, match="not positive definite"):  # its learned S (see the next test)
+        predicted = hforge.load("abn-dzp").predict(read_hs(run))
     assert predicted.no == reference.no
     s_ref = reference.tocsr(reference.S_idx).tocoo()
     keep = s_ref.data != 0
@@ -258,6 +261,33 @@ def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
     ours = np.asarray(predicted.tocsr(1)[rows, isc * width + cols % width]).ravel()
     assert np.abs(ours - values).mean() < 0.02
     assert np.isfinite(predicted.tocsr(0).data).all()
+
+
+def test_a_learned_overlap_that_is_not_positive_definite_is_reported(abn_dir, bundled, monkeypatch):
+    import hforge.infer.overlap as overlap_module
+    from hforge.io import read_hs
+
+    data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+    learned = hforge.load("abn-dzp")  # written before exact S existed: its S is learned
+    assert learned.model.learns_overlap
+    with pytest.warns(OverlapWarning, match=r"not positive definite: S\(Γ\) has the eigenvalue -.*overlap='exact'") as caught:
+        hamiltonian = learned.predict(data)
+    s = hamiltonian.Sk(format="array")
+    low = np.linalg.eigvalsh(0.5 * (s + s.T))[0]  # all eigenvalues (the check factorizes, then asks LAPACK for one)
+    assert low < 0 and f"{low:.3e}" in str(caught[0].message)
+    with pytest.warns(OverlapWarning, match=f"eigenvalue {low:.3e}"):  # predict_many checks too
+        learned.predict_many([data])
+    with pytest.warns(OverlapWarning, match=r"S was not checked \(104 orbitals"):
+        monkeypatch.setattr(overlap_module, "OVERLAP_CHECK_MAX_ORBITALS", 100)
+        learned.predict(data)
+
+    torch.manual_seed(0)
+    exact = Predictor(build_model(TINY, bundled.basis).eval())  # exact S (the default): never warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverlapWarning)
+        s = exact.predict(data).Sk(format="array")
+    np.testing.assert_allclose(s, data.matrix_at_k(which="s"), atol=1e-7)  # SIESTA's S: positive definite
+    assert np.linalg.eigvalsh(s)[0] > 0
 
 
 @pytest.mark.parametrize("suffix", [".TSHS", ".nc"])

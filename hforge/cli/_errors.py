@@ -29,7 +29,7 @@ from rich.markup import escape as _escape
 
 from hforge.errors import HForgeError
 
-__all__ = ["Terminated", "escape", "handle_sigterm", "user_errors"]
+__all__ = ["Terminated", "escape", "handle_sigterm", "printed_warnings", "user_errors"]
 
 #: Exit status of a command stopped by SIGTERM.
 SIGTERM_STATUS = 128 + signal.SIGTERM
@@ -59,6 +59,28 @@ def handle_sigterm() -> Callable[[], None]:
 def escape(value: object) -> str:
     """``str(value)`` with rich markup escaped: printed literally by a rich console."""
     return _escape(str(value))
+
+
+@contextmanager
+def printed_warnings(console: Console) -> Iterator[None]:
+    """Print the :class:`~hforge.errors.HForgeWarning` s raised in the block as ``warning: <message>``
+    lines on ``console`` (each once, also when the block fails); other warnings are shown as usual."""
+    import warnings
+
+    from hforge.errors import HForgeWarning
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", HForgeWarning)
+            yield
+    finally:  # outside catch_warnings: showwarning writes to stderr again
+        seen = set()
+        for item in caught:
+            if not issubclass(item.category, HForgeWarning):
+                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+            elif str(item.message) not in seen:
+                seen.add(str(item.message))
+                console.print(f"[yellow]warning:[/yellow] {escape(item.message)}", highlight=False)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import printed_warnings, user_errors
 
 __all__ = ["parse_bytes", "predict_command"]
 
@@ -56,7 +56,7 @@ def predict_command(
     from hforge.infer import check_output_path, load, peak_rss_bytes, write_hamiltonian
 
     console = Console(stderr=True, soft_wrap=True)
-    with user_errors():
+    with user_errors(), printed_warnings(console):
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"--dtype {dtype!r}: choose float64 or float32")
         check_output_path(out)
@@ -72,6 +72,9 @@ def predict_command(
             )
             if hamiltonian is None:  # not rank 0: its part is merged there
                 return
+            from hforge.infer.overlap import check_learned_overlap
+
+            check_learned_overlap(predictor.model, hamiltonian, source=str(structure))
         else:
             hamiltonian = predictor.predict(
                 structure, max_memory=budget, mode=mode, parts=parts, dtype=np.dtype(dtype), backend=backend,

@@ -41,6 +41,7 @@ from hforge.infer.chunks import (
     interplanar_spacings,
     receptive_field,
 )
+from hforge.infer.overlap import check_learned_overlap
 from hforge.models.base import HSModel, pair_vectors
 from hforge.models.predict import sisl_geometry
 from hforge.ops.assemble import AssembledCSR, assemble_csr, plan_csr_assembly
@@ -280,6 +281,10 @@ class Predictor:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
+
+        Warns:
+            OverlapWarning: a model with a learned S predicted an S(Γ) that is not positive
+                definite, or one too large to check (:mod:`hforge.infer.overlap`).
         """
         report = PredictionReport()
         self.last_report = report
@@ -302,6 +307,7 @@ class Predictor:
             csr = problem.csr(indices, data)
         with timer("assembly"):
             hamiltonian = csr.to_sisl(problem.geometry(self.model.basis))
+        check_learned_overlap(self.model, hamiltonian, source=structure if isinstance(structure, (str, os.PathLike)) else None)
         report.peak_rss_bytes = peak_rss_bytes()
         return hamiltonian
 
@@ -364,6 +370,8 @@ class Predictor:
                 blocks = self.model(graph)
             blocks = type(blocks)(h=blocks.h.to(_torch_dtype(dtype)), s=blocks.s.to(_torch_dtype(dtype)))
             results.extend(assemble_prediction(self.model, graph, blocks, b, backend=backend) for b in range(graph.n_graphs))
+            for hamiltonian in results[len(results) - graph.n_graphs :]:
+                check_learned_overlap(self.model, hamiltonian)
             batch.clear()
 
         for graph in graphs:
