@@ -71,6 +71,25 @@ def test_convert_with_a_basis_folder(abn_dir, tmp_path):
     assert missing.exit_code == 1 and "no such file" in missing.output
 
 
+def test_compressed_runs_convert_and_inspect(compressed_runs, tmp_path):
+    run, plain, gz, basis = compressed_runs
+    out = tmp_path / "s.h5"
+    result = runner.invoke(app, ["data", "convert", str(run), str(gz), str(plain), "-o", str(out), "--basis", str(basis), "--half"])
+    assert result.exit_code == 0, result.output
+    store = HSStore(out)
+    assert [e["source"] for e in store.manifest] == [str(run / "abn_32_10.TSHS.xz"), str(gz / "abn_32_10.TSHS.gz"),
+                                                       str(plain / "abn_32_10.TSHS")]
+    first = store.read(0)
+    for k in (1, 2):  # the same structure, whatever the compression
+        np.testing.assert_array_equal(store.read(k).h, first.h)
+        np.testing.assert_array_equal(store.read(k).s, first.s)
+    result = runner.invoke(app, ["data", "inspect", str(run / "abn_32_10.TSHS.xz"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["source"] == str(run / "abn_32_10.TSHS.xz") and info["atoms"] == 32 and info["nnz"] == 564744
+    assert info["S_min_eigenvalue_gamma"] == pytest.approx(8.8e-5, rel=0.01)  # abn-extra's README
+
+
 def test_stats_writes_figures_and_numbers(tmp_path):
     result = runner.invoke(app, ["data", "stats", str(bundled_path("abn-small")), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -286,3 +286,33 @@ def test_failed_write_leaves_nothing(siesta_fixtures, tmp_path):
     with pytest.raises(FileFormatError, match="writes"):
         write_hs(data, tmp_path / "x.HSX")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compressed_files_read_like_their_decompressed_copies(compressed_runs, tmp_path):
+    from hforge.io.runs import find_runs, run_output
+
+    run, plain, gz, basis = compressed_runs
+    reference = read_hs(plain / "abn_32_10.TSHS", basis=basis)
+    assert reference.n_atoms == 32 and reference.nnz == 564744  # abn-extra's README
+    for path in (run / "abn_32_10.TSHS.xz", gz / "abn_32_10.TSHS.gz", gz / "abn_32_10.fdf"):
+        data = read_hs(path, basis=None if path.parent == run else basis)  # abn-extra/basis is found beside the runs
+        assert_same(data, reference)
+        assert data.source == str(path if path.suffix != ".fdf" else gz / "abn_32_10.TSHS.gz")
+    assert run_output(run) == run / "abn_32_10.TSHS.xz" and run_output(gz) == gz / "abn_32_10.TSHS.gz"
+    assert find_runs([tmp_path / "gz", run.parent])[:2] == [gz, run]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "abn_32_10.TSHS.xz").write_bytes((run / "abn_32_10.TSHS.xz").read_bytes()[:100_000])  # truncated
+    with pytest.raises(FileFormatError, match=f"^{bad / 'abn_32_10.TSHS.xz'}: cannot decompress it"):
+        read_hs(bad / "abn_32_10.TSHS.xz", basis=basis)
+    (bad / "x.TSHS.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(FileFormatError, match="x.TSHS.gz: cannot decompress it"):
+        read_hs(bad / "x.TSHS.gz", basis=basis)
+    import gzip
+
+    with gzip.open(bad / "y.TSHS.gz", "wb") as f:
+        f.write(b"\x04\x00\x00\x00garbage")  # a valid gzip of a corrupted TSHS: named by the compressed path
+    with pytest.raises(FileFormatError, match=f"^{bad / 'y.TSHS.gz'}: truncated"):
+        read_hs(bad / "y.TSHS.gz", basis=basis)
+

@@ -314,14 +314,15 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
     np.testing.assert_allclose(a["h_mae_shifted_meV"]["all"], b["h_mae_shifted_meV"]["all"], rtol=1e-6)
 
 
-def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, tmp_path):
+def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, shared_dir, tmp_path):
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"), "--split", "val",
-                                      "--json", str(out), "--no-eigenvalues"])
+    compressed = shared_dir / "abn-extra" / "runs" / "abn_32_10"  # holds abn_32_10.TSHS.xz
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"), str(compressed),
+                                      "--split", "val", "--json", str(out), "--no-eigenvalues"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     names = [e["name"] for e in report["structures"]]
-    assert names == ["abn_24_0", "abn_8_0"] and sorted(report["groups"]) == ["24", "8"]
+    assert names == ["abn_24_0", "abn_8_0", "abn_32_10"] and sorted(report["groups"]) == ["24", "32", "8"]
     assert "per size" in result.output
     # the SIESTA file (float64) and the bundled store's copy (float32) of abn_8_0 give the same errors
     model, _ = load_checkpoint(checkpoint)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from hforge.errors import ConvergenceError, FileFormatError
-from hforge.io.siesta import HS_SUFFIXES, find_hs_file
+from hforge.io.siesta import find_hs_file, hs_label, is_hs_file_name
 
 __all__ = ["find_runs", "run_output", "check_log", "log_failure", "natural_key"]
 
@@ -24,7 +24,7 @@ def natural_key(path: Path) -> list:
 
 
 def _is_hs_file(path: Path) -> bool:
-    return path.is_file() and not path.name.endswith(".ion.nc") and path.name.endswith(HS_SUFFIXES)
+    return path.is_file() and is_hs_file_name(path.name)
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -34,8 +34,8 @@ def _is_run_folder(folder: Path) -> bool:
 def find_runs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into SIESTA runs, in natural order.
 
-    A file (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) is a run; a folder holding such files is a
-    run folder; any other folder is searched recursively.
+    A file (``.TSHS``, ``.HSX``, ``.nc``, each maybe compressed: ``.TSHS.xz``; ``.fdf``) is a run;
+    a folder holding such files is a run folder; any other folder is searched recursively.
 
     Raises:
         FileFormatError: an input that does not exist.
@@ -86,8 +86,8 @@ def check_log(log: Path) -> None:
 def run_output(run: str | os.PathLike) -> Path:
     """The H/S file of a run (a file or a run folder), after checking its SIESTA log if any.
 
-    In a folder: the file named by the fdf's ``SystemLabel`` (``.nc``, ``.TSHS``, ``.HSX``),
-    else the only H/S file there.
+    In a folder: the file named by the fdf's ``SystemLabel`` (``.nc``, ``.TSHS``, ``.HSX``, each
+    maybe compressed: ``.TSHS.xz``), else the only H/S file there.
 
     Raises:
         ConvergenceError: no H/S output, or a log that shows a failed or unconverged SCF.
@@ -95,7 +95,7 @@ def run_output(run: str | os.PathLike) -> Path:
     """
     run = Path(run)
     folder = run.parent if run.is_file() else run
-    stem = run.name.rsplit(".", 1)[0] if run.is_file() else None
+    stem = hs_label(run) if run.is_file() else None
     logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
     if stem is not None:
         logs = [p for p in logs if p.name.split(".out")[0] == stem] or logs
@@ -113,5 +113,5 @@ def run_output(run: str | os.PathLike) -> Path:
     if len(hs_files) == 1:
         return hs_files[0]
     if not hs_files:
-        raise ConvergenceError("no H/S output (.TSHS/.HSX/.nc): the run did not finish or did not save H", path=folder)
+        raise ConvergenceError("no H/S output (.TSHS/.HSX/.nc, maybe compressed): the run did not finish or did not save H", path=folder)
     raise FileFormatError(f"several H/S files and no fdf to choose: {[p.name for p in hs_files]}", path=folder)

@@ -9,13 +9,24 @@ back as exactly the value in memory (found by stepping ulps), so that file -> HS
 is exact.  TSHS files are written through sisl's own Fortran writer; sisl writes E_F = 0 there,
 so the E_F record is then set in place.  ``.nc`` files are written by sisl and their values
 replaced with the exact ones through netCDF4.
+
+Compressed files (``.TSHS.xz``, ``.HSX.gz``, ``.nc.bz2``: :data:`COMPRESSIONS`) are read
+transparently: sisl cannot read them, so they are decompressed (streamed) into a private
+temporary folder that is removed afterwards, also on errors (:func:`readable_copy`); the source
+path is what :attr:`HSData.source` and every error message name.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import struct
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,10 +47,25 @@ from hforge.errors import (
 from hforge.io.atomic import atomic_output
 from hforge.io.hsdata import HSData
 
-__all__ = ["read_hs", "write_hs", "find_hs_file", "check_written_tshs", "HS_SUFFIXES", "RY_TO_EV"]
+__all__ = [
+    "COMPRESSIONS",
+    "HS_SUFFIXES",
+    "RY_TO_EV",
+    "check_written_tshs",
+    "find_hs_file",
+    "hs_label",
+    "is_hs_file_name",
+    "read_hs",
+    "readable_copy",
+    "split_compression",
+    "write_hs",
+]
 
 #: Matrix files in the order an fdf's SystemLabel is resolved (sisl's order).
 HS_SUFFIXES = (".nc", ".TSHS", ".HSX")
+
+#: Compressed files read transparently: suffix -> opener of the decompressed stream.
+COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
 
@@ -49,18 +75,84 @@ _BASIS_ATTRIBUTE = "hforge_basis"
 # ---------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------
+def split_compression(name: str) -> tuple[str, str]:
+    """``("abn.TSHS", ".xz")`` for ``"abn.TSHS.xz"``; ``(name, "")`` for a file that is not compressed."""
+    for suffix in COMPRESSIONS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def is_hs_file_name(name: str) -> bool:
+    """Whether a file name is an H/S file's (``.TSHS``, ``.HSX``, ``.nc``, each maybe compressed), not a basis file's."""
+    plain, _ = split_compression(name)
+    return plain.endswith(HS_SUFFIXES) and not plain.endswith(".ion.nc")
+
+
+def hs_label(path: str | os.PathLike) -> str:
+    """The run label of an H/S file or fdf: ``abn_8_0`` for ``abn_8_0.TSHS``, ``abn_8_0.TSHS.xz``, ``abn_8_0.fdf``."""
+    plain, _ = split_compression(Path(path).name)
+    return plain.rsplit(".", 1)[0] if "." in plain else plain
+
+
 def _kind(path: Path) -> str:
-    name = path.name
+    name, compression = split_compression(path.name)
     if name.endswith(".ion.nc"):
         raise FileFormatError("a basis file, not an H/S file: use hforge.basis.read_ion", path=path)
     for suffix in (*HS_SUFFIXES, ".fdf"):
-        if name.endswith(suffix):
+        if name.endswith(suffix) and not (compression and suffix == ".fdf"):
             return suffix
-    raise FileFormatError("unknown H/S file kind: expected .TSHS, .HSX, .nc or .fdf", path=path)
+    raise FileFormatError(
+        "unknown H/S file kind: expected .TSHS, .HSX or .nc (each also compressed: .xz, .gz, .bz2) or .fdf", path=path
+    )
+
+
+@contextmanager
+def readable_copy(path: str | os.PathLike) -> Iterator[Path]:
+    """A path sisl can read for ``path``: itself, or for a compressed file (:data:`COMPRESSIONS`)
+    its decompressed copy in a private temporary folder, removed when the block ends (also on
+    errors).  :class:`HForgeError` s raised in the block that name the copy name ``path`` instead.
+
+    Raises:
+        FileFormatError: a corrupted or truncated compressed file.
+        OutputError: no room in the temporary folder (``TMPDIR``) for the decompressed file.
+    """
+    path = Path(path)
+    plain, compression = split_compression(path.name)
+    if not compression:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="hforge-decompressed-") as folder:
+        local = Path(folder) / plain
+        _decompress(path, compression, local)
+        try:
+            yield local
+        except HForgeError as exc:
+            if exc.path is None or Path(exc.path) != local:
+                raise
+            message = exc.message.replace(str(local), str(path)).replace(folder, str(path.parent))
+            raise type(exc)(message, path=path) from exc
+
+
+def _decompress(path: Path, compression: str, local: Path) -> None:
+    """Stream the decompressed ``path`` into ``local``, naming the file at fault."""
+    with open(local, "wb") as target, COMPRESSIONS[compression](path, "rb") as source:
+        while True:
+            try:
+                chunk = source.read(1 << 22)
+            except (lzma.LZMAError, EOFError, OSError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
+                raise FileFormatError(f"cannot decompress it (corrupted or truncated {compression} file?): {exc}", path=path) from exc
+            if not chunk:
+                return
+            try:
+                target.write(chunk)
+            except OSError as exc:
+                raise OutputError(f"no room to decompress {path.name} into the temporary folder: {exc}", path=local.parent) from exc
 
 
 def find_hs_file(fdf: str | os.PathLike) -> Path:
-    """The H/S file an fdf points at: ``<SystemLabel>.nc``, ``.TSHS`` or ``.HSX`` beside it.
+    """The H/S file an fdf points at: ``<SystemLabel>.nc``, ``.TSHS`` or ``.HSX`` beside it, each
+    also compressed (``<SystemLabel>.TSHS.xz``, :data:`COMPRESSIONS`).
 
     Raises:
         FileFormatError: none exists.
@@ -68,11 +160,13 @@ def find_hs_file(fdf: str | os.PathLike) -> Path:
     fdf = Path(fdf)
     label = _fdf_label(fdf)
     for suffix in HS_SUFFIXES:
-        candidate = fdf.with_name(label + suffix)
-        if candidate.is_file():
-            return candidate
+        for compression in ("", *COMPRESSIONS):
+            candidate = fdf.with_name(label + suffix + compression)
+            if candidate.is_file():
+                return candidate
     raise FileFormatError(
-        f"no {label}.nc, {label}.TSHS or {label}.HSX beside it (SaveHS / TS.HS.Save / CDF.Save)", path=fdf
+        f"no {label}.nc, {label}.TSHS or {label}.HSX (or a compressed one) beside it (SaveHS / TS.HS.Save / CDF.Save)",
+        path=fdf,
     )
 
 
@@ -175,7 +269,7 @@ def _neighbour_species(path: Path, n_atoms: int) -> tuple[list[str], np.ndarray]
     """Species labels and indices from the fdf (or XV) beside a file, None if there is none."""
     import sisl
 
-    stem = path.name.rsplit(".", 1)[0]
+    stem = hs_label(path)
     fdfs = [path.with_name(stem + ".fdf")] + sorted(path.parent.glob("*.fdf"))
     fdf = next((f for f in fdfs if f.is_file()), None)
     candidates: list[tuple[Path, Callable[[Any], Any]]] = []
@@ -236,8 +330,10 @@ def _resolve_basis(
     H: Any,
     basis: BasisSet | str | os.PathLike | None,
     atom_species: Sequence[str] | None = None,
+    local: Path | None = None,
 ) -> tuple[BasisSet, np.ndarray]:
-    """The basis and the species index of every atom, checked against the file."""
+    """The basis and the species index of every atom, checked against the file (``path``, read
+    from ``local``, its decompressed copy where it is compressed)."""
     if atom_species is not None:
         if len(atom_species) != H.geometry.na:
             raise BasisMismatchError(f"{len(atom_species)} species given for {H.geometry.na} atoms", path=path)
@@ -247,7 +343,7 @@ def _resolve_basis(
         labelled = _file_species_labels(kind, H) or _neighbour_species(path, H.geometry.na)
     file_basis: BasisSet | None = None
     if kind == ".nc":
-        file_basis = _nc_basis(path, H)
+        file_basis = _nc_basis(local or path, H)
     elif kind == ".HSX":
         try:
             file_basis = BasisSet.from_sisl(H.geometry.atoms)
@@ -308,7 +404,8 @@ def read_hs(
     """Read H and S of one SIESTA calculation into :class:`HSData`.
 
     Args:
-        path: a ``.TSHS``, ``.HSX`` or CDF ``.nc`` file, or the run's ``.fdf`` (its
+        path: a ``.TSHS``, ``.HSX`` or CDF ``.nc`` file, also compressed (``.xz``, ``.gz``,
+            ``.bz2``; decompressed into a temporary folder), or the run's ``.fdf`` (its
             ``SystemLabel`` then names the file: ``.nc``, ``.TSHS``, ``.HSX`` in that order).
         basis: a :class:`BasisSet` or a folder of ion files.  Default: the basis stored in the
             file (``.nc``), else ion files found beside the file or in a ``basis/`` folder next
@@ -332,8 +429,9 @@ def read_hs(
     if kind == ".fdf":
         path = find_hs_file(path)
         kind = _kind(path)
-    _, H, fermi = _read_sisl(path, kind)
-    basis_set, atom_index = _resolve_basis(path, kind, H, basis, species)
+    with readable_copy(path) as local:
+        _, H, fermi = _read_sisl(local, kind)
+        basis_set, atom_index = _resolve_basis(path, kind, H, basis, species, local=local)
     data = HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path))
     if spin is not None:
         channel = {"up": 0, "down": 1}.get(spin, spin) if isinstance(spin, str) else spin

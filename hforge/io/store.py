@@ -40,7 +40,7 @@ from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
 from hforge.io.atomic import atomic_output
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
-from hforge.io.siesta import read_hs
+from hforge.io.siesta import hs_label, read_hs
 from hforge.io.statistics import StatisticsAccumulator, StoreStatistics
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
@@ -332,7 +332,7 @@ def _remap(data: HSData, basis: BasisSet) -> HSData:
 
 
 def _run_name(run: Path, used: set[str]) -> str:
-    base = run.name.rsplit(".", 1)[0] if run.is_file() else run.name
+    base = hs_label(run) if run.is_file() else run.name
     name, k = base, 1
     while name in used:
         k += 1

@@ -13,7 +13,6 @@ atoms) the pooled block metrics and the mean eigenvalue errors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
+from hforge.io.siesta import hs_label
 from hforge.models import HSModel
 from hforge.train.metrics import BlockMetrics, align_reference, compare_blocks
 from hforge.train.spectral import DEFAULT_THRESHOLD, DEFAULT_WINDOW, compare_spectra, n_occupied_states
@@ -192,4 +192,4 @@ def evaluate_structures(
 
 
 def _name(data: HSData) -> str:
-    return Path(data.source).stem if data.source else "structure"
+    return hs_label(data.source) if data.source else "structure"  # abn_8_0 also for abn_8_0.TSHS.xz
