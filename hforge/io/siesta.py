@@ -51,6 +51,7 @@ __all__ = [
     "COMPRESSIONS",
     "HS_SUFFIXES",
     "RY_TO_EV",
+    "check_basis_reach",
     "check_written_tshs",
     "find_hs_file",
     "hs_label",
@@ -393,6 +394,92 @@ def _resolve_basis(
     return basis, lookup[species]
 
 
+#: Distances (Å) within this of a pair's reach ``r_i + r_j`` are not judged by :func:`check_basis_reach`
+#: (the ion file formats round the same radius differently, by ~1e-12 Å).
+REACH_TOLERANCE = 1e-4
+
+
+def _atom_pair_names(data: HSData, i: np.ndarray, j: np.ndarray) -> str:
+    """``"B-N (12), B-B (3)"``: the species pairs of the atom pairs ``(i, j)`` and how many of each."""
+    symbols = data.basis.symbols
+    names = ["-".join(sorted((symbols[a], symbols[b]))) for a, b in zip(data.species[i], data.species[j])]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({count})" for name, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def check_basis_reach(data: HSData) -> None:
+    """Check the basis' orbital radii against the S the file stores.
+
+    SIESTA stores an S block for every atom pair closer than the sum of the largest orbital radii
+    of their species, ``|r_ij| < r_i + r_j``, and S vanishes beyond (exactly the pairs of
+    :func:`hforge.graph.orbital_pair_list` with the ion files' radii).  A basis with the same shells
+    but other radii (e.g. another ``PAO.EnergyShift``) shows as a nonzero S block beyond its
+    ``r_i + r_j`` (radii too small) or as a pair inside it without any nonzero S entry (radii too
+    large); pairs within :data:`REACH_TOLERANCE` of the reach are not judged.  Nothing is checked
+    for a basis without radii (a bare HSX's shells), nor for a geometry that is not finite
+    (:meth:`HSData.validate` reports that).
+
+    Raises:
+        BasisMismatchError: naming the file, the species pairs at fault, the worst pair and the radii.
+    """
+    radii = [sp.cutoff for sp in data.basis]
+    finite = np.isfinite(data.positions).all() and np.isfinite(data.cell).all()
+    if data.n_pairs == 0 or any(r is None for r in radii) or not finite:
+        return
+    radius = np.asarray(radii, dtype=np.float64)
+    given = ", ".join(f"{sp.symbol} {r:.4f}" for sp, r in zip(data.basis, radius))
+    i, j = data.edge_index
+    distance = np.linalg.norm(data.positions[j] + data.cell_shift @ data.cell - data.positions[i], axis=1)
+    reach = radius[data.species[i]] + radius[data.species[j]]
+    nonzero = np.add.reduceat(((data.s != 0) & data.mask).astype(np.int64), data.block_ptr[:-1]) > 0
+    beyond = np.flatnonzero(nonzero & (distance > reach + REACH_TOLERANCE))
+    if len(beyond):
+        worst = beyond[np.argmax(distance[beyond] - reach[beyond])]
+        a, b = data.basis.symbols[data.species[i[worst]]], data.basis.symbols[data.species[j[worst]]]
+        raise BasisMismatchError(
+            f"the basis' orbital radii ({given} Å) are smaller than the ones of the file's S: it couples atom "
+            f"{i[worst]} ({a}) and atom {j[worst]} ({b}) in cell {tuple(data.cell_shift[worst].tolist())}, "
+            f"{distance[worst]:.4f} Å apart, beyond r_{a} + r_{b} = "
+            f"{reach[worst]:.4f} Å, and {len(beyond)} atom pairs in all beyond their reach (species pairs "
+            f"{_atom_pair_names(data, i[beyond], j[beyond])}): this is not the basis the run used (other cut-off radii, "
+            "e.g. another PAO.EnergyShift)",
+            path=data.source,
+        )
+    from vesin import NeighborList
+
+    try:
+        search = NeighborList(cutoff=float(2 * radius.max()), full_list=True)
+        ni, nj, shift, nd = search.compute(data.positions, data.cell, data.pbc, "ijSd")
+    except (RuntimeError, ValueError):  # a degenerate cell: HSData.validate names it
+        return
+    ni, nj, shift = ni.astype(np.int64), nj.astype(np.int64), shift.astype(np.int64)
+    half = data.nsc // 2
+    inside = (nd < radius[data.species[ni]] + radius[data.species[nj]] - REACH_TOLERANCE) & (np.abs(shift) <= half).all(axis=1)
+    ni, nj, shift, nd = ni[inside], nj[inside], shift[inside], nd[inside]
+
+    def keys(a: np.ndarray, b: np.ndarray, n: np.ndarray) -> np.ndarray:
+        key = a * data.n_atoms + b
+        for axis in range(3):
+            key = key * data.nsc[axis] + n[:, axis] + half[axis]
+        return key
+
+    missing = np.flatnonzero(~np.isin(keys(ni, nj, shift), keys(i[nonzero], j[nonzero], data.cell_shift[nonzero])))
+    if len(missing):
+        reach_n = radius[data.species[ni]] + radius[data.species[nj]]
+        worst = missing[np.argmax(reach_n[missing] - nd[missing])]
+        a, b = data.basis.symbols[data.species[ni[worst]]], data.basis.symbols[data.species[nj[worst]]]
+        raise BasisMismatchError(
+            f"the basis' orbital radii ({given} Å) are larger than the ones of the file's S: atom {ni[worst]} ({a}) "
+            f"and atom {nj[worst]} ({b}) in cell {tuple(shift[worst].tolist())}, {nd[worst]:.4f} Å apart, within r_{a} + r_{b} = {reach_n[worst]:.4f} Å, have no "
+            f"nonzero S entry in the file, nor {len(missing) - 1} more atom pairs within their reach (species pairs "
+            f"{_atom_pair_names(data, ni[missing], nj[missing])}): this is not the basis the run used (other cut-off "
+            "radii, e.g. another PAO.EnergyShift)",
+            path=data.source,
+        )
+
+
 def read_hs(
     path: str | os.PathLike,
     basis: BasisSet | str | os.PathLike | None = None,
@@ -419,7 +506,8 @@ def read_hs(
         FileFormatError: missing, unknown, truncated or corrupted file.
         UnsupportedSystemError: non-collinear or spin-orbit calculation.
         UnknownSpeciesError: a species of the file that the basis lacks.
-        BasisMismatchError: orbital counts or shells that disagree with the basis.
+        BasisMismatchError: orbital counts, shells or orbital radii that disagree with the basis
+            (:func:`check_basis_reach`).
         InvalidMatrixError: NaN/inf entries, S not positive definite.
     """
     path = Path(path)
@@ -433,6 +521,7 @@ def read_hs(
         _, H, fermi = _read_sisl(local, kind)
         basis_set, atom_index = _resolve_basis(path, kind, H, basis, species, local=local)
     data = HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path))
+    check_basis_reach(data)
     if spin is not None:
         channel = {"up": 0, "down": 1}.get(spin, spin) if isinstance(spin, str) else spin
         if channel not in range(data.n_spin):
