@@ -58,6 +58,15 @@ def test_user_text_is_printed_literally(abn_dir, tmp_path):
     assert f"skipped {empty}: {empty}: no H/S output" in result.output.replace("\n", "")
 
 
+def test_a_bare_tshs_without_basis_asks_for_the_basis_option(abn_dir, tmp_path):
+    folder = tmp_path / "a" / "b"  # no ion files in it or the two folders above
+    folder.mkdir(parents=True)
+    for suffix in (".TSHS", ".fdf"):
+        (folder / f"abn_8_0{suffix}").write_bytes((abn_dir / f"runs/abn_8_0/abn_8_0{suffix}").read_bytes())
+    result = runner.invoke(app, ["data", "inspect", str(folder / "abn_8_0.TSHS")])
+    assert result.exit_code == 1 and "give one with --basis" in result.output.replace("\n", " ")
+
+
 def test_convert_with_a_basis_folder(abn_dir, tmp_path):
     out = tmp_path / "s.h5"
     runs = [str(abn_dir / "runs" / name) for name in ("abn_8_0", "abn_8_1")]

@@ -147,6 +147,25 @@ def test_a_learned_overlap_is_reported_by_the_cli(abn_dir, tmp_path):
     assert "not positive definite" in result.output and out.is_file()
 
 
+def test_a_folder_as_structure_and_other_files_as_checkpoint(files, tmp_path):
+    from fractions import Fraction
+
+    checkpoint, structure, _ = files
+    out = tmp_path / "out.TSHS"
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(tmp_path), "-o", str(out)])
+    assert result.exit_code == 1 and f"{tmp_path}: a folder, not a structure file" in result.output.replace("\n", "")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"weights": torch.zeros(2), "scale": Fraction(1, 3)}, pickled)  # a torch file, not HForge's
+    for path, words in ((junk, "torch cannot read it"), (pickled, r"torch refuses to load it safely: it holds Python objects (fractions.Fraction)")):
+        result = CliRunner().invoke(app, ["predict", str(path), str(structure), "-o", str(out)])
+        text = result.output.replace("\n", "")
+        assert result.exit_code == 1 and f"{path}: not an HForge model checkpoint: {words}" in text, text
+        assert "weights_only=False" not in text and "weights_only` set to `False" not in text  # no unsafe advice
+    assert sorted(os.listdir(tmp_path)) == ["junk.pt", "pickled.pt"]
+
+
 def test_parse_bytes():
     assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1e6") == 10**6
     with pytest.raises(ConfigError):

@@ -63,12 +63,23 @@ def inspect_command(
     basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of ion files (for a bare TSHS)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum."""
+    """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum;
+    a warning when the SIESTA log beside the file shows a run that failed or did not converge."""
     from hforge.io import read_hs
     from hforge.io.inspect import describe
+    from hforge.io.runs import run_state
 
     with user_errors():
         info = describe(read_hs(file, basis=basis, validate=False))
+        state = run_state(file)
+    if state is not None:
+        log, kind, message = state
+        info["siesta_log"] = {"path": str(log), "state": kind, "detail": message}
+        if kind != "converged":
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning:[/yellow] {escape(log)}: {escape(message)}: these H and S are not those of a "
+                "converged calculation", highlight=False,
+            )
     if as_json:
         _console.print_json(json.dumps(info))
         return

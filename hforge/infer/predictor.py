@@ -79,7 +79,7 @@ def read_structure(path: str | os.PathLike) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError("no such structure file", path=path)
+        raise FileFormatError("a folder, not a structure file" if path.is_dir() else "no such structure file", path=path)
     try:
         return ase.io.read(path)
     except Exception as exc:  # ASE raises many types for unreadable files

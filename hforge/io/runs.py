@@ -11,7 +11,7 @@ from typing import Iterable
 from hforge.errors import ConvergenceError, FileFormatError
 from hforge.io.siesta import find_hs_file, hs_label, is_hs_file_name
 
-__all__ = ["find_runs", "run_output", "check_log", "log_failure", "natural_key"]
+__all__ = ["find_runs", "run_output", "check_log", "find_log", "log_failure", "natural_key", "run_state"]
 
 _NOT_CONVERGED = ("SCF_NOT_CONV", "SCF did not converge")
 _ABNORMAL = "ABNORMAL_TERMINATION"
@@ -69,18 +69,45 @@ def log_failure(text: str) -> tuple[str, str] | None:
     return None
 
 
-def check_log(log: Path) -> None:
-    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
-    (:func:`log_failure`)."""
+def _log_text(log: Path) -> str:
     opener = gzip.open if log.name.endswith(".gz") else open
     try:
         with opener(log, "rt", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except (OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read the SIESTA log: {exc}", path=log) from exc
-    failure = log_failure(text)
+
+
+def check_log(log: Path) -> None:
+    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
+    (:func:`log_failure`)."""
+    failure = log_failure(_log_text(log))
     if failure is not None:
         raise ConvergenceError(failure[1], path=log)
+
+
+def find_log(folder: Path, label: str | None = None) -> Path | None:
+    """The SIESTA log (``.out``, ``.out.gz``) in a run folder: ``<label>.out[.gz]`` when there is
+    one, else the first log there; None without any."""
+    logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
+    if label is not None:
+        logs = [p for p in logs if p.name.split(".out")[0] == label] or logs
+    return logs[0] if logs else None
+
+
+def run_state(path: str | os.PathLike) -> tuple[Path, str, str] | None:
+    """``(log, state, message)`` of the run an H/S file comes from, read from the SIESTA log beside
+    it (:func:`find_log`): state ``"converged"`` or :func:`log_failure`'s kind; None without a log.
+
+    Raises:
+        FileFormatError: an unreadable log.
+    """
+    path = Path(path)
+    log = find_log(path.parent, hs_label(path))
+    if log is None:
+        return None
+    failure = log_failure(_log_text(log))
+    return (log, "converged", "SIESTA finished and converged") if failure is None else (log, *failure)
 
 
 def run_output(run: str | os.PathLike) -> Path:
@@ -95,11 +122,8 @@ def run_output(run: str | os.PathLike) -> Path:
     """
     run = Path(run)
     folder = run.parent if run.is_file() else run
-    stem = hs_label(run) if run.is_file() else None
-    logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
-    if stem is not None:
-        logs = [p for p in logs if p.name.split(".out")[0] == stem] or logs
-    for log in logs[:1]:
+    log = find_log(folder, hs_label(run) if run.is_file() else None)
+    if log is not None:
         check_log(log)
     if run.is_file():
         return find_hs_file(run) if run.suffix == ".fdf" else run

@@ -364,8 +364,9 @@ def _resolve_basis(
         basis = file_basis
     if basis is None:
         raise BasisMismatchError(
-            "the file carries no basis (a bare TSHS): pass basis= a folder of .ion/.ion.nc/.ion.xml files, "
-            "and keep the run's fdf beside it for the species",
+            "the file carries no basis (a bare TSHS) and no folder of ion files was found beside it: give one with "
+            "--basis (basis= in Python), a folder of .ion/.ion.nc/.ion.xml files, and keep the run's fdf beside the "
+            "file for the species",
             path=path,
         )
 

@@ -378,10 +378,23 @@ def convert(
     store = Path(store)
     if isinstance(basis, (str, os.PathLike)):
         basis = BasisSet.from_folder(basis)
+    runs = find_runs(inputs)
+    old = None
+    if store.is_dir():
+        raise FileFormatError("the output is a folder: give the store's file name, e.g. store.h5", path=store)
+    if store.exists():
+        try:
+            old = HSStore(store)
+        except FileFormatError as exc:
+            raise FileFormatError(
+                f"the output exists and is not a readable HForge store ({exc.message}); it is not replaced: "
+                "delete or move it, or choose another output file",
+                path=store,
+            ) from exc
     parts = store.with_name(store.name + ".parts")
+    created = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
     options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
-    old = HSStore(store) if store.is_file() else None
     same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
     old_by_sha = {e["source_sha256"]: e["name"] for e in old.manifest} if same_options else {}
 
@@ -389,7 +402,6 @@ def convert(
     done: list[tuple[str, Path]] = []
     used: set[str] = set()
     merged: BasisSet | None = basis
-    runs = find_runs(inputs)
     for run in tqdm(runs, desc="converting SIESTA runs", unit="run", disable=not progress):
         name = _run_name(run, used)
         try:
@@ -414,6 +426,8 @@ def convert(
     if old is not None:
         old.close()
     if not done:
+        if created and not any(parts.iterdir()):
+            parts.rmdir()
         raise FileFormatError(f"no structure converted from {len(runs)} runs; nothing written", path=store)
 
     def structures() -> Iterable[tuple[str, HSData, str]]:
