@@ -167,30 +167,37 @@ def test_atom_batches_cover_each_epoch_once_and_respect_the_budget():
 
 # ------------------------------------------------------------------------------- resume
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6
+    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6.
+    # Every run is a fresh process with one torch thread (an in-process reference inherited the thread
+    # settings of the tests before it); the uninterrupted one with numba's default threads, the others with
+    # one: results do not depend on numba's thread count.
     config = tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100})
     path = write_config(tmp_path / "tiny.yaml", config)
-    with one_thread():
-        whole = Trainer(load_config(config), tmp_path / "whole", progress=False).run()
 
+    def train(out, *options, **variables):
+        command = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--out", str(out), "--no-progress", *options]
+        return subprocess.run(command, env={**env(), **variables}, capture_output=True, text=True, timeout=300)
+
+    whole = tmp_path / "whole"
+    done = train(whole)
+    assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--out", str(killed), "--no-progress"]
-    run = subprocess.run(command, env={**env(), KILL_ENV: "6"}, capture_output=True, text=True, timeout=300)
+    run = train(killed, NUMBA_NUM_THREADS="1", **{KILL_ENV: "6"})
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     _, payload = load_checkpoint(killed / "last.pt")
     state = payload["extra"]["training"]
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 2, 1)
     assert not list(killed.glob(".*tmp*"))
 
-    resumed = subprocess.run(command + ["--resume"], env=env(), capture_output=True, text=True, timeout=300)
+    resumed = train(killed, "--resume", NUMBA_NUM_THREADS="1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, pa = load_checkpoint(whole.last)
+    a, pa = load_checkpoint(whole / "last.pt")
     b, pb = load_checkpoint(killed / "last.pt")
     assert states_equal(a.state_dict(), b.state_dict())  # EMA weights
     assert states_equal(pa["extra"]["training"]["model_state"], pb["extra"]["training"]["model_state"])  # raw weights
     steps = [r["step"] for r in read_log(killed / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, 8))  # the killed run's step 6 was dropped from the log and redone
-    losses = {r["step"]: r["loss"] for r in read_log(whole.out_dir / "metrics.jsonl") if "loss" in r}
+    losses = {r["step"]: r["loss"] for r in read_log(whole / "metrics.jsonl") if "loss" in r}
     assert all(losses[r["step"]] == r["loss"] for r in read_log(killed / "metrics.jsonl") if "loss" in r)
     assert (killed / "learning_curve.png").stat().st_size > 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-import numba
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 import numpy as np
 
 __all__ = ["canonical_pairs", "gather_pairs", "pair_order"]

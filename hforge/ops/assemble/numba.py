@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info

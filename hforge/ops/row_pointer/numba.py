@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numba
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 import numpy as np
 
 __all__ = ["row_pointer_numba"]

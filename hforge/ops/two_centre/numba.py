@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-import numba
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 import numpy as np
 
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
