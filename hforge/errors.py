@@ -17,6 +17,11 @@ of SIESTA runs knows which one is broken::
     ├── OutputError                         a file that could not be written (full disk, read-only place)
     ├── ResourceLimitError                  a memory budget too small for the work
     └── BackendUnavailableError (also RuntimeError)  a kernel backend missing here
+
+Warnings (results HForge returns but that the user should not trust blindly)::
+
+    HForgeWarning (also UserWarning)
+    └── OverlapWarning                      a learned S that is (or may be) not positive definite
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ __all__ = [
     "OutputError",
     "ResourceLimitError",
     "BackendUnavailableError",
+    "HForgeWarning",
+    "OverlapWarning",
 ]
 
 
@@ -101,3 +108,11 @@ class ResourceLimitError(HForgeError):
 
 class BackendUnavailableError(HForgeError, RuntimeError):
     """A kernel backend that cannot run here; the message says why."""
+
+
+class HForgeWarning(UserWarning):
+    """Base class of HForge's warnings: a result is returned, but with a caveat the user should know."""
+
+
+class OverlapWarning(HForgeWarning):
+    """A predicted S that is not positive definite, or that could not be checked (a learned S)."""

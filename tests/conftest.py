@@ -73,6 +73,34 @@ def abn8(abn_dir: Path):
     return read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
 
 
+@pytest.fixture()
+def compressed_runs(shared_dir, tmp_path, monkeypatch):
+    """(abn-extra run folder with its .TSHS.xz, a copy of it with a plain .TSHS, one with a .TSHS.gz, its basis);
+    temporary files go to tmp_path/tmp, checked empty afterwards."""
+    import gzip
+    import lzma
+    import shutil
+    import tempfile
+
+    run = _require(shared_dir / "abn-extra") / "runs" / "abn_32_10"
+    with lzma.open(run / "abn_32_10.TSHS.xz") as f:
+        content = f.read()
+    folders = {}
+    for kind in ("plain", "gz"):
+        folder = folders[kind] = tmp_path / kind / "abn_32_10"
+        folder.mkdir(parents=True)
+        for suffix in (".fdf", ".XV", ".out.gz"):
+            shutil.copy(run / f"abn_32_10{suffix}", folder)
+    (folders["plain"] / "abn_32_10.TSHS").write_bytes(content)
+    with gzip.open(folders["gz"] / "abn_32_10.TSHS.gz", "wb") as f:
+        f.write(content)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    yield run, folders["plain"], folders["gz"], shared_dir / "abn-extra" / "basis"
+    assert list(temp.iterdir()) == []  # decompressed copies removed, also after errors
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu``-marked tests where torch sees no CUDA device, and ``slow`` ones unless ``-m`` names them
     (``-m slow``, or ``-m "slow or not slow"`` for everything: ``make test-all``)."""

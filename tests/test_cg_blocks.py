@@ -9,6 +9,7 @@ Numba and the reference run on random bases up to l = 3.
 
 import os
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -222,6 +223,30 @@ floats = st.sampled_from([torch.float32, torch.float64])
 @settings(max_examples=15)
 def test_numba_irreps_to_blocks_matches_reference(desc, n_pairs, dtype, seed):
     _compare_irreps_to_blocks("numba", desc, n_pairs, dtype, seed)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one numba thread here: nothing to compare")
+def test_numba_gradients_are_bitwise_the_same_for_any_thread_count_and_schedule():
+    """float32 DZP blocks from 16 channels, ~40 edges per atom: dW is summed over hundreds of edges per
+    weight, where any change of summation order shows in the last bits (it did with per-thread buffers)."""
+    desc = cg_descriptor([DZP, DZP], node_irreps="16x0e+16x1o+16x2e", l_sh=4)
+    gen = torch.Generator().manual_seed(5)
+    x, Y, R, W, edge_index, species, _ = edge_inputs(desc, 16, 200, 8000, torch.float32, gen)
+    grad = None
+    threads = numba.get_num_threads()
+    gradients = []
+    try:
+        for n in (numba.config.NUMBA_NUM_THREADS, 1, numba.config.NUMBA_NUM_THREADS, 1):
+            numba.set_num_threads(n)
+            inputs = [t.clone().requires_grad_(True) for t in (x, Y, R, W)]
+            out = edge_blocks(*inputs, edge_index, species, desc, symmetric=True, backend="numba")
+            grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)) if grad is None else grad
+            gradients.append(torch.autograd.grad(out, inputs, grad))
+    finally:
+        numba.set_num_threads(threads)
+    for other in gradients[1:]:
+        for name, a, b in zip("xYRW", gradients[0], other):
+            assert torch.equal(a, b), name
 
 
 @pytest.mark.skipif("triton" not in FAST, reason="triton unavailable")

@@ -41,6 +41,32 @@ def test_inspect_names_the_file_of_an_error(tmp_path):
     assert result.exit_code == 1 and str(bad) in result.output.replace("\n", "")
 
 
+def test_user_text_is_printed_literally(abn_dir, tmp_path):
+    # rich reads "[...]" as markup: "[/y]" in a path crashed the error handler, "[bold]" vanished
+    folder = tmp_path / "runs[" / "y]"
+    folder.mkdir(parents=True)
+    bad = folder / "x.TSHS"
+    bad.write_bytes(b"\x04\x00\x00\x00garbage")
+    result = runner.invoke(app, ["data", "inspect", str(bad)])
+    assert result.exit_code == 1 and f"error: {bad}: truncated" in result.output.replace("\n", "")
+    empty = tmp_path / "[bold]abn_8_1"
+    empty.mkdir()
+    (empty / "abn_8_1.fdf").write_bytes((abn_dir / "runs/abn_8_1/abn_8_1.fdf").read_bytes())
+    runs = [str(abn_dir / "runs/abn_8_0"), str(empty)]
+    result = runner.invoke(app, ["data", "convert", *runs, "-o", str(tmp_path / "s.h5"), "--basis", str(abn_dir / "basis")])
+    assert result.exit_code == 2, result.output  # converted, with one run skipped
+    assert f"skipped {empty}: {empty}: no H/S output" in result.output.replace("\n", "")
+
+
+def test_a_bare_tshs_without_basis_asks_for_the_basis_option(abn_dir, tmp_path):
+    folder = tmp_path / "a" / "b"  # no ion files in it or the two folders above
+    folder.mkdir(parents=True)
+    for suffix in (".TSHS", ".fdf"):
+        (folder / f"abn_8_0{suffix}").write_bytes((abn_dir / f"runs/abn_8_0/abn_8_0{suffix}").read_bytes())
+    result = runner.invoke(app, ["data", "inspect", str(folder / "abn_8_0.TSHS")])
+    assert result.exit_code == 1 and "give one with --basis" in result.output.replace("\n", " ")
+
+
 def test_convert_with_a_basis_folder(abn_dir, tmp_path):
     out = tmp_path / "s.h5"
     runs = [str(abn_dir / "runs" / name) for name in ("abn_8_0", "abn_8_1")]
@@ -52,6 +78,27 @@ def test_convert_with_a_basis_folder(abn_dir, tmp_path):
     assert store.names == ["abn_8_0", "abn_8_1"] and [e["split"] for e in store.manifest] == ["val", "val"]
     missing = runner.invoke(app, ["data", "convert", str(tmp_path / "nothing"), "-o", str(tmp_path / "t.h5")])
     assert missing.exit_code == 1 and "no such file" in missing.output
+
+
+def test_compressed_runs_convert_and_inspect(compressed_runs, tmp_path):
+    run, plain, gz, basis = compressed_runs
+    out = tmp_path / "s.h5"
+    result = runner.invoke(
+        app, ["data", "convert", str(run), str(gz), str(plain), "-o", str(out), "--basis", str(basis), "--half"]
+    )
+    assert result.exit_code == 0, result.output
+    store = HSStore(out)
+    assert [e["source"] for e in store.manifest] == [str(run / "abn_32_10.TSHS.xz"), str(gz / "abn_32_10.TSHS.gz"),
+                                                       str(plain / "abn_32_10.TSHS")]
+    first = store.read(0)
+    for k in (1, 2):  # the same structure, whatever the compression
+        np.testing.assert_array_equal(store.read(k).h, first.h)
+        np.testing.assert_array_equal(store.read(k).s, first.s)
+    result = runner.invoke(app, ["data", "inspect", str(run / "abn_32_10.TSHS.xz"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["source"] == str(run / "abn_32_10.TSHS.xz") and info["atoms"] == 32 and info["nnz"] == 564744
+    assert info["S_min_eigenvalue_gamma"] == pytest.approx(8.8e-5, rel=0.01)  # abn-extra's README
 
 
 def test_stats_writes_figures_and_numbers(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,7 +66,7 @@ def test_predict_writes_what_the_predictor_gives(files, tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ("species", "UnknownSpecies|not in the basis"),
+        ("species", r"species \['C'\] are not in the basis"),  # the name as the user wrote it, not np.str_('C')
         ("overlap", "overlapping atoms"),
         ("output", "does not exist"),
         ("suffix", "must end in .TSHS or .nc"),
@@ -139,6 +141,78 @@ def test_frame_outputs_sort_in_frame_order():
     assert frame_outputs(Path("d/cell.nc"), 1) == [Path("d/cell.nc")]
     names = [p.name for p in frame_outputs(Path("d/cell.TSHS"), 11)]
     assert names[0] == "cell_00.TSHS" and names[-1] == "cell_10.TSHS" and names == sorted(names)
+
+
+#: ``hforge predict`` whose TSHS write hangs after its first bytes (the temp file exists), for a SIGTERM to hit it.
+HANGING_WRITE = """
+import sys, time
+import sisl.io.siesta.binaries as binaries
+
+def hang(self, *args, **kwargs):
+    with open(self.file, "wb") as handle:
+        handle.write(b"partial")
+    time.sleep(300)
+
+binaries.tshsSileSiesta.write_hamiltonian = hang
+from hforge.cli.main import app
+sys.argv = ["hforge", *sys.argv[1:]]
+app()
+"""
+
+
+def test_sigterm_during_the_write_leaves_no_temporary_file(files, tmp_path):
+    checkpoint, structure, _ = files
+    out = tmp_path / "out.TSHS"
+    command = [sys.executable, "-c", HANGING_WRITE, "predict", str(checkpoint), str(structure), "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.*.tmp.TSHS")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        process.send_signal(signal.SIGTERM)  # as `timeout` or a batch scheduler does
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_learned_overlap_is_reported_by_the_cli(abn_dir, tmp_path):
+    from test_infer import as_atoms
+
+    from hforge.io import read_hs
+
+    data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+    structure = tmp_path / "abn_8_0.xyz"
+    as_atoms(data, data.basis).write(structure)
+    out = tmp_path / "out.TSHS"
+    result = CliRunner().invoke(app, ["predict", "abn-dzp", str(structure), "-o", str(out)])  # a learned S
+    assert result.exit_code == 0, result.output
+    assert f"warning: {structure}: the model learns S" in result.output.replace("\n", "")
+    assert "not positive definite" in result.output and out.is_file()
+
+
+def test_a_folder_as_structure_and_other_files_as_checkpoint(files, tmp_path):
+    from fractions import Fraction
+
+    checkpoint, structure, _ = files
+    out = tmp_path / "out.TSHS"
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(tmp_path), "-o", str(out)])
+    assert result.exit_code == 1 and f"{tmp_path}: a folder, not a structure file" in result.output.replace("\n", "")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"weights": torch.zeros(2), "scale": Fraction(1, 3)}, pickled)  # a torch file, not HForge's
+    refused = r"torch refuses to load it safely: it holds Python objects (fractions.Fraction)"
+    for path, words in ((junk, "torch cannot read it"), (pickled, refused)):
+        result = CliRunner().invoke(app, ["predict", str(path), str(structure), "-o", str(out)])
+        text = result.output.replace("\n", "")
+        assert result.exit_code == 1 and f"{path}: not an HForge model checkpoint: {words}" in text, text
+        assert "weights_only=False" not in text and "weights_only` set to `False" not in text  # no unsafe advice
+    assert sorted(os.listdir(tmp_path)) == ["junk.pt", "pickled.pt"]
 
 
 def test_parse_bytes():

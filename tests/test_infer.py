@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import resource
+import signal
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 import hforge
-from hforge.errors import FileFormatError, GeometryError, InputError, OutputError, ResourceLimitError, UnknownSpeciesError
+from hforge.errors import (
+    FileFormatError,
+    GeometryError,
+    HForgeError,
+    InputError,
+    OutputError,
+    OverlapWarning,
+    ResourceLimitError,
+    UnknownSpeciesError,
+)
+from hforge.files import temp_path
 from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
 from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
@@ -76,6 +90,19 @@ def cell256(cell64):
     atoms = cell64.repeat((2, 2, 1))
     atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
     return atoms[rng.permutation(len(atoms))]
+
+
+@contextlib.contextmanager
+def file_size_limit(n_bytes: int):
+    """Writes beyond ``n_bytes`` fail with EFBIG, as on a full disk (SIGXFSZ ignored, as its default kills)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def assert_same(a, b, tol=1e-12):
@@ -244,7 +271,8 @@ def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
     run = abn_dir / "runs" / "abn_64_0" / "abn_64_0.TSHS"
     reference = sisl.get_sile(run).read_hamiltonian()
     assert "abn-dzp" in pretrained_names()
-    predicted = hforge.load("abn-dzp").predict(read_hs(run))
+    with pytest.warns(OverlapWarning, match="not positive definite"):  # its learned S (see the next test)
+        predicted = hforge.load("abn-dzp").predict(read_hs(run))
     assert predicted.no == reference.no
     s_ref = reference.tocsr(reference.S_idx).tocoo()
     keep = s_ref.data != 0
@@ -259,6 +287,33 @@ def test_bundled_abn_dzp_predicts_a_real_cell(abn_dir):
     ours = np.asarray(predicted.tocsr(1)[rows, isc * width + cols % width]).ravel()
     assert np.abs(ours - values).mean() < 0.02
     assert np.isfinite(predicted.tocsr(0).data).all()
+
+
+def test_a_learned_overlap_that_is_not_positive_definite_is_reported(abn_dir, bundled, monkeypatch):
+    import hforge.infer.overlap as overlap_module
+    from hforge.io import read_hs
+
+    data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
+    learned = hforge.load("abn-dzp")  # written before exact S existed: its S is learned
+    assert learned.model.learns_overlap
+    with pytest.warns(OverlapWarning, match=r"not positive definite: S\(Γ\) has the eigenvalue -.*overlap='exact'") as caught:
+        hamiltonian = learned.predict(data)
+    s = hamiltonian.Sk(format="array")
+    low = np.linalg.eigvalsh(0.5 * (s + s.T))[0]  # all eigenvalues (the check factorizes, then asks LAPACK for one)
+    assert low < 0 and f"{low:.3e}" in str(caught[0].message)
+    with pytest.warns(OverlapWarning, match=f"eigenvalue {low:.3e}"):  # predict_many checks too
+        learned.predict_many([data])
+    with pytest.warns(OverlapWarning, match=r"S was not checked \(104 orbitals"):
+        monkeypatch.setattr(overlap_module, "OVERLAP_CHECK_MAX_ORBITALS", 100)
+        learned.predict(data)
+
+    torch.manual_seed(0)
+    exact = Predictor(build_model(TINY, bundled.basis).eval())  # exact S (the default): never warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverlapWarning)
+        s = exact.predict(data).Sk(format="array")
+    np.testing.assert_allclose(s, data.matrix_at_k(which="s"), atol=1e-7)  # SIESTA's S: positive definite
+    assert np.linalg.eigvalsh(s)[0] > 0
 
 
 @pytest.mark.parametrize("suffix", [".TSHS", ".nc"])
@@ -281,20 +336,44 @@ def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64,
         check_output_path(tmp_path / "nowhere" / "out.TSHS")
     with pytest.raises(InputError, match="is a folder"):
         check_output_path(tmp_path / "dir.TSHS" if (tmp_path / "dir.TSHS").mkdir() is None else None)
+    import sisl
     import sisl.io.siesta.binaries as binaries
 
     hamiltonian = predictor.predict(cell64)
+    for suffix in (".TSHS", ".nc"):  # a real failed write: the file size limit (EFBIG) as a full disk would
+        with file_size_limit(100_000), pytest.raises(OutputError, match=f"out{suffix}: .*(File too large|truncated|HDF)"):
+            write_hamiltonian(hamiltonian, tmp_path / f"out{suffix}")
+    assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
+    monkeypatch.chdir(tmp_path)  # sisl's Fortran writer, failing to open a file, writes fort.1000 here
+    with pytest.raises(HForgeError, match="^/proc/out.TSHS: "):  # check_output_path or the write itself
+        write_hamiltonian(hamiltonian, "/proc/out.TSHS")
+    assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
 
     def broken(self, *args, **kwargs):
         with open(self.file, "wb") as handle:
             handle.write(b"partial")
-        raise OSError("disk full")
+        raise sisl.io.SileError(f"{self}.write_hamiltonian could not write Hamiltonian and overlap matrix. (ierr=28)")
 
     monkeypatch.setattr(binaries.tshsSileSiesta, "write_hamiltonian", broken)
-    with pytest.raises(OutputError, match="out.TSHS: cannot write it: OSError: disk full") as caught:
+    with pytest.raises(OutputError, match="out.TSHS: cannot write it: No space left on device") as caught:
         write_hamiltonian(hamiltonian, tmp_path / "out.TSHS")
     assert isinstance(caught.value.__cause__, OSError)
     assert sorted(os.listdir(tmp_path)) == ["dir.TSHS"]
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed(predictor, cell64, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out.TSHS"
+    # a dead process's file goes; a running one's stays (pytest's parent: this process's own name is the write's)
+    stale, running = temp_path(out, int(dead.stdout)), temp_path(out, os.getppid())
+    other = tmp_path / f".other.{int(dead.stdout)}.tmp.TSHS"
+    for path in (stale, running, other):
+        path.write_bytes(b"partial")
+    write_hamiltonian(predictor.predict(cell64), out)
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, running.name, other.name])
 
 
 def test_predict_many_equals_predict(predictor, cell64, bundled):

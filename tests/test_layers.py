@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hforge"
 #: Low to high; a module may import its own unit and the units of lower layers, never a unit of its own
 #: layer or of a higher one. Keep in step with docs/design.md ("Layers").
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("hforge.errors", "hforge._compat", "hforge._lazy"),
+    ("hforge.errors", "hforge._compat", "hforge._lazy", "hforge._numba"),
     ("hforge.files",),
     ("hforge",),  # the package root: version, errors, lazy re-exports
     ("hforge.basis",),

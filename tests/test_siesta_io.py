@@ -286,3 +286,74 @@ def test_failed_write_leaves_nothing(siesta_fixtures, tmp_path):
     with pytest.raises(FileFormatError, match="writes"):
         write_hs(data, tmp_path / "x.HSX")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compressed_files_read_like_their_decompressed_copies(compressed_runs, tmp_path):
+    from hforge.io.runs import find_runs, run_output
+
+    run, plain, gz, basis = compressed_runs
+    reference = read_hs(plain / "abn_32_10.TSHS", basis=basis)
+    assert reference.n_atoms == 32 and reference.nnz == 564744  # abn-extra's README
+    for path in (run / "abn_32_10.TSHS.xz", gz / "abn_32_10.TSHS.gz", gz / "abn_32_10.fdf"):
+        data = read_hs(path, basis=None if path.parent == run else basis)  # abn-extra/basis is found beside the runs
+        assert_same(data, reference)
+        assert data.source == str(path if path.suffix != ".fdf" else gz / "abn_32_10.TSHS.gz")
+    assert run_output(run) == run / "abn_32_10.TSHS.xz" and run_output(gz) == gz / "abn_32_10.TSHS.gz"
+    assert find_runs([tmp_path / "gz", run.parent])[:2] == [gz, run]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "abn_32_10.TSHS.xz").write_bytes((run / "abn_32_10.TSHS.xz").read_bytes()[:100_000])  # truncated
+    with pytest.raises(FileFormatError, match=f"^{bad / 'abn_32_10.TSHS.xz'}: cannot decompress it"):
+        read_hs(bad / "abn_32_10.TSHS.xz", basis=basis)
+    (bad / "x.TSHS.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(FileFormatError, match="x.TSHS.gz: cannot decompress it"):
+        read_hs(bad / "x.TSHS.gz", basis=basis)
+    import gzip
+
+    with gzip.open(bad / "y.TSHS.gz", "wb") as f:
+        f.write(b"\x04\x00\x00\x00garbage")  # a valid gzip of a corrupted TSHS: named by the compressed path
+    with pytest.raises(FileFormatError, match=f"^{bad / 'y.TSHS.gz'}: truncated"):
+        read_hs(bad / "y.TSHS.gz", basis=basis)
+
+
+def stretched_basis(source: Path, folder: Path, factors: dict[str, float]) -> Path:
+    """Copies of ``source``'s ``.ion`` files in ``folder``, every orbital's radial table of species ``s``
+    stretched by ``factors[s]``: the same shells with other radii (as another PAO.EnergyShift gives)."""
+    folder.mkdir()
+    for ion in sorted(source.glob("*.ion")):
+        factor = factors.get(ion.name[: -len(".ion")], 1.0)
+        lines = ion.read_text().splitlines(keepends=True)
+        in_orbitals = False
+        for k, line in enumerate(lines):
+            if line.startswith("# PAOs"):
+                in_orbitals = True
+            elif line.startswith("# KBs"):
+                in_orbitals = False
+            elif in_orbitals and line.rstrip().endswith("# npts, delta, cutoff"):
+                npts, delta, cutoff = line.split()[:3]
+                lines[k] = f" {npts}    {float(delta) * factor!r}     {float(cutoff) * factor!r}     # npts, delta, cutoff\n"
+        (folder / ion.name).write_text("".join(lines))
+    return folder
+
+
+def test_a_basis_with_other_radii_is_refused(abn_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hforge.cli.main import app
+
+    tshs = abn_dir / "runs/abn_8_0/abn_8_0.TSHS"
+    same = stretched_basis(abn_dir / "basis", tmp_path / "same", {})
+    copy, original = read_hs(tshs, basis=same), read_hs(tshs, basis=abn_dir / "basis")  # the copies themselves are right
+    for name in ("edge_index", "cell_shift", "s", "h"):
+        np.testing.assert_array_equal(getattr(copy, name), getattr(original, name))
+    smaller = stretched_basis(abn_dir / "basis", tmp_path / "smaller", {"B": 0.95, "N": 0.95})
+    assert BasisSet.from_folder(smaller)["B"].cutoff == pytest.approx(0.95 * 3.7396194, rel=1e-7)
+    with pytest.raises(BasisMismatchError, match=rf"^{tshs}: the basis' orbital radii \(B 3.5526, N 2.6411 Å\) are smaller .*"
+                                                 r"species pairs B-B \(80\)"):  # only B's radius reaches that far
+        read_hs(tshs, basis=smaller)
+    larger = stretched_basis(abn_dir / "basis", tmp_path / "larger", {"N": 1.1})
+    with pytest.raises(BasisMismatchError, match=rf"^{tshs}: the basis' orbital radii \(B 3.7396, N 3.0581 Å\) are larger .*N-N"):
+        read_hs(tshs, basis=larger)
+    result = CliRunner().invoke(app, ["data", "inspect", str(tshs), "--basis", str(larger)])
+    assert result.exit_code == 1 and f"error: {tshs}: the basis' orbital radii" in result.output.replace("\n", "")

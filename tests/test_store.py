@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -123,7 +124,31 @@ def test_reconverting_a_store_with_relative_sources_reuses_it(runs, tmp_path):
 def test_nothing_converted_writes_nothing(runs, tmp_path):
     with pytest.raises(FileFormatError, match="nothing written"):
         convert([runs / "abn_8_4"], tmp_path / "s.h5", progress=False)
-    assert not (tmp_path / "s.h5").exists()
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.parts").exists()
+
+
+def test_a_file_at_the_output_that_is_not_a_store_is_kept(runs, tmp_path):
+    out = tmp_path / "s.h5"
+    out.write_bytes(b"not a store")
+    refused = f"^{out}: the output exists and is not a readable HForge store .*delete or move it"
+    with pytest.raises(FileFormatError, match=refused):
+        convert([runs / "abn_8_0"], out, progress=False)
+    assert out.read_bytes() == b"not a store" and not (tmp_path / "s.h5.parts").exists()
+
+
+def test_inspect_warns_about_a_run_that_did_not_converge(runs):
+    from typer.testing import CliRunner
+
+    from hforge.cli.main import app
+
+    result = CliRunner().invoke(app, ["data", "inspect", str(runs / "abn_8_2" / "abn_8_2.TSHS"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)  # the warning goes to stderr: stdout stays JSON
+    assert info["siesta_log"] == {"path": str(runs / "abn_8_2" / "abn_8_2.out.gz"), "state": "unconverged",
+                                  "detail": "the SCF did not converge (SCF_NOT_CONV in the SIESTA log)"}
+    assert "warning:" in result.stderr and "not those of a converged calculation" in result.stderr.replace("\n", " ")
+    result = CliRunner().invoke(app, ["data", "inspect", str(runs / "abn_8_0" / "abn_8_0.TSHS"), "--json"])
+    assert json.loads(result.stdout)["siesta_log"]["state"] == "converged" and "warning" not in result.stderr
 
 
 def test_statistics_match_a_direct_computation(runs, tmp_path, siesta_fixtures):

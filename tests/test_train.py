@@ -83,9 +83,27 @@ def test_default_config_yaml_is_the_default_config():
     assert config.augment and config.model.dtype == "float32"
 
 
-def test_print_default_config_cli():
-    result = CliRunner().invoke(app, ["train", "--print-default-config"])
-    assert result.exit_code == 0 and result.output == DEFAULT_CONFIG_YAML
+#: mace prints a line to stdout when imported without cuEquivariance: hide cuEquivariance to provoke it.
+NO_CUEQ = "import sys; sys.modules['cuequivariance'] = sys.modules['cuequivariance_torch'] = None; "
+
+
+def test_print_default_config_is_pure_yaml_that_trains(tmp_path):
+    provoked = subprocess.run([sys.executable, "-c", NO_CUEQ + "import mace.modules"], env=env(), capture_output=True,
+                              text=True, timeout=300)
+    assert "cuequivariance" in provoked.stdout  # the print that must not reach hforge's stdout
+    code = NO_CUEQ + "sys.argv = ['hforge', 'train', '--print-default-config']; from hforge.cli.main import app; app()"
+    done = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == DEFAULT_CONFIG_YAML
+    config = yaml.safe_load(done.stdout)
+    config["training"].update(max_steps=2, val_every=2, checkpoint_every=2, val_eigenvalues=False, device="cpu")
+    path = write_config(tmp_path / "d.yaml", config)
+    with one_thread():
+        trainer = Trainer(load_config(path), tmp_path / "run", progress=False)
+        assert [trainer.data.name(k) for k in trainer.data.train] == ["abn_8_0", "abn_8_1", "abn_16_0"]
+        assert [trainer.data.name(k) for k in trainer.data.val] == ["abn_24_0"]  # the bundled store's own split
+        result = trainer.run()
+    assert result.steps == 2 and np.isfinite(result.validation["mean"]["h_mae_meV"])
 
 
 @pytest.mark.parametrize(
@@ -192,28 +210,32 @@ app(prog_name="hforge")
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6
+    # epochs of 2, 2 and 3 batches (seed 3): checkpoint at step 5 (epoch 2, batch 1), killed after step 6.
+    # Every run is a fresh `hforge train` process with one torch thread (a run inside this process, after
+    # other test modules built and trained models here, inherited their thread settings and did not repeat
+    # a fresh one bit for bit); the uninterrupted one with numba's default threads, the others with one:
+    # results do not depend on numba's thread count.
     config = tiny(training={"max_steps": 7, "checkpoint_every": 5, "val_every": 100})
     path = write_config(tmp_path / "tiny.yaml", config)
-    # Every run is a fresh `hforge train` process: a run inside this process, after other test
-    # modules (tests/test_models.py) built and trained models here, did not repeat a fresh one bit for bit.
-    hforge_train = [sys.executable, "-m", "hforge.cli.main", "train", str(path), "--no-progress", "--out"]
-    whole = tmp_path / "whole"
-    uninterrupted = subprocess.run([*hforge_train, str(whole)], env=env(), capture_output=True, text=True, timeout=300)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
+    def train(out, *options, kill_after=None, **variables):
+        """``hforge train`` into ``out`` (SIGKILLed after step ``kill_after``: KILLED_TRAIN), environment ``variables`` added."""
+        program = ["-m", "hforge.cli.main"] if kill_after is None else ["-c", KILLED_TRAIN, str(kill_after)]
+        command = [sys.executable, *program, "train", str(path), "--out", str(out), "--no-progress", *options]
+        return subprocess.run(command, env={**env(), **variables}, capture_output=True, text=True, timeout=300)
+
+    whole = tmp_path / "whole"
+    done = train(whole)
+    assert done.returncode == 0, done.stderr[-2000:]
     killed = tmp_path / "killed"
-    arguments = ["train", str(path), "--no-progress", "--out", str(killed)]
-    run = subprocess.run([sys.executable, "-c", KILLED_TRAIN, "6", *arguments], env=env(), capture_output=True, text=True,
-                         timeout=300)
+    run = train(killed, kill_after=6, NUMBA_NUM_THREADS="1")
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     _, payload = load_checkpoint(killed / "last.pt")
     state = payload["extra"]["training"]
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (5, 2, 1)
     assert not list(killed.glob(".*tmp*"))
 
-    resumed = subprocess.run([sys.executable, "-m", "hforge.cli.main", *arguments, "--resume"], env=env(), capture_output=True,
-                             text=True, timeout=300)
+    resumed = train(killed, "--resume", NUMBA_NUM_THREADS="1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, pa = load_checkpoint(whole / "last.pt")
     b, pb = load_checkpoint(killed / "last.pt")
@@ -293,6 +315,32 @@ def test_checkpoints_hold_the_values_taken_from_the_data(checkpoint):
     assert payload["extra"]["training"]["config"]["model"]["avg_num_neighbors"] == expected.avg_num_neighbors
 
 
+def test_a_run_folder_is_not_overwritten_without_resume_or_overwrite(checkpoint, tmp_path):
+    folder = checkpoint.parent  # the module's trained run: last.pt, best.pt, metrics.jsonl
+    before = {name: (folder / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.jsonl")}
+    config = tiny(training={"max_steps": 2, "val_every": 2, "checkpoint_every": 2})
+    with pytest.raises(ConfigError, match=f"^{folder}: holds a training run .*--resume.*another --out.*--overwrite"):
+        Trainer(load_config(config), folder, progress=False)
+    path = write_config(tmp_path / "tiny.yaml", config)
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(folder), "--no-progress"])
+    assert result.exit_code == 1 and "--resume" in result.output, result.output
+    with pytest.raises(ConfigError, match="choose one"):
+        Trainer(load_config(config), folder, resume=True, overwrite=True, progress=False)
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in before:
+        (copy / name).write_bytes(before[name])
+    (copy / "metrics.jsonl").write_text('{"step": 1, "loss": 1e9}\n' * 5)  # an old log that must not be extended
+    with one_thread():
+        Trainer(load_config(tiny(training={"max_steps": 1, "val_every": 5, "checkpoint_every": 5})), copy,
+                overwrite=True, progress=False).run(final_validation=False)
+    log = read_log(copy / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1] and log[0]["loss"] < 1e9
+    assert not (copy / "best.pt").exists()  # the old run's best.pt went with it (no validation in the new one)
+
+
 def test_evaluation_matches_an_independent_oracle(checkpoint):
     model, _ = load_checkpoint(checkpoint)
     data = load("abn-small")
@@ -328,14 +376,15 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
     np.testing.assert_allclose(a["h_mae_shifted_meV"]["all"], b["h_mae_shifted_meV"]["all"], rtol=1e-6)
 
 
-def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, tmp_path):
+def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, shared_dir, tmp_path):
     out = tmp_path / "eval.json"
+    compressed = shared_dir / "abn-extra" / "runs" / "abn_32_10"  # holds abn_32_10.TSHS.xz
     result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", str(abn_dir / "runs" / "abn_8_0"),
-                                      "--split", "val", "--json", str(out), "--no-eigenvalues"])
+                                      str(compressed), "--split", "val", "--json", str(out), "--no-eigenvalues"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     names = [e["name"] for e in report["structures"]]
-    assert names == ["abn_24_0", "abn_8_0"] and sorted(report["groups"]) == ["24", "8"]
+    assert names == ["abn_24_0", "abn_8_0", "abn_32_10"] and sorted(report["groups"]) == ["24", "32", "8"]
     assert "per size" in result.output
     # the SIESTA file (float64) and the bundled store's copy (float32) of abn_8_0 give the same errors
     model, _ = load_checkpoint(checkpoint)

@@ -115,6 +115,7 @@ class SpeciesBasis:
     radials: SpeciesRadials | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "symbol", str(self.symbol))  # not numpy's str_ (its repr would reach messages)
         object.__setattr__(self, "shells", tuple(self.shells))
         if self.kb_projectors is not None:
             object.__setattr__(self, "kb_projectors", tuple((int(l), float(r)) for l, r in self.kb_projectors))

@@ -10,15 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hforge.cli._errors import escape, user_errors
+
 __all__ = ["data_app"]
 
 data_app = typer.Typer(help="SIESTA data: convert runs into a store, inspect files, statistics.", no_args_is_help=True)
 _console = Console()
-
-
-def _fail(exc: Exception) -> None:
-    _console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @data_app.command("convert")
@@ -34,13 +31,12 @@ def convert_command(
     """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped)."""
     import numpy as np
 
-    from hforge.errors import HForgeError
     from hforge.io import HSStore, SplitRule, convert
 
     def report_skip(run: str, exc: Exception) -> None:
-        _console.print(f"[yellow]skipped[/yellow] {run}: {exc}", soft_wrap=True)
+        _console.print(f"[yellow]skipped[/yellow] {escape(run)}: {escape(exc)}", soft_wrap=True)
 
-    try:
+    with user_errors():
         report = convert(
             inputs,
             out,
@@ -50,13 +46,12 @@ def convert_command(
             split_rule=SplitRule(train_max_atoms, val_max_atoms),
             on_skip=report_skip,
         )
-    except HForgeError as exc:
-        _fail(exc)
-    store = HSStore(report.store)
+        store = HSStore(report.store)
     _console.print(
         f"{store.path}: {len(store)} structures ({len(report.converted)} converted, {len(report.reused)} reused, "
-        f"{len(report.skipped)} skipped), species {store.basis.symbols}, "
-        + ", ".join(f"{s} {len(store.split(s))}" for s in ("train", "val", "test"))
+        f"{len(report.skipped)} skipped), species {', '.join(store.basis.symbols)}, "
+        + ", ".join(f"{s} {len(store.split(s))}" for s in ("train", "val", "test")),
+        markup=False,
     )
     if report.skipped:
         raise typer.Exit(2)
@@ -68,21 +63,29 @@ def inspect_command(
     basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of ion files (for a bare TSHS)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum."""
-    from hforge.errors import HForgeError
+    """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum;
+    a warning when the SIESTA log beside the file shows a run that failed or did not converge."""
     from hforge.io import read_hs
     from hforge.io.inspect import describe
+    from hforge.io.runs import run_state
 
-    try:
+    with user_errors():
         info = describe(read_hs(file, basis=basis, validate=False))
-    except HForgeError as exc:
-        _fail(exc)
+        state = run_state(file)
+    if state is not None:
+        log, kind, message = state
+        info["siesta_log"] = {"path": str(log), "state": kind, "detail": message}
+        if kind != "converged":
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]warning:[/yellow] {escape(log)}: {escape(message)}: these H and S are not those of a "
+                "converged calculation", highlight=False,
+            )
     if as_json:
         _console.print_json(json.dumps(info))
         return
-    table = Table(title=str(file), show_header=False)
+    table = Table(title=escape(file), show_header=False)
     for key, value in info.items():
-        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        table.add_row(escape(key), f"{value:.6g}" if isinstance(value, float) else escape(value))
     _console.print(table)
 
 
@@ -94,29 +97,26 @@ def stats_command(
 ) -> None:
     """Statistics of a store: numbers, and PNG figures (onsite energies, decay with distance, H heatmap)."""
     from hforge.datasets.store_overview import plot_store, store_summary
-    from hforge.errors import HForgeError
     from hforge.io import HSStore
 
-    try:
+    with user_errors():
         opened = HSStore(store)
         summary = store_summary(opened)
         written = plot_store(opened, out, structure=structure)
-    except HForgeError as exc:
-        _fail(exc)
-    _console.print(f"[bold]{store}[/bold]: {summary['structures']} structures, species {summary['species']}")
+    _console.print(f"[bold]{escape(store)}[/bold]: {summary['structures']} structures, species {escape(summary['species'])}")
     for split, info in summary["splits"].items():
-        _console.print(f"  {split}: {info['structures']} structures, atoms {info['atoms']}, nnz {info['nnz']}")
+        _console.print(f"  {split}: {info['structures']} structures, atoms {info['atoms']}, nnz {info['nnz']}", markup=False)
     table = Table(title="mean onsite energies (eV, unshifted H) ± std")
     table.add_column("orbital")
     species = summary["statistics"]["onsite_energies"]
     for symbol in species:
-        table.add_column(symbol)
+        table.add_column(escape(symbol))
     names = max(species.values(), key=len)
     for name in names:
         table.add_row(
-            name,
+            escape(name),
             *(f"{v[name]['mean_eV']:.3f} ± {v[name]['std_eV']:.3f}" if name in v else "" for v in species.values()),
         )
     _console.print(table)
     for path in written:
-        _console.print(f"wrote {path}")
+        _console.print(f"wrote {path}", markup=False)

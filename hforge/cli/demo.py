@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import escape, user_errors
 from hforge.cli.evaluate import metrics_table, wide_console
 from hforge.files import write_json
 from hforge.io import HSData
@@ -86,14 +86,14 @@ def demo(
     train_names = [e["name"] for e in load("abn-small").store.manifest if e["split"] == "train"]
     reference = demo_test_cell(shared)
     name = Path(reference.source).stem
-    console.print(f"test cell: {name} ({reference.n_atoms} atoms, {reference.source})")
+    console.print(f"test cell: {name} ({reference.n_atoms} atoms, {reference.source})", markup=False)
     n_occupied = n_occupied_states(reference.basis, reference.species)
     table, checkpoints, budget, figures, logs = {}, {}, {}, {}, {}
     for kind in ("equivariant", "invariant"):
         config = load_config(demo_config(kind, steps))
         console.print(f"[bold]{kind}[/bold]: training {steps} steps on the abn-small training cells (8-16 atoms)")
         start = time.perf_counter()
-        result = Trainer(config, out / kind, progress=progress).run(final_validation=False)  # evaluated below
+        result = Trainer(config, out / kind, progress=progress, overwrite=True).run(final_validation=False)  # evaluated below
         budget[kind] = {"steps": result.steps, "wall_s": time.perf_counter() - start, **result.throughput}
         model, _ = load_checkpoint(result.last)
         checkpoints[kind] = str(result.last.resolve())
@@ -115,15 +115,16 @@ def demo(
         "settings": {"eigenvalue_window_eV": 2.0, "orthogonalization_threshold": 1e-3, "n_occupied": n_occupied},
     }
     write_json(out / "results.json", results)
-    console.print(metrics_table(table, title=f"{name} ({reference.n_atoms} atoms), never seen in training", first="model"))
+    title = f"{escape(name)} ({reference.n_atoms} atoms), never seen in training"
+    console.print(metrics_table(table, title=title, first="model"))
     for kind, info in budget.items():
         console.print(f"{kind}: {info['steps']} steps in {info['wall_s']:.0f} s ({info['structures_per_s']:.2f} structures/s)")
-    console.print(f"output folder: {out.resolve()}")
+    console.print(f"output folder: {out.resolve()}", markup=False)
     return results
 
 
 def demo_command(
-    out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("hforge-demo"), "--out", help="Output folder (a demo already there is replaced)."),
     steps: int = typer.Option(DEMO_STEPS, "--steps", min=1, help="Optimizer steps per model (the budget)."),
     shared: Path = typer.Option(None, "--shared", help="Shared data folder holding abn/runs/abn_64_0 "
                                 "(default $HFORGE_SHARED or ../shared; without it the bundled 24-atom cell is the test)."),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hforge.cli._choices import Split
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import escape, user_errors
 
 __all__ = ["COLUMNS", "columns", "evaluate_command", "iter_references", "metrics_table", "parse_valence", "wide_console"]
 
@@ -57,7 +57,8 @@ def _fmt(key: str, value: Any) -> str:
 def metrics_table(
     rows: Mapping[str, Mapping[str, Any]], *, title: str, first: str = "structure", thresholds: List[float] | None = None
 ) -> Table:
-    """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`)."""
+    """A rich table of summary rows (label -> :func:`hforge.train.evaluation.summary_row`); ``title``
+    is rich markup (escape user text in it), the labels are printed as they are."""
     from hforge.metrics import EVALUATION_THRESHOLDS
 
     shown = columns(list(EVALUATION_THRESHOLDS if thresholds is None else thresholds))
@@ -66,7 +67,7 @@ def metrics_table(
     for header in shown.values():
         table.add_column(header, justify="right")
     for label, row in rows.items():
-        table.add_row(label, *(_fmt(k, row.get(k)) for k in shown))
+        table.add_row(escape(label), *(_fmt(k, row.get(k)) for k in shown))
     return table
 
 
@@ -128,11 +129,11 @@ def evaluate_command(
             thresholds=threshold,
             eigenvalues=eigenvalues, valence={**extra_valence, **parse_valence(valence)},
             on_structure=lambda e: console.print(
-                f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV"
+                f"  {e['name']}: {e['n_atoms']} atoms, H MAE {e['summary']['h_mae_meV']:.3g} meV", markup=False
             ),
         )
     rows = {e["name"]: e["summary"] for e in evaluation.structures}
-    console.print(metrics_table(rows, title=f"{checkpoint} per structure", thresholds=threshold))
+    console.print(metrics_table(rows, title=f"{escape(checkpoint)} per structure", thresholds=threshold))
     groups = {n: g["summary"] for n, g in evaluation.groups.items()}
     console.print(metrics_table(groups, title="per size", first="atoms", thresholds=threshold))
     if json_out is not None:
@@ -140,4 +141,4 @@ def evaluate_command(
 
         result = {"checkpoint": str(checkpoint), "model": model.config.to_dict(), **evaluation.to_dict()}
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        console.print(f"wrote {write_json(json_out, result)}")
+        console.print(f"wrote {write_json(json_out, result)}", markup=False)

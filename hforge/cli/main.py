@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from hforge.cli._errors import handle_sigterm
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo_command
 from hforge.cli.evaluate import evaluate_command
@@ -30,8 +31,9 @@ app.command("predict")(predict_command)
 
 
 @app.callback()
-def main() -> None:
+def main(ctx: typer.Context) -> None:
     """HForge: SIESTA H and S from atomic structure (eV, Å)."""
+    ctx.call_on_close(handle_sigterm())  # SIGTERM unwinds like Ctrl-C: no temporary file left
 
 
 @app.command("info")

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from hforge.cli._choices import AssemblyBackend, Dtype, Mode
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import printed_warnings, user_errors
 
 __all__ = ["frame_outputs", "parse_bytes", "predict_command"]
 
@@ -76,7 +76,7 @@ def predict_command(
     from hforge.infer import check_output_path, load, read_frames
 
     console = Console(stderr=True, soft_wrap=True)
-    with user_errors():
+    with user_errors(), printed_warnings(console):
         frames = read_frames(structure)
         outputs = frame_outputs(out, len(frames))
         for path in outputs:
@@ -89,9 +89,10 @@ def predict_command(
                     predictor.arrays(atoms)
         for k, (atoms, path) in enumerate(zip(frames, outputs)):
             label = f"{path} (frame {k} of {len(frames)})" if len(frames) > 1 else str(path)
+            source = f"{structure} (frame {k})" if len(frames) > 1 else str(structure)
             with _naming(structure, k, len(frames)):
                 _predict_one(
-                    predictor, atoms, path, label, console, max_memory=budget, mode=mode.value, parts=parts,
+                    predictor, atoms, path, label, source, console, max_memory=budget, mode=mode.value, parts=parts,
                     dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed,
                 )
 
@@ -111,10 +112,11 @@ def _naming(structure: Path, frame: int, n_frames: int) -> Iterator[None]:
 
 
 def _predict_one(
-    predictor: Any, atoms: Any, out: Path, label: str, console: Console, *, max_memory: int | None, mode: str,
-    parts: int | None, dtype: Any, backend: str, distributed: bool,
+    predictor: Any, atoms: Any, out: Path, label: str, source: str, console: Console, *, max_memory: int | None,
+    mode: str, parts: int | None, dtype: Any, backend: str, distributed: bool,
 ) -> None:
-    """Predict one structure, write it and print its summary line (rank 0 only when distributed)."""
+    """Predict one structure, write it and print its summary line (rank 0 only when distributed);
+    ``source`` (the structure file, and frame) is named in warnings."""
     from hforge.infer import peak_rss_bytes, write_hamiltonian
 
     start = time.perf_counter()
@@ -127,9 +129,13 @@ def _predict_one(
         )
         if hamiltonian is None:  # not rank 0: its part is merged there
             return
+        from hforge.infer.overlap import check_learned_overlap
+
+        check_learned_overlap(predictor.model, hamiltonian, source=source)
     else:
         hamiltonian = predictor.predict(
             atoms, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
+            source=source,
         )
     write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start
@@ -140,4 +146,5 @@ def _predict_one(
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
+        markup=False,
     )

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hforge.cli._errors import user_errors
+from hforge.cli._errors import escape, user_errors
 
 __all__ = ["register", "run_command", "siesta_inputs_command"]
 
@@ -25,7 +25,7 @@ def siesta_inputs_command(
 
     with user_errors():
         folders = write_siesta_inputs(structures, template, out, basis=basis, overwrite=overwrite)
-    Console().print(f"{len(folders)} run folder(s) in {out}; run them with `hforge data run {out}`")
+    Console().print(f"{len(folders)} run folder(s) in {out}; run them with `hforge data run {out}`", markup=False)
 
 
 def run_command(
@@ -43,12 +43,12 @@ def run_command(
         seconds = "" if status.seconds is None else f"{status.seconds:.0f}"
         iterations = "" if status.scf_iterations is None else str(status.scf_iterations)
         state = f"[{colours[status.state]}]{status.state}[/]"
-        table.add_row(status.name, state, iterations, seconds, status.detail)
+        table.add_row(escape(status.name), state, iterations, seconds, escape(status.detail))
     console = Console()
     console.print(table)
     bad = [s.name for s in statuses if s.state != "converged"]
     if bad:
-        console.print(f"[red]{len(bad)} run(s) not converged:[/red] {', '.join(bad)}")
+        console.print(f"[red]{len(bad)} run(s) not converged:[/red] {escape(', '.join(bad))}")
         raise typer.Exit(1)
 
 

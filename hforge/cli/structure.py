@@ -45,5 +45,6 @@ def abn_command(
     Console().print(
         f"{out}: {len(atoms)} atoms, {stats.density_g_cm3:.3f} g/cm3, {folds}, homonuclear bonds "
         f"{stats.homonuclear_bond_frac:.1%}, mean B-N bond {stats.mean_BN_bond:.3f} A, "
-        f"shortest distance {stats.dmin:.3f} A, {atoms.info['md_seconds']:.0f} s"
+        f"shortest distance {stats.dmin:.3f} A, {atoms.info['md_seconds']:.0f} s",
+        markup=False,
     )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 
 __all__ = ["canonical_pairs", "gather_pairs", "pair_order"]
 

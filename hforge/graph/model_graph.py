@@ -58,7 +58,7 @@ class StructureArrays:
 
 def _species_indices(labels: Sequence[str], basis: BasisSet) -> np.ndarray:
     unique, inverse = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
-    missing = [label for label in unique if label not in basis]
+    missing = [str(label) for label in unique if label not in basis]  # str: numpy's str_ repr is np.str_('C')
     if missing:
         raise UnknownSpeciesError(f"species {missing} are not in the basis (it has {basis.symbols})")
     return np.array([basis.index(label) for label in unique], dtype=np.int64)[inverse.reshape(-1)]

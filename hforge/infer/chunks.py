@@ -16,8 +16,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 
 __all__ = [
     "Cluster",

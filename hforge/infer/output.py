@@ -8,6 +8,7 @@ from typing import Any
 
 from hforge.errors import FileFormatError, InputError
 from hforge.files import atomic_write
+from hforge.io.siesta import check_written_tshs, create_fortran_output
 
 __all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
 
@@ -37,12 +38,22 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 def write_hamiltonian(hamiltonian: Any, path: str | os.PathLike) -> Path:
     """Write a ``sisl.Hamiltonian`` (with S) as ``.TSHS`` or ``.nc``, atomically
-    (:func:`hforge.files.atomic_write`): a failed or killed write leaves no partial file under
-    ``path``.  Returns the path.
+    (:func:`hforge.files.atomic_write`): a failed, interrupted (Ctrl-C, SIGTERM through the CLI) or
+    killed write leaves no partial file under ``path``; temporary files that killed runs left beside
+    it are removed.  A TSHS is checked complete after sisl's Fortran writer (:func:`~hforge.io.siesta.check_written_tshs`).
+    Returns the path.
+
+    Raises:
+        FileFormatError, InputError: as :func:`check_output_path`.
+        OutputError: the write failed (full disk, a folder like ``/proc``), naming the path.
     """
     import sisl
 
     path = check_output_path(path)
     with atomic_write(path, None) as tmp:
+        if path.suffix == ".TSHS":
+            create_fortran_output(tmp)
         sisl.get_sile(str(tmp), mode="w").write_hamiltonian(hamiltonian)
+        if path.suffix == ".TSHS":
+            check_written_tshs(tmp, path)  # sisl's Fortran writer can miss a failed write
     return path

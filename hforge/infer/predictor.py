@@ -41,6 +41,7 @@ from hforge.infer.chunks import (
     interplanar_spacings,
     receptive_field,
 )
+from hforge.infer.overlap import check_learned_overlap
 from hforge.models.base import HSModel, pair_vectors
 from hforge.models.predict import sisl_geometry
 from hforge.ops.assemble import AssembledCSR, assemble_csr, plan_csr_assembly
@@ -88,7 +89,7 @@ def read_frames(path: str | os.PathLike) -> list[Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError("no such structure file", path=path)
+        raise FileFormatError("a folder, not a structure file" if path.is_dir() else "no such structure file", path=path)
     try:
         frames = ase.io.read(path, index=":")
     except Exception as exc:  # ASE raises many types for unreadable files
@@ -295,6 +296,7 @@ class Predictor:
         parts: int | None = None,
         species: Sequence[str] | None = None,
         progress: bool | Callable[[int, int], None] = False,
+        source: str | None = None,
     ) -> Any:
         """H and S of ``structure`` as a non-orthogonal ``sisl.Hamiltonian``.
 
@@ -309,6 +311,7 @@ class Predictor:
             parts: atom ranges ("streamed") or about this many spatial chunks ("chunked").
             species: one species label per atom, overriding the structure's.
             progress: a tqdm bar over ranges/chunks (True), or a callback ``(done, total)``.
+            source: what is predicted, named in warnings (default: ``structure`` when it is a path).
 
         Returns:
             ``sisl.Hamiltonian``: the unshifted H (eV; SIESTA's energy zero, E_F = 0) and S,
@@ -319,6 +322,10 @@ class Predictor:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
+
+        Warns:
+            OverlapWarning: a model with a learned S predicted an S(Γ) that is not positive
+                definite, or one too large to check (:mod:`hforge.infer.overlap`).
         """
         report = PredictionReport()
         self.last_report = report
@@ -343,6 +350,9 @@ class Predictor:
             csr = problem.csr(indices, data)
         with timer("assembly"):
             hamiltonian = csr.to_sisl(problem.geometry(self.model.basis))
+        if source is None and isinstance(structure, (str, os.PathLike)):
+            source = str(structure)
+        check_learned_overlap(self.model, hamiltonian, source=source)
         report.peak_rss_bytes = peak_rss_bytes()
         return hamiltonian
 
@@ -405,6 +415,8 @@ class Predictor:
                 blocks = self.model(graph)
             blocks = type(blocks)(h=blocks.h.to(_torch_dtype(dtype)), s=blocks.s.to(_torch_dtype(dtype)))
             results.extend(assemble_prediction(self.model, graph, blocks, b, backend=backend) for b in range(graph.n_graphs))
+            for hamiltonian in results[len(results) - graph.n_graphs :]:
+                check_learned_overlap(self.model, hamiltonian)
             batch.clear()
 
         for graph in graphs:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Iterable
 
 from hforge.errors import ConvergenceError, FileFormatError
-from hforge.io.siesta import HS_SUFFIXES, find_hs_file
+from hforge.io.siesta import find_hs_file, hs_label, is_hs_file_name
 
-__all__ = ["find_runs", "run_output", "check_log", "log_failure", "natural_key"]
+__all__ = ["find_runs", "run_output", "check_log", "find_log", "log_failure", "natural_key", "run_state"]
 
 _NOT_CONVERGED = ("SCF_NOT_CONV", "SCF did not converge")
 _ABNORMAL = "ABNORMAL_TERMINATION"
@@ -24,7 +24,7 @@ def natural_key(path: Path) -> list:
 
 
 def _is_hs_file(path: Path) -> bool:
-    return path.is_file() and not path.name.endswith(".ion.nc") and path.name.endswith(HS_SUFFIXES)
+    return path.is_file() and is_hs_file_name(path.name)
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -34,8 +34,8 @@ def _is_run_folder(folder: Path) -> bool:
 def find_runs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into SIESTA runs, in natural order.
 
-    A file (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) is a run; a folder holding such files is a
-    run folder; any other folder is searched recursively.
+    A file (``.TSHS``, ``.HSX``, ``.nc``, each maybe compressed: ``.TSHS.xz``; ``.fdf``) is a run;
+    a folder holding such files is a run folder; any other folder is searched recursively.
 
     Raises:
         FileFormatError: an input that does not exist.
@@ -69,25 +69,52 @@ def log_failure(text: str) -> tuple[str, str] | None:
     return None
 
 
-def check_log(log: Path) -> None:
-    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
-    (:func:`log_failure`)."""
+def _log_text(log: Path) -> str:
     opener = gzip.open if log.name.endswith(".gz") else open
     try:
         with opener(log, "rt", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except (OSError, EOFError) as exc:
         raise FileFormatError(f"cannot read the SIESTA log: {exc}", path=log) from exc
-    failure = log_failure(text)
+
+
+def check_log(log: Path) -> None:
+    """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
+    (:func:`log_failure`)."""
+    failure = log_failure(_log_text(log))
     if failure is not None:
         raise ConvergenceError(failure[1], path=log)
+
+
+def find_log(folder: Path, label: str | None = None) -> Path | None:
+    """The SIESTA log (``.out``, ``.out.gz``) in a run folder: ``<label>.out[.gz]`` when there is
+    one, else the first log there; None without any."""
+    logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
+    if label is not None:
+        logs = [p for p in logs if p.name.split(".out")[0] == label] or logs
+    return logs[0] if logs else None
+
+
+def run_state(path: str | os.PathLike) -> tuple[Path, str, str] | None:
+    """``(log, state, message)`` of the run an H/S file comes from, read from the SIESTA log beside
+    it (:func:`find_log`): state ``"converged"`` or :func:`log_failure`'s kind; None without a log.
+
+    Raises:
+        FileFormatError: an unreadable log.
+    """
+    path = Path(path)
+    log = find_log(path.parent, hs_label(path))
+    if log is None:
+        return None
+    failure = log_failure(_log_text(log))
+    return (log, "converged", "SIESTA finished and converged") if failure is None else (log, *failure)
 
 
 def run_output(run: str | os.PathLike) -> Path:
     """The H/S file of a run (a file or a run folder), after checking its SIESTA log if any.
 
-    In a folder: the file named by the fdf's ``SystemLabel`` (``.nc``, ``.TSHS``, ``.HSX``),
-    else the only H/S file there.
+    In a folder: the file named by the fdf's ``SystemLabel`` (``.nc``, ``.TSHS``, ``.HSX``, each
+    maybe compressed: ``.TSHS.xz``), else the only H/S file there.
 
     Raises:
         ConvergenceError: no H/S output, or a log that shows a failed or unconverged SCF.
@@ -95,11 +122,8 @@ def run_output(run: str | os.PathLike) -> Path:
     """
     run = Path(run)
     folder = run.parent if run.is_file() else run
-    stem = run.name.rsplit(".", 1)[0] if run.is_file() else None
-    logs = sorted(folder.glob("*.out")) + sorted(folder.glob("*.out.gz"))
-    if stem is not None:
-        logs = [p for p in logs if p.name.split(".out")[0] == stem] or logs
-    for log in logs[:1]:
+    log = find_log(folder, hs_label(run) if run.is_file() else None)
+    if log is not None:
         check_log(log)
     if run.is_file():
         return find_hs_file(run) if run.suffix == ".fdf" else run
@@ -113,5 +137,7 @@ def run_output(run: str | os.PathLike) -> Path:
     if len(hs_files) == 1:
         return hs_files[0]
     if not hs_files:
-        raise ConvergenceError("no H/S output (.TSHS/.HSX/.nc): the run did not finish or did not save H", path=folder)
+        raise ConvergenceError(
+            "no H/S output (.TSHS/.HSX/.nc, maybe compressed): the run did not finish or did not save H", path=folder
+        )
     raise FileFormatError(f"several H/S files and no fdf to choose: {[p.name for p in hs_files]}", path=folder)

@@ -9,13 +9,24 @@ back as exactly the value in memory (found by stepping ulps), so that file -> HS
 is exact.  TSHS files are written through sisl's own Fortran writer; sisl writes E_F = 0 there,
 so the E_F record is then set in place.  ``.nc`` files are written by sisl and their values
 replaced with the exact ones through netCDF4.
+
+Compressed files (``.TSHS.xz``, ``.HSX.gz``, ``.nc.bz2``: :data:`COMPRESSIONS`) are read
+transparently: sisl cannot read them, so they are decompressed (streamed) into a private
+temporary folder that is removed afterwards, also on errors (:func:`readable_copy`); the source
+path is what :attr:`HSData.source` and every error message name.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import struct
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,16 +40,34 @@ from hforge.errors import (
     BasisMismatchError,
     FileFormatError,
     HForgeError,
+    OutputError,
     UnknownSpeciesError,
     UnsupportedSystemError,
 )
 from hforge.files import atomic_write
 from hforge.io.hsdata import HSData
 
-__all__ = ["read_hs", "write_hs", "find_hs_file", "HS_SUFFIXES", "RY_TO_EV"]
+__all__ = [
+    "COMPRESSIONS",
+    "HS_SUFFIXES",
+    "RY_TO_EV",
+    "check_basis_reach",
+    "check_written_tshs",
+    "create_fortran_output",
+    "find_hs_file",
+    "hs_label",
+    "is_hs_file_name",
+    "read_hs",
+    "readable_copy",
+    "split_compression",
+    "write_hs",
+]
 
 #: Matrix files in the order an fdf's SystemLabel is resolved (sisl's order).
 HS_SUFFIXES = (".nc", ".TSHS", ".HSX")
+
+#: Compressed files read transparently: suffix -> opener of the decompressed stream.
+COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
 
@@ -48,18 +77,88 @@ _BASIS_ATTRIBUTE = "hforge_basis"
 # ---------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------
+def split_compression(name: str) -> tuple[str, str]:
+    """``("abn.TSHS", ".xz")`` for ``"abn.TSHS.xz"``; ``(name, "")`` for a file that is not compressed."""
+    for suffix in COMPRESSIONS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def is_hs_file_name(name: str) -> bool:
+    """Whether a file name is an H/S file's (``.TSHS``, ``.HSX``, ``.nc``, each maybe compressed), not a basis file's."""
+    plain, _ = split_compression(name)
+    return plain.endswith(HS_SUFFIXES) and not plain.endswith(".ion.nc")
+
+
+def hs_label(path: str | os.PathLike) -> str:
+    """The run label of an H/S file or fdf: ``abn_8_0`` for ``abn_8_0.TSHS``, ``abn_8_0.TSHS.xz``, ``abn_8_0.fdf``."""
+    plain, _ = split_compression(Path(path).name)
+    return plain.rsplit(".", 1)[0] if "." in plain else plain
+
+
 def _kind(path: Path) -> str:
-    name = path.name
+    name, compression = split_compression(path.name)
     if name.endswith(".ion.nc"):
         raise FileFormatError("a basis file, not an H/S file: use hforge.basis.read_ion", path=path)
     for suffix in (*HS_SUFFIXES, ".fdf"):
-        if name.endswith(suffix):
+        if name.endswith(suffix) and not (compression and suffix == ".fdf"):
             return suffix
-    raise FileFormatError("unknown H/S file kind: expected .TSHS, .HSX, .nc or .fdf", path=path)
+    raise FileFormatError(
+        "unknown H/S file kind: expected .TSHS, .HSX or .nc (each also compressed: .xz, .gz, .bz2) or .fdf", path=path
+    )
+
+
+@contextmanager
+def readable_copy(path: str | os.PathLike) -> Iterator[Path]:
+    """A path sisl can read for ``path``: itself, or for a compressed file (:data:`COMPRESSIONS`)
+    its decompressed copy in a private temporary folder, removed when the block ends (also on
+    errors).  :class:`HForgeError` s raised in the block that name the copy name ``path`` instead.
+
+    Raises:
+        FileFormatError: a corrupted or truncated compressed file.
+        OutputError: no room in the temporary folder (``TMPDIR``) for the decompressed file.
+    """
+    path = Path(path)
+    plain, compression = split_compression(path.name)
+    if not compression:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="hforge-decompressed-") as folder:
+        local = Path(folder) / plain
+        _decompress(path, compression, local)
+        try:
+            yield local
+        except HForgeError as exc:
+            if exc.path is None or Path(exc.path) != local:
+                raise
+            message = exc.message.replace(str(local), str(path)).replace(folder, str(path.parent))
+            raise type(exc)(message, path=path) from exc
+
+
+def _decompress(path: Path, compression: str, local: Path) -> None:
+    """Stream the decompressed ``path`` into ``local``, naming the file at fault."""
+    with open(local, "wb") as target, COMPRESSIONS[compression](path, "rb") as source:
+        while True:
+            try:
+                chunk = source.read(1 << 22)
+            except (lzma.LZMAError, EOFError, OSError, ValueError) as exc:  # gzip.BadGzipFile is an OSError
+                raise FileFormatError(
+                    f"cannot decompress it (corrupted or truncated {compression} file?): {exc}", path=path
+                ) from exc
+            if not chunk:
+                return
+            try:
+                target.write(chunk)
+            except OSError as exc:
+                raise OutputError(
+                    f"no room to decompress {path.name} into the temporary folder: {exc}", path=local.parent
+                ) from exc
 
 
 def find_hs_file(fdf: str | os.PathLike) -> Path:
-    """The H/S file an fdf points at: ``<SystemLabel>.nc``, ``.TSHS`` or ``.HSX`` beside it.
+    """The H/S file an fdf points at: ``<SystemLabel>.nc``, ``.TSHS`` or ``.HSX`` beside it, each
+    also compressed (``<SystemLabel>.TSHS.xz``, :data:`COMPRESSIONS`).
 
     Raises:
         FileFormatError: none exists.
@@ -67,11 +166,13 @@ def find_hs_file(fdf: str | os.PathLike) -> Path:
     fdf = Path(fdf)
     label = _fdf_label(fdf)
     for suffix in HS_SUFFIXES:
-        candidate = fdf.with_name(label + suffix)
-        if candidate.is_file():
-            return candidate
+        for compression in ("", *COMPRESSIONS):
+            candidate = fdf.with_name(label + suffix + compression)
+            if candidate.is_file():
+                return candidate
     raise FileFormatError(
-        f"no {label}.nc, {label}.TSHS or {label}.HSX beside it (SaveHS / TS.HS.Save / CDF.Save)", path=fdf
+        f"no {label}.nc, {label}.TSHS or {label}.HSX (or a compressed one) beside it (SaveHS / TS.HS.Save / CDF.Save)",
+        path=fdf,
     )
 
 
@@ -174,7 +275,7 @@ def _neighbour_species(path: Path, n_atoms: int) -> tuple[list[str], np.ndarray]
     """Species labels and indices from the fdf (or XV) beside a file, None if there is none."""
     import sisl
 
-    stem = path.name.rsplit(".", 1)[0]
+    stem = hs_label(path)
     fdfs = [path.with_name(stem + ".fdf")] + sorted(path.parent.glob("*.fdf"))
     fdf = next((f for f in fdfs if f.is_file()), None)
     candidates: list[tuple[Path, Callable[[Any], Any]]] = []
@@ -235,8 +336,10 @@ def _resolve_basis(
     H: Any,
     basis: BasisSet | str | os.PathLike | None,
     atom_species: Sequence[str] | None = None,
+    local: Path | None = None,
 ) -> tuple[BasisSet, np.ndarray]:
-    """The basis and the species index of every atom, checked against the file."""
+    """The basis and the species index of every atom, checked against the file (``path``, read
+    from ``local``, its decompressed copy where it is compressed)."""
     if atom_species is not None:
         if len(atom_species) != H.geometry.na:
             raise BasisMismatchError(f"{len(atom_species)} species given for {H.geometry.na} atoms", path=path)
@@ -246,7 +349,7 @@ def _resolve_basis(
         labelled = _file_species_labels(kind, H) or _neighbour_species(path, H.geometry.na)
     file_basis: BasisSet | None = None
     if kind == ".nc":
-        file_basis = _nc_basis(path, H)
+        file_basis = _nc_basis(local or path, H)
     elif kind == ".HSX":
         try:
             file_basis = BasisSet.from_sisl(H.geometry.atoms)
@@ -266,8 +369,9 @@ def _resolve_basis(
         basis = file_basis
     if basis is None:
         raise BasisMismatchError(
-            "the file carries no basis (a bare TSHS): pass basis= a folder of .ion/.ion.nc/.ion.xml files, "
-            "and keep the run's fdf beside it for the species",
+            "the file carries no basis (a bare TSHS) and no folder of ion files was found beside it: give one with "
+            "--basis (basis= in Python), a folder of .ion/.ion.nc/.ion.xml files, and keep the run's fdf beside the "
+            "file for the species",
             path=path,
         )
 
@@ -296,6 +400,93 @@ def _resolve_basis(
     return basis, lookup[species]
 
 
+#: Distances (Å) within this of a pair's reach ``r_i + r_j`` are not judged by :func:`check_basis_reach`
+#: (the ion file formats round the same radius differently, by ~1e-12 Å).
+REACH_TOLERANCE = 1e-4
+
+
+def _atom_pair_names(data: HSData, i: np.ndarray, j: np.ndarray) -> str:
+    """``"B-N (12), B-B (3)"``: the species pairs of the atom pairs ``(i, j)`` and how many of each."""
+    symbols = data.basis.symbols
+    names = ["-".join(sorted((symbols[a], symbols[b]))) for a, b in zip(data.species[i], data.species[j])]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} ({count})" for name, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def check_basis_reach(data: HSData) -> None:
+    """Check the basis' orbital radii against the S the file stores.
+
+    SIESTA stores an S block for every atom pair closer than the sum of the largest orbital radii
+    of their species, ``|r_ij| < r_i + r_j``, and S vanishes beyond (exactly the pairs of
+    :func:`hforge.graph.orbital_pair_list` with the ion files' radii).  A basis with the same shells
+    but other radii (e.g. another ``PAO.EnergyShift``) shows as a nonzero S block beyond its
+    ``r_i + r_j`` (radii too small) or as a pair inside it without any nonzero S entry (radii too
+    large); pairs within :data:`REACH_TOLERANCE` of the reach are not judged.  Nothing is checked
+    for a basis without radii (a bare HSX's shells), nor for a geometry that is not finite
+    (:meth:`HSData.validate` reports that).
+
+    Raises:
+        BasisMismatchError: naming the file, the species pairs at fault, the worst pair and the radii.
+    """
+    radii = [sp.cutoff for sp in data.basis]
+    finite = np.isfinite(data.positions).all() and np.isfinite(data.cell).all()
+    if data.n_pairs == 0 or any(r is None for r in radii) or not finite:
+        return
+    radius = np.asarray(radii, dtype=np.float64)
+    given = ", ".join(f"{sp.symbol} {r:.4f}" for sp, r in zip(data.basis, radius))
+    i, j = data.edge_index
+    distance = np.linalg.norm(data.positions[j] + data.cell_shift @ data.cell - data.positions[i], axis=1)
+    reach = radius[data.species[i]] + radius[data.species[j]]
+    nonzero = np.add.reduceat(((data.s != 0) & data.mask).astype(np.int64), data.block_ptr[:-1]) > 0
+    beyond = np.flatnonzero(nonzero & (distance > reach + REACH_TOLERANCE))
+    if len(beyond):
+        worst = beyond[np.argmax(distance[beyond] - reach[beyond])]
+        a, b = data.basis.symbols[data.species[i[worst]]], data.basis.symbols[data.species[j[worst]]]
+        raise BasisMismatchError(
+            f"the basis' orbital radii ({given} Å) are smaller than the ones of the file's S: it couples atom "
+            f"{i[worst]} ({a}) and atom {j[worst]} ({b}) in cell {tuple(data.cell_shift[worst].tolist())}, "
+            f"{distance[worst]:.4f} Å apart, beyond r_{a} + r_{b} = "
+            f"{reach[worst]:.4f} Å, and {len(beyond)} atom pairs in all beyond their reach (species pairs "
+            f"{_atom_pair_names(data, i[beyond], j[beyond])}): this is not the basis the run used (other cut-off radii, "
+            "e.g. another PAO.EnergyShift)",
+            path=data.source,
+        )
+    from vesin import NeighborList
+
+    try:
+        search = NeighborList(cutoff=float(2 * radius.max()), full_list=True)
+        ni, nj, shift, nd = search.compute(data.positions, data.cell, data.pbc, "ijSd")
+    except (RuntimeError, ValueError):  # a degenerate cell: HSData.validate names it
+        return
+    ni, nj, shift = ni.astype(np.int64), nj.astype(np.int64), shift.astype(np.int64)
+    half = data.nsc // 2
+    inside = (nd < radius[data.species[ni]] + radius[data.species[nj]] - REACH_TOLERANCE) & (np.abs(shift) <= half).all(axis=1)
+    ni, nj, shift, nd = ni[inside], nj[inside], shift[inside], nd[inside]
+
+    def keys(a: np.ndarray, b: np.ndarray, n: np.ndarray) -> np.ndarray:
+        key = a * data.n_atoms + b
+        for axis in range(3):
+            key = key * data.nsc[axis] + n[:, axis] + half[axis]
+        return key
+
+    missing = np.flatnonzero(~np.isin(keys(ni, nj, shift), keys(i[nonzero], j[nonzero], data.cell_shift[nonzero])))
+    if len(missing):
+        reach_n = radius[data.species[ni]] + radius[data.species[nj]]
+        worst = missing[np.argmax(reach_n[missing] - nd[missing])]
+        a, b = data.basis.symbols[data.species[ni[worst]]], data.basis.symbols[data.species[nj[worst]]]
+        raise BasisMismatchError(
+            f"the basis' orbital radii ({given} Å) are larger than the ones of the file's S: atom {ni[worst]} ({a}) "
+            f"and atom {nj[worst]} ({b}) in cell {tuple(shift[worst].tolist())}, {nd[worst]:.4f} Å apart, "
+            f"within r_{a} + r_{b} = {reach_n[worst]:.4f} Å, have no "
+            f"nonzero S entry in the file, nor {len(missing) - 1} more atom pairs within their reach (species pairs "
+            f"{_atom_pair_names(data, ni[missing], nj[missing])}): this is not the basis the run used (other cut-off "
+            "radii, e.g. another PAO.EnergyShift)",
+            path=data.source,
+        )
+
+
 def read_hs(
     path: str | os.PathLike,
     basis: BasisSet | str | os.PathLike | None = None,
@@ -307,7 +498,8 @@ def read_hs(
     """Read H and S of one SIESTA calculation into :class:`HSData`.
 
     Args:
-        path: a ``.TSHS``, ``.HSX`` or CDF ``.nc`` file, or the run's ``.fdf`` (its
+        path: a ``.TSHS``, ``.HSX`` or CDF ``.nc`` file, also compressed (``.xz``, ``.gz``,
+            ``.bz2``; decompressed into a temporary folder), or the run's ``.fdf`` (its
             ``SystemLabel`` then names the file: ``.nc``, ``.TSHS``, ``.HSX`` in that order).
         basis: a :class:`BasisSet` or a folder of ion files.  Default: the basis stored in the
             file (``.nc``), else ion files found beside the file or in a ``basis/`` folder next
@@ -321,7 +513,8 @@ def read_hs(
         FileFormatError: missing, unknown, truncated or corrupted file.
         UnsupportedSystemError: non-collinear or spin-orbit calculation.
         UnknownSpeciesError: a species of the file that the basis lacks.
-        BasisMismatchError: orbital counts or shells that disagree with the basis.
+        BasisMismatchError: orbital counts, shells or orbital radii that disagree with the basis
+            (:func:`check_basis_reach`).
         InvalidMatrixError: NaN/inf entries, S not positive definite.
     """
     path = Path(path)
@@ -331,9 +524,11 @@ def read_hs(
     if kind == ".fdf":
         path = find_hs_file(path)
         kind = _kind(path)
-    _, H, fermi = _read_sisl(path, kind)
-    basis_set, atom_index = _resolve_basis(path, kind, H, basis, species)
+    with readable_copy(path) as local:
+        _, H, fermi = _read_sisl(local, kind)
+        basis_set, atom_index = _resolve_basis(path, kind, H, basis, species, local=local)
     data = HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path))
+    check_basis_reach(data)
     if spin is not None:
         channel = {"up": 0, "down": 1}.get(spin, spin) if isinstance(spin, str) else spin
         if channel not in range(data.n_spin):
@@ -396,13 +591,56 @@ def _siesta_layout(data: HSData) -> dict[str, np.ndarray]:
     }
 
 
+def create_fortran_output(path: str | os.PathLike) -> Path:
+    """Create ``path`` (empty) for sisl's Fortran TSHS writer to write into, and return it.
+
+    When that writer cannot open its file (a read-only or special folder) it writes the whole file
+    to ``fort.1000`` in the working folder instead, and reports nothing.  Creating the file first
+    makes such a folder fail here, with the ``OSError`` that :func:`hforge.files.atomic_write` turns
+    into an ``OutputError`` naming the target.
+    """
+    path = Path(path)
+    with open(path, "wb"):
+        pass
+    return path
+
+
+def check_written_tshs(path: str | os.PathLike, target: str | os.PathLike) -> list[tuple[int, int]]:
+    """The Fortran records of a TSHS file just written to ``path``, checked to be complete.
+
+    sisl's Fortran writer does not always report a failed write: a write cut short by a full disk
+    or a file size limit can return without an error and leave a truncated file.  A complete TSHS
+    (the format sisl writes) has ``11 + n_orbitals (2 + n_spin)`` records that tile the file.
+
+    Raises:
+        OutputError: a truncated or incomplete file, naming ``target`` (the path the user asked for).
+    """
+    from sisl.io.siesta import _siesta
+
+    path = Path(path)
+    try:
+        records = _fortran_records(path)
+        nspin, _, no_u, _, _ = (int(x) for x in _siesta.read_tshs_sizes(str(path)))
+    except (HForgeError, OSError, ValueError) as exc:
+        detail = exc.message if isinstance(exc, HForgeError) else str(exc)
+        raise OutputError(f"the written file is truncated (full disk or file size limit?): {detail}", path=target) from exc
+    expected = 11 + no_u * (2 + nspin)
+    if len(records) != expected:
+        raise OutputError(
+            f"the written file is incomplete ({len(records)} of {expected} records; full disk or file size limit?)",
+            path=target,
+        )
+    return records
+
+
 def _geometry_bohr(data: HSData) -> tuple[np.ndarray, np.ndarray]:
     return _to_stored(data.cell, BOHR_TO_ANG), _to_stored(data.positions, BOHR_TO_ANG)
 
 
-def _write_tshs(data: HSData, path: Path) -> None:
+def _write_tshs(data: HSData, path: Path, target: Path) -> None:
     from sisl.io.siesta import _siesta
 
+    create_fortran_output(path)
     layout = _siesta_layout(data)
     flat = layout["flat"]
     s = data.s[flat].astype(np.float64)
@@ -428,7 +666,7 @@ def _write_tshs(data: HSData, path: Path) -> None:
         np.asfortranarray(layout["isc"].T.astype(np.int32)),
     )
     # sisl's writer records E_F = 0: set the (Ef, Qtot, Temp) record, the 7th.
-    offset, length = _fortran_records(path)[6]
+    offset, length = check_written_tshs(path, target)[6]
     if length != 24:
         raise FileFormatError(f"unexpected TSHS layout written by sisl (record 7 has {length} bytes)", path=path)
     with open(path, "r+b") as f:
@@ -436,7 +674,7 @@ def _write_tshs(data: HSData, path: Path) -> None:
         f.write(struct.pack("<d", ef))
 
 
-def _write_nc(data: HSData, path: Path) -> None:
+def _write_nc(data: HSData, path: Path, target: Path) -> None:
     import netCDF4
     import sisl
 
@@ -482,6 +720,8 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
 
     Raises:
         FileFormatError: an extension other than ``.TSHS``/``.nc``.
+        OutputError: the file cannot be written (full disk, read-only or special folder); no
+            partial or temporary file is left.
     """
     path = Path(path)
     writers = {".TSHS": _write_tshs, ".nc": _write_nc}
@@ -489,6 +729,6 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
     if writer is None:
         raise FileFormatError("HForge writes .TSHS and .nc files", path=path)
     with atomic_write(path, None) as tmp:
-        writer(data, tmp)
+        writer(data, tmp, path)
     return path
 

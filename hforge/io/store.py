@@ -41,7 +41,7 @@ from hforge.files import atomic_write
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
 from hforge.io.runs import find_runs, run_output
-from hforge.io.siesta import read_hs
+from hforge.io.siesta import hs_label, read_hs
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
 
@@ -332,7 +332,7 @@ def _remap(data: HSData, basis: BasisSet) -> HSData:
 
 
 def _run_name(run: Path, used: set[str]) -> str:
-    base = run.name.rsplit(".", 1)[0] if run.is_file() else run.name
+    base = hs_label(run) if run.is_file() else run.name
     name, k = base, 1
     while name in used:
         k += 1
@@ -378,10 +378,23 @@ def convert(
     store = Path(store)
     if isinstance(basis, (str, os.PathLike)):
         basis = BasisSet.from_folder(basis)
+    runs = find_runs(inputs)
+    old = None
+    if store.is_dir():
+        raise FileFormatError("the output is a folder: give the store's file name, e.g. store.h5", path=store)
+    if store.exists():
+        try:
+            old = HSStore(store)
+        except FileFormatError as exc:
+            raise FileFormatError(
+                f"the output exists and is not a readable HForge store ({exc.message}); it is not replaced: "
+                "delete or move it, or choose another output file",
+                path=store,
+            ) from exc
     parts = store.with_name(store.name + ".parts")
+    created = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
     options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
-    old = HSStore(store) if store.is_file() else None
     same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
     old_by_sha = {e["source_sha256"]: e["name"] for e in old.manifest} if same_options else {}
 
@@ -389,7 +402,6 @@ def convert(
     done: list[tuple[str, Path]] = []
     used: set[str] = set()
     merged: BasisSet | None = basis
-    runs = find_runs(inputs)
     for run in tqdm(runs, desc="converting SIESTA runs", unit="run", disable=not progress):
         name = _run_name(run, used)
         try:
@@ -414,16 +426,24 @@ def convert(
     if old is not None:
         old.close()
     if not done:
+        if created and not any(parts.iterdir()):
+            parts.rmdir()
         raise FileFormatError(f"no structure converted from {len(runs)} runs; nothing written", path=store)
 
     def structures() -> Iterable[tuple[str, HSData, str]]:
         for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
-            with h5py.File(part, "r") as h5:
-                data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
-                data = _remap(data, merged)
-                source = Path(str(h5.attrs["source_path"]))
-                data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
-                yield name, data, str(h5.attrs["source_sha256"])
+            try:
+                with h5py.File(part, "r") as h5:
+                    data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
+                    source = Path(str(h5.attrs["source_path"]))
+                    sha = str(h5.attrs["source_sha256"])
+            except (OSError, KeyError) as exc:
+                raise FileFormatError(
+                    f"cannot read this converted part (delete it to convert its run again): {exc}", path=part
+                ) from exc
+            data = _remap(data, merged)
+            data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
+            yield name, data, sha
 
     write_store(
         store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,

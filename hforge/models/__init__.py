@@ -21,12 +21,16 @@ Default configs (16 channels up to l = 2, 2 MACE layers): 84,584 parameters (equ
 
 from __future__ import annotations
 
-from hforge.models.base import HSBlocks, HSModel
-from hforge.models.checkpoint import build_model, init_trunk_from_mace, load_checkpoint, load_model, save_model
-from hforge.models.config import KINDS, ModelConfig
-from hforge.models.equivariant import EquivariantHSModel
-from hforge.models.invariant import InvariantHSModel
-from hforge.models.predict import assemble_prediction, predict_hamiltonian
+from hforge._compat import import_mace
+
+import_mace()  # before any module of this package imports mace: its import-time print kept off stdout
+
+from hforge.models.base import HSBlocks, HSModel  # noqa: E402
+from hforge.models.checkpoint import build_model, init_trunk_from_mace, load_checkpoint, load_model, save_model  # noqa: E402
+from hforge.models.config import KINDS, ModelConfig  # noqa: E402
+from hforge.models.equivariant import EquivariantHSModel  # noqa: E402
+from hforge.models.invariant import InvariantHSModel  # noqa: E402
+from hforge.models.predict import assemble_prediction, predict_hamiltonian  # noqa: E402
 
 __all__ = [
     "KINDS",

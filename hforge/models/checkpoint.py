@@ -93,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike
-        raise FileFormatError(f"not a readable torch checkpoint: {type(exc).__name__}: {exc}", path=path) from exc
+        raise FileFormatError(f"not an HForge model checkpoint: {_load_failure(exc)}", path=path) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FileFormatError(f"not an HForge model checkpoint (format {FORMAT!r} expected)", path=path)
     if payload.get("version") != VERSION:
@@ -117,6 +117,21 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> tu
     except RuntimeError as exc:
         raise FileFormatError(f"weights do not fit the stored config: {exc}", path=path) from exc
     return model.to(map_location), payload
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a line; never torch's advice to load with
+    ``weights_only=False`` (which runs arbitrary code from the file: HForge checkpoints never need it)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found is not None:
+        return f"torch refuses to load it safely: it holds Python objects ({found.group(1)}) that no HForge checkpoint holds"
+    if "weights_only" in text or "Unpickler" in text:
+        return "torch cannot read it (not a torch zip file nor a safe pickle)"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"torch cannot read it ({type(exc).__name__}{': ' + first if first else ''})"
 
 
 def load_model(path: str | os.PathLike, *, map_location: Any = "cpu") -> HSModel:

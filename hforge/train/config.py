@@ -72,11 +72,15 @@ class Selection:
     """Which structures of the dataset a split holds: all conditions must hold.
 
     Attributes:
+        split: only the structures the store puts in this split (``train``, ``val`` or ``test``:
+            ``hforge data convert``'s split by size, or the one a bundled store was made with;
+            None: any).
         min_atoms, max_atoms: size range (inclusive; None: unbounded).
         names: only these structures (None: any).
         exclude: never these structures (e.g. cells held out of training).
     """
 
+    split: str | None = None
     min_atoms: int | None = None
     max_atoms: int | None = None
     names: tuple[str, ...] | None = None
@@ -86,14 +90,17 @@ class Selection:
         if self.names is not None:
             object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         object.__setattr__(self, "exclude", tuple(str(n) for n in self.exclude))
+        _check("data", "split", self.split in (None, "train", "val", "test"), "train, val, test or null", self.split)
         for name in ("min_atoms", "max_atoms"):
             value = getattr(self, name)
             _check("data", name, value is None or (isinstance(value, int) and value >= 0), "a non-negative integer or null",
                    value)
 
-    def matches(self, name: str, n_atoms: int) -> bool:
+    def matches(self, name: str, n_atoms: int, split: str | None = None) -> bool:
+        """Whether the structure ``name`` of ``n_atoms`` atoms, in the store's ``split``, is selected."""
         return (
-            (self.min_atoms is None or n_atoms >= self.min_atoms)
+            (self.split is None or split == self.split)
+            and (self.min_atoms is None or n_atoms >= self.min_atoms)
             and (self.max_atoms is None or n_atoms <= self.max_atoms)
             and (self.names is None or name in self.names)
             and name not in self.exclude
@@ -113,14 +120,15 @@ class DataConfig:
     """Attributes:
     source: a bundled dataset name (``abn-small``) or the path of a store (``hforge data convert``;
         relative paths are relative to the config file).
-    train, val: the structures of each split (:class:`Selection`).
+    train, val: the structures of each split (:class:`Selection`); default: the store's own
+        ``train`` and ``val`` splits (in ``abn-small``: the 8- and 16-atom cells, and the 24-atom cell).
     valence: Z_valence per species for bases that do not record it (needed by the eigenvalue
         metrics: occupied states), e.g. ``{B: 3, N: 5}``.
     """
 
     source: str = "abn-small"
-    train: Selection = field(default_factory=lambda: Selection(max_atoms=32))
-    val: Selection = field(default_factory=lambda: Selection(min_atoms=33))
+    train: Selection = field(default_factory=lambda: Selection(split="train"))
+    val: Selection = field(default_factory=lambda: Selection(split="val"))
     valence: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -367,8 +375,8 @@ DEFAULT_CONFIG_YAML = """\
 # HForge training configuration. Units: eV, Å. Every field is optional (defaults shown).
 data:
   source: abn-small        # bundled dataset name, or a store path from `hforge data convert`
-  train: {max_atoms: 32}   # training structures: min_atoms / max_atoms / names / exclude
-  val: {min_atoms: 33}     # validation structures (e.g. {min_atoms: 64}: judge transfer to large cells)
+  train: {split: train}    # training structures: the store's split (train/val/test), min_atoms / max_atoms / names / exclude
+  val: {split: val}        # validation structures (e.g. {min_atoms: 64}: judge transfer to large cells)
   valence: {}              # Z_valence for bases that lack it, e.g. {B: 3, N: 5} (eigenvalue metrics)
 model:                     # any field of hforge.models.ModelConfig
   kind: equivariant        # equivariant (CG blocks on MACE features) or invariant (baseline)
@@ -386,6 +394,8 @@ model:                     # any field of hforge.models.ModelConfig
   pair_orientation: false  # bond-orientation invariants in the H pair MLPs (both kinds)
   two_centre: false        # equivariant: a Slater-Koster-like term, one radial function per slot
   slot_gains: 0            # equivariant H: K CG mixing-weight sets with pair-dependent slot gains
+  overlap: exact           # S: exact two-centre integrals of the basis (positive definite), or learned
+  baseline: h0             # h0: learn H - H0 (fitted exact two-centre parts), or none
   backend: auto            # CG kernels: auto, torch, numba, triton
 loss:
   h_weight: 1.0            # H block loss (eV^2 for mse)

@@ -16,7 +16,6 @@ eigenvalue errors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError
 from hforge.io import HSData
+from hforge.io.siesta import hs_label
 from hforge.metrics import (
     DEFAULT_WINDOW,
     EVALUATION_THRESHOLDS,
@@ -268,4 +268,4 @@ def evaluate_structures(
 
 
 def _name(data: HSData) -> str:
-    return Path(data.source).stem if data.source else "structure"
+    return hs_label(data.source) if data.source else "structure"  # abn_8_0 also for abn_8_0.TSHS.xz

@@ -12,6 +12,9 @@ says and writes into ``out_dir``:
   and per validation (``val``: per-structure and mean metrics);
 * ``learning_curve.png`` at the end, ``config.yaml`` (the resolved config), ``summary.json``.
 
+A folder that already holds a run (``last.pt``, ``best.pt`` or ``metrics.jsonl``) is refused
+unless the new run continues it (``resume=True``) or replaces it (``overwrite=True``).
+
 Reproducibility: the weights are seeded by ``training.seed``; the batches of epoch ``e`` are a
 permutation drawn from ``(seed, e)``; the rotations of step ``k`` from ``(seed, k)``.  A run
 resumed from ``last.pt`` (``resume=True``) therefore repeats the steps after its last checkpoint
@@ -66,6 +69,12 @@ __all__ = [
     "share_of_batch",
 ]
 
+#: Files that make a folder a training run's: a new run there would overwrite or extend them.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+
+#: Everything a run writes (removed by ``overwrite=True``).
+_OUTPUTS = (*RUN_FILES, "config.yaml", "summary.json", "learning_curve.png")
+
 
 # ---------------------------------------------------------------------------------------
 # data
@@ -101,8 +110,8 @@ class TrainingData:
         self.store = load(config.data.source).store
         self.basis = with_valence(self.store.basis, config.data.valence)
         manifest = self.store.manifest
-        self.train = [k for k, e in enumerate(manifest) if config.data.train.matches(e["name"], e["n_atoms"])]
-        self.val = [k for k, e in enumerate(manifest) if config.data.val.matches(e["name"], e["n_atoms"])]
+        self.train = [k for k, e in enumerate(manifest) if config.data.train.matches(e["name"], e["n_atoms"], e.get("split"))]
+        self.val = [k for k, e in enumerate(manifest) if config.data.val.matches(e["name"], e["n_atoms"], e.get("split"))]
         for split in ("train", "val"):
             if not getattr(self, split):
                 sizes = sorted({e["n_atoms"] for e in manifest})
@@ -332,9 +341,28 @@ class Trainer:
         resume: continue from ``out_dir/last.pt`` (refused when the config differs, apart from
             ``training.max_steps`` / ``max_minutes``).
         progress: show a progress bar (rank 0).
+        overwrite: replace the run already in ``out_dir`` (its checkpoints, log and figures are
+            removed once the new run is set up); without it a folder holding a run is refused.
+
+    Raises:
+        ConfigError: an invalid config for the data, a folder holding a run (without ``resume``
+            or ``overwrite``), a resume without checkpoint or with another config.
     """
 
-    def __init__(self, config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
+        overwrite: bool = False,
+    ) -> None:
+        out_dir = Path(out_dir)
+        if resume and overwrite:
+            raise ConfigError("--resume continues the run in the folder, --overwrite replaces it: choose one", path=out_dir)
+        existing = [name for name in RUN_FILES if (out_dir / name).exists()] if not resume else []
+        if existing and not overwrite:
+            raise ConfigError(
+                f"holds a training run ({', '.join(existing)}): continue it with --resume, write to another --out, "
+                "or replace it with --overwrite",
+                path=out_dir,
+            )
         if config.loss.eigen_weight > 0 and config.augment:
             raise ConfigError("config: loss.eigen_weight > 0 needs training.augment_rotations: false (its targets are unrotated)")
         self.out_dir = Path(out_dir)
@@ -391,6 +419,9 @@ class Trainer:
             calibrate_norms(self.model, [item.graph for item in self.items])
             if self.ema is not None:
                 self.ema.load_state_dict(self.model.state_dict())
+        if existing and self.dist.is_main:  # overwrite: the old run's files go only now that the new one is set up
+            for name in _OUTPUTS:
+                (self.out_dir / name).unlink(missing_ok=True)
 
     # ---- setup --------------------------------------------------------------------------------
     def _fit_baseline(self) -> tuple[np.ndarray | None, StoreStatistics]:

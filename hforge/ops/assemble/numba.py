@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 from hforge.errors import InputError
 from hforge.ops.assemble.layout import AssemblyInputs, offsets
 

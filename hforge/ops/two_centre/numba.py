@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
 __all__ = ["program_blocks", "program_block_sums", "kb_contract"]
