@@ -1,12 +1,10 @@
-"""Whole-cell prediction: structure -> ``sisl.Hamiltonian`` (H with S) through the CSR assembly."""
+"""Whole-cell prediction: structure -> ``sisl.Hamiltonian`` (H with S), and the assembly of predicted batches."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-
 from hforge.graph.model_graph import GraphBatch, StructureArrays
 from hforge.models.base import HSBlocks, HSModel
 from hforge.ops.assemble import assemble_csr
@@ -55,6 +53,9 @@ def predict_hamiltonian(
 ) -> Any:
     """H and S of a whole structure predicted by ``model``, as a non-orthogonal ``sisl.Hamiltonian``.
 
+    The one route from a structure to H and S: :meth:`hforge.infer.Predictor.predict` (whole
+    cell, float64 output) on the model's device, the model's training mode left as it was.
+
     Args:
         model: an :class:`~hforge.models.HSModel`.
         structure: ``ase.Atoms``, ``sisl.Geometry`` or :class:`~hforge.io.HSData`.
@@ -67,9 +68,13 @@ def predict_hamiltonian(
         S, orbitals in SIESTA order, blocks within the model's pair cut-offs (``r_i + r_j``).
 
     Raises:
-        UnknownSpeciesError, GeometryError: as :class:`~hforge.graph.GraphBuilder`.
+        UnknownSpeciesError, GeometryError: as :meth:`hforge.infer.Predictor.arrays`.
     """
-    graph = model.graph_builder()(structure, targets=False, species=species)
-    with torch.no_grad():
-        blocks = model(graph)
-    return assemble_prediction(model, graph, blocks, backend=backend, nsc=nsc)
+    from hforge.infer.predictor import Predictor  # inference composes the model: imported on use
+
+    training = model.training
+    try:
+        predictor = Predictor(model, device=model.device)
+        return predictor.predict(structure, species=species, backend=backend, nsc=nsc, mode="whole")
+    finally:
+        model.train(training)
