@@ -162,8 +162,9 @@ def read_structure(path: str | os.PathLike) -> Any:
 @dataclass
 class PredictionReport:
     """What the last prediction did: sizes, device, mode, parts (``n_chunks``: atom ranges or
-    chunks), wall time per stage (s, :data:`PREDICTION_STAGES`), memory (bytes: output CSR,
-    estimated total, peak RSS of the process so far)."""
+    chunks), wall time per stage (s, :data:`PREDICTION_STAGES`) and the CPU time of the process
+    (all threads) in it, which a machine shared with other jobs stretches far less than the
+    wall time, memory (bytes: output CSR, estimated total, peak RSS of the process so far)."""
 
     n_atoms: int = 0
     device: str = "cpu"
@@ -174,6 +175,7 @@ class PredictionReport:
     csr_bytes: int = 0
     estimated_bytes: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
     peak_rss_bytes: int = 0
 
     @property
@@ -182,18 +184,20 @@ class PredictionReport:
 
 
 class _Timer:
-    """``with timer(stage):`` adds the block's wall time to ``report.seconds[stage]``."""
+    """``with timer(stage):`` adds the block's wall time to ``report.seconds[stage]`` and the
+    process's CPU time in it to ``report.cpu_seconds[stage]``."""
 
     def __init__(self, report: PredictionReport) -> None:
         self.report = report
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.report.seconds[stage] += time.perf_counter() - start
+            self.report.cpu_seconds[stage] += time.process_time() - cpu_start
 
 
 #: Prediction modes: the whole cell at once; whole-cell descriptors with blocks and assembly per
