@@ -50,7 +50,7 @@ def main() -> None:
         vectors = (data.positions[j] + data.cell_shift @ data.cell - data.positions[i]) * ANG_TO_BOHR
         types = data.species[i] * 2 + data.species[j]
         t = program_blocks(desc.program("kinetic"), desc.tables, types, vectors, data.block_ptr) * RY_TO_EV
-        kb = kb_blocks(desc, *geometry[2:5], data.species, data.edge_index, data.cell_shift, data.block_ptr) * RY_TO_EV
+        kb = kb_blocks(*geometry, data.block_ptr)
         tk = (t + kb)[m]
 
         def spread(x: np.ndarray) -> float:

@@ -502,7 +502,7 @@ def test_invariant_checkpoints_written_before_invariant_direction_existed(abn, c
 
 def test_checkpoints_written_before_exact_overlaps_learn_s(abn, cell8, tmp_path):
     """A checkpoint without ``overlap``/``baseline`` holds an S head and no baseline: it loads as such."""
-    model = make("equivariant", abn.basis, abn.statistics, overlap="learned")
+    model = make("equivariant", abn.basis, abn.statistics, overlap="learned", baseline="none")
     save_model(model, tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     del payload["config"]["overlap"], payload["config"]["baseline"]
@@ -516,7 +516,7 @@ def test_checkpoints_written_before_exact_overlaps_learn_s(abn, cell8, tmp_path)
 def test_exact_overlap_and_baseline_in_the_forward(abn, eval_model):
     """S is SIESTA's (exact two-centre integrals); ``baseline="h0"`` adds H0 to the same network's blocks."""
     data = abn[3]
-    plain = eval_model("equivariant")
+    plain = eval_model("equivariant", baseline="none")
     with_baseline = make("equivariant", abn.basis, abn.statistics, baseline="h0")
     with_baseline.baseline_coef.normal_()  # any coefficients: H0 is added as it is
     with_baseline.load_state_dict({**plain.state_dict(), "baseline_coef": with_baseline.baseline_coef})

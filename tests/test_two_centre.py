@@ -120,9 +120,8 @@ def test_exact_overlap_of_a_spin_orbit_file(siesta_fixtures):
 def test_kb_projections_reproduce_siesta_h_beyond_the_orbital_reach(abn_dir):
     """Between r_i + r_j and r_i + r_j + 2 r_KB, SIESTA's H is the KB term alone."""
     data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
-    desc = two_centre_descriptor(data.basis)
-    v_kb = kb_blocks(desc, data.positions, data.cell, data.pbc, data.species, data.edge_index, data.cell_shift,
-                     data.block_ptr) * RY_TO_EV
+    v_kb = kb_blocks(data.basis, data.species, data.positions, data.cell, data.pbc, data.edge_index, data.cell_shift,
+                     data.block_ptr)
     i, j = data.edge_index
     r = np.linalg.norm(data.positions[j] + data.cell_shift @ data.cell - data.positions[i], axis=1)
     far = np.repeat(r >= data.basis.pair_cutoffs()[data.species[i], data.species[j]], np.diff(data.block_ptr)) & data.mask
@@ -324,3 +323,37 @@ def test_baseline_coefficients_weigh_each_part_per_block_type(abn8):
     expected = sum(table[p].reshape(-1)[types] * parts[p] for p in range(len(BASELINE_PARTS)))
     weighed = baseline_blocks(*args, block_ptr=abn8.block_ptr, coefficients=table)
     np.testing.assert_allclose(weighed, expected, rtol=0, atol=1e-9)
+
+
+def test_block_sums_match_the_reference(abn_basis):
+    from hforge.ops.two_centre import program_block_sums
+
+    desc = two_centre_descriptor(abn_basis)
+    rng = np.random.default_rng(11)
+    program = desc.program("crystal")
+    counts = np.array([3, 0, 5, 1])
+    segment_ptr = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.repeat(np.array([0, 1, 0, 1]), counts)  # the onsite atom's species per pair
+    types = rows * 2 + rng.integers(0, 2, len(rows))
+    vectors = rng.normal(size=(len(rows), 3)) * 3.0
+    out_ptr = np.concatenate([[0], np.cumsum(np.full(4, 169))])
+    reference = program_block_sums(program, desc.tables, types, vectors, segment_ptr, out_ptr, backend="torch")
+    fast = program_block_sums(program, desc.tables, types, vectors, segment_ptr, out_ptr, backend="numba")
+    np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-12)
+    blocks = program_blocks(program, desc.tables, types, vectors).reshape(-1, 169)
+    np.testing.assert_allclose(reference[:169], blocks[:3].sum(axis=0), atol=1e-12)  # an independent sum
+    assert not reference[169:338].any()  # an atom without neighbours
+
+
+def test_baseline_of_a_subset_of_pairs_is_the_subset_of_the_whole(abn8):
+    """Streamed prediction evaluates H0 range by range on one context: the same values as the whole."""
+    from hforge.ops.two_centre import BaselineContext
+
+    context = BaselineContext(abn8.basis, abn8.species, abn8.positions, abn8.cell, abn8.pbc)
+    whole = context.blocks(abn8.edge_index, abn8.cell_shift, abn8.block_ptr)
+    part = np.flatnonzero(abn8.edge_index[0] >= 5)
+    sizes = np.diff(abn8.block_ptr)[part]
+    ptr = np.concatenate([[0], np.cumsum(sizes)])
+    subset = context.blocks(abn8.edge_index[:, part], abn8.cell_shift[part], ptr)
+    expected = np.concatenate([whole[abn8.block_ptr[e] : abn8.block_ptr[e + 1]] for e in part])
+    np.testing.assert_allclose(subset, expected, rtol=0, atol=1e-12)

@@ -34,14 +34,15 @@ import numpy as np
 import torch
 
 from hforge.basis import BasisSet
-from hforge.basis.radial import ANG_TO_BOHR, BOHR_TO_ANG, RY_TO_EV
+from hforge.basis.radial import ANG_TO_BOHR
 from hforge.errors import InputError
-from hforge.graph.neighbours import neighbour_list
 from hforge.ops.backends import resolve_backend
-from hforge.ops.two_centre.descriptor import PROGRAMS, TwoCentreDescriptor, entry_coefficients, two_centre_descriptor
+from hforge.ops.two_centre.descriptor import PROGRAMS, TwoCentreDescriptor, two_centre_descriptor
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
 __all__ = [
+    "BaselineContext",
+    "program_block_sums",
     "PROGRAMS",
     "TwoCentreDescriptor",
     "two_centre_descriptor",
@@ -75,10 +76,12 @@ def program_blocks(
     *,
     backend: str = "auto",
     out: np.ndarray | None = None,
+    accumulate: bool = False,
 ) -> np.ndarray:
     """Flat float64 blocks of ``program`` for pairs of types ``pair_type (E,)`` at ``vectors (E, 3)`` (Bohr).
 
-    ``out``: a float64 buffer of ``block_ptr[-1]`` values to write into (numba; no copy).
+    ``out``: a float64 buffer of ``block_ptr[-1]`` values to write into (numba; no copy), or with
+    ``accumulate`` to add to.
 
     Raises:
         InputError: pair types outside the program, a ``block_ptr`` of other block sizes.
@@ -99,16 +102,53 @@ def program_blocks(
     if name == "numba":
         from hforge.ops.two_centre import numba as kernels
 
-        return kernels.program_blocks(program, tables, pair_type, vectors, block_ptr, out=out)
+        return kernels.program_blocks(program, tables, pair_type, vectors, block_ptr, out=out, accumulate=accumulate)
     from hforge.ops.two_centre import reference
 
     result = reference.program_blocks(
         program, tables, torch.from_numpy(pair_type), torch.from_numpy(vectors), torch.from_numpy(block_ptr)
     ).numpy()
-    if out is not None:
+    return _into(out, result, accumulate)
+
+
+def _into(out: np.ndarray | None, result: np.ndarray, accumulate: bool) -> np.ndarray:
+    """``result`` written into (or added to) ``out`` when one is given: what the numba kernels do in place."""
+    if out is None:
+        return result
+    if accumulate:
+        out += result
+    else:
         out[:] = result
-        return out
-    return result
+    return out
+
+
+def program_block_sums(
+    program: BlockProgram,
+    tables: RadialTables,
+    pair_type: np.ndarray,
+    vectors: np.ndarray,
+    segment_ptr: np.ndarray,
+    out_ptr: np.ndarray,
+    *,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Sums of the blocks of consecutive pairs (segment ``g``: pairs ``segment_ptr[g]:segment_ptr[g+1]``,
+    blocks of one shape) into ``out[out_ptr[g]:out_ptr[g+1]]``, float64 (e.g. the crystal field of an
+    atom: the blocks of all its neighbours' potentials)."""
+    pair_type = np.asarray(pair_type, dtype=np.int64)
+    vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, 3)
+    segment_ptr, out_ptr = np.asarray(segment_ptr, dtype=np.int64), np.asarray(out_ptr, dtype=np.int64)
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    if name == "numba":
+        from hforge.ops.two_centre import numba as kernels
+
+        return kernels.program_block_sums(program, tables, pair_type, vectors, segment_ptr, out_ptr)
+    from hforge.ops.two_centre import reference
+
+    return reference.program_block_sums(
+        program, tables, torch.from_numpy(pair_type), torch.from_numpy(vectors), torch.from_numpy(segment_ptr),
+        torch.from_numpy(out_ptr),
+    ).numpy()
 
 
 def kb_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.ndarray:
@@ -121,8 +161,8 @@ def kb_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.ndarray:
         return kernels.kb_contract(*args, **kwargs)
     from hforge.ops.two_centre import reference
 
-    kwargs.pop("out", None)
-    return reference.kb_contract(*args, **kwargs)
+    out, accumulate = kwargs.pop("out", None), kwargs.pop("accumulate", False)
+    return _into(out, reference.kb_contract(*args, **kwargs), accumulate)
 
 
 def _pair_vectors(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, cell_shift: np.ndarray) -> np.ndarray:
@@ -160,222 +200,12 @@ def overlap_blocks(
     return program_blocks(desc.program("overlap"), desc.tables, pair_type, vectors, block_ptr, backend=backend, out=out)
 
 
-def _neighbours(desc: TwoCentreDescriptor, positions, cell, pbc, species, reach: np.ndarray) -> Any:
-    """Pairs ``(i, k, n)`` with ``|r_ik| < orbital reach(s_i) + reach(s_k)`` (symmetrised, Å), onsite included."""
-    cut = desc.orbital_reach[:, None] + reach[None, :]
-    cut = np.maximum(cut, cut.T) * BOHR_TO_ANG + 1e-9
-    return neighbour_list(positions, cell, pbc, cut, species=species, onsite=True)
-
-
-#: The parts of the baseline H0, in the order of its coefficient tables.
-BASELINE_PARTS = ("kinetic", "kb", "neutral_atom", "overlap")
-
-
-def plain_coefficients(basis: BasisSet) -> np.ndarray:
-    """Coefficients of the plain H0 = T + V_KB + V_NA (S not added): ``(4, 2, S, S, A, A)``,
-    ones for the first three parts, zeros for the overlap (layout of :func:`baseline_blocks`)."""
-    n_species, n_shells = len(basis), max(len(sp.shells) for sp in basis)
-    table = np.zeros((len(BASELINE_PARTS), 2, n_species, n_species, n_shells, n_shells))
-    table[:3] = 1.0
-    return table
-
-
-def baseline_blocks(
-    basis: BasisSet,
-    species: np.ndarray,
-    positions: np.ndarray,
-    cell: np.ndarray,
-    pbc: Any,
-    edge_index: np.ndarray,
-    cell_shift: np.ndarray,
-    *,
-    block_ptr: np.ndarray | None = None,
-    coefficients: np.ndarray | None = None,
-    backend: str = "auto",
-) -> np.ndarray:
-    """The physical baseline ``H0 = c_T T + c_KB V_KB + c_NA V_NA + c_S S`` (eV) of the pairs
-    ``(i, j, n)``: flat float64 blocks on ``block_ptr``.
-
-    The parts (all exact two-centre integrals or sums of them, SIESTA's definitions):
-
-    - T, the kinetic matrix ``<i| -nabla^2 |j>`` (Ry -> eV);
-    - V_KB, ``sum_k <i|chi_k> E_k <chi_k|j>`` over the KB projectors of every atom (``nlefsm``);
-    - V_NA, the two-centre terms of the neutral-atom potentials: ``<i|V_NA,i + V_NA,j|j>`` for a
-      pair, ``<i|V_NA,i|i'> + sum_{k != i} <i|V_NA,k|i'>`` (every periodic image within reach, i's
-      own images included) for an onsite block;
-    - S, the overlap (the bulk of the exchange-correlation potential, which H0 lacks, is close to
-      a constant times S).
-
-    Args:
-        coefficients: ``(4, 2, n_species, n_species, n_shells, n_shells)``: per part (order of
-            :data:`BASELINE_PARTS`), onsite or not, species pair and shell pair, the factor of the
-            part's sub-block (a scalar per sub-block keeps every symmetry); symmetric under
-            ``(s_i, a) <-> (s_j, b)``.  None: :func:`plain_coefficients` (T + V_KB + V_NA).
-            Folded into the programs, so a fitted baseline costs what the plain one does.
-
-    Raises:
-        BasisMismatchError: a species without radial tables or neutral-atom potential.
-    """
-    desc = two_centre_descriptor(basis)
-    coef = plain_coefficients(basis) if coefficients is None else np.asarray(coefficients, dtype=np.float64)
-    species = np.asarray(species, dtype=np.int64)
-    positions = np.asarray(positions, dtype=np.float64)
-    cell = np.asarray(cell, dtype=np.float64)
-    edge_index = np.asarray(edge_index, dtype=np.int64)
-    cell_shift = np.asarray(cell_shift, dtype=np.int64)
-    n_species = len(basis)
-    pair_type = species[edge_index[0]] * n_species + species[edge_index[1]]
-    if block_ptr is None:
-        block_ptr = block_pointer(desc.program("overlap"), pair_type)
-    vectors = _pair_vectors(positions, cell, edge_index, cell_shift)
-    out = np.zeros(int(block_ptr[-1]))
-    onsite = (edge_index[0] == edge_index[1]) & ~cell_shift.any(axis=1)
-    kinetic, kb, potential, overlap = (coef[k] for k in range(len(BASELINE_PARTS)))
-    s_ry = overlap / RY_TO_EV  # everything below is summed in Ry
-    hop = np.flatnonzero(~onsite)
-    if len(hop):
-        values = np.zeros(int((block_ptr[hop + 1] - block_ptr[hop]).sum()))
-        for name, table in (("kinetic", kinetic), ("potential", potential), ("overlap", s_ry)):
-            if table[0].any():
-                values += program_blocks(
-                    _scaled(desc, name, table, False), desc.tables, pair_type[hop], vectors[hop], backend=backend
-                )
-        _scatter(out, block_ptr, hop, values)
-    sites = np.flatnonzero(onsite)
-    if len(sites):
-        atoms = edge_index[0, sites]
-        types = np.arange(n_species) * (n_species + 1)
-        parts = [("kinetic", kinetic), ("self_potential", potential), ("overlap", s_ry)]
-        per_species = sum(
-            program_blocks(_scaled(desc, name, table, True), desc.tables, types, np.zeros((n_species, 3)), backend="torch")
-            for name, table in parts
-        )
-        ptr = block_pointer(desc.program("overlap"), types)
-        values = np.concatenate([per_species[ptr[s] : ptr[s + 1]] for s in species[atoms]])
-        if potential.any():
-            values += _crystal_field(desc, _scaled(desc, "crystal", potential, True), positions, cell, pbc, species, atoms, backend)
-        _scatter(out, block_ptr, sites, values)
-    if kb.any():
-        out += kb_blocks(desc, positions, cell, pbc, species, edge_index, cell_shift, block_ptr, scale=kb, backend=backend)
-    return out * RY_TO_EV
-
-
-def baseline_parts(
-    basis: BasisSet,
-    species: np.ndarray,
-    positions: np.ndarray,
-    cell: np.ndarray,
-    pbc: Any,
-    edge_index: np.ndarray,
-    cell_shift: np.ndarray,
-    *,
-    block_ptr: np.ndarray | None = None,
-    backend: str = "auto",
-) -> np.ndarray:
-    """``(4, n_values)`` float64: the parts of :func:`baseline_blocks` one by one (T, V_KB, V_NA in eV;
-    S), e.g. to fit its coefficients by least squares."""
-    unit = plain_coefficients(basis)
-    out = []
-    for k in range(len(BASELINE_PARTS)):
-        coef = np.zeros_like(unit)
-        coef[k] = 1.0
-        out.append(
-            baseline_blocks(basis, species, positions, cell, pbc, edge_index, cell_shift, block_ptr=block_ptr,
-                            coefficients=coef, backend=backend)
-        )
-    return np.stack(out)
-
-
-_SCALED: dict[tuple, BlockProgram] = {}
-
-
-def _scaled(desc: TwoCentreDescriptor, name: str, table: np.ndarray, onsite: bool) -> BlockProgram:
-    """Program ``name`` with the coefficients ``table`` folded in (cached by value)."""
-    key = (id(desc), name, onsite, table.tobytes())
-    if key not in _SCALED:
-        if len(_SCALED) > 64:
-            _SCALED.clear()
-        _SCALED[key] = desc.program(name).scaled(entry_coefficients(desc, name, table, onsite))
-    return _SCALED[key]
-
-
-def _scatter(out: np.ndarray, block_ptr: np.ndarray, pairs: np.ndarray, values: np.ndarray) -> None:
-    """``out[blocks of pairs] = values`` (``values`` flat, the blocks of ``pairs`` in order)."""
-    sizes = block_ptr[pairs + 1] - block_ptr[pairs]
-    starts = np.repeat(block_ptr[pairs] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-    out[starts + np.arange(len(values))] = values
-
-
-def _crystal_field(desc, program, positions, cell, pbc, species, atoms, backend) -> np.ndarray:
-    """``sum_{(k, n) != (i, 0)}`` of ``program`` (the crystal field, Ry) onto the onsite blocks of
-    ``atoms``, flat in their order."""
-    n_species = desc.n_species
-    pairs = _neighbours(desc, positions, cell, pbc, species, desc.potential_reach)
-    i, k = pairs.edge_index
-    keep = ~((i == k) & ~pairs.cell_shift.any(axis=1))
-    i, k, vectors = i[keep], k[keep], pairs.vectors[keep] * ANG_TO_BOHR
-    pair_type = species[i] * n_species + species[k]
-    ptr = block_pointer(program, pair_type)
-    values = program_blocks(program, desc.tables, pair_type, vectors, ptr, backend=backend)
-    n_orb = desc.basis.n_orbitals[species]
-    atom_ptr = np.concatenate([[0], np.cumsum(n_orb**2)])
-    per_atom = np.zeros(int(atom_ptr[-1]))
-    # every block of row atom i adds onto i's onsite block
-    np.add.at(per_atom, np.repeat(atom_ptr[i], np.diff(ptr)) + _ranks(np.diff(ptr)), values)
-    return np.concatenate([per_atom[atom_ptr[a] : atom_ptr[a + 1]] for a in atoms]) if len(atoms) else np.zeros(0)
-
-
-def _ranks(sizes: np.ndarray) -> np.ndarray:
-    """``[0..sizes[0]-1, 0..sizes[1]-1, ...]``."""
-    total = int(sizes.sum())
-    return np.arange(total) - np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-
-
-def kb_blocks(
-    desc: TwoCentreDescriptor,
-    positions: np.ndarray,
-    cell: np.ndarray,
-    pbc: Any,
-    species: np.ndarray,
-    edge_index: np.ndarray,
-    cell_shift: np.ndarray,
-    block_ptr: np.ndarray,
-    *,
-    scale: np.ndarray | None = None,
-    backend: str = "auto",
-) -> np.ndarray:
-    """``V_KB(i, j, n) = sum_k <i|chi_k> E_k <chi_k|j>`` (Ry), flat on ``block_ptr``; with ``scale``
-    (``(2, S, S, A, A)``, onsite or not x species pair x shell pair) each sub-block multiplied."""
-    program = desc.program("projection")
-    n_species = desc.n_species
-    pairs = _neighbours(desc, positions, cell, pbc, species, desc.projector_reach)
-    i, k = pairs.edge_index
-    pair_type = species[i] * n_species + species[k]
-    proj_block_ptr = block_pointer(program, pair_type)
-    projections = program_blocks(
-        program, desc.tables, pair_type, pairs.vectors * ANG_TO_BOHR, proj_block_ptr, backend=backend
-    )
-    proj_ptr = np.searchsorted(i, np.arange(len(positions) + 1)).astype(np.int64)
-    n_proj = np.array([len(e) for e in desc.kb_energy], dtype=np.int64)
-    out = kb_contract(
-        edge_index, cell_shift, k, pairs.cell_shift, proj_ptr, proj_block_ptr, projections, desc.basis.n_orbitals,
-        n_proj, list(desc.kb_energy), species, block_ptr, backend=backend,
-    )
-    if scale is not None:
-        entry_scale = np.stack([entry_coefficients(desc, "overlap", scale, onsite) for onsite in (False, True)])
-        _scale_entries(out, entry_scale, desc.program("overlap").entry_ptr, species, edge_index, cell_shift, block_ptr)
-    return out
-
-
-def _scale_entries(out, entry_scale, entry_ptr, species, edge_index, cell_shift, block_ptr, chunk: int = 1 << 16) -> None:
-    """``out`` *= the entry scale of every value (onsite or not, pair type, entry), in pair chunks."""
-    n_species = int(np.sqrt(len(entry_ptr) - 1))
-    onsite = ((edge_index[0] == edge_index[1]) & ~np.asarray(cell_shift).any(axis=1)).astype(np.int64)
-    pair_type = species[edge_index[0]] * n_species + species[edge_index[1]]
-    flat = entry_scale.reshape(-1)
-    for start in range(0, edge_index.shape[1], chunk):
-        stop = min(start + chunk, edge_index.shape[1])
-        sizes = np.diff(block_ptr[start : stop + 1])
-        local = np.arange(int(sizes.sum())) - np.repeat(block_ptr[start:stop] - block_ptr[start], sizes)
-        index = np.repeat(onsite[start:stop] * entry_ptr[-1] + entry_ptr[pair_type[start:stop]], sizes) + local
-        out[block_ptr[start] : block_ptr[stop]] *= flat[index]
+# the baseline H0 (kept last: it builds on the functions above)
+from hforge.ops.two_centre.baseline import (  # noqa: E402
+    BASELINE_PARTS,
+    BaselineContext,
+    baseline_blocks,
+    baseline_parts,
+    kb_blocks,
+    plain_coefficients,
+)

@@ -20,7 +20,7 @@ import numpy as np
 
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "kb_contract"]
+__all__ = ["program_blocks", "program_block_sums", "kb_contract"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 
@@ -64,67 +64,119 @@ def _harmonics(x, y, z, lmax, norms, dfact, out):  # pragma: no cover
         re, im = re * x - im * y, re * y + im * x
 
 
+@numba.njit(inline="always")
+def _pair_block(
+    t, vx, vy, vz, lmax, norms, dfact, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm, term_coef,
+    values, reach, step, y, radial, out, base, accumulate,
+):  # pragma: no cover
+    """The block of one pair of type ``t`` at ``(vx, vy, vz)`` (Bohr) into ``out[base:]`` (added when
+    ``accumulate``); ``y`` and ``radial`` are scratch."""
+    r = math.sqrt(vx * vx + vy * vy + vz * vz)
+    if r > 0.0:
+        _harmonics(vx / r, vy / r, vz / r, lmax, norms, dfact, y)
+    else:
+        y[:] = 0.0
+        y[0] = 0.5 / math.sqrt(math.pi)
+    x = r / step
+    k = min(int(x), values.shape[1] - 2)
+    u = x - k
+    h00 = (2.0 * u - 3.0) * u * u + 1.0
+    h10 = ((u - 2.0) * u + 1.0) * u * step
+    h01 = (3.0 - 2.0 * u) * u * u
+    h11 = (u - 1.0) * u * u * step
+    s0 = slot_ptr[t]
+    for s in range(slot_ptr[t + 1] - s0):
+        table = slot_table[s0 + s]
+        if r < reach[table]:
+            radial[s] = (
+                h00 * values[table, k, 0] + h10 * values[table, k, 1] + h01 * values[table, k + 1, 0]
+                + h11 * values[table, k + 1, 1]
+            )
+        else:
+            radial[s] = 0.0
+    e0 = entry_ptr[t]
+    for q in range(entry_ptr[t + 1] - e0):
+        acc = 0.0
+        for term in range(term_ptr[e0 + q], term_ptr[e0 + q + 1]):
+            acc += term_coef[term] * radial[term_slot[term]] * y[term_lm[term]]
+        if accumulate:
+            out[base + q] += acc
+        else:
+            out[base + q] = acc
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _program_blocks(
     pair_type, vectors, block_ptr, lmax, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm, term_coef,
-    values, reach, step, max_slots, n_chunks, out,
+    values, reach, step, max_slots, accumulate, n_chunks, out,
 ):  # pragma: no cover
     n_pairs = pair_type.shape[0]
     norms, dfact = _legendre_norms(lmax)
-    n_points = values.shape[1]
-    y00 = 0.5 / math.sqrt(math.pi)
     for chunk in numba.prange(n_chunks):
         y = np.zeros((lmax + 1) ** 2)
         radial = np.zeros(max(max_slots, 1))
         for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
-            t = pair_type[e]
-            vx, vy, vz = vectors[e, 0], vectors[e, 1], vectors[e, 2]
-            r = math.sqrt(vx * vx + vy * vy + vz * vz)
-            if r > 0.0:
-                _harmonics(vx / r, vy / r, vz / r, lmax, norms, dfact, y)
-            else:
-                y[:] = 0.0
-                y[0] = y00
-            x = r / step
-            k = min(int(x), n_points - 2)
-            u = x - k
-            h00 = (2.0 * u - 3.0) * u * u + 1.0
-            h10 = ((u - 2.0) * u + 1.0) * u * step
-            h01 = (3.0 - 2.0 * u) * u * u
-            h11 = (u - 1.0) * u * u * step
-            s0 = slot_ptr[t]
-            for s in range(slot_ptr[t + 1] - s0):
-                table = slot_table[s0 + s]
-                if r < reach[table]:
-                    radial[s] = (
-                        h00 * values[table, k, 0] + h10 * values[table, k, 1]
-                        + h01 * values[table, k + 1, 0] + h11 * values[table, k + 1, 1]
-                    )
-                else:
-                    radial[s] = 0.0
-            base = block_ptr[e]
-            e0 = entry_ptr[t]
-            for q in range(entry_ptr[t + 1] - e0):
-                acc = 0.0
-                for term in range(term_ptr[e0 + q], term_ptr[e0 + q + 1]):
-                    acc += term_coef[term] * radial[term_slot[term]] * y[term_lm[term]]
-                out[base + q] = acc
+            _pair_block(
+                pair_type[e], vectors[e, 0], vectors[e, 1], vectors[e, 2], lmax, norms, dfact, slot_ptr, slot_table,
+                entry_ptr, term_ptr, term_slot, term_lm, term_coef, values, reach, step, y, radial, out, block_ptr[e],
+                accumulate,
+            )
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _program_block_sums(
+    pair_type, vectors, segment_ptr, out_ptr, lmax, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm,
+    term_coef, values, reach, step, max_slots, n_chunks, out,
+):  # pragma: no cover
+    n_segments = segment_ptr.shape[0] - 1
+    norms, dfact = _legendre_norms(lmax)
+    for chunk in numba.prange(n_chunks):
+        y = np.zeros((lmax + 1) ** 2)
+        radial = np.zeros(max(max_slots, 1))
+        for g in range(chunk * n_segments // n_chunks, (chunk + 1) * n_segments // n_chunks):
+            for q in range(out_ptr[g], out_ptr[g + 1]):
+                out[q] = 0.0
+            for e in range(segment_ptr[g], segment_ptr[g + 1]):
+                _pair_block(
+                    pair_type[e], vectors[e, 0], vectors[e, 1], vectors[e, 2], lmax, norms, dfact, slot_ptr, slot_table,
+                    entry_ptr, term_ptr, term_slot, term_lm, term_coef, values, reach, step, y, radial, out, out_ptr[g],
+                    True,
+                )
+
+
+def program_block_sums(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, segment_ptr: np.ndarray,
+    out_ptr: np.ndarray,
+) -> np.ndarray:
+    """Sums of the blocks of consecutive pairs: segment ``g`` (pairs ``segment_ptr[g]:segment_ptr[g+1]``,
+    all blocks of one shape) -> ``out[out_ptr[g]:out_ptr[g+1]]`` (see the reference)."""
+    out = np.empty(int(out_ptr[-1]))
+    with numba.parallel_chunksize(1):
+        _program_block_sums(
+            np.ascontiguousarray(pair_type, dtype=np.int64), np.ascontiguousarray(vectors, dtype=np.float64),
+            np.ascontiguousarray(segment_ptr, dtype=np.int64), np.ascontiguousarray(out_ptr, dtype=np.int64),
+            program.lmax, program.slot_ptr, program.slot_table, program.entry_ptr, program.term_ptr, program.term_slot,
+            program.term_lm, program.term_coef, tables.values, tables.reach, tables.step, program.max_slots,
+            _n_chunks(len(segment_ptr) - 1), out,
+        )
+    return out
 
 
 def program_blocks(
     program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, block_ptr: np.ndarray,
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, accumulate: bool = False,
 ) -> np.ndarray:
     """Flat float64 blocks of ``program`` (see :func:`hforge.ops.two_centre.reference.program_blocks`),
-    written into ``out`` when given (a view of a larger buffer: no copy)."""
+    written into (``accumulate``: added to) ``out`` when given (a view of a larger buffer: no copy)."""
     if out is None:
         out = np.empty(int(block_ptr[-1]))
+        accumulate = False
     with numba.parallel_chunksize(1):
         _program_blocks(
             np.ascontiguousarray(pair_type, dtype=np.int64), np.ascontiguousarray(vectors, dtype=np.float64),
             np.ascontiguousarray(block_ptr, dtype=np.int64), program.lmax, program.slot_ptr, program.slot_table,
             program.entry_ptr, program.term_ptr, program.term_slot, program.term_lm, program.term_coef,
-            tables.values, tables.reach, tables.step, program.max_slots, _n_chunks(len(pair_type)), out,
+            tables.values, tables.reach, tables.step, program.max_slots, accumulate, _n_chunks(len(pair_type)), out,
         )
     return out
 
@@ -132,16 +184,18 @@ def program_blocks(
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _kb_contract(
     pairs, shifts, species, proj_atoms, proj_shifts, proj_ptr, proj_block_ptr, projections, n_orb, n_proj,
-    energy, energy_ptr, block_ptr, n_chunks, out,
+    energy, energy_ptr, block_ptr, scale, scale_ptr, n_species, accumulate, n_chunks, out,
 ):  # pragma: no cover
     n_pairs = pairs.shape[1]
+    max_orb, max_proj = n_orb.max(), max(n_proj.max(), 1)
     for chunk in numba.prange(n_chunks):
+        transposed = np.empty(max_orb * max_proj)  # P(j, k)^T of one match: rows contiguous
+        block = np.empty(max_orb * max_orb)
         for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
             i, j = pairs[0, e], pairs[1, e]
             ni, nj = n_orb[species[i]], n_orb[species[j]]
-            base = block_ptr[e]
             for q in range(ni * nj):
-                out[base + q] = 0.0
+                block[q] = 0.0
             a, a_end = proj_ptr[i], proj_ptr[i + 1]
             b, b_end = proj_ptr[j], proj_ptr[j + 1]
             while a < a_end and b < b_end:
@@ -165,33 +219,54 @@ def _kb_contract(
                     npk = n_proj[sk]
                     pa, pb, e0 = proj_block_ptr[a], proj_block_ptr[b], energy_ptr[sk]
                     for p in range(npk):
-                        ep = energy[e0 + p]
-                        for u in range(ni):
-                            w = projections[pa + u * npk + p] * ep
+                        for v in range(nj):
+                            transposed[p * nj + v] = projections[pb + v * npk + p]
+                    for u in range(ni):
+                        row = u * nj
+                        for p in range(npk):
+                            w = projections[pa + u * npk + p] * energy[e0 + p]
                             if w != 0.0:
-                                row = base + u * nj
                                 for v in range(nj):
-                                    out[row + v] += w * projections[pb + v * npk + p]
+                                    block[row + v] += w * transposed[p * nj + v]
                     a += 1
                     b += 1
+            if scale.shape[1] > 0:
+                onsite = i == j and shifts[e, 0] == 0 and shifts[e, 1] == 0 and shifts[e, 2] == 0
+                s0 = scale_ptr[species[i] * n_species + species[j]]
+                row = 1 if onsite else 0
+                for q in range(ni * nj):
+                    block[q] *= scale[row, s0 + q]
+            base = block_ptr[e]
+            if accumulate:
+                for q in range(ni * nj):
+                    out[base + q] += block[q]
+            else:
+                for q in range(ni * nj):
+                    out[base + q] = block[q]
 
 
 def kb_contract(
     pairs: np.ndarray, shifts: np.ndarray, proj_atoms: np.ndarray, proj_shifts: np.ndarray, proj_ptr: np.ndarray,
     proj_block_ptr: np.ndarray, projections: np.ndarray, n_orb: np.ndarray, n_proj: np.ndarray,
     energies: list[np.ndarray], species: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None,
+    scale: np.ndarray | None = None, scale_ptr: np.ndarray | None = None, accumulate: bool = False,
 ) -> np.ndarray:
     """As :func:`hforge.ops.two_centre.reference.kb_contract`; every atom's projector entries
-    must be sorted by ``(atom, shift)`` (as :func:`hforge.graph.neighbour_list` gives them)."""
+    must be sorted by ``(atom, shift)`` (as :func:`hforge.graph.neighbour_list` gives them).
+    ``out`` (with ``accumulate``: added to) avoids a separate output array."""
     if out is None:
         out = np.empty(int(block_ptr[-1]))
+        accumulate = False
     energy_ptr = np.concatenate([[0], np.cumsum([len(e) for e in energies])]).astype(np.int64)
     energy = np.concatenate([np.asarray(e, dtype=np.float64) for e in energies]) if energies else np.zeros(0)
     i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    if scale is None:
+        scale, scale_ptr = np.zeros((2, 0)), np.zeros(len(n_orb) ** 2 + 1, dtype=np.int64)
     with numba.parallel_chunksize(1):
         _kb_contract(
             i64(pairs), i64(shifts), i64(species), i64(proj_atoms), i64(proj_shifts), i64(proj_ptr), i64(proj_block_ptr),
             np.ascontiguousarray(projections, dtype=np.float64), i64(n_orb), i64(n_proj), energy, energy_ptr,
-            i64(block_ptr), _n_chunks(pairs.shape[1]), out,
+            i64(block_ptr), np.ascontiguousarray(scale, dtype=np.float64), i64(scale_ptr), len(n_orb), accumulate,
+            _n_chunks(pairs.shape[1]), out,
         )
     return out

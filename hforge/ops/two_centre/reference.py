@@ -15,7 +15,7 @@ import torch
 
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "kb_contract", "real_harmonics_torch"]
+__all__ = ["program_blocks", "program_block_sums", "kb_contract", "real_harmonics_torch"]
 
 _CHUNK = 4096  # pairs per step of program_blocks (temporaries: chunk x terms of the pair type)
 
@@ -93,6 +93,21 @@ def program_blocks(
     return out
 
 
+def program_block_sums(
+    program: BlockProgram, tables: RadialTables, pair_type: torch.Tensor, vectors: torch.Tensor,
+    segment_ptr: torch.Tensor, out_ptr: torch.Tensor,
+) -> torch.Tensor:
+    """``out[out_ptr[g]:out_ptr[g+1]] = sum`` of the blocks of the pairs ``segment_ptr[g]:segment_ptr[g+1]``
+    (blocks of one segment share a shape), e.g. every neighbour's crystal-field block of one atom."""
+    sizes = torch.as_tensor(program.block_size, device=vectors.device)[pair_type]
+    block_ptr = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+    blocks = program_blocks(program, tables, pair_type, vectors, block_ptr)
+    segment_of_pair = torch.repeat_interleave(torch.arange(len(segment_ptr) - 1, device=vectors.device), torch.diff(segment_ptr))
+    local = torch.arange(int(block_ptr[-1]), device=vectors.device) - torch.repeat_interleave(block_ptr[:-1], sizes)
+    index = torch.repeat_interleave(out_ptr[segment_of_pair], sizes) + local
+    return vectors.new_zeros(int(out_ptr[-1])).index_add_(0, index, blocks)
+
+
 def kb_contract(
     pairs: np.ndarray,
     shifts: np.ndarray,
@@ -106,6 +121,8 @@ def kb_contract(
     energies: list[np.ndarray],
     species: np.ndarray,
     block_ptr: np.ndarray,
+    scale: np.ndarray | None = None,
+    scale_ptr: np.ndarray | None = None,
 ) -> np.ndarray:
     """``V(i, j, n) = sum_{(k, m)} P(i; k, m) diag(E_k) P(j; k, m - n)^T`` for output pairs
     ``(i, j, n)`` = ``pairs (2, E)``, ``shifts (E, 3)``.
@@ -113,6 +130,8 @@ def kb_contract(
     The projections of atom ``i`` are its entries ``a in proj_ptr[i]:proj_ptr[i+1]``: projector
     atom ``proj_atoms[a]`` in image ``proj_shifts[a]`` (relative to ``i``'s home cell), block
     ``projections[proj_block_ptr[a]:proj_block_ptr[a+1]]`` of shape ``(n_orb[s_i], n_proj[s_k])``.
+    With ``scale`` (``(2, n_entries)``: hopping and onsite rows, entries of pair type ``t`` at
+    ``scale_ptr[t]:``) every block entry is multiplied by its coefficient.
     Returns the flat blocks on ``block_ptr`` (float64)."""
     out = np.zeros(int(block_ptr[-1]))
     lookup = {}
@@ -133,5 +152,9 @@ def kb_contract(
                 continue
             sk = species[k]
             acc += block(a, n_orb[si], n_proj[sk]) * energies[sk] @ block(b, n_orb[sj], n_proj[sk]).T
+        if scale is not None:
+            onsite = int(i == j and not shifts[e].any())
+            t = si * len(n_orb) + sj
+            acc *= scale[onsite, scale_ptr[t] : scale_ptr[t] + acc.size].reshape(acc.shape)
         out[block_ptr[e] : block_ptr[e + 1]] = acc.reshape(-1)
     return out

@@ -41,7 +41,7 @@ from hforge.basis.conventions import real_harmonics
 from hforge.basis.radial import RadialFunction
 from hforge.errors import UnsupportedSystemError
 
-__all__ = ["Profile", "Coupling", "TableSpec", "RadialTables", "BlockProgram", "gaunt", "build_tables"]
+__all__ = ["Profile", "Coupling", "TableSpec", "RadialTables", "BlockProgram", "combine", "gaunt", "build_tables"]
 
 #: SIESTA's radial grids (``matel``/``radfft``): ``NQ`` intervals up to ``Q_MAX`` (Bohr^-1) in k and,
 #: conjugate, ``r_k = k * pi / Q_MAX`` up to ``NQ * pi / Q_MAX`` (32.2 Bohr) in r.
@@ -186,11 +186,44 @@ class BlockProgram:
     def max_slots(self) -> int:
         return int(np.diff(self.slot_ptr).max(initial=0))
 
+    def slot_entries(self) -> np.ndarray:
+        """``(n_slots_total,)`` int64: one entry (flat, ``entry_ptr`` layout) that each slot's table
+        enters (-1 for a slot no term uses): which sub-block a slot belongs to."""
+        out = np.full(len(self.slot_table), -1, dtype=np.int64)
+        term_entry = np.repeat(np.arange(len(self.term_ptr) - 1), np.diff(self.term_ptr))
+        type_of_entry = np.searchsorted(self.entry_ptr, term_entry, side="right") - 1
+        out[self.slot_ptr[type_of_entry] + self.term_slot] = term_entry
+        return out
+
     def scaled(self, entry_scale: np.ndarray) -> "BlockProgram":
         """The same program with entry ``e``'s terms multiplied by ``entry_scale[e]``
         (``(entry_ptr[-1],)``): per-entry coefficients folded in at no cost per pair."""
         term_entry = np.repeat(np.arange(len(self.term_ptr) - 1), np.diff(self.term_ptr))
         return replace(self, term_coef=self.term_coef * np.asarray(entry_scale, dtype=np.float64)[term_entry])
+
+
+def combine(
+    programs: Sequence[BlockProgram], tables: RadialTables, entry_scales: Sequence[np.ndarray]
+) -> tuple[BlockProgram, RadialTables]:
+    """One program (and its tables) for ``sum_p entry_scale_p * program_p``, when the programs share
+    their structure (same slots and terms: the pair programs of one basis do) and every scale is
+    constant over the entries of each slot's sub-block: each slot's table becomes the weighed sum
+    of the programs' tables, so the sum costs one program evaluation."""
+    first = programs[0]
+    for other in programs[1:]:
+        same = all(np.array_equal(getattr(first, f), getattr(other, f)) for f in ("slot_ptr", "entry_ptr", "term_ptr", "term_slot", "term_lm"))
+        if not same or not np.allclose(first.term_coef, other.term_coef):
+            raise ValueError("combine: the programs differ in structure")
+    entry = first.slot_entries()
+    values = np.zeros((len(first.slot_table),) + tables.values.shape[1:])
+    reach = np.zeros(len(first.slot_table))
+    for program, scale in zip(programs, entry_scales):
+        weight = np.where(entry >= 0, np.asarray(scale)[np.maximum(entry, 0)], 0.0)
+        values += weight[:, None, None] * tables.values[program.slot_table]
+        reach = np.maximum(reach, np.where(weight != 0, tables.reach[program.slot_table], 0.0))
+    values.setflags(write=False)
+    combined = replace(first, name="+".join(p.name for p in programs), slot_table=np.arange(len(first.slot_table)))
+    return combined, RadialTables(tables.step, values, reach)
 
 
 @lru_cache(maxsize=8)
