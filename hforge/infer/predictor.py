@@ -769,11 +769,18 @@ class Problem:
 
 class _Physics:
     """The exact S and the baseline H0 of block pairs of one structure, as the model uses them
-    (float64 numpy, CPU: :mod:`hforge.ops.two_centre`); None for what the model does not use."""
+    (float64 numpy, CPU: :mod:`hforge.ops.two_centre`); None for what the model does not use.
+    H0's per-cell work (neighbour lists of the potentials and projectors) is done once, on first use."""
 
     def __init__(self, model: HSModel, arrays: StructureArrays) -> None:
         self.model, self.arrays = model, arrays
-        self.coefficients = model.baseline_coefficients
+
+    @functools.cached_property
+    def _baseline(self) -> Any:
+        from hforge.ops.two_centre import BaselineContext
+
+        a, coefficients = self.arrays, self.model.baseline_coefficients
+        return None if coefficients is None else BaselineContext(self.model.basis, a.species, a.positions, a.cell, a.pbc, coefficients)
 
     def overlap(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
         if self.model.learns_overlap:
@@ -784,15 +791,8 @@ class _Physics:
         return overlap_blocks(self.model.basis, a.species, a.positions, a.cell, edges, shifts, block_ptr=block_ptr)
 
     def baseline(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
-        if self.coefficients is None:
-            return None
-        from hforge.ops.two_centre import baseline_blocks
-
-        a = self.arrays
-        return baseline_blocks(
-            self.model.basis, a.species, a.positions, a.cell, a.pbc, edges, shifts, block_ptr=block_ptr,
-            coefficients=self.coefficients,
-        )
+        context = self._baseline
+        return None if context is None else context.blocks(edges, shifts, block_ptr)
 
 
 def _tensor(values: np.ndarray | None) -> torch.Tensor | None:
