@@ -110,6 +110,21 @@ def test_streamed_equals_whole_cell(predictor, cell256):
     assert_same(streamed, whole, tol=1e-12)
 
 
+def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeypatch):
+    """Ranges split into batches of pairs (onsite and hopping), each pair evaluated once and
+    written into its rows and its partner's: the same matrices."""
+    import hforge.infer.predictor as module
+
+    whole = predictor.predict(cell256, mode="whole")
+    monkeypatch.setattr(module, "PAIR_CHUNK", 37)
+    calls = []
+    original = predictor.model.pair_pass
+    monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))
+    batched = predictor.predict(cell256, mode="streamed", parts=2)
+    assert max(calls) == 37 and sum(calls) == len(predictor.prepare(cell256).cell_shift) - 256  # every hopping pair once
+    assert_same(batched, whole, tol=1e-12)
+
+
 def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
     problem = predictor.prepare(cell256)
     whole = predictor.plan(problem)

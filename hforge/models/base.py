@@ -221,18 +221,21 @@ class HSModel(torch.nn.Module):
             onsite=tuple(self._onsite(head, inputs, species, name) for head, inputs, name in named),
         )
 
-    def pair_pass(self, state: NodeState, pair_index: torch.Tensor, pair_shift: torch.Tensor) -> list[torch.Tensor]:
+    def pair_pass(
+        self, state: NodeState, pair_index: torch.Tensor, pair_shift: torch.Tensor, *, chunk: int | None = None
+    ) -> list[torch.Tensor]:
         """Hopping blocks of the learned heads (H, then S when learned) for the block pairs
         ``pair_index (2, E)`` (atoms of ``state``) with cell shifts ``pair_shift (E, 3)``: one flat
         tensor per head in the model's dtype, the pairs' blocks in order (before any baseline).
 
-        Evaluated ``config.pair_chunk`` pairs at a time (bounded temporaries); a pair's blocks
-        depend on its atoms' state alone, so any subset of pairs gives the same blocks.
+        Evaluated ``chunk`` (default ``config.pair_chunk``) pairs at a time: bounded temporaries
+        (about 7 KB per pair in the default config's radial weights); a pair's blocks depend on
+        its atoms' state alone, so any subset of pairs gives the same blocks.
         """
         device = state.positions.device
         pair_index, pair_shift = pair_index.to(device), pair_shift.to(device)
         parts: list[list[torch.Tensor]] = [[] for _ in state.heads]
-        chunk = self.config.pair_chunk
+        chunk = chunk or self.config.pair_chunk
         for start in range(0, pair_index.shape[1], chunk):
             index = pair_index[:, start : start + chunk]
             r = pair_vectors(state.positions, state.cell, state.graph_of_atom, index, pair_shift[start : start + chunk])
