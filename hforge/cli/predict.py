@@ -45,6 +45,9 @@ def predict_command(
     parts: int = typer.Option(None, "--parts", help="Atom ranges or spatial chunks (default: the fewest that fit)."),
     dtype: str = typer.Option("float64", "--dtype", help="Output precision: float64 or float32."),
     backend: str = typer.Option("auto", "--backend", help="CSR assembly backend."),
+    device: str = typer.Option(
+        None, "--device", help="cuda, cuda:N or cpu (default: cuda when a GPU is usable, else cpu)."
+    ),
     distributed: bool = typer.Option(
         False, "--distributed", help="Spread chunks over torch.distributed ranks (launch with torchrun)."
     ),
@@ -61,7 +64,7 @@ def predict_command(
             raise ConfigError(f"--dtype {dtype!r}: choose float64 or float32")
         check_output_path(out)
         budget = None if max_memory is None else parse_bytes(max_memory)
-        predictor = load(model)
+        predictor = load(model, device=device)
         start = time.perf_counter()
         if distributed:
             from hforge.infer.distributed import predict_distributed
@@ -82,7 +85,7 @@ def predict_command(
     report = predictor.last_report
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
-        f"{out}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} "
+        f"{out}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
