@@ -152,6 +152,14 @@ def test_device_is_cuda_when_usable_else_the_cpu(model):
             hforge.load("abn-dzp", device="cuda")
 
 
+def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64):
+    before = torch.get_num_threads()
+    reference = predictor.predict(cell64, threads=before)
+    one = predictor.predict(cell64, threads=1)
+    assert predictor.last_report.torch_threads == 1 and torch.get_num_threads() == before
+    assert_same(one, reference, tol=1e-12)
+
+
 def test_populated_buffers_are_plain_writable_arrays():
     small, large = populated_empty(10, np.int32), populated_empty((1 << 22, 2), np.float64)  # 64 MiB: mapped
     assert small.shape == (10,) and large.shape == (1 << 22, 2) and large.dtype == np.float64

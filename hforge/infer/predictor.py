@@ -168,7 +168,7 @@ def read_structure(path: str | os.PathLike) -> Any:
 @dataclass
 class PredictionReport:
     """What the last prediction did: sizes, device, mode, parts (``n_chunks``: atom ranges or
-    chunks), wall time per stage (s, :data:`PREDICTION_STAGES`) and the CPU time of the process
+    chunks), torch's intra-op threads, wall time per stage (s, :data:`PREDICTION_STAGES`) and the CPU time of the process
     (all threads) in it, which a machine shared with other jobs stretches far less than the
     wall time, memory (bytes: output CSR, estimated total, peak RSS of the process so far)."""
 
@@ -183,6 +183,7 @@ class PredictionReport:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
     cpu_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
     peak_rss_bytes: int = 0
+    torch_threads: int = 0
 
     @property
     def total_seconds(self) -> float:
@@ -366,6 +367,7 @@ class Predictor:
         species: Sequence[str] | None = None,
         nsc: Sequence[int] | None = None,
         progress: bool | Callable[[int, int], None] = False,
+        threads: int | None = None,
     ) -> Any:
         """H and S of ``structure`` as a non-orthogonal ``sisl.Hamiltonian`` (host memory).
 
@@ -381,6 +383,8 @@ class Predictor:
             species: one species label per atom, overriding the structure's.
             nsc: supercells of the result (odd, at least the pairs' reach; default: their reach).
             progress: a tqdm bar over ranges/chunks (True), or a callback ``(done, total)``.
+            threads: torch's intra-op threads during the prediction (restored after); None:
+                one where the machine is oversubscribed, else torch's setting (:func:`_torch_threads`).
 
         Returns:
             ``sisl.Hamiltonian``: the unshifted H (eV; SIESTA's energy zero, E_F = 0) and S,
@@ -394,7 +398,7 @@ class Predictor:
         """
         csr, problem = self._predict(
             structure, backend=backend, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts, species=species,
-            nsc=nsc, progress=progress,
+            nsc=nsc, progress=progress, threads=threads,
         )
         timer = _Timer(self.last_report)
         with timer("assembly"):
@@ -415,6 +419,7 @@ class Predictor:
         self, structure: Any, *, backend: str = "auto", dtype: Any = np.float64, max_memory: int | None = None,
         mode: str = "auto", parts: int | None = None, species: Sequence[str] | None = None,
         nsc: Sequence[int] | None = None, progress: bool | Callable[[int, int], None] = False,
+        threads: int | None = None,
     ) -> tuple[AssembledCSR, "Problem"]:
         report = PredictionReport(device=str(self.device))
         self.last_report = report
@@ -425,13 +430,14 @@ class Predictor:
         plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
         report.mode, report.grid, report.n_chunks = plan.mode, plan.grid, plan.parts
         report.csr_bytes, report.estimated_bytes = plan.csr_bytes, plan.total_bytes
-        if plan.mode in ("whole", "streamed"):
-            csr = self.fill_ranges(problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress)
-        else:
-            indices, data = problem.allocate(dtype)
-            occupied = problem.occupied_chunks(plan.grid)
-            self.fill_chunks(problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress)
-            csr = problem.csr(indices, data)
+        with _torch_threads(threads) as report.torch_threads:
+            if plan.mode in ("whole", "streamed"):
+                csr = self.fill_ranges(problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress)
+            else:
+                indices, data = problem.allocate(dtype)
+                occupied = problem.occupied_chunks(plan.grid)
+                self.fill_chunks(problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress)
+                csr = problem.csr(indices, data)
         return csr, problem
 
     def prepare(
@@ -817,6 +823,28 @@ class _Physics:
     def baseline(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
         context = self._baseline
         return None if context is None else context.blocks(edges, shifts, block_ptr)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[int]:
+    """Torch's intra-op threads for a prediction, yielded, and restored after.
+
+    None: one thread where the machine is oversubscribed (1-minute load average at least the
+    cores), else torch's setting.  Torch's threads meet at a barrier in every op: with other jobs
+    on the cores a descheduled thread stalls each of the pair pass's many small ops.  Measured on
+    the shared 2-core VM (load 6, 4000 atoms, default model, same process, interleaved): one torch
+    thread 29-35 s wall and 14-18 CPU s, two 48-59 s and 24-31 CPU s.  Numba's kernels keep their
+    threads (one parallel region per call).
+    """
+    before = torch.get_num_threads()
+    if threads is None:
+        cores = os.cpu_count() or 1
+        threads = 1 if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores else before
+    torch.set_num_threads(int(threads))
+    try:
+        yield int(threads)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tensor(values: np.ndarray | None) -> torch.Tensor | None:
