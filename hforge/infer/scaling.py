@@ -139,7 +139,7 @@ def _measure(
         "model": model,
         "device": report.device,
         "cpu_s": cpu,
-        "threads": torch.get_num_threads(),
+        "threads": report.torch_threads,
         "load_average": [load_before, os.getloadavg()[0]],
         "n_atoms": n_atoms,
         "structure": how,
