@@ -1,8 +1,10 @@
 """Inference: trained models as predictors of H and S, from small molecules to cells of 10^4+ atoms.
 
-- :func:`load`: a checkpoint path or a bundled model name (``"abn-dzp"``) -> :class:`Predictor`.
-- :meth:`Predictor.predict`: structure -> ``sisl.Hamiltonian`` (H with S), whole cell or in
-  spatial chunks with a halo (bounded memory, same result); :meth:`Predictor.predict_many`.
+- :func:`load`: a checkpoint path or a bundled model name (``"abn-dzp"``) -> :class:`Predictor`,
+  on ``device="cuda"`` or ``"cpu"`` (default: CUDA when usable).
+- :meth:`Predictor.predict`: structure -> ``sisl.Hamiltonian`` (H with S), whole cell, streamed by
+  atom ranges or in spatial chunks with a halo (bounded memory, same result);
+  :meth:`Predictor.predict_csr` (the CSR where it was assembled: CuPy on CUDA); :meth:`Predictor.predict_many`.
 - :func:`predict_distributed` / :func:`merge_parts`: chunks spread over torch.distributed ranks.
 - :func:`write_hamiltonian`: ``.TSHS`` / ``.nc`` written atomically.
 """
