@@ -1,6 +1,8 @@
-"""Fused CG edge blocks against the same math composed from e3nn and from cuequivariance-torch (CPU).
+"""Fused CG edge blocks against the same math composed from e3nn and from cuequivariance-torch,
+on the CPU (default) or on a GPU (``HFORGE_BENCH_DEVICE=cuda``, run by scripts/gpu_check.sh).
 
     .venv/bin/python -m pytest benchmarks/bench_cg_blocks.py --benchmark-only --benchmark-group-by=param:n_edges
+    HFORGE_BENCH_DEVICE=cuda python3 -m pytest benchmarks/bench_cg_blocks.py --benchmark-only
 
 Model size: DZP boron/nitrogen (13 orbitals, 169 coupled irreps 0e..4e per pair), node features
 32x0e+32x1o+32x2e, spherical harmonics up to l_sh = 3, 52 uvu paths (26 from each atom of the
@@ -8,15 +10,23 @@ pair), float32, 100 edges per atom.  Every implementation is first checked again
 torch reference on a slice of the same inputs (same weights, mapped): the blocks, and for
 ``forward_backward`` the gradients of x and R (and W for hforge's kernels); then it is timed on
 the same inputs, at least 3 rounds after a warm-up, each peer's round interleaved with a round
-of ``hforge-numba`` (``extra_info["ratio_median"]``, ``ratio_min``, ``ratio_max``: peer / hforge):
+of ``hforge-numba`` (``hforge-triton`` on the GPU; ``extra_info["ratio_median"]``, ``ratio_min``,
+``ratio_max``: peer / hforge):
 
 * ``e3nn``: ``o3.TensorProduct`` (uvu, per-edge weights R) on ``x_i`` and on ``x_j``, then per
   pair type an ``o3.Linear`` to the pair's coupled irreps and the dense change of basis
   (graph2mat's composition), scattered into the flat-packed blocks;
 * ``cueq``: the same with ``cuet.ChannelWiseTensorProduct`` and ``cuet.Linear``
   (``method="naive"``, cuequivariance-torch's pure-torch path);
+* ``cueq-fused`` (GPU): the same cuequivariance-torch composition with its fused CUDA kernels
+  (``method="uniform_1d"``, from the ``cuequivariance-ops-torch`` wheels; skipped, with the reason,
+  where they are not installed);
 * ``hforge-<backend>``: :func:`hforge.ops.cg_blocks.edge_blocks`, e3nn-layout features converted
-  inside the timed call.
+  inside the timed call: ``numba`` and ``torch`` on the CPU, ``triton`` and ``torch`` on the GPU.
+
+On the GPU every timed call ends with ``torch.cuda.synchronize()``, and ``peak_extra_mb`` is the
+peak of ``torch.cuda.max_memory_allocated`` above the memory allocated before the call; every
+implementation runs every size in one call (no chunks: the GPU has the memory).
 
 At 10^5 edges e3nn's composition in one call is killed for memory (24 GB machine), so both
 compositions run in chunks of 10^4 edges (forward: concatenated; backward: accumulated per
@@ -35,6 +45,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -57,6 +68,10 @@ EDGES_PER_ATOM = 100
 EDGE_COUNTS = sizes([2_000], [10_000, 100_000])
 BASELINE_CHUNK = 10_000
 DTYPE = torch.float32
+DEVICE = torch.device(os.environ.get("HFORGE_BENCH_DEVICE", "cpu"))
+ON_GPU = DEVICE.type == "cuda"
+#: HForge's fast kernel here: timed alone, and interleaved with every other implementation.
+FAST = "hforge-triton" if ON_GPU else "hforge-numba"
 SCRATCH_MB = 1.0  # hforge-numba forward: fixed-size scratch allowed above output + features copy
 
 
@@ -74,10 +89,11 @@ def make_case(n_edges: int) -> SimpleNamespace:
     W = desc.init_weights("edge", CHANNELS, dtype=DTYPE, generator=gen)
     pair_species = species[edge_index]
     pair_type = pair_species[0] * desc.n_species + pair_species[1]
-    return SimpleNamespace(
-        desc=desc, x=x, Y=Y, R=R, W=W, edge_index=edge_index, species=species, pair_type=pair_type,
+    tensors = dict(
+        x=x, Y=Y, R=R, W=W, edge_index=edge_index, species=species, pair_type=pair_type,
         block_ptr=block_pointer(pair_species, desc), grad=torch.randn(int(n_edges * 169), generator=gen, dtype=DTYPE),
     )
+    return SimpleNamespace(desc=desc, **{k: v.to(DEVICE) for k, v in tensors.items()})
 
 
 def _hforge(backend: str):
@@ -103,15 +119,15 @@ class _Composition(torch.nn.Module):
         self.desc = desc
         self.setup()
         self.linears = torch.nn.ModuleList([self.make_linear(t, W) for t in range(desc.n_pair_types)])
-        self.cob = [change_of_basis(desc, t, DTYPE, "cpu").T.contiguous() for t in range(desc.n_pair_types)]
+        self.cob = [change_of_basis(desc, t, DTYPE, DEVICE).T.contiguous() for t in range(desc.n_pair_types)]
 
     def forward(self, case, x, R, W=None):  # W: the linears hold the mixing weights
         m = torch.cat([self.tensor_product(case, x, R, side) for side in (0, 1)], dim=1)
-        out = torch.empty(int(case.block_ptr[-1]), dtype=x.dtype)
+        out = torch.empty(int(case.block_ptr[-1]), dtype=x.dtype, device=x.device)
         for t in range(self.desc.n_pair_types):
             idx = torch.nonzero(case.pair_type == t).squeeze(1)
             blocks = self.linears[t](m[idx]) @ self.cob[t]
-            positions = case.block_ptr[idx][:, None] + torch.arange(blocks.shape[1])
+            positions = case.block_ptr[idx][:, None] + torch.arange(blocks.shape[1], device=x.device)
             out = out.index_put((positions.reshape(-1),), blocks.reshape(-1))
         return out
 
@@ -151,6 +167,8 @@ class E3nnComposition(_Composition):
 
 
 class CueComposition(_Composition):
+    method = "naive"  # cuequivariance-torch's pure-torch path
+
     def setup(self):
         import cuequivariance as cue
         import cuequivariance_torch as cuet
@@ -173,16 +191,18 @@ class CueComposition(_Composition):
             self.segment_sign.append(float(np.sum(np.asarray(path.coefficients) * ref) / np.sum(ref * ref)))
         self.input_paths = self.segment_path + [p + desc.n_side_paths for p in self.segment_path]
         self.tp = cuet.ChannelWiseTensorProduct(
-            node, sh, keys, layout=cue.mul_ir, shared_weights=False, internal_weights=False, method="naive", dtype=DTYPE
+            node, sh, keys, layout=cue.mul_ir, shared_weights=False, internal_weights=False, method=self.method, dtype=DTYPE,
+            device=DEVICE,
         )
-        self.sign = torch.tensor(self.segment_sign, dtype=DTYPE)
+        self.sign = torch.tensor(self.segment_sign, dtype=DTYPE, device=DEVICE)
 
     def make_linear(self, t, W):
         cue, cuet, d = self.cue, self.cuet, self.desc
         irreps_in = self.tp_out + self.tp_out
         irreps_out = cue.Irreps("O3", d.irreps_of_pair(t // d.n_species, t % d.n_species))
         linear = cuet.Linear(
-            irreps_in, irreps_out, layout=cue.mul_ir, internal_weights=True, shared_weights=True, method="naive", dtype=DTYPE
+            irreps_in, irreps_out, layout=cue.mul_ir, internal_weights=True, shared_weights=True,
+            method="naive" if self.method == "naive" else "fused_tp", dtype=DTYPE, device=DEVICE,
         )
         stp = cue.descriptors.linear(irreps_in, irreps_out).polynomial.operations[0][1]
         weight = torch.zeros_like(linear.weight)
@@ -196,17 +216,44 @@ class CueComposition(_Composition):
 
     def tensor_product(self, case, x, R, side):
         d = self.desc
-        paths = torch.tensor(self.segment_path) + side * d.n_side_paths
+        paths = torch.tensor(self.segment_path, device=DEVICE) + side * d.n_side_paths
         weights = (R[:, paths] * self.sign[None, :, None]).reshape(R.shape[0], -1)
         return self.tp(x, case.Y, weights, indices_1=case.edge_index[side])
 
 
-IMPLEMENTATIONS = {
-    "e3nn": lambda desc, W: E3nnComposition(desc, W),
-    "cueq": lambda desc, W: CueComposition(desc, W),
-    "hforge-numba": lambda desc, W: _hforge("numba"),
-    "hforge-torch": lambda desc, W: _hforge("torch"),
-}
+class CueFusedComposition(CueComposition):
+    method = "uniform_1d"  # cuequivariance-torch's fused CUDA kernels (cuequivariance-ops-torch)
+
+
+def _cueq_fused_missing() -> str | None:
+    """Why cuEquivariance's fused kernels cannot run here, or None."""
+    if not ON_GPU:
+        return "cuEquivariance's fused kernels run on CUDA only"
+    try:
+        import cuequivariance_ops_torch  # noqa: F401
+    except ImportError as exc:
+        return f"cuequivariance-ops-torch is not installed ({exc}); see scripts/gpu_check.sh"
+    return None
+
+
+def _on_device(module):
+    return module.to(DEVICE) if isinstance(module, torch.nn.Module) else module
+
+
+if ON_GPU:
+    IMPLEMENTATIONS = {
+        "e3nn": lambda desc, W: _on_device(E3nnComposition(desc, W)),
+        "cueq-fused": lambda desc, W: _on_device(CueFusedComposition(desc, W)),
+        "hforge-triton": lambda desc, W: _hforge("triton"),
+        "hforge-torch": lambda desc, W: _hforge("torch"),
+    }
+else:
+    IMPLEMENTATIONS = {
+        "e3nn": lambda desc, W: E3nnComposition(desc, W),
+        "cueq": lambda desc, W: CueComposition(desc, W),
+        "hforge-numba": lambda desc, W: _hforge("numba"),
+        "hforge-torch": lambda desc, W: _hforge("torch"),
+    }
 
 
 def _slice(case: SimpleNamespace, start: int, stop: int) -> SimpleNamespace:
@@ -271,8 +318,28 @@ def _rss_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
 
+def _synchronized(result):
+    """``result``, after the GPU finished its work (a timer around the call then sees the kernels)."""
+    if ON_GPU:
+        torch.cuda.synchronize()
+    return result
+
+
 def _with_peak_memory(fn, peaks: list):
-    """``fn`` that also appends its peak RSS above the RSS before the call (MiB; Linux) to ``peaks``."""
+    """``fn`` that also appends its peak RSS above the RSS before the call (MiB; Linux) to ``peaks``;
+    on the GPU, its peak of allocated device memory above what was allocated before, after a synchronize."""
+
+    def run_gpu(*args):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn(*args)
+        torch.cuda.synchronize()
+        peaks.append((torch.cuda.max_memory_allocated() - before) / 2**20)
+        return result
+
+    if ON_GPU:
+        return run_gpu
 
     def run(*args):
         gc.collect()
@@ -296,19 +363,22 @@ def _with_peak_memory(fn, peaks: list):
 def test_cg_blocks(benchmark, n_edges, impl, mode):
     if impl == "hforge-torch" and n_edges > 10_000:
         pytest.skip("the reference materializes every path: tests only")
+    if impl == "cueq-fused" and _cueq_fused_missing():
+        pytest.skip(_cueq_fused_missing())
     case = make_case(n_edges)
     fn = IMPLEMENTATIONS[impl](case.desc, case.W)
     _check(impl, fn, case, mode)  # also a first warm-up (e3nn code generation, numba compilation)
     # e3nn and cueq at 1e5 edges in one call exceed the 24 GB of this machine (measured: OOM-killed
     # at 24 GB in e3nn's forward); they run in chunks of BASELINE_CHUNK edges, hforge in one call.
-    chunk = n_edges if impl.startswith("hforge") else BASELINE_CHUNK
+    chunk = n_edges if impl.startswith("hforge") or ON_GPU else BASELINE_CHUNK
     peaks: list[float] = []
-    benchmark.group = f"cg_blocks {n_edges:.0e} edges"
+    benchmark.group = f"cg_blocks {n_edges:.0e} edges {DEVICE.type}"
     run = lambda: _with_peak_memory(_call, peaks)(fn, case, mode, chunk)  # noqa: E731
-    if impl == "hforge-numba":
+    if impl == FAST:
         timed(benchmark, run)
     else:
-        interleaved(benchmark, run, lambda: _call(_hforge("numba"), case, mode, n_edges))
+        fast = _hforge(FAST.removeprefix("hforge-"))
+        interleaved(benchmark, run, lambda: _synchronized(_call(fast, case, mode, n_edges)))
     benchmark.extra_info.update(
         chunk=chunk,
         peak_extra_mb=round(max(peaks), 1) if peaks else math.nan,

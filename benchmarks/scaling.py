@@ -4,12 +4,18 @@ Cells: a 100-atom and a 1000-atom cell from :func:`~hforge.structures.amorphous_
 protocol, density 2.2 g/cm^3, cached under ``cache_dir``); larger cells are the 1000-atom cell
 tiled ``a x b x c`` times with every atom displaced by a random 0.02 Å (Gaussian per component),
 so that no two tiles are identical.  Every size runs in its own process (peak RSS is a per-process
-high-water mark) after a warm-up prediction of the 100-atom cell (compilation, caches); the model
-is the default :class:`~hforge.models.ModelConfig` on the DZP basis (random weights: the cost does
-not depend on them).  ``benchmarks/bench_inference_scaling.py`` (pytest-benchmark) and this
-module's command line run it, from the repository root::
+high-water mark) after a warm-up prediction of the 100-atom cell (compilation, caches).  Models:
+``"default"``, the default :class:`~hforge.models.ModelConfig` on the DZP basis (random weights:
+the cost does not depend on them; exact S, baseline H0), or a checkpoint / bundled name
+(``"abn-dzp"``).  What is measured is the default ``predict`` call (the mode its plan picks),
+unless a ``max_memory`` is given; on ``device="cuda"`` the model, kernels and assembly run on the
+GPU.  ``benchmarks/bench_inference_scaling.py`` (pytest-benchmark) and this module's command line
+run it, from the repository root::
 
-    python -m benchmarks.scaling --sizes 100,1000,2000,4000,8000,10000,20000 --out hforge-bench-scaling
+    python -m benchmarks.scaling --sizes 1000,2000,4000,8000,10000,20000 --model default,abn-dzp --out hforge-bench-scaling
+
+Goals (issue 19; :data:`GOALS`): 10^4 atoms in at most 20 s wall, peak RSS at most the output CSR
++ 2 GB, log-log slope of the wall time at most 1.1 from 10^3 to 2x10^4 atoms.
 
 It is a measurement harness, not part of the library: it imports :mod:`hforge` (and graph2mat,
 the ``bench`` extra, for the baseline); nothing in :mod:`hforge` imports it.
@@ -33,8 +39,10 @@ from hforge.files import atomic_write, write_json
 __all__ = [
     "DEFAULT_SIZES",
     "GOAL",
+    "GOALS",
     "TILE_NOISE",
     "fit_loglog",
+    "goals_text",
     "graph2mat_seconds",
     "main",
     "measure_size",
@@ -43,10 +51,15 @@ __all__ = [
     "scaling_cell",
     "scaling_model",
     "scaling_table",
+    "scaling_tables",
     "write_results",
 ]
 
-DEFAULT_SIZES = (100, 1000, 2000, 4000, 8000, 10000, 20000)
+DEFAULT_SIZES = (1000, 2000, 4000, 8000, 10000, 20000)
+
+#: The targets the table checks: wall seconds at 10^4 atoms, peak RSS above the output CSR (bytes),
+#: log-log slope of the wall time from 10^3 atoms on.
+GOALS = {"wall_s_at_10000": 20.0, "rss_above_csr_bytes": 2 * 10**9, "slope": 1.1}
 
 #: Å, standard deviation of the displacement of tiled atoms.
 TILE_NOISE = 0.02
@@ -111,14 +124,16 @@ GOAL = "goal"
 GOAL_EXTRA_BYTES = 2 * 10**9
 
 
-def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | str | None, dtype: str) -> dict[str, Any]:
+def _measure(
+    model: str, n_atoms: int, cache_dir: str, max_memory: int | str | None, dtype: str, device: str = "cpu"
+) -> dict[str, Any]:
     """In this process: warm up on the 100-atom cell, then predict ``n_atoms``; the report as a dict."""
     import torch
 
     from hforge.infer import load, peak_rss_bytes
 
     torch.set_num_threads(os.cpu_count() or 1)
-    predictor = load(model)
+    predictor = load(str(scaling_model(cache_dir)) if model == "default" else model, device=device)
     predictor.predict(scaling_cell(100, cache_dir)[0])
     atoms, how = scaling_cell(n_atoms, cache_dir)
     rss_before = peak_rss_bytes()
@@ -130,14 +145,17 @@ def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | str | N
     wall = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start
     report = predictor.last_report
-    return {
+    row = {
+        "model": model,
+        "device": report.device,
         "cpu_s": cpu,
-        "threads": torch.get_num_threads(),
+        "threads": report.torch_threads,
         "load_average": [load_before, os.getloadavg()[0]],
         "n_atoms": n_atoms,
         "structure": how,
         "wall_s": wall,
         "stages_s": report.seconds,
+        "stages_cpu_s": report.cpu_seconds,
         "mode": report.mode,
         "n_chunks": report.n_chunks,
         "nnz": report.nnz,
@@ -148,6 +166,10 @@ def _measure(model: str, n_atoms: int, cache_dir: str, max_memory: int | str | N
         "dtype": dtype,
         "max_memory": max_memory,
     }
+    if report.device.startswith("cuda"):
+        row["peak_device_bytes"] = torch.cuda.max_memory_allocated()
+        row["device_name"] = torch.cuda.get_device_name()
+    return row
 
 
 def _cpu_seconds() -> float:
@@ -159,11 +181,11 @@ def _cpu_seconds() -> float:
 
 
 def measure_size(
-    model: str | os.PathLike, n_atoms: int, cache_dir: str | os.PathLike, *, max_memory: int | str | None = GOAL,
-    dtype: str = "float64", timeout: float = 3600,
+    model: str | os.PathLike, n_atoms: int, cache_dir: str | os.PathLike, *, max_memory: int | str | None = None,
+    dtype: str = "float64", device: str = "cpu", timeout: float = 3600,
 ) -> dict[str, Any]:
     """:func:`_measure` in a fresh process (its own peak RSS)."""
-    call = f"_measure({str(model)!r}, {n_atoms}, {str(cache_dir)!r}, {max_memory!r}, {dtype!r})"
+    call = f"_measure({str(model)!r}, {n_atoms}, {str(cache_dir)!r}, {max_memory!r}, {dtype!r}, {device!r})"
     return _in_fresh_process(call, n_atoms, timeout)
 
 
@@ -267,8 +289,8 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: dict[str, float], path: st
     if np.isfinite(fit["slope"]):
         grid = np.array([fit["min_atoms"], atoms.max()])
         ax_time.loglog(grid, np.exp(fit["intercept"]) * grid ** fit["slope"], "r:", label=f"fit, slope {fit['slope']:.2f}")
-    ax_time.axhline(60, color="grey", lw=0.5)
-    ax_time.set(xlabel="atoms", ylabel="wall time (s)", title="H and S prediction, 2-core CPU")
+    ax_time.axhline(GOALS["wall_s_at_10000"], color="grey", lw=0.5)
+    ax_time.set(xlabel="atoms", ylabel="wall time (s)", title=f"H and S prediction ({rows[0].get('device', 'cpu')})")
     ax_time.legend(fontsize=7)
     ax_mem.loglog(atoms, [r["peak_rss_bytes"] / 1e9 for r in rows], "ko-", label="peak RSS")
     ax_mem.loglog(atoms, [r["csr_bytes"] / 1e9 for r in rows], "b.--", label="output CSR")
@@ -288,35 +310,37 @@ def run_scaling(
     out_dir: str | os.PathLike = "hforge-bench-scaling",
     *,
     cache_dir: str | os.PathLike | None = None,
-    model: str | os.PathLike | None = None,
-    max_memory: str | int | None = GOAL,
+    models: Sequence[str | os.PathLike] = ("default",),
+    max_memory: str | int | None = None,
     dtype: str = "float64",
+    device: str = "cpu",
     graph2mat: bool = True,
     echo: Any = print,
 ) -> dict[str, Any]:
-    """Measure every size (and graph2mat on the 1000-atom cell); write ``results.json``,
-    ``table.md`` and ``scaling.png`` under ``out_dir``; return the results.
+    """Measure every size for every model (and graph2mat on the 1000-atom cell); write
+    ``results.json``, ``table.md`` and ``scaling.png`` (the first model's) under ``out_dir``;
+    return the results: ``{"runs": [{"model", "device", "rows", "fit", "fit_cpu"}, ...], ...}``.
 
-    ``max_memory="goal"`` gives every size the budget of the memory goal (peak RSS <= output CSR +
-    2 GB), so that cells whose whole-cell prediction needs more are streamed or chunked.
+    ``max_memory=None`` measures the default ``predict`` call (its plan keeps to the memory goal);
+    ``"goal"`` gives every size the budget of the memory goal explicitly, bytes a budget.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "hforge" / "bench-scaling")
-    model = str(model or scaling_model(cache_dir))
-    rows = []
-    for n in sizes:
-        row = measure_size(model, n, cache_dir, max_memory=max_memory, dtype=dtype)
-        rows.append(row)
-        echo(_row_text(row))
-    results: dict[str, Any] = {
-        "rows": rows, "fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s"), "model": model,
-        "cpu_count": os.cpu_count(),
-    }
+    runs = []
+    for model in models:
+        rows = []
+        for n in sizes:
+            row = measure_size(str(model), n, cache_dir, max_memory=max_memory, dtype=dtype, device=device)
+            rows.append(row)
+            echo(f"{model}: {_row_text(row)}")
+        fits = {"fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s")}
+        runs.append({"model": str(model), "device": device, "rows": rows, **fits})
+    results: dict[str, Any] = {"runs": runs, "cpu_count": os.cpu_count(), "goals": GOALS}
     if graph2mat and 1000 in sizes:
         baseline = graph2mat_seconds(cache_dir, 1000)
         results["graph2mat"] = baseline
-        ours = next(r for r in rows if r["n_atoms"] == 1000)
+        ours = next(r for r in runs[0]["rows"] if r["n_atoms"] == 1000)
         if "wall_s" in baseline and "wall_s" in ours:
             results["speedup_vs_graph2mat"] = baseline["wall_s"] / ours["wall_s"]
         echo(f"graph2mat 1000 atoms: {baseline}")
@@ -325,14 +349,16 @@ def run_scaling(
 
 
 def write_results(results: dict[str, Any], out_dir: str | os.PathLike) -> Path:
-    """``results.json``, ``table.md`` and (with two measured sizes or more) ``scaling.png`` under ``out_dir``."""
+    """``results.json``, ``table.md`` (:func:`scaling_tables`) and, with two measured sizes or more,
+    ``scaling.png`` (the first run's) under ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
     with atomic_write(out_dir / "table.md") as f:
-        f.write(scaling_table(results))
-    if sum("wall_s" in r for r in results["rows"]) >= 2:
-        plot_scaling(results["rows"], results["fit"], out_dir / "scaling.png")
+        f.write(scaling_tables(results))
+    first = results["runs"][0]
+    if sum("wall_s" in r for r in first["rows"]) >= 2:
+        plot_scaling([r for r in first["rows"] if "wall_s" in r], first["fit"], out_dir / "scaling.png")
     return out_dir
 
 
@@ -347,28 +373,31 @@ def _row_text(row: dict[str, Any]) -> str:
 
 
 def scaling_table(results: dict[str, Any]) -> str:
-    """Markdown table of the results."""
+    """Markdown table of one run's rows (``{"rows", "fit", ...}``): wall seconds per stage, with the
+    CPU seconds of the process in it in parentheses where measured, and the goals checked."""
+    rows = [r for r in results["rows"] if "error" not in r]
+    stages = list(rows[0]["stages_s"]) if rows else []
     lines = [
-        "| atoms | wall s | CPU s | load | neighbour list | descriptors | blocks | assembly | mode | nnz | CSR GB | peak RSS GB "
-        "| RSS - CSR GB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| atoms | wall s | CPU s | load | " + " | ".join(stages) + " | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB |",
+        "|---:|---:|---:|---:|" + "---:|" * len(stages) + "---|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         if "error" in r:
-            lines.append(f"| {r['n_atoms']} | failed | | | | | | | | | | | |")
+            lines.append(f"| {r['n_atoms']} | failed |" + " |" * (len(stages) + 9))
             continue
-        s = r["stages_s"]
+        cpu = r.get("stages_cpu_s", {})
+        cells = [f"{r['stages_s'][k]:.1f}" + (f" ({cpu[k]:.1f})" if k in cpu else "") for k in stages]
         lines.append(
             f"| {r['n_atoms']} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
-            f"{max(r.get('load_average', [float('nan')])):.1f} | {s['neighbour list']:.1f} | {s['descriptors']:.1f} | "
-            f"{s['blocks']:.1f} | "
-            f"{s['assembly']:.1f} | {r['mode']} x{r['n_chunks']} | {r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | "
-            f"{r['peak_rss_bytes'] / 1e9:.2f} | {(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} |"
+            f"{max(r.get('load_average', [float('nan')])):.1f} | " + " | ".join(cells) + f" | {r['mode']} x{r['n_chunks']} | "
+            f"{r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
+            f"{(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} |"
         )
     fit = results["fit"]
     lines.append(f"\nlog-log slope of wall time vs atoms (>= {fit['min_atoms']} atoms): {fit['slope']:.3f}")
     if "fit_cpu" in results:
         lines.append(f"log-log slope of CPU time vs atoms (>= {fit['min_atoms']} atoms): {results['fit_cpu']['slope']:.3f}")
+    lines.append(goals_text(results))
     if "graph2mat" in results:
         g = results["graph2mat"]
         lines.append(f"graph2mat, 1000 atoms (H only): {g.get('wall_s', float('nan')):.1f} s; "
@@ -376,16 +405,44 @@ def scaling_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goals_text(results: dict[str, Any]) -> str:
+    """One line: each goal of :data:`GOALS` met, missed or not measured in a run's rows."""
+    rows = {r["n_atoms"]: r for r in results["rows"] if "error" not in r}
+    checks = []
+    if 10000 in rows:
+        wall = rows[10000]["wall_s"]
+        checks.append(f"10^4 atoms {wall:.1f} s wall ({'met' if wall <= GOALS['wall_s_at_10000'] else 'missed'}, goal 20 s)")
+    if rows:
+        worst = max(r["peak_rss_bytes"] - r["csr_bytes"] for r in rows.values())
+        verdict = "met" if worst <= GOALS["rss_above_csr_bytes"] else "missed"
+        checks.append(f"peak RSS <= CSR + {worst / 1e9:.2f} GB ({verdict}, goal 2 GB)")
+    slope = results["fit"]["slope"]
+    if np.isfinite(slope):
+        checks.append(f"slope {slope:.2f} ({'met' if slope <= GOALS['slope'] else 'missed'}, goal 1.1)")
+    return "goals: " + ("; ".join(checks) if checks else "not measured")
+
+
+def scaling_tables(results: dict[str, Any]) -> str:
+    """Markdown of every run of :func:`run_scaling` (one table per model and device)."""
+    parts = []
+    for k, run in enumerate(results["runs"]):
+        extra = {key: results[key] for key in ("graph2mat", "speedup_vs_graph2mat") if key in results and k == 0}
+        parts.append(f"## {run['model']} on {run['device']}\n\n" + scaling_table({**run, **extra}))
+    return "\n".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line: predict aBN cells of growing size (each in a fresh process); print and save the
-    table, the log-log fit and the plot (``results.json``, ``table.md``, ``scaling.png``)."""
+    """Command line: predict aBN cells of growing size (each in a fresh process) with every model;
+    print and save the tables, fits, goals and plot (``results.json``, ``table.md``, ``scaling.png``)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=main.__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="atoms, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("hforge-bench-scaling"), help="output folder")
-    parser.add_argument("--model", default=None, help="checkpoint (default: the default model config, random weights)")
-    parser.add_argument("--max-memory", default=GOAL,
-                        help="'goal' (peak RSS <= output CSR + 2 GB), 'none', or bytes such as 8GB")
+    parser.add_argument("--model", default="default,abn-dzp",
+                        help="comma-separated models: 'default' (default config, random weights), bundled names or checkpoints")
+    parser.add_argument("--max-memory", default="none",
+                        help="'none' (the default predict call), 'goal' (peak RSS <= output CSR + 2 GB), or bytes such as 8GB")
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="output precision")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder of the generated cells (default ~/.cache/hforge/bench-scaling)")
     parser.add_argument("--no-graph2mat", dest="graph2mat", action="store_false", help="skip graph2mat on the 1000-atom cell")
@@ -399,9 +456,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from hforge.cli.predict import parse_bytes
 
         max_memory = parse_bytes(max_memory)
-    results = run_scaling(sizes, args.out, cache_dir=args.cache, model=args.model, max_memory=max_memory, dtype=args.dtype,
-                          graph2mat=args.graph2mat)
-    print(scaling_table(results))
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    results = run_scaling(sizes, args.out, cache_dir=args.cache, models=models, max_memory=max_memory, dtype=args.dtype,
+                          device=args.device, graph2mat=args.graph2mat)
+    print(scaling_tables(results))
     print(f"results: {args.out / 'results.json'}, {args.out / 'table.md'}, {args.out / 'scaling.png'}")
     return results
 

@@ -48,6 +48,7 @@ _LAZY: dict[str, str] = {
     "evaluate_structures": "hforge.train",
     "load": "hforge.infer",
     "Predictor": "hforge.infer",
+    "predict_hamiltonian": "hforge.infer",
 }
 
 __all__ = [

@@ -17,6 +17,10 @@
 //   4. (host library) cupy.cumsum of the row counts: indptr.
 //   5. hf_assemble_fill_<values>_<indices>: one thread per (pair, block row, block column)
 //      entry, grid-stride; writes its column index and K values at a precomputed offset.
+// Or, pair by pair (streamed inference), after 1-4 and slot_offset[slots[p]] = pair_offsets[p]:
+//   5'. hf_assemble_fill_pairs_<values>_<indices>: one thread per (given pair, block row, block
+//      column) entry, grid-stride; writes it where its row atom's rows hold it and, unless
+//      onsite, the transposed entry where its column atom's rows do (unmasked plans).
 // Threads never cooperate and never write the same place: no atomics, no barriers.
 #include "hforge_cuda.h"
 
@@ -147,3 +151,65 @@ HF_ASSEMBLE_FILL(hf_assemble_fill_f64_i32, double, int)
 HF_ASSEMBLE_FILL(hf_assemble_fill_f64_i64, double, long long)
 HF_ASSEMBLE_FILL(hf_assemble_fill_f32_i32, float, int)
 HF_ASSEMBLE_FILL(hf_assemble_fill_f32_i64, float, long long)
+
+// slot_offset[e] / slot_offset[n_pairs + e]: column offset of block e / of its transpose within
+// the rows of its row atom (-1: not in the range).  The blocks of the given pairs are at local_ptr.
+template <class Value, class Index>
+__device__ void hf_assemble_fill_pairs(const hf_index* __restrict__ pairs, hf_index n_given,
+                                       const hf_index* __restrict__ local_ptr, const hf_index* __restrict__ edge_index,
+                                       const hf_index* __restrict__ cell_shift, hf_index n_pairs,
+                                       const hf_index* __restrict__ sc_lookup, hf_index nsc0, hf_index nsc1,
+                                       hf_index nsc2, hf_index max_orbitals,
+                                       const hf_index* __restrict__ orbitals_per_atom,
+                                       const hf_index* __restrict__ orbital_offset, hf_index n_atoms,
+                                       hf_index atom_begin, hf_index atom_end,
+                                       const hf_index* __restrict__ slot_offset, const Value* const* __restrict__ blocks,
+                                       hf_index n_matrices, const hf_index* __restrict__ indptr,
+                                       Index* __restrict__ indices, Value* __restrict__ data) {
+  const hf_index per_pair = max_orbitals * max_orbitals;
+  const hf_index total = n_given * per_pair;
+  const hf_index n_orbitals = orbital_offset[n_atoms];
+  const hf_index row_begin = orbital_offset[atom_begin];
+  for (hf_index t = HF_GLOBAL_THREAD_ID; t < total; t += HF_GRID_THREADS) {
+    const hf_index b = t / per_pair, r = (t / max_orbitals) % max_orbitals, c = t % max_orbitals;
+    const hf_index e = pairs[b];
+    const hf_index i = edge_index[e], j = edge_index[n_pairs + e];
+    const hf_index n_i = orbitals_per_atom[i], n_j = orbitals_per_atom[j];
+    if (r >= n_i || c >= n_j) continue;
+    const hf_index n0 = cell_shift[3 * e], n1 = cell_shift[3 * e + 1], n2 = cell_shift[3 * e + 2];
+    const hf_index src = local_ptr[b] + r * n_j + c;
+    if (atom_begin <= i && i < atom_end) {
+      const hf_index dst = indptr[orbital_offset[i] - row_begin + r] + slot_offset[e] + c;
+      const hf_index sc = hf_supercell_index(sc_lookup, nsc0, nsc1, nsc2, n0, n1, n2);
+      indices[dst] = static_cast<Index>(sc * n_orbitals + orbital_offset[j] + c);
+      for (hf_index k = 0; k < n_matrices; ++k) data[dst * n_matrices + k] = blocks[k][src];
+    }
+    const bool onsite = i == j && n0 == 0 && n1 == 0 && n2 == 0;
+    if (!onsite && atom_begin <= j && j < atom_end) {
+      const hf_index dst = indptr[orbital_offset[j] - row_begin + c] + slot_offset[n_pairs + e] + r;
+      const hf_index sc = hf_supercell_index(sc_lookup, nsc0, nsc1, nsc2, -n0, -n1, -n2);
+      indices[dst] = static_cast<Index>(sc * n_orbitals + orbital_offset[i] + r);
+      for (hf_index k = 0; k < n_matrices; ++k) data[dst * n_matrices + k] = blocks[k][src];
+    }
+  }
+}
+
+#define HF_ASSEMBLE_FILL_PAIRS(NAME, VALUE, INDEX)                                                                   \
+  extern "C" __global__ void NAME(                                                                                   \
+      const hf_index* __restrict__ pairs, hf_index n_given, const hf_index* __restrict__ local_ptr,                  \
+      const hf_index* __restrict__ edge_index, const hf_index* __restrict__ cell_shift, hf_index n_pairs,            \
+      const hf_index* __restrict__ sc_lookup, hf_index nsc0, hf_index nsc1, hf_index nsc2, hf_index max_orbitals,    \
+      const hf_index* __restrict__ orbitals_per_atom, const hf_index* __restrict__ orbital_offset, hf_index n_atoms, \
+      hf_index atom_begin, hf_index atom_end, const hf_index* __restrict__ slot_offset,                              \
+      const VALUE* const* __restrict__ blocks, hf_index n_matrices, const hf_index* __restrict__ indptr,             \
+      INDEX* __restrict__ indices, VALUE* __restrict__ data) {                                                       \
+    hf_assemble_fill_pairs<VALUE, INDEX>(pairs, n_given, local_ptr, edge_index, cell_shift, n_pairs, sc_lookup,      \
+                                         nsc0, nsc1, nsc2, max_orbitals, orbitals_per_atom, orbital_offset, n_atoms, \
+                                         atom_begin, atom_end, slot_offset, blocks, n_matrices, indptr, indices,     \
+                                         data);                                                                      \
+  }
+
+HF_ASSEMBLE_FILL_PAIRS(hf_assemble_fill_pairs_f64_i32, double, int)
+HF_ASSEMBLE_FILL_PAIRS(hf_assemble_fill_pairs_f64_i64, double, long long)
+HF_ASSEMBLE_FILL_PAIRS(hf_assemble_fill_pairs_f32_i32, float, int)
+HF_ASSEMBLE_FILL_PAIRS(hf_assemble_fill_pairs_f32_i64, float, long long)

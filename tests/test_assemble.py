@@ -248,6 +248,52 @@ def test_row_range_needs_only_the_pairs_touching_it():
     np.testing.assert_array_equal(part.data, whole.data[sl])
 
 
+def _fill_by_pairs(plan, problem, groups, indices, data):
+    """``plan.fill`` of every pair once, group by group, each group's blocks copied out in its order."""
+    bp = problem.block_ptr
+    for pairs in groups:
+        blocks = [np.concatenate([values[bp[e] : bp[e + 1]] for e in pairs] or [values[:0]]) for values in problem.blocks]
+        plan.fill(blocks, pairs=pairs, indices_out=indices, data_out=data)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("atoms", [None, (2, 7)])
+def test_filling_by_pairs_equals_one_fill(backend, atoms):
+    """Every pair written once (both its rows and its partner's), in shuffled groups of any size
+    and order, gives the buffers of one fill: streamed inference's assembly."""
+    rng = np.random.default_rng(21)
+    for n_atoms, reach in [(9, (2, 1, 0)), (3, (3, 2, 2))]:
+        problem = random_pairs_problem(rng, n_atoms, n_pairs=60, n_matrices=2, reach=reach)
+        problem.atoms = None if atoms is None or atoms[1] > n_atoms else atoms
+        want = assemble(problem, backend)
+        plan = plan_csr_assembly(**problem.kwargs(), atoms=problem.atoms, backend=backend)
+        for dtype, index_dtype in [(np.float64, np.int32), (np.float32, np.int64)]:
+            order = rng.permutation(len(problem.cell_shift))
+            groups = np.split(order, np.sort(rng.choice(len(order), size=4, replace=True)))  # some empty
+            indices = np.full(want.nnz, -1, dtype=index_dtype)
+            data = np.full((want.nnz, 2), np.nan, dtype=dtype)
+            typed = Problem(problem.edge_index, problem.cell_shift, problem.orbitals_per_atom, problem.blocks.astype(dtype))
+            _fill_by_pairs(plan, typed, groups, indices, data)
+            np.testing.assert_array_equal(indices, want.indices)
+            np.testing.assert_array_equal(data, want.data.astype(dtype))
+
+
+def test_filling_by_pairs_is_refused_where_it_cannot_work():
+    problem = random_pairs_problem(np.random.default_rng(3), 5, n_pairs=20)
+    plan = plan_csr_assembly(**problem.kwargs())
+    indices, data = np.empty(plan.nnz, dtype=np.int32), np.empty((plan.nnz, 2))
+    sizes = np.diff(problem.block_ptr)
+    with pytest.raises(InputError, match="indices_out and data_out"):
+        plan.fill(problem.blocks[:, : sizes[0]], pairs=[0])
+    with pytest.raises(InputError, match="pair indices"):
+        plan.fill(problem.blocks[:, : sizes[0]], pairs=[len(sizes)], indices_out=indices, data_out=data)
+    with pytest.raises(InputError, match="shape"):
+        plan.fill(problem.blocks[:, : sizes[0] + 1], pairs=[0], indices_out=indices, data_out=data)
+    masked = random_pairs_problem(np.random.default_rng(3), 5, n_pairs=20, mask_fraction=0.5)
+    with pytest.raises(InputError, match="unmasked"):
+        plan_csr_assembly(**masked.kwargs()).fill(masked.blocks[:, : sizes[0]], pairs=[0], indices_out=indices, data_out=data)
+
+
 def test_auto_backend_and_index_dtypes():
     problem = random_pairs_problem(np.random.default_rng(2), 5, n_pairs=20)
     plan = plan_csr_assembly(**problem.kwargs())
@@ -463,3 +509,28 @@ def test_cupy_matches_reference(mask_fraction):
             np.testing.assert_array_equal(got.indptr.get(), want.indptr)
             np.testing.assert_array_equal(got.indices.get(), want.indices)
             np.testing.assert_array_equal(got.data.get(), want.data.astype(dtype))
+
+
+@pytest.mark.gpu
+def test_cupy_fills_by_pairs_as_the_reference():
+    import cupy
+
+    rng = np.random.default_rng(13)
+    for n_atoms, atoms in [(20, None), (20, (5, 12))]:
+        problem = random_pairs_problem(rng, n_atoms, n_pairs=150, reach=(2, 1, 1))
+        problem.atoms = atoms
+        want = assemble(problem, "torch")
+        kwargs = {k: (None if v is None else cupy.asarray(v) if isinstance(v, np.ndarray) else v)
+                  for k, v in problem.kwargs().items()}
+        plan = plan_csr_assembly(**kwargs, atoms=atoms, backend="cupy")
+        bp = problem.block_ptr
+        for dtype, index_dtype in [(np.float64, np.int32), (np.float32, np.int64)]:
+            indices = cupy.full(want.indices.shape, -1, dtype=index_dtype)
+            data = cupy.full(want.data.shape, np.nan, dtype=dtype)
+            for pairs in np.array_split(rng.permutation(len(problem.cell_shift)), 3):
+                blocks = [
+                    cupy.asarray(np.concatenate([v[bp[e] : bp[e + 1]] for e in pairs]).astype(dtype)) for v in problem.blocks
+                ]
+                plan.fill(blocks, pairs=cupy.asarray(pairs), indices_out=indices, data_out=data)
+            np.testing.assert_array_equal(indices.get(), want.indices)
+            np.testing.assert_array_equal(data.get(), want.data.astype(dtype))

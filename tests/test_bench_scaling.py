@@ -1,5 +1,5 @@
-"""benchmarks/scaling.py, the inference scaling harness: tiling, the log-log fit, table and plot (fast);
-two real sizes end to end through its command line (slow)."""
+"""benchmarks/scaling.py, the inference scaling harness: tiling, the log-log fit, table, goals and plot
+(fast); two real sizes of two models end to end through its command line (slow)."""
 
 from __future__ import annotations
 
@@ -46,14 +46,19 @@ def test_table_and_plot(tmp_path):
     table = scaling_table(results)
     assert table.count("\n| ") == 6 and "| 20000 | failed |" in table and "| nan |" in table  # no CPU time given
     assert "slope of wall time vs atoms (>= 1000 atoms): 1.050" in table and "speed-up 12.5x" in table
+    assert "goals: peak RSS <= CSR + 1.00 GB (met, goal 2 GB); slope 1.05 (met, goal 1.1)" in table
     path = plot_scaling(results["rows"], results["fit"], tmp_path / "scaling.png")
     assert path.stat().st_size > 10_000
 
 
 @pytest.mark.slow
 def test_scaling_command_runs_real_sizes(tmp_path):
-    main(["--sizes", "100,200", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-graph2mat"])
+    main(["--sizes", "100,200", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-graph2mat",
+          "--model", "default,abn-dzp"])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["n_atoms"] for r in results["rows"]] == [100, 200]
-    assert all(r["nnz"] > 0 and r["peak_rss_bytes"] > r["csr_bytes"] for r in results["rows"])
+    assert [run["model"] for run in results["runs"]] == ["default", "abn-dzp"]
+    for run in results["runs"]:
+        assert [r["n_atoms"] for r in run["rows"]] == [100, 200]
+        assert all(r["nnz"] > 0 and r["peak_rss_bytes"] > r["csr_bytes"] and r["stages_cpu_s"]["trunk"] > 0 for r in run["rows"])
+    assert "## abn-dzp on cpu" in (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / "scaling.png").is_file()

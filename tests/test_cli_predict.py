@@ -56,7 +56,7 @@ def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "64 atoms" in result.output and "nnz" in result.output and "peak memory" in result.output
-    assert "chunked (2 part(s))" in result.output
+    assert "chunked (2 part(s))" in result.output and "on cpu" in result.output
     expected = predictor.predict(structure)
     np.testing.assert_allclose(read(out).tocsr(0).toarray(), expected.tocsr(0).toarray(), atol=1e-12)
     np.testing.assert_allclose(read(out).tocsr(1).toarray(), expected.tocsr(1).toarray(), atol=1e-12)
@@ -238,3 +238,14 @@ def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):
     write_hamiltonian(predictor.predict(structure, mode="chunked", parts=2), single)
     assert_equal(read(out), read(single))
     assert sorted(os.listdir(tmp_path)) == ["out.TSHS", "single.TSHS"]  # parts merged and removed
+
+
+def test_predict_refuses_a_device_it_cannot_use(files, tmp_path):
+    checkpoint, structure, _ = files
+    command = ["predict", str(checkpoint), str(structure), "-o", str(tmp_path / "o.TSHS"), "--device"]
+    result = CliRunner().invoke(app, [*command, "tpu"])
+    assert result.exit_code != 0 and "tpu" in result.output and "cuda" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(app, [*command, "cuda"])
+        assert result.exit_code != 0 and "no usable CUDA GPU" in result.output
+    assert not (tmp_path / "o.TSHS").exists()

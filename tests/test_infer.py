@@ -15,6 +15,7 @@ import torch
 
 import hforge
 from hforge.errors import (
+    BackendUnavailableError,
     FileFormatError,
     GeometryError,
     HForgeError,
@@ -25,9 +26,10 @@ from hforge.errors import (
     UnknownSpeciesError,
 )
 from hforge.files import temp_path
-from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
+from hforge.infer import Predictor, check_output_path, predict_hamiltonian, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
-from hforge.models import ModelConfig, build_model, predict_hamiltonian, save_model
+from hforge.infer.predictor import populated_empty, resolve_device
+from hforge.models import ModelConfig, build_model, save_model
 
 # A tiny float64 model on the bundled DZP basis with its orbital radii scaled down (pair
 # cut-offs ~3 Å, halo ~5 Å), so that a 256-atom cell holds several chunks with small halos.
@@ -137,6 +139,21 @@ def test_streamed_equals_whole_cell(predictor, cell256):
     assert_same(streamed, whole, tol=1e-12)
 
 
+def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeypatch):
+    """Ranges split into batches of pairs (onsite and hopping), each pair evaluated once and
+    written into its rows and its partner's: the same matrices."""
+    import hforge.infer.predictor as module
+
+    whole = predictor.predict(cell256, mode="whole")
+    monkeypatch.setattr(module, "PAIR_CHUNK", 37)
+    calls = []
+    original = predictor.model.pair_pass
+    monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))
+    batched = predictor.predict(cell256, mode="streamed", parts=2)
+    assert max(calls) == 37 and sum(calls) == len(predictor.prepare(cell256).cell_shift) - 256  # every hopping pair once
+    assert_same(batched, whole, tol=1e-12)
+
+
 def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
     problem = predictor.prepare(cell256)
     whole = predictor.plan(problem)
@@ -148,6 +165,33 @@ def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
     assert chunked.mode == "chunked" and chunked.total_bytes < smallest
     with pytest.raises(ResourceLimitError, match=r"at least \d+\.\d\d GB \(output CSR"):
         predictor.predict(cell256, max_memory=problem.csr_bytes(np.float64))
+
+
+def test_device_is_cuda_when_usable_else_the_cpu(model):
+    usable = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == resolve_device("auto").type == usable
+    assert resolve_device("cpu") == torch.device("cpu") and Predictor(model, device="cpu").device.type == "cpu"
+    with pytest.raises(InputError, match="choose cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailableError, match="no usable CUDA GPU"):
+            hforge.load("abn-dzp", device="cuda")
+
+
+def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64):
+    before = torch.get_num_threads()
+    reference = predictor.predict(cell64, threads=before)
+    one = predictor.predict(cell64, threads=1)
+    assert predictor.last_report.torch_threads == 1 and torch.get_num_threads() == before
+    assert_same(one, reference, tol=1e-12)
+
+
+def test_populated_buffers_are_plain_writable_arrays():
+    small, large = populated_empty(10, np.int32), populated_empty((1 << 22, 2), np.float64)  # 64 MiB: mapped
+    assert small.shape == (10,) and large.shape == (1 << 22, 2) and large.dtype == np.float64
+    assert large.flags.c_contiguous and large.flags.writeable and not large.any()  # mapped pages are zeroed
+    large[-1] = 3.0
+    assert large.sum() == 6.0
 
 
 def test_row_pointer_counts_both_directions_of_the_canonical_pairs():
@@ -382,3 +426,32 @@ def test_predict_many_equals_predict(predictor, cell64, bundled):
     assert len(many) == 4
     for one, structure in zip(many, structures):
         assert_same(one, predictor.predict(structure), tol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def model32(bundled):
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(TINY, dtype="float32"), small_radii(bundled.basis)).eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode, parts", [("whole", None), ("streamed", 3), ("chunked", 4)])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_cuda_predictions_equal_cpu_ones(model, model32, cell256, mode, parts, precision):
+    """Model on the GPU (Triton CG kernels), CuPy assembly: the CPU's matrices to the model's
+    float rounding (float32: 1e-5 of the largest entry; exact S is computed on the CPU in both)."""
+    import copy
+
+    import cupy
+
+    chosen = model32 if precision == "float32" else model
+    cpu = Predictor(copy.deepcopy(chosen), device="cpu").predict(cell256, mode=mode, parts=parts)
+    gpu = Predictor(copy.deepcopy(chosen), device="cuda")
+    got = gpu.predict(cell256, mode=mode, parts=parts)
+    assert gpu.last_report.device.startswith("cuda") and gpu.last_report.mode == mode
+    assert_same(got, cpu, tol=1e-5 if precision == "float32" else 1e-10)
+    csr = gpu.predict_csr(cell256, mode=mode, parts=parts)
+    on_device = mode != "chunked"  # chunks are gathered on the host
+    assert isinstance(csr.data, cupy.ndarray) == on_device
+    h = csr.to_cupy(0)
+    np.testing.assert_allclose(h.get().toarray(), cpu.tocsr(0).toarray(), atol=1e-5 * abs(cpu.tocsr(0)).max())

@@ -15,6 +15,7 @@ from hforge.basis.conventions import species_rotation
 from hforge.datasets import load
 from hforge.errors import BackendUnavailableError, ConfigError, FileFormatError, UnknownSpeciesError
 from hforge.graph import StructureArrays, collate
+from hforge.infer import predict_hamiltonian
 from hforge.io import HSData, read_hs
 from hforge.io.block_statistics import StatisticsAccumulator
 from hforge.models import (
@@ -23,7 +24,6 @@ from hforge.models import (
     build_model,
     load_checkpoint,
     load_model,
-    predict_hamiltonian,
     save_model,
 )
 from hforge.models.base import pair_vectors

@@ -66,6 +66,9 @@ def predict_command(
     backend: AssemblyBackend = typer.Option(
         "auto", "--backend", help="CSR assembly backend (torch: its reference, scipy's COO -> CSR)."
     ),
+    device: str = typer.Option(
+        None, "--device", help="cuda, cuda:N or cpu (default: cuda when a GPU is usable, else cpu)."
+    ),
     distributed: bool = typer.Option(
         False, "--distributed", help="Spread chunks over torch.distributed ranks (launch with torchrun)."
     ),
@@ -82,7 +85,7 @@ def predict_command(
         for path in outputs:
             check_output_path(path)
         budget = None if max_memory is None else parse_bytes(max_memory)
-        predictor = load(model)
+        predictor = load(model, device=device)
         if len(frames) > 1:  # every frame checked before the first is predicted
             for k, atoms in enumerate(frames):
                 with _naming(structure, k, len(frames)):
@@ -142,7 +145,7 @@ def _predict_one(
     report = predictor.last_report
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
-        f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} "
+        f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,

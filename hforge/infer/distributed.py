@@ -124,7 +124,7 @@ def predict_distributed(
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    report = PredictionReport(mode="distributed")
+    report = PredictionReport(mode="distributed", device=str(predictor.device))
     predictor.last_report = report
     dtype = np.dtype(dtype)
     problem = predictor.prepare(structure, timer=_Timer(report))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from hforge.errors import FileFormatError
-from hforge.infer.predictor import Predictor
+from hforge.infer.predictor import Predictor, resolve_device
 
 __all__ = ["PRETRAINED_DIR", "load", "pretrained_names"]
 
@@ -19,18 +19,23 @@ def pretrained_names() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
-def load(path_or_name: str | os.PathLike, *, map_location: str = "cpu") -> Predictor:
+def load(path_or_name: str | os.PathLike, *, device: str | None = None) -> Predictor:
     """A :class:`Predictor` for a checkpoint file or a bundled model name (e.g. ``"abn-dzp"``).
 
     A bare name without a path separator or suffix that is not an existing file is looked up in
-    :data:`PRETRAINED_DIR`.
+    :data:`PRETRAINED_DIR`.  ``device``: ``"cuda"``, ``"cuda:N"``, ``"cpu"``, or None for CUDA when
+    usable (:func:`~hforge.infer.predictor.resolve_device`); the weights are read onto the CPU,
+    then moved.
 
     Raises:
         FileFormatError: no such file or bundled model (the message lists the bundled ones), or a
             file that is not an HForge checkpoint.
         ConfigError: a checkpoint whose config is invalid.
+        BackendUnavailableError: ``device="cuda"`` where torch sees no GPU.
     """
     from hforge.models import load_checkpoint
+
+    device = resolve_device(device)  # before reading: a bad device fails fast
 
     path = Path(path_or_name)
     if not path.exists() and path.name == str(path_or_name) and not path.suffix:
@@ -42,5 +47,5 @@ def load(path_or_name: str | os.PathLike, *, map_location: str = "cpu") -> Predi
                 f"(bundled models: {names}; expected {bundled})"
             )
         path = bundled
-    model, _ = load_checkpoint(path, map_location=map_location)
-    return Predictor(model, source=str(path_or_name))
+    model, _ = load_checkpoint(path, map_location="cpu")
+    return Predictor(model, source=str(path_or_name), device=device)

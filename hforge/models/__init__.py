@@ -5,7 +5,8 @@ Both share the trunk (MACE's blocks), the S embedding, the output scaling, the g
 
 - :class:`ModelConfig`, :func:`build_model`: configure and build either kind.
 - ``model(batch) -> HSBlocks``: flat-packed unshifted H (eV) and S blocks on ``batch.block_ptr``.
-- :func:`predict_hamiltonian`: structure -> ``sisl.Hamiltonian`` (whole cell, CSR assembly).
+- :func:`assemble_prediction`: predicted blocks -> ``sisl.Hamiltonian`` (structure -> H and S:
+  :func:`hforge.infer.predict_hamiltonian`, the inference layer's).
 - :func:`save_model` / :func:`load_model`: self-describing checkpoints (config, basis, code version).
 
 Blocks predicted: the onsite blocks and the canonical half of the pairs within ``r_i + r_j`` (the
@@ -30,7 +31,7 @@ from hforge.models.checkpoint import build_model, init_trunk_from_mace, load_che
 from hforge.models.config import KINDS, ModelConfig  # noqa: E402
 from hforge.models.equivariant import EquivariantHSModel  # noqa: E402
 from hforge.models.invariant import InvariantHSModel  # noqa: E402
-from hforge.models.predict import assemble_prediction, predict_hamiltonian  # noqa: E402
+from hforge.models.predict import assemble_prediction  # noqa: E402
 
 __all__ = [
     "KINDS",
@@ -44,6 +45,5 @@ __all__ = [
     "init_trunk_from_mace",
     "load_checkpoint",
     "load_model",
-    "predict_hamiltonian",
     "save_model",
 ]

@@ -13,12 +13,18 @@ hopping values.  With ``overlap="exact"`` S is the two-centre integral of the ba
 (:mod:`hforge.ops.two_centre`, float64) and there is no S head; with ``baseline="h0"`` the H head's
 blocks are added to the physical baseline H0 of the same pairs.  Both are functions of the
 geometry alone, cached on the batch (:meth:`HSModel.with_physics`).
+
+The forward pass is three public passes, which inference composes per atom range
+(:class:`hforge.infer.Predictor`): :meth:`HSModel.node_pass` (graph -> :class:`NodeState`: trunk,
+head inputs, onsite blocks; O(atoms)), :meth:`HSModel.pair_pass` (state, any block pairs -> their
+learned hopping blocks) and :meth:`HSModel.join` (onsite and hopping values per structure, then
+:meth:`HSModel.physical_blocks`: plus H0, and the exact S).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +38,7 @@ from hforge.models.layers import onsite_entries
 from hforge.models.output_scaling import BlockScaling
 from hforge.models.trunk import MaceTrunk
 
-__all__ = ["HSBlocks", "HSModel", "pair_vectors"]
+__all__ = ["HSBlocks", "HSModel", "NodeState", "pair_vectors"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,29 @@ class HSBlocks:
 
     h: torch.Tensor
     s: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class NodeState:
+    """What the block pairs of a graph need from its atoms (:meth:`HSModel.node_pass`), on the model's device.
+
+    Attributes:
+        positions: ``(N, 3)`` Å in the model's dtype.
+        cell: ``(B, 3, 3)`` Å in the model's dtype.
+        species: ``(N,)`` int64.
+        graph_of_atom: ``(N,)`` int64 structure of every atom.
+        heads: ``(head, inputs)`` of the learned heads: H, then S when learned.
+        scales: per head, the hopping scale folded into its blocks.
+        onsite: per head, ``(sum n_orb**2,)`` scaled onsite blocks of every atom, flat, atom order.
+    """
+
+    positions: torch.Tensor
+    cell: torch.Tensor
+    species: torch.Tensor
+    graph_of_atom: torch.Tensor
+    heads: tuple[tuple[Any, Any], ...]
+    scales: tuple[torch.Tensor, ...]
+    onsite: tuple[torch.Tensor, ...]
 
 
 def pair_vectors(
@@ -156,35 +185,82 @@ class HSModel(torch.nn.Module):
         shift = onsite_entries(self.scaling.entry_shift(matrix).to(raw.dtype), ptr, self.n_orb, species)
         return raw * scale + shift
 
-    def forward(self, batch: GraphBatch) -> HSBlocks:
-        """Predicted H and S blocks of every block pair of ``batch`` (see the module docstring)."""
+    # ---- the passes: forward = node_pass + pair_pass + join --------------------------------------
+    def node_pass(self, batch: GraphBatch) -> NodeState:
+        """The per-atom part of the forward pass on ``batch`` (on the model's device): interaction
+        vectors, trunk, the learned heads' inputs and their scaled onsite blocks.
+
+        Cost and memory O(atoms + interaction edges); the block pairs of ``batch`` are not read.
+
+        Raises:
+            InputError: species outside the model's basis.
+        """
         if batch.species.numel() and int(batch.species.max()) >= len(self.basis):
             raise InputError(f"batch species index {int(batch.species.max())} outside the model's {len(self.basis)} species")
-        dtype, device = self.dtype, self.device
-        batch = self.with_physics(batch).to(device)
-        positions, cell, species = batch.positions.to(dtype), batch.cell.to(dtype), batch.species
-        graph_of_atom = batch.batch
-        vectors = pair_vectors(positions, cell, graph_of_atom, batch.edge_index, batch.edge_shift)
-        features = self.trunk(species, vectors, batch.edge_index)
-        h_inputs, s_inputs = self.head_inputs(features, species, batch.edge_index, vectors)
-        heads = [(self.h_head, h_inputs, "h")] + ([(self.s_head, s_inputs, "s")] if self.learns_overlap else [])
-        onsite = [self._onsite(head, inputs, species, name) for head, inputs, name in heads]
-        hop = batch.hopping_pairs()
-        pair_index, pair_shift = batch.pair_index[:, hop], batch.pair_shift[hop]
-        scales = [head.hopping_scale(self.scaling) for head, _, _ in heads]
-        parts: list[list[torch.Tensor]] = [[] for _ in heads]
-        chunk = self.config.pair_chunk
+        device = self.device
+        positions, cell = batch.positions.to(device, self.dtype), batch.cell.to(device, self.dtype)
+        species, graph_of_atom = batch.species.to(device), batch.batch.to(device)
+        edge_index = batch.edge_index.to(device)
+        vectors = pair_vectors(positions, cell, graph_of_atom, edge_index, batch.edge_shift.to(device))
+        features = self.trunk(species, vectors, edge_index)
+        h_inputs, s_inputs = self.head_inputs(features, species, edge_index, vectors)
+        named = [(self.h_head, h_inputs, "h")] + ([(self.s_head, s_inputs, "s")] if self.learns_overlap else [])
+        return NodeState(
+            positions=positions, cell=cell, species=species, graph_of_atom=graph_of_atom,
+            heads=tuple((head, inputs) for head, inputs, _ in named),
+            scales=tuple(head.hopping_scale(self.scaling) for head, _, _ in named),
+            onsite=tuple(self._onsite(head, inputs, species, name) for head, inputs, name in named),
+        )
+
+    def pair_pass(
+        self, state: NodeState, pair_index: torch.Tensor, pair_shift: torch.Tensor, *, chunk: int | None = None
+    ) -> list[torch.Tensor]:
+        """Hopping blocks of the learned heads (H, then S when learned) for the block pairs
+        ``pair_index (2, E)`` (atoms of ``state``) with cell shifts ``pair_shift (E, 3)``: one flat
+        tensor per head in the model's dtype, the pairs' blocks in order (before any baseline).
+
+        Evaluated ``chunk`` (default ``config.pair_chunk``) pairs at a time: bounded temporaries
+        (about 7 KB per pair in the default config's radial weights); a pair's blocks depend on
+        its atoms' state alone, so any subset of pairs gives the same blocks.
+        """
+        device = state.positions.device
+        pair_index, pair_shift = pair_index.to(device), pair_shift.to(device)
+        parts: list[list[torch.Tensor]] = [[] for _ in state.heads]
+        chunk = chunk or self.config.pair_chunk
         for start in range(0, pair_index.shape[1], chunk):
             index = pair_index[:, start : start + chunk]
-            r = pair_vectors(positions, cell, graph_of_atom, index, pair_shift[start : start + chunk])
+            r = pair_vectors(state.positions, state.cell, state.graph_of_atom, index, pair_shift[start : start + chunk])
             distances = torch.linalg.norm(r, dim=1)
-            for out, (head, inputs, _), scale in zip(parts, heads, scales):
-                out.append(head.hopping(inputs, species, index, r, distances, scale))
-        empty = positions.new_zeros(0)
-        values = [self._interleave(batch, on, torch.cat(p) if p else empty) for on, p in zip(onsite, parts)]
-        h = values[0] if batch.baseline_h is None else values[0] + batch.baseline_h.to(dtype)
-        s = values[1] if self.learns_overlap else batch.exact_s
+            for out, (head, inputs), scale in zip(parts, state.heads, state.scales):
+                out.append(head.hopping(inputs, state.species, index, r, distances, scale))
+        empty = state.positions.new_zeros(0)
+        return [torch.cat(p) if len(p) > 1 else p[0] if p else empty for p in parts]
+
+    def join(self, batch: GraphBatch, state: NodeState, hopping: Sequence[torch.Tensor]) -> HSBlocks:
+        """The blocks of every block pair of ``batch``: per structure its onsite then hopping
+        values (``state.onsite`` and ``hopping`` of :meth:`pair_pass` on ``batch.hopping_pairs()``),
+        plus the batch's baseline H0, with its exact S when the model does not learn S."""
+        values = [self._interleave(batch, on, hop) for on, hop in zip(state.onsite, hopping)]
+        return self.physical_blocks(values, batch.baseline_h, batch.exact_s)
+
+    def physical_blocks(
+        self, learned: Sequence[torch.Tensor], baseline_h: torch.Tensor | None, exact_s: torch.Tensor | None
+    ) -> HSBlocks:
+        """H and S of some block pairs from the learned heads' blocks on them (H, then S when
+        learned; the model's dtype and device): H is the learned H plus the baseline H0 when
+        given (added in the model's dtype), S the learned S or, with ``overlap="exact"``, ``exact_s``."""
+        h = learned[0] if baseline_h is None else learned[0] + baseline_h.to(learned[0].device, self.dtype)
+        s = learned[1] if self.learns_overlap else exact_s.to(h.device)
         return HSBlocks(h=h, s=s)
+
+    def forward(self, batch: GraphBatch) -> HSBlocks:
+        """Predicted H and S blocks of every block pair of ``batch`` (see the module docstring):
+        :meth:`node_pass`, :meth:`pair_pass` on the hopping pairs, :meth:`join`."""
+        batch = self.with_physics(batch)
+        state = self.node_pass(batch)
+        hop = batch.hopping_pairs()
+        hopping = self.pair_pass(state, batch.pair_index[:, hop], batch.pair_shift[hop])
+        return self.join(batch.to(self.device), state, hopping)
 
     @staticmethod
     def _interleave(batch: GraphBatch, onsite: torch.Tensor, hopping: torch.Tensor) -> torch.Tensor:

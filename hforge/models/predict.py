@@ -1,17 +1,19 @@
-"""Whole-cell prediction: structure -> ``sisl.Hamiltonian`` (H with S) through the CSR assembly."""
+"""Predicted blocks -> ``sisl.Hamiltonian`` (H with S): the assembly of a predicted batch, and the geometry.
+
+A structure's H and S come from :func:`hforge.infer.predict_hamiltonian` (the inference layer, which
+composes the model's passes: one route from a structure to H and S)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from hforge.graph.model_graph import GraphBatch, StructureArrays
 from hforge.models.base import HSBlocks, HSModel
 from hforge.ops.assemble import assemble_csr
 
-__all__ = ["assemble_prediction", "predict_hamiltonian", "sisl_geometry"]
+__all__ = ["assemble_prediction", "sisl_geometry"]
 
 #: Vacuum (Å) around a molecule given without a cell.
 VACUUM = 10.0
@@ -44,32 +46,3 @@ def assemble_prediction(
     csr = assemble_csr(edge, shift, block_ptr, (h, s), model.basis.n_orbitals[arrays.species], nsc=nsc, backend=backend)
     return csr.to_sisl(sisl_geometry(arrays, model.basis))
 
-
-def predict_hamiltonian(
-    model: HSModel,
-    structure: Any,
-    *,
-    species: Sequence[str] | None = None,
-    backend: str = "auto",
-    nsc: Sequence[int] | None = None,
-) -> Any:
-    """H and S of a whole structure predicted by ``model``, as a non-orthogonal ``sisl.Hamiltonian``.
-
-    Args:
-        model: an :class:`~hforge.models.HSModel`.
-        structure: ``ase.Atoms``, ``sisl.Geometry`` or :class:`~hforge.io.HSData`.
-        species: a species label per atom, overriding the structure's.
-        backend: the CSR assembly backend.
-        nsc: supercells of the result (default: the reach of the predicted pairs).
-
-    Returns:
-        ``sisl.Hamiltonian`` with the unshifted H (eV; SIESTA's energy zero, E_F not subtracted) and
-        S, orbitals in SIESTA order, blocks within the model's pair cut-offs (``r_i + r_j``).
-
-    Raises:
-        UnknownSpeciesError, GeometryError: as :class:`~hforge.graph.GraphBuilder`.
-    """
-    graph = model.graph_builder()(structure, targets=False, species=species)
-    with torch.no_grad():
-        blocks = model(graph)
-    return assemble_prediction(model, graph, blocks, backend=backend, nsc=nsc)

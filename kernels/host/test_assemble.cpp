@@ -68,9 +68,12 @@ struct Result {
   std::vector<double> data;
 };
 
-// The launch sequence of cupy.py on the host.
-template <class Value, class Index, class Fill>
-Result assemble(const Case& c, Fill fill_kernel, unsigned tpb, hf_index max_fill_blocks) {
+// The launch sequence of cupy.py on the host.  groups > 0 (unmasked cases): step 5 by pairs
+// instead, hf_assemble_fill_pairs over `groups` interleaved groups of pairs (e % groups), each
+// group's blocks copied out in the group's order, as streamed inference hands them over.
+template <class Value, class Index, class Fill, class FillPairs>
+Result assemble(const Case& c, Fill fill_kernel, FillPairs fill_pairs_kernel, unsigned tpb, hf_index max_fill_blocks,
+                hf_index groups) {
   const auto orbitals = ints(c, "orbitals"), nsc = ints(c, "nsc"), sc_lookup = ints(c, "sc_lookup");
   const auto atoms = ints(c, "atoms"), edge_index = ints(c, "edge_index"), cell_shift = ints(c, "cell_shift");
   const auto block_ptr = ints(c, "block_ptr"), mask_values = ints(c, "mask");
@@ -122,6 +125,35 @@ Result assemble(const Case& c, Fill fill_kernel, unsigned tpb, hf_index max_fill
   for (hf_index k = 0; k < n_matrices; ++k) block_pointers.push_back(all_blocks.data() + k * n_values);
   std::vector<Index> indices(nnz, -1);
   std::vector<Value> data(nnz * n_matrices, Value(-12345));
+  if (groups > 0) {
+    std::vector<hf_index> slot_offset(2 * n_pairs, -1);
+    for (hf_index p = 0; p < n_directed; ++p) slot_offset[slots[p]] = pair_offsets[p];
+    for (hf_index g = 0; g < groups; ++g) {
+      std::vector<hf_index> pairs, local_ptr(1, 0);
+      for (hf_index e = g; e < n_pairs; e += groups) {
+        pairs.push_back(e);
+        local_ptr.push_back(local_ptr.back() + block_ptr[e + 1] - block_ptr[e]);
+      }
+      std::vector<Value> local(local_ptr.back() * n_matrices);
+      std::vector<const Value*> local_pointers;
+      for (hf_index k = 0; k < n_matrices; ++k) {
+        for (size_t b = 0; b < pairs.size(); ++b)
+          std::copy(all_blocks.begin() + k * n_values + block_ptr[pairs[b]],
+                    all_blocks.begin() + k * n_values + block_ptr[pairs[b] + 1],
+                    local.begin() + k * local_ptr.back() + local_ptr[b]);
+        local_pointers.push_back(local.data() + k * local_ptr.back());
+      }
+      const hf_index n_given = static_cast<hf_index>(pairs.size());
+      hf_host::launch({blocks_for(n_given * max_orbitals * max_orbitals, tpb, max_fill_blocks)}, {tpb},
+                      fill_pairs_kernel, static_cast<const hf_index*>(pairs.data()), n_given,
+                      static_cast<const hf_index*>(local_ptr.data()), edge_index.data(), cell_shift.data(), n_pairs,
+                      sc_lookup.data(), nsc[0], nsc[1], nsc[2], max_orbitals, orbitals.data(), orbital_offset.data(),
+                      n_atoms, atom_begin, atom_end, static_cast<const hf_index*>(slot_offset.data()),
+                      local_pointers.data(), n_matrices, static_cast<const hf_index*>(indptr.data()), indices.data(),
+                      data.data());
+    }
+    return {indptr, std::vector<long long>(indices.begin(), indices.end()), std::vector<double>(data.begin(), data.end())};
+  }
   hf_host::launch({blocks_for(n_directed * max_orbitals * max_orbitals, tpb, max_fill_blocks)}, {tpb}, fill_kernel,
                   sorted_keys.data(), slots.data(), n_directed, max_orbitals, orbitals.data(), orbital_offset.data(),
                   atom_begin, n_atoms, n_sc, n_pairs, block_ptr.data(), mask_ptr,
@@ -131,23 +163,31 @@ Result assemble(const Case& c, Fill fill_kernel, unsigned tpb, hf_index max_fill
 }
 
 int failures = 0;
+int pair_fills = 0;
 
-template <class Value, class Index, class Fill>
-void check_case(const Case& c, int number, const char* variant, Fill fill_kernel) {
+template <class Value, class Index, class Fill, class FillPairs>
+void check_case(const Case& c, int number, const char* variant, Fill fill_kernel, FillPairs fill_pairs_kernel) {
   const auto want_indptr = ints(c, "indptr"), want_indices = ints(c, "indices");
   const auto want_data_typed = reals<Value>(c, "data");  // the expected values at this precision
   const std::vector<double> want_data(want_data_typed.begin(), want_data_typed.end());
   const std::vector<long long> want_idx(want_indices.begin(), want_indices.end());
-  for (unsigned tpb : {1u, 3u, 64u})
-    for (hf_index max_fill_blocks : {hf_index(1), hf_index(5), hf_index(1) << 20}) {
-      const Result got = assemble<Value, Index>(c, fill_kernel, tpb, max_fill_blocks);
-      if (got.indptr != want_indptr || got.indices != want_idx || got.data != want_data) {
-        ++failures;
-        std::fprintf(stderr, "FAIL case %d %s (threads/block %u, fill blocks %lld): indptr %s indices %s data %s\n",
-                     number, variant, tpb, max_fill_blocks, got.indptr == want_indptr ? "ok" : "DIFFER",
-                     got.indices == want_idx ? "ok" : "DIFFER", got.data == want_data ? "ok" : "DIFFER");
+  const bool masked = !c.at("mask").empty();
+  for (hf_index groups : {hf_index(0), hf_index(1), hf_index(3)}) {
+    if (groups > 0 && masked) continue;  // filling by pairs: unmasked plans only
+    if (groups > 0) ++pair_fills;
+    for (unsigned tpb : {1u, 3u, 64u})
+      for (hf_index max_fill_blocks : {hf_index(1), hf_index(5), hf_index(1) << 20}) {
+        const Result got = assemble<Value, Index>(c, fill_kernel, fill_pairs_kernel, tpb, max_fill_blocks, groups);
+        if (got.indptr != want_indptr || got.indices != want_idx || got.data != want_data) {
+          ++failures;
+          std::fprintf(stderr,
+                       "FAIL case %d %s (pair groups %lld, threads/block %u, fill blocks %lld): indptr %s indices %s "
+                       "data %s\n",
+                       number, variant, groups, tpb, max_fill_blocks, got.indptr == want_indptr ? "ok" : "DIFFER",
+                       got.indices == want_idx ? "ok" : "DIFFER", got.data == want_data ? "ok" : "DIFFER");
+        }
       }
-    }
+  }
 }
 
 }  // namespace
@@ -166,12 +206,14 @@ int main(int argc, char** argv) {
   }
   int number = 0;
   for (const auto& c : cases) {
-    check_case<double, long long>(c, number, "f64/i64", hf_assemble_fill_f64_i64);
-    check_case<double, int>(c, number, "f64/i32", hf_assemble_fill_f64_i32);
-    check_case<float, long long>(c, number, "f32/i64", hf_assemble_fill_f32_i64);
-    check_case<float, int>(c, number, "f32/i32", hf_assemble_fill_f32_i32);
+    check_case<double, long long>(c, number, "f64/i64", hf_assemble_fill_f64_i64, hf_assemble_fill_pairs_f64_i64);
+    check_case<double, int>(c, number, "f64/i32", hf_assemble_fill_f64_i32, hf_assemble_fill_pairs_f64_i32);
+    check_case<float, long long>(c, number, "f32/i64", hf_assemble_fill_f32_i64, hf_assemble_fill_pairs_f32_i64);
+    check_case<float, int>(c, number, "f32/i32", hf_assemble_fill_f32_i32, hf_assemble_fill_pairs_f32_i32);
     ++number;
   }
-  std::printf("assemble host kernels: %d shared cases x 4 dtypes x 9 launch shapes, %d failures\n", number, failures);
-  return failures == 0 && number >= 8 ? 0 : 1;
+  std::printf(
+      "assemble host kernels: %d shared cases x 4 dtypes x 9 launch shapes, %d filled by pairs too, %d failures\n",
+      number, pair_fills / 4 / 2, failures);
+  return failures == 0 && number >= 8 && pair_fills > 0 ? 0 : 1;
 }

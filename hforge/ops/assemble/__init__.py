@@ -18,7 +18,9 @@ intermediate, no sort over nonzeros, no atomics; output buffers allocated once.
 Backends: ``torch`` (the reference: numpy/scipy COO -> CSR, the oracle), ``numba`` (parallel CPU), ``cupy``
 (``kernels/assemble.cu``).  Whole matrices: :func:`assemble_csr`.  Row ranges into
 caller-provided buffers (chunked inference of huge cells): :func:`plan_csr_assembly` with
-``atoms=(begin, end)``, then :meth:`AssemblyPlan.fill`.
+``atoms=(begin, end)``, then :meth:`AssemblyPlan.fill`.  Pair by pair into the final buffers
+(streamed inference: each pair evaluated once, written to its rows and its partner's):
+``plan.fill(blocks_of_those_pairs, pairs=..., indices_out=..., data_out=...)``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class AssemblyPlan:
         self,
         blocks: Sequence[Any] | Any,
         *,
+        pairs: Any | None = None,
         indices_out: Any | None = None,
         data_out: Any | None = None,
         index_dtype: Any | None = None,
@@ -95,7 +98,15 @@ class AssemblyPlan:
         Args:
             blocks: K flat value arrays of shape ``(block_ptr[-1],)`` on the planned pairs (a
                 sequence, or one ``(K, block_ptr[-1])`` array), e.g. ``(H, S)``; one dtype
-                avoids a converted copy.
+                avoids a converted copy.  With ``pairs``: the blocks of those pairs alone, in
+                their order (flat, ``sum of n_orb[i] * n_orb[j]`` values).
+            pairs: optional ``(M,)`` int64 indices of canonical pairs of the plan: write only
+                the entries of their blocks and of their transposes that lie in the planned
+                rows, into ``indices_out`` and ``data_out`` (both required, the range's whole
+                buffers); the other entries are left as they are.  Filling every pair once, in
+                any number of calls and any grouping, writes what one call without ``pairs``
+                does: streamed inference evaluates each pair once and writes both its rows and
+                its partner's (unmasked plans only).
             indices_out: optional ``(nnz,)`` int32/int64 buffer for the column indices (e.g. a
                 slice of a whole-matrix buffer or a memory map); allocated if None.
             data_out: optional ``(nnz, K)`` C-contiguous buffer of the blocks' dtype.
@@ -104,10 +115,17 @@ class AssemblyPlan:
 
         Returns:
             The CSR of the rows, sharing ``indices_out`` and ``data_out`` when given.
+
+        Raises:
+            InputError: blocks or buffers of the wrong shape or dtype; ``pairs`` without output
+                buffers, outside the plan, or on a masked plan.
         """
         inputs = self.inputs
-        blocks = check_blocks(inputs, blocks)
         xp = array_module(inputs.edge_index)
+        local_ptr = None
+        if pairs is not None:
+            pairs, local_ptr = self._check_pairs(pairs, indices_out, data_out, xp)
+        blocks = check_blocks(inputs, blocks, n_values=None if local_ptr is None else int(local_ptr[-1]))
         nnz, n_matrices, dtype = self.nnz, len(blocks), blocks[0].dtype
         if indices_out is None:
             index_dtype = default_index_dtype(inputs.n_cols, nnz) if index_dtype is None else np.dtype(index_dtype)
@@ -115,7 +133,9 @@ class AssemblyPlan:
         if data_out is None:
             data_out = xp.empty((nnz, n_matrices), dtype=dtype)
         _check_output(indices_out, data_out, nnz, n_matrices, dtype, inputs.n_cols, xp)
-        if self.backend == "torch":
+        if pairs is not None:
+            self._fill_pairs(pairs, local_ptr, blocks, indices_out, data_out)
+        elif self.backend == "torch":
             from hforge.ops.assemble.reference import assemble_reference
 
             _, indices, data = assemble_reference(inputs, blocks)
@@ -137,6 +157,34 @@ class AssemblyPlan:
             nsc=inputs.nsc,
             row_offset=self.row_offset,
         )
+
+    def _check_pairs(self, pairs: Any, indices_out: Any, data_out: Any, xp: Any) -> tuple[Any, Any]:
+        """``pairs`` as int64 and the ``(M + 1,)`` offsets of their blocks in the given values."""
+        inputs = self.inputs
+        if inputs.mask is not None:
+            raise InputError("assemble_csr: filling by pairs needs an unmasked (block-dense) plan")
+        if indices_out is None or data_out is None:
+            raise InputError("assemble_csr: filling by pairs writes into given indices_out and data_out")
+        pairs = xp.ascontiguousarray(xp.asarray(pairs), dtype=xp.int64)
+        if pairs.ndim != 1 or (pairs.size and (int(pairs.min()) < 0 or int(pairs.max()) >= inputs.n_pairs)):
+            raise InputError(f"assemble_csr: pairs must be a 1-D array of pair indices in [0, {inputs.n_pairs})")
+        local_ptr = xp.zeros(pairs.shape[0] + 1, dtype=xp.int64)
+        xp.cumsum(inputs.block_ptr[pairs + 1] - inputs.block_ptr[pairs], out=local_ptr[1:])
+        return pairs, local_ptr
+
+    def _fill_pairs(self, pairs: Any, local_ptr: Any, blocks: tuple[Any, ...], indices_out: Any, data_out: Any) -> None:
+        if self.backend == "torch":
+            from hforge.ops.assemble.reference import fill_pairs_reference
+
+            fill_pairs_reference(self.inputs, pairs, local_ptr, blocks, indices_out, data_out)
+        elif self.backend == "numba":
+            from hforge.ops.assemble.numba import fill_pairs_numba
+
+            fill_pairs_numba(self.inputs, self.state, self.indptr, pairs, local_ptr, blocks, indices_out, data_out)
+        else:
+            from hforge.ops.assemble.cupy import fill_pairs_cupy
+
+            fill_pairs_cupy(self.inputs, self.state, self.indptr, pairs, local_ptr, blocks, indices_out, data_out)
 
 
 def _check_output(indices: Any, data: Any, nnz: int, n_matrices: int, dtype: Any, n_cols: int, xp: Any) -> None:

@@ -60,6 +60,20 @@ class AssembledCSR:
         matrix.has_sorted_indices = True
         return matrix
 
+    def to_cupy(self, k: int = 0) -> Any:
+        """Matrix ``k`` as a ``cupyx.scipy.sparse.csr_matrix`` on the GPU (e.g. for GPU
+        eigensolvers), sharing ``indices`` and ``indptr``; ``data[:, k]`` is copied contiguous.
+        Host buffers are copied to the device first."""
+        import cupy
+        import cupyx.scipy.sparse
+
+        matrix = cupyx.scipy.sparse.csr_matrix(
+            (cupy.ascontiguousarray(cupy.asarray(self.data)[:, k]), cupy.asarray(self.indices), cupy.asarray(self.indptr)),
+            shape=self.shape, copy=False,
+        )
+        matrix.has_sorted_indices = True
+        return matrix
+
     def to_sisl(self, geometry: Any, *, orthogonal: bool = False) -> Any:
         """A ``sisl.Hamiltonian`` whose sparse storage *is* these buffers (no copy of ``indices`` or ``data``).
 

@@ -240,13 +240,15 @@ def check_assembly_inputs(
     )
 
 
-def check_blocks(inputs: AssemblyInputs, blocks: Any) -> tuple[Any, ...]:
+def check_blocks(inputs: AssemblyInputs, blocks: Any, *, n_values: int | None = None) -> tuple[Any, ...]:
     """The K value arrays as a tuple of C-contiguous 1-D arrays of one floating dtype.
 
     Args:
-        blocks: a sequence of K arrays of shape ``(block_ptr[-1],)``, or one ``(K, block_ptr[-1])`` array.
+        blocks: a sequence of K arrays of shape ``(n_values,)``, or one ``(K, n_values)`` array.
+        n_values: values per array; default ``block_ptr[-1]`` (every planned pair).
     """
     xp = array_module(inputs.edge_index)
+    n_values = inputs.n_values if n_values is None else n_values
     arrays = [xp.asarray(b) for b in blocks]
     if not arrays:
         raise InputError("assemble_csr: blocks must hold at least one matrix (e.g. H and S)")
@@ -254,6 +256,6 @@ def check_blocks(inputs: AssemblyInputs, blocks: Any) -> tuple[Any, ...]:
     if dtype.kind not in "fc":
         raise InputError(f"assemble_csr: blocks must be floating point, got {dtype}")
     for k, a in enumerate(arrays):
-        if a.shape != (inputs.n_values,):
-            raise InputError(f"assemble_csr: blocks[{k}] has shape {a.shape}, expected ({inputs.n_values},)")
+        if a.shape != (n_values,):
+            raise InputError(f"assemble_csr: blocks[{k}] has shape {a.shape}, expected ({n_values},)")
     return tuple(xp.ascontiguousarray(a, dtype=dtype) for a in arrays)

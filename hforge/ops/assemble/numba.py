@@ -10,6 +10,9 @@ Plan (over pairs, never over nonzeros):
   3. prefix-sum the row counts into ``indptr`` (numpy's cumsum).
 Fill: every row atom writes its rows left to right, a block's row (or column, for a transposed
 block) at a time, straight into the output buffers; threads own disjoint rows.
+Fill by pairs (:func:`fill_pairs_numba`): every given canonical pair writes its block into its row
+atom's rows and its transpose into its column atom's rows, at the column offsets the plan keeps
+per directed pair (``slot_offset``); threads own disjoint pairs, and no two pairs share an entry.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from hforge._numba import numba  # its threads started, torch's thread count kep
 from hforge.errors import InputError
 from hforge.ops.assemble.layout import AssemblyInputs, offsets
 
-__all__ = ["NumbaPlan", "fill_numba", "plan_numba"]
+__all__ = ["NumbaPlan", "fill_numba", "fill_pairs_numba", "plan_numba"]
 
 @dataclass(frozen=True, eq=False)
 class NumbaPlan:
@@ -39,6 +42,10 @@ class NumbaPlan:
         pair_block: ``(D,)`` int64 ``block_ptr`` offset of the block.
         pair_transposed: ``(D,)`` bool, the block is written transposed (partner pair).
         pair_n_col: ``(D,)`` int64 orbitals of the column atom.
+        slot_offset: ``(2E,)`` int64 column offset, within every row of its row atom, of the
+            block of canonical pair ``e`` (slot ``e``) and of its transpose (slot ``E + e``);
+            -1 where that directed pair is not in the range (or is the partner of an onsite
+            pair), and everywhere for a masked plan (rows of unequal lengths).
     """
 
     atom_pair_ptr: np.ndarray
@@ -46,6 +53,7 @@ class NumbaPlan:
     pair_block: np.ndarray
     pair_transposed: np.ndarray
     pair_n_col: np.ndarray
+    slot_offset: np.ndarray
 
 
 @numba.njit(cache=True)
@@ -92,8 +100,8 @@ def _describe_pairs(
 ):
     """Sort every atom's pairs by key, write the fill descriptors and count the nonzeros of every row.
 
-    Returns ``(first_col, block, transposed, n_col, row_counts, repeated)``; ``repeated`` is the
-    number of atoms with two pairs of the same key (a pair given twice).
+    Returns ``(first_col, block, transposed, n_col, slot_offset, row_counts, repeated)``;
+    ``repeated`` is the number of atoms with two pairs of the same key (a pair given twice).
     """
     n_range = atom_pair_ptr.shape[0] - 1
     n_atoms = orbitals_per_atom.shape[0]
@@ -103,6 +111,7 @@ def _describe_pairs(
     block = np.empty(n_directed, dtype=np.int64)
     transposed = np.empty(n_directed, dtype=np.bool_)
     n_col = np.empty(n_directed, dtype=np.int64)
+    slot_offset = np.full(2 * n_pairs, -1, dtype=np.int64)
     row_begin = orbital_offset[atom_begin]
     row_counts = np.zeros(orbital_offset[atom_begin + n_range] - row_begin, dtype=np.int64)
     repeated = np.zeros(n_range, dtype=np.int64)
@@ -124,6 +133,7 @@ def _describe_pairs(
             transposed[p] = slot[source] >= n_pairs
             block[p] = block_ptr[slot[source] - n_pairs] if transposed[p] else block_ptr[slot[source]]
             if not masked:
+                slot_offset[slot[source]] = dense_count
                 dense_count += n_col[p]
                 continue
             for r in range(n_row):
@@ -133,7 +143,7 @@ def _describe_pairs(
                         row_counts[first_row + r] += 1
         if not masked:  # block-dense: every row of the atom holds the same columns
             row_counts[first_row : first_row + n_row] = dense_count
-    return first_col, block, transposed, n_col, row_counts, repeated.sum()
+    return first_col, block, transposed, n_col, slot_offset, row_counts, repeated.sum()
 
 
 @numba.njit(inline="always")
@@ -301,6 +311,86 @@ def fill_numba(
         inputs.atom_begin,
         mask,
         masked,
+        blocks,
+        indptr,
+        indices,
+        data.reshape(-1),
+    )
+
+
+@numba.njit(parallel=True, cache=True)
+def _fill_pairs(
+    pairs,
+    local_ptr,
+    edge_index,
+    cell_shift,
+    sc_lookup,
+    nsc,
+    orbitals_per_atom,
+    orbital_offset,
+    atom_begin,
+    atom_end,
+    slot_offset,
+    blocks,
+    indptr,
+    indices,
+    flat_data,
+):
+    """Entries of the canonical ``pairs`` (blocks at ``local_ptr`` in ``blocks``) and of their
+    transposes, where their row atom is in ``[atom_begin, atom_end)``; ``flat_data`` is ``(nnz, K)`` raveled."""
+    n_pairs = edge_index.shape[1]
+    n_orbitals = orbital_offset[orbital_offset.shape[0] - 1]
+    row_begin = orbital_offset[atom_begin]
+    n_matrices = len(blocks)
+    for b in numba.prange(pairs.shape[0]):
+        e = pairs[b]
+        i, j = edge_index[0, e], edge_index[1, e]
+        n0, n1, n2 = cell_shift[e, 0], cell_shift[e, 1], cell_shift[e, 2]
+        n_i, n_j = orbitals_per_atom[i], orbitals_per_atom[j]
+        src = local_ptr[b]
+        if atom_begin <= i < atom_end:  # the block as it is: rows of i, n_j columns each
+            first_col = _supercell_index(sc_lookup, nsc, n0, n1, n2) * n_orbitals + orbital_offset[j]
+            for r in range(n_i):
+                dst = indptr[orbital_offset[i] - row_begin + r] + slot_offset[e]
+                for c in range(n_j):
+                    indices[dst + c] = first_col + c
+                    for k in range(n_matrices):
+                        flat_data[(dst + c) * n_matrices + k] = blocks[k][src + r * n_j + c]
+        onsite = i == j and n0 == 0 and n1 == 0 and n2 == 0
+        if not onsite and atom_begin <= j < atom_end:  # its transpose: rows of j, n_i columns each
+            first_col = _supercell_index(sc_lookup, nsc, -n0, -n1, -n2) * n_orbitals + orbital_offset[i]
+            for c in range(n_j):
+                dst = indptr[orbital_offset[j] - row_begin + c] + slot_offset[n_pairs + e]
+                for r in range(n_i):
+                    indices[dst + r] = first_col + r
+                    for k in range(n_matrices):
+                        flat_data[(dst + r) * n_matrices + k] = blocks[k][src + r * n_j + c]
+
+
+def fill_pairs_numba(
+    inputs: AssemblyInputs,
+    plan: NumbaPlan,
+    indptr: np.ndarray,
+    pairs: np.ndarray,
+    local_ptr: np.ndarray,
+    blocks: tuple[np.ndarray, ...],
+    indices: np.ndarray,
+    data: np.ndarray,
+) -> None:
+    """Write the entries of the canonical ``pairs`` (and of their transposes) that lie in the
+    planned rows; ``blocks`` hold the pairs' blocks in order, at ``local_ptr``."""
+    _fill_pairs(
+        pairs,
+        local_ptr,
+        inputs.edge_index,
+        inputs.cell_shift,
+        inputs.sc_lookup,
+        np.asarray(inputs.nsc, dtype=np.int64),
+        inputs.orbitals_per_atom,
+        inputs.orbital_offset,
+        inputs.atom_begin,
+        inputs.atom_end,
+        plan.slot_offset,
         blocks,
         indptr,
         indices,

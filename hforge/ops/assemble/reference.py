@@ -13,7 +13,7 @@ import scipy.sparse
 from hforge.errors import InputError
 from hforge.ops.assemble.layout import AssemblyInputs
 
-__all__ = ["assemble_reference"]
+__all__ = ["assemble_reference", "fill_pairs_reference"]
 
 
 def _entries(inputs: AssemblyInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,6 +45,26 @@ def _entries(inputs: AssemblyInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return rows[keep] - first, cols[keep], position[keep]
 
 
+def _pattern(inputs: AssemblyInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indptr, indices, source)`` of the range's CSR: int64 row pointer, sorted column indices,
+    and the flat value position (on ``block_ptr``) of every stored entry.
+
+    Raises:
+        InputError: two blocks write the same entry (a pair given twice).
+    """
+    rows, cols, position = _entries(inputs)
+    # COO data = entry number + 1, so that duplicates show as a smaller nnz after summing.
+    coo = scipy.sparse.coo_matrix(
+        (np.arange(1, rows.size + 1, dtype=np.int64), (rows, cols)), shape=(inputs.n_rows, inputs.n_cols)
+    )
+    csr = coo.tocsr()
+    csr.sum_duplicates()
+    csr.sort_indices()
+    if csr.nnz != rows.size:
+        raise InputError(f"assemble_csr: {rows.size - csr.nnz} matrix entries written twice (a pair given twice?)")
+    return csr.indptr.astype(np.int64), csr.indices.astype(np.int64), position[csr.data - 1]
+
+
 def assemble_reference(
     inputs: AssemblyInputs, blocks: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,19 +81,30 @@ def assemble_reference(
     Raises:
         InputError: two blocks write the same entry (a pair given twice).
     """
-    rows, cols, position = _entries(inputs)
-    # COO data = entry number + 1, so that duplicates show as a smaller nnz after summing.
-    coo = scipy.sparse.coo_matrix(
-        (np.arange(1, rows.size + 1, dtype=np.int64), (rows, cols)), shape=(inputs.n_rows, inputs.n_cols)
-    )
-    csr = coo.tocsr()
-    csr.sum_duplicates()
-    csr.sort_indices()
-    if csr.nnz != rows.size:
-        raise InputError(f"assemble_csr: {rows.size - csr.nnz} matrix entries written twice (a pair given twice?)")
-    source = position[csr.data - 1]
+    indptr, indices, source = _pattern(inputs)
     dtype = np.result_type(*(b.dtype for b in blocks)) if blocks else np.float64
-    data = np.empty((csr.nnz, len(blocks)), dtype=dtype)
+    data = np.empty((len(indices), len(blocks)), dtype=dtype)
     for k, values in enumerate(blocks):
         data[:, k] = values[source]
-    return csr.indptr.astype(np.int64), csr.indices.astype(np.int64), data
+    return indptr, indices, data
+
+
+def fill_pairs_reference(
+    inputs: AssemblyInputs,
+    pairs: np.ndarray,
+    local_ptr: np.ndarray,
+    blocks: tuple[np.ndarray, ...],
+    indices_out: np.ndarray,
+    data_out: np.ndarray,
+) -> None:
+    """Write the stored entries that come from the blocks of the canonical ``pairs`` (the blocks
+    given in order at ``local_ptr``) into the range's ``indices_out`` and ``data_out``."""
+    _, indices, source = _pattern(inputs)
+    pair_of = np.repeat(np.arange(inputs.n_pairs), np.diff(inputs.block_ptr))[source]
+    rank = np.full(inputs.n_pairs, -1, dtype=np.int64)
+    rank[pairs] = np.arange(len(pairs))
+    take = rank[pair_of] >= 0
+    local = local_ptr[rank[pair_of[take]]] + source[take] - inputs.block_ptr[pair_of[take]]
+    indices_out[take] = indices[take]
+    for k, values in enumerate(blocks):
+        data_out[take, k] = values[local]
