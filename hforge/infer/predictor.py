@@ -659,8 +659,8 @@ class Predictor:
         species = arrays.species if species is None else species
         interaction = neighbour_list(positions, arrays.cell, pbc, self.model.config.r_max)
         return GraphBatch(
-            positions=torch.from_numpy(np.ascontiguousarray(positions)),
-            species=torch.from_numpy(np.ascontiguousarray(species)),
+            positions=torch.from_numpy(np.array(positions)),  # copies: a store's arrays are read-only memory maps
+            species=torch.from_numpy(np.array(species)),
             cell=torch.from_numpy(arrays.cell.copy())[None],
             pbc=torch.from_numpy(np.asarray(pbc).copy())[None],
             atom_ptr=torch.tensor([0, len(positions)]),
