@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hforge
+from hforge.basis.radial import KBProjector, RadialFunction, SpeciesRadials
 from hforge.errors import FileFormatError, GeometryError, InputError, OutputError, ResourceLimitError, UnknownSpeciesError
 from hforge.infer import Predictor, check_output_path, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
@@ -26,9 +27,22 @@ TINY = ModelConfig(
 
 
 def small_radii(basis):
+    """The basis with every radius (shells, KB projectors, V_NA; their radial tables stretched alike)
+    times RADIUS_SCALE: small cells with many periodic images."""
+
+    def scaled(table):
+        return RadialFunction(table.delta * RADIUS_SCALE, table.values, table.cutoff * RADIUS_SCALE)
+
     def species(sp):
         shells = tuple(dataclasses.replace(s, cutoff=s.cutoff * RADIUS_SCALE) for s in sp.shells)
-        return dataclasses.replace(sp, shells=shells)
+        kb = None if sp.kb_projectors is None else tuple((l, r * RADIUS_SCALE) for l, r in sp.kb_projectors)
+        r = sp.radials
+        radials = SpeciesRadials(
+            tuple(scaled(t) for t in r.orbitals),
+            tuple(KBProjector(p.l, p.energy, scaled(p.radial)) for p in r.projectors),
+            None if r.neutral_atom is None else scaled(r.neutral_atom),
+        )
+        return dataclasses.replace(sp, shells=shells, kb_projectors=kb, radials=radials)
 
     return type(basis)(tuple(species(sp) for sp in basis))
 
