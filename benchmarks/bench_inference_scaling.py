@@ -4,7 +4,7 @@ goals of issue 19 checked, and graph2mat on the same 1000-atom cell in the same 
 
 Models (``HFORGE_BENCH_MODELS``, comma-separated; default ``default,abn-dzp``): the default
 :class:`~hforge.models.ModelConfig` (random weights; exact S and baseline H0, what ships) and the
-bundled ``abn-dzp`` checkpoint (learned S, no baseline), or checkpoint paths.  Cells (named in
+bundled ``abn-dzp`` checkpoint (the shipped model), or checkpoint paths.  Cells (named in
 :mod:`benchmarks.scaling`): ``amorphous_bn`` fast-protocol 100- (warm-up) and 1000-atom cells;
 larger ones tile the 1000-atom cell (a x b x c, atoms displaced by N(0, 0.02 Å)).  Every round
 runs in a fresh process that warms up on the 100-atom cell, with the default ``predict`` arguments

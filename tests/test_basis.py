@@ -125,3 +125,17 @@ def test_valence_charge_from_the_basis_group_of_a_siesta_nc(siesta_fixtures):
 
     data = read_hs(siesta_fixtures / "hBN" / "aiida.nc")
     assert {sp.symbol: sp.valence_charge for sp in data.basis} == {"B": 3.0, "N": 5.0}
+
+
+def test_a_shell_cut_off_other_than_its_radial_table_is_refused():
+    import dataclasses
+
+    from hforge.datasets import load
+    from hforge.errors import BasisMismatchError
+
+    sp = load("abn-small").basis.species[0]
+    assert sp.radials is not None
+    stretched = tuple(dataclasses.replace(s, cutoff=s.cutoff * 1.01) for s in sp.shells)
+    with pytest.raises(BasisMismatchError, match="radial table ends at"):
+        dataclasses.replace(sp, shells=stretched)
+    dataclasses.replace(sp, shells=stretched, radials=None)  # no tables: nothing to disagree with

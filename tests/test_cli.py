@@ -27,14 +27,16 @@ def test_choice_options_list_their_choices_and_refuse_others():
 
 def test_cli_choices_are_the_library_names():
     """The CLI's Enums repeat names of lower layers (to keep ``hforge --help`` fast): they must agree."""
-    from hforge.cli._choices import AssemblyBackend, Mode, Protocol, Split
+    from hforge.cli._choices import AssemblyBackend, Mode, Protocol, Split, StudyModel
     from hforge.infer.predictor import MODES
     from hforge.io.store import SplitRule
     from hforge.ops.assemble import _IMPLEMENTED
     from hforge.structures import PROTOCOLS
+    from hforge.train.study import MODELS
 
     assert [m.value for m in Mode] == ["auto", *MODES]
     assert {b.value for b in AssemblyBackend} == {"auto", *_IMPLEMENTED}
     assert {p.value for p in Protocol} == set(PROTOCOLS)
+    assert tuple(m.value for m in StudyModel) == MODELS
     rule = SplitRule()
     assert {s.value for s in Split} == {rule(n) for n in (1, rule.train_max_atoms + 1, rule.val_max_atoms + 1)}

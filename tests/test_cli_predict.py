@@ -183,13 +183,19 @@ def test_sigterm_during_the_write_leaves_no_temporary_file(files, tmp_path):
 def test_a_learned_overlap_is_reported_by_the_cli(abn_dir, tmp_path):
     from test_infer import as_atoms
 
+    from hforge.datasets import load
     from hforge.io import read_hs
+    from hforge.models import ModelConfig, build_model, save_model
 
     data = read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS")
     structure = tmp_path / "abn_8_0.xyz"
     as_atoms(data, data.basis).write(structure)
+    torch.manual_seed(0)  # a learned S (random weights): indefinite on this dense cell, as trained ones were
+    bundled = load("abn-small")
+    model = build_model(ModelConfig(overlap="learned"), bundled.basis, bundled.statistics)
+    checkpoint = save_model(model, tmp_path / "learned.pt")
     out = tmp_path / "out.TSHS"
-    result = CliRunner().invoke(app, ["predict", "abn-dzp", str(structure), "-o", str(out)])  # a learned S
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert f"warning: {structure}: the model learns S" in result.output.replace("\n", "")
     assert "not positive definite" in result.output and out.is_file()

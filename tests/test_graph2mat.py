@@ -166,7 +166,7 @@ def test_training_lowers_the_loss_and_logs_like_hforge(trained):
 def test_prediction_layout_and_reload(store, trained):
     """Predictions: HForge's pair layout (onsite + canonical half), the reference S, finite H; a
     reloaded checkpoint gives the same metrics as the in-training validation."""
-    from hforge.train import compare_blocks
+    from hforge.metrics import compare_blocks
 
     out, path = trained
     data = store.read(next(k for k, e in enumerate(store.manifest) if e["name"] == "abn_16_0"))

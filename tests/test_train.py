@@ -427,3 +427,20 @@ def test_demo_with_a_tiny_budget(shared_dir, tmp_path):
         np.testing.assert_allclose(results["table"][kind]["h_mae_meV"], metrics["blocks"]["h_mae_meV"]["all"])
         assert results["budget"][kind]["steps"] == 1
     assert Path(results["figures"]["learning_curves"]).stat().st_size > 0
+
+
+def test_a_second_stage_starts_from_the_first_stage_weights(tmp_path):
+    """training.init_from: the eigenvalue stage starts from the element-wise stage's saved model
+    (weights, EMA, baseline, normalisation statistics), with its own loss and schedule."""
+    first = Trainer(load_config(tiny(training={"max_steps": 2, "val_every": 10})), tmp_path / "first", progress=False).run()
+    saved, _ = load_checkpoint(first.last)
+    stage = tiny(training={"max_steps": 1, "val_every": 10, "augment_rotations": False,
+                           "init_from": str(first.last)}, loss={"eigen_weight": 1.0})
+    second = Trainer(load_config(stage), tmp_path / "second", progress=False)
+    for name, value in saved.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name
+        assert torch.equal(second.ema.state_dict()[name], value), name
+    assert second.run().steps == 1
+    other = tiny(model={"channels": 8}, training={"init_from": str(first.last)})
+    with pytest.raises(ConfigError, match="model config differs in \\['channels'\\]"):
+        Trainer(load_config(other), tmp_path / "third", progress=False)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from hforge.basis.radial import SpeciesRadials
+from hforge.basis.radial import BOHR_TO_ANG, SpeciesRadials
 from hforge.errors import BasisMismatchError, UnknownSpeciesError, UnsupportedSystemError
 
 __all__ = ["Shell", "SpeciesBasis", "BasisSet", "MAX_L", "HASH_DIGITS"]
@@ -125,6 +125,12 @@ class SpeciesBasis:
             raise BasisMismatchError(
                 f"species {self.symbol!r}: {len(self.radials.orbitals)} radial tables for {len(self.shells)} shells"
             )
+        for shell, table in zip(self.shells, self.radials.orbitals if self.radials is not None else ()):
+            if shell.cutoff is not None and not np.isclose(shell.cutoff, table.cutoff * BOHR_TO_ANG, rtol=1e-4):
+                raise BasisMismatchError(
+                    f"species {self.symbol!r}: shell n={shell.n} l={shell.l} zeta={shell.zeta} has the cut-off "
+                    f"{shell.cutoff:.5f} Å but its radial table ends at {table.cutoff * BOHR_TO_ANG:.5f} Å"
+                )
 
     @property
     def n_orbitals(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["AssemblyBackend", "Dtype", "Mode", "Protocol", "Split", "choices"]
+__all__ = ["AssemblyBackend", "Dtype", "Mode", "Preset", "Protocol", "Split", "StudyModel", "choices"]
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -28,3 +28,7 @@ AssemblyBackend = choices("AssemblyBackend", ("auto", "numba", "torch", "cupy"))
 Split = choices("Split", ("train", "val", "test"))
 #: Melt-quench protocols of ``hforge structure abn`` (:data:`hforge.structures.PROTOCOLS`).
 Protocol = choices("Protocol", ("full", "fast"))
+#: Presets of ``hforge study`` (:func:`hforge.train.study.quick_plan` / :func:`~hforge.train.study.full_plan`).
+Preset = choices("Preset", ("quick", "full"))
+#: Models of ``hforge study --model`` (:data:`hforge.train.study.MODELS`).
+StudyModel = choices("StudyModel", ("equivariant", "invariant", "graph2mat"))

@@ -12,6 +12,7 @@ from hforge.cli.info import info
 from hforge.cli.predict import predict_command
 from hforge.cli.siesta_runs import register as register_siesta_commands
 from hforge.cli.structure import structure_app
+from hforge.cli.study import study_command
 from hforge.cli.train import train_command
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("demo")(demo_command)
 app.command("predict")(predict_command)
+app.command("study")(study_command)
 
 
 @app.callback()

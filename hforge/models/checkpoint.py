@@ -56,15 +56,26 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def save_model(model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any] | None = None, parameter_dtype: torch.dtype | None = None
+) -> Path:
     """Write ``model`` (config, basis, code version, weights, ``extra``) to ``path`` atomically.
 
     Written by :func:`hforge.files.atomic_write`, so a killed or failed write never leaves a
     partial checkpoint.  Returns the path.
+
+    Args:
+        parameter_dtype: store the trainable parameters in this dtype (``torch.float16`` halves a
+            shipped file; :func:`load_checkpoint` casts them back to the model's dtype); buffers
+            (baseline coefficients, normalisation statistics) keep theirs.
     """
     import hforge
 
     path = Path(path)
+    state = model.state_dict()
+    if parameter_dtype is not None:
+        names = {name for name, _ in model.named_parameters()}
+        state = {k: v.to(parameter_dtype) if k in names and v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -72,7 +83,7 @@ def save_model(model: HSModel, path: str | os.PathLike, *, extra: dict[str, Any]
         "git_commit": _git_commit(),
         "config": model.config.to_dict(),
         "basis": model.basis.to_dict(),
-        "state_dict": model.state_dict(),
+        "state_dict": state,
         "extra": extra or {},
     }
     with atomic_write(path, "wb") as f:

@@ -18,7 +18,7 @@ naming the section and field of the first problem (unknown field, wrong type, ba
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -230,6 +230,10 @@ class TrainingConfig:
     seed: seeds the weights, the batch order and the rotations.
     device: ``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1``.
     precision: ``float32`` or ``float64`` (the model's dtype).
+    init_from: a checkpoint whose weights (EMA included; baseline coefficients and normalisation
+        statistics too) start this run: a second stage (e.g. the Γ eigenvalue loss after the
+        element-wise one) with its own loss, optimizer and schedule.  Its model config must equal
+        this config's ``model``.  A path relative to the config file's folder.
     """
 
     max_steps: int = 300
@@ -244,6 +248,7 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "float32"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_atoms", "val_every", "checkpoint_every", "log_every"):
@@ -318,6 +323,8 @@ class TrainConfig:
             if value is not None and not isinstance(value, Mapping):
                 raise ConfigError(f"config: section {name!r} must be a mapping, got {value!r}")
         training = _from_mapping(TrainingConfig, "training", data.get("training"))
+        if base is not None and training.init_from is not None and not Path(training.init_from).is_absolute():
+            training = replace(training, init_from=str(Path(base) / training.init_from))
         model = dict(data.get("model") or {})
         model.setdefault("dtype", training.precision)
         if model["dtype"] != training.precision:
@@ -429,4 +436,5 @@ training:
   seed: 0
   device: auto             # auto, cpu, cuda, cuda:1
   precision: float32       # float32 or float64
+  init_from: null          # a checkpoint to start from (a second stage), same model config
 """

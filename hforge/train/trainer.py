@@ -412,10 +412,12 @@ class Trainer:
         self.last_validation: dict[str, Any] = {}
         if resume:
             self._resume()
+        elif training.init_from is not None:
+            self._init_from(Path(training.init_from))
         self.items = self._prepare(self.data.train)
         self.sizes = [item.n_atoms for item in self.items]
         self.norms = norm_layers(self.model)
-        if not resume:
+        if not resume and training.init_from is None:
             calibrate_norms(self.model, [item.graph for item in self.items])
             if self.ema is not None:
                 self.ema.load_state_dict(self.model.state_dict())
@@ -482,6 +484,18 @@ class Trainer:
 
     def _save(self, path: Path) -> None:
         save_model(self.ema if self.ema is not None else self.model, path, extra=self._checkpoint_extra())
+
+    def _init_from(self, path: Path) -> None:
+        """Start from the weights of another run's checkpoint (``training.init_from``)."""
+        model, _ = load_checkpoint(path, map_location=self.device)
+        check_data_basis(model.basis, self.data.basis, source=self.config.data.source)
+        if model.config.to_dict() != self.config.model.to_dict():
+            theirs, ours = model.config.to_dict(), self.config.model.to_dict()
+            differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ConfigError(f"training.init_from: the checkpoint's model config differs in {differ}", path=path)
+        self.model.load_state_dict(model.state_dict())
+        if self.ema is not None:
+            self.ema.load_state_dict(model.state_dict())
 
     def _resume(self) -> None:
         if not self.last_path.is_file():

@@ -1,0 +1,56 @@
+"""``hforge study quick|full``: the transfer study (:mod:`hforge.train.study`) from one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from hforge.cli._choices import Preset, StudyModel
+from hforge.cli._errors import user_errors
+
+__all__ = ["study_command"]
+
+
+def study_command(
+    preset: Preset = typer.Argument(Preset.quick, help="quick: abn-small, minutes (CI); full: shared aBN data, hours."),
+    out: Path = typer.Option(Path("hforge-study"), "--out", help="Working folder (trainings, results.json)."),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="Where results.md and figures/ go (default --out)."),
+    store: Optional[Path] = typer.Option(
+        None, "--store", help="full: the store of the shared aBN runs (default <out>/abn-all.h5, converted from "
+        "--shared's abn/runs and abn-extra/runs when absent)."),
+    shared: Optional[Path] = typer.Option(None, "--shared", help="Shared data folder (default $HFORGE_SHARED or ../shared)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps per model (quick 60, full 1500)."),
+    seeds: List[int] = typer.Option([], "--seed", help="Seeds (repeat; quick: 0, full: 0 and 1)."),
+    models: List[StudyModel] = typer.Option([], "--model", help="Only these models (repeat)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per training."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train the equivariant, the invariant and graph2mat's model on the same small cells with the same
+    budget, test each on held-out cells of every size, write results.md, results.json and figures."""
+    import dataclasses
+    import os
+
+    from hforge.train.study import full_plan, quick_plan, run_study
+
+    console = Console()
+    with user_errors():
+        if preset is Preset.quick:
+            plan = quick_plan(steps=steps or 60, seeds=seeds or (0,))
+        else:
+            store = store or out / "abn-all.h5"
+            if not store.is_file():
+                from hforge.io import convert
+
+                root = Path(shared or os.environ.get("HFORGE_SHARED", Path.cwd().parent / "shared"))
+                runs = [root / "abn" / "runs", root / "abn-extra" / "runs"]
+                console.print(f"converting {', '.join(map(str, runs))} into {store}", markup=False)
+                convert([r for r in runs if r.is_dir()], store, basis=root / "abn" / "basis", half=True)
+            plan = full_plan(store, steps=steps or 1500, seeds=seeds or (0, 1), threads=threads)
+        if models:
+            plan = dataclasses.replace(plan, models=tuple(m.value for m in models))
+        if threads is not None:
+            plan = dataclasses.replace(plan, threads=threads)
+        run_study(plan, out, docs=docs, progress=progress, log=lambda line: console.print(line, markup=False))
