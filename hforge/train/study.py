@@ -482,6 +482,9 @@ def study_markdown(results: Mapping[str, Any]) -> str:
         "# Transfer study: equivariant vs non-equivariant vs graph2mat",
         "",
         "Made by `hforge study` (hforge/train/study.py); every number below is measured by that run.",
+        "Reproduce: `hforge study " + ("quick" if plan["source"] == "abn-small" else "full")
+        + f" --steps {plan['steps']} " + " ".join(f"--seed {s}" for s in plan["seeds"])
+        + " --docs docs` (full: the store is converted from `../shared/abn` and `../shared/abn-extra` when absent).",
         "",
         f"- Data: `{plan['source']}`; training cells ({len(plan['train'])}): {', '.join(plan['train'])}.",
         "- Test cells (never trained on; the last step's weights, no selection on them): "
