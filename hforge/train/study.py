@@ -333,6 +333,7 @@ def run_study(
     results = {
         "plan": plan.to_dict(),
         "sizes": sizes,
+        "train_sizes": sorted({int(n) for n in (_store_names(plan.source)[t] for t in plan.train)}),
         "test_cells": {n: r.n_atoms for n, r in zip(plan.test, references)},
         "table": table,
         "runs": [{"model": r.kind, "seed": r.seed, "checkpoint": str(r.checkpoint), "train_s": r.train_s,
@@ -471,6 +472,33 @@ def _cell(stats: Mapping[str, Any], seeds: int) -> str:
     return f"{stats['mean']:.3g} ± {stats['std']:.2g}" if seeds > 1 else f"{stats['mean']:.3g}"
 
 
+def _transfer_lines(results: Mapping[str, Any]) -> list[str]:
+    """What the table says about transfer: each model's error on the largest test cell over its error on
+    the largest test cell of a training size, and the models' ratios on the largest cell."""
+    table, sizes = results["table"], results["sizes"]
+    train_max = max(results["train_sizes"]) if results.get("train_sizes") else None
+    seen = [n for n in sizes if train_max is not None and n <= train_max]
+    if not seen or sizes[-1] == seen[-1]:
+        return []
+    big, small = str(sizes[-1]), str(seen[-1])
+    lines = ["## Transfer", "",
+             f"Error on the {big}-atom cell over the error on the {small}-atom test cell (a training size); "
+             "1 means no loss of accuracy beyond the training sizes:", "",
+             "| model | H MAE, c·S removed | Γ eig. ±2 eV, ref. S 1e-2 |", "|---|---|---|"]
+    for kind, per_size in table.items():
+        ratios = [per_size[big][k]["mean"] / per_size[small][k]["mean"]
+                  for k in ("h_mae_shifted_meV", "eig_window_refS_1e-2_meV")]
+        lines.append(f"| {kind} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+    key = "h_mae_shifted_meV"
+    best = min(table, key=lambda k: table[k][big][key]["mean"])
+    everywhere = all(min(table, key=lambda k: table[k][str(n)][key]["mean"]) == best for n in sizes)
+    others = ", ".join(f"{k} {table[k][big][key]['mean'] / table[best][big][key]['mean']:.2f}x"
+                       for k in table if k != best)
+    lines += ["", f"On the {big}-atom cell the lowest H error is {best}'s ({others} of it)"
+              + ("; it is the lowest at every size." if everywhere else "; not at every size."), ""]
+    return lines
+
+
 def study_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: the plan and budget, the table (model x cell size) and the figures."""
     plan, table, sizes = results["plan"], results["table"], results["sizes"]
@@ -505,6 +533,7 @@ def study_markdown(results: Mapping[str, Any]) -> str:
         for kind, per_size in table.items():
             lines.append(f"| {kind} | " + " | ".join(_cell(per_size[str(n)][key], seeds) for n in sizes) + " |")
         lines.append("")
+    lines += _transfer_lines(results)
     lines += ["## Figures", ""]
     for key, path in results["figures"].items():
         lines += [f"- {FIGURES[key]}: `{path}`", "", f"![{key}]({path})", ""]
