@@ -42,12 +42,6 @@ def read(path):
     return sisl.get_sile(path).read_hamiltonian()
 
 
-def assert_equal(a, b):
-    assert a.no == b.no and list(a.nsc) == list(b.nsc)
-    for k in (0, 1):
-        assert (a.tocsr(k) != b.tocsr(k)).nnz == 0
-
-
 def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     checkpoint, structure, predictor = files
     out = tmp_path / "out.TSHS"
@@ -241,10 +235,15 @@ def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):
     single = tmp_path / "single.TSHS"
     from hforge.infer import write_hamiltonian
 
-    # one torch thread as the ranks (OMP_NUM_THREADS=1): a prediction's torch threads follow the
-    # machine's load by default, and other thread counts sum in other orders (float rounding)
+    # one torch thread as the ranks (OMP_NUM_THREADS=1); the float32 model may still round
+    # differently in another process (a clean CI clone measured 15,638 of 83,824 H entries apart)
     write_hamiltonian(predictor.predict(structure, mode="chunked", parts=2, threads=1), single)
-    assert_equal(read(out), read(single))
+    ranks, alone = read(out), read(single)
+    assert ranks.no == alone.no and list(ranks.nsc) == list(alone.nsc)
+    for k in (0, 1):
+        a, b = ranks.tocsr(k), alone.tocsr(k)
+        assert (a != 0).nnz == (b != 0).nnz and ((a != 0) != (b != 0)).nnz == 0  # the same pattern
+        assert abs(a - b).max() <= 1e-5 * abs(b).max()  # float32 rounding of eV-scale entries
     assert sorted(os.listdir(tmp_path)) == ["out.TSHS", "single.TSHS"]  # parts merged and removed
 
 
