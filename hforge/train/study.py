@@ -329,11 +329,13 @@ def run_study(
                 f"{largest.get('eig_window_refS_1e-2_meV', float('nan')):.1f} meV (ref. S, 1e-2)")
             runs.append(run)
     table = _aggregate(runs, sizes)
-    figures = _figures(plan, runs, references, docs / "figures")
+    names = _store_names(plan.source)
+    train_sizes = sorted({names[t] for t in plan.train})
+    figures = _figures(plan, runs, references, table, train_sizes[-1], docs / "figures")
     results = {
         "plan": plan.to_dict(),
         "sizes": sizes,
-        "train_sizes": sorted({int(n) for n in (_store_names(plan.source)[t] for t in plan.train)}),
+        "train_sizes": train_sizes,
         "test_cells": {n: r.n_atoms for n, r in zip(plan.test, references)},
         "table": table,
         "runs": [{"model": r.kind, "seed": r.seed, "checkpoint": str(r.checkpoint), "train_s": r.train_s,
@@ -360,7 +362,8 @@ def _evaluate(kind: str, checkpoint: Path, references: Sequence[HSData]) -> dict
 # ---------------------------------------------------------------------------------------
 # figures and the report
 # ---------------------------------------------------------------------------------------
-def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData], folder: Path) -> dict[str, Path]:
+def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData],
+             table: Mapping[str, Any], train_max: int, folder: Path) -> dict[str, Path]:
     from hforge.analysis.plots import hamiltonian_heatmap, new_figure, save_figure
     from hforge.metrics import GammaLayout
     from hforge.metrics.blocks import align_reference
@@ -370,7 +373,6 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     sizes = sorted({r.n_atoms for r in references})
-    table = _aggregate(runs, sizes)
     # transfer curve
     fig, axes = new_figure(2, size=(4.8, 3.8))
     for colour, kind in enumerate(k for k in MODELS if k in table):
@@ -383,9 +385,9 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
     for ax in axes:
         ax.set_xlabel("atoms in the test cell")
         ax.set_xticks(sizes)
-        ax.axvline(max(_store_names(plan.source)[n] for n in plan.train), color="0.6", ls=":", lw=1)
+        ax.axvline(train_max, color="0.6", ls=":", lw=1)
         ax.legend(fontsize=8)
-    fig.suptitle(f"trained on cells of <= {max(_store_names(plan.source)[n] for n in plan.train)} atoms "
+    fig.suptitle(f"trained on cells of <= {train_max} atoms "
                  f"({plan.steps} steps, {len(plan.seeds)} seed(s))", fontsize=9)
     paths["transfer"] = save_figure(fig, folder / "transfer.png")
     first = [r for r in runs if r.seed == plan.seeds[0]]
@@ -433,6 +435,7 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
 def _spectrum_figure(predictions: Mapping[str, HSData], reference: HSData, name: str, path: Path) -> Path:
     """Left: ML against DFT Γ eigenvalues near the gap; right: Gaussian-broadened DOS (0.1 eV)."""
     from hforge.analysis.plots import new_figure, save_figure
+    from hforge.analysis.spectrum import broadened_dos
 
     fig, (ax_eig, ax_dos) = new_figure(2, size=(4.8, 4.0))
     energies = np.linspace(-4.0, 4.0, 801)
@@ -446,9 +449,9 @@ def _spectrum_figure(predictions: Mapping[str, HSData], reference: HSData, name:
         gap_ml = ml[n_occ] - ml[n_occ - 1]
         ax_eig.plot(ref[:m][near] - centre, ml[:m][near] - centre, "o", ms=3, color=f"C{colour}",
                     label=f"{kind} (gap {gap_ml:.2f} eV)")
-        ax_dos.plot(_dos(ml - centre, energies, sigma), energies, color=f"C{colour}", lw=1, label=kind)
+        ax_dos.plot(broadened_dos(ml - centre, energies, broadening=sigma), energies, color=f"C{colour}", lw=1, label=kind)
         if colour == 0:
-            ax_dos.plot(_dos(ref - centre, energies, sigma), energies, color="k", lw=1.5, label="DFT")
+            ax_dos.plot(broadened_dos(ref - centre, energies, broadening=sigma), energies, color="k", lw=1.5, label="DFT")
             ax_eig.set_title(f"{name}: DFT gap {ref[n_occ] - ref[n_occ - 1]:.2f} eV", fontsize=9)
     ax_eig.plot([-4, 4], [-4, 4], color="0.5", lw=0.8)
     ax_eig.set_xlabel("DFT E - gap centre (eV)")
@@ -459,11 +462,6 @@ def _spectrum_figure(predictions: Mapping[str, HSData], reference: HSData, name:
     ax_dos.legend(fontsize=7)
     fig.suptitle("Γ, reference S's canonical basis at threshold 1e-2", fontsize=9)
     return save_figure(fig, path)
-
-
-def _dos(eigenvalues: np.ndarray, energies: np.ndarray, sigma: float) -> np.ndarray:
-    diff = (energies[:, None] - eigenvalues[None, :]) / sigma
-    return np.exp(-0.5 * diff**2).sum(axis=1) / (sigma * np.sqrt(2 * np.pi))
 
 
 def _cell(stats: Mapping[str, Any], seeds: int) -> str:
