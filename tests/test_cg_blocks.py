@@ -312,6 +312,41 @@ def test_numba_edge_blocks_match_reference(desc, channels, n_nodes, n_edges, dty
     _compare_edge_blocks("numba", desc, channels, n_nodes, n_edges, dtype, symmetric, seed, need_Y)
 
 
+@given(
+    desc=descriptors(),
+    channels=st.integers(1, 6),
+    n_sets=st.integers(1, 3),
+    n_edges=st.integers(0, 10),
+    dtype=floats,
+    symmetric=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+@settings(max_examples=20)
+def test_weight_sets_equal_one_reference_call_per_set(desc, channels, n_sets, n_edges, dtype, symmetric, seed):
+    """``W (K, n_mix, C)``: numba's fused sets (no gradient) and the per-set route (gradients) give
+    the reference's blocks of every set."""
+    gen = torch.Generator().manual_seed(seed)
+    x, Y, R, _, edge_index, species, _ = edge_inputs(desc, channels, 4, n_edges, dtype, gen)
+    W = torch.randn((n_sets, desc.n_mix, channels), generator=gen, dtype=dtype)
+    expected = torch.stack([edge_blocks(x, Y, R, w, edge_index, species, desc, symmetric=symmetric, backend="torch") for w in W])
+    with torch.no_grad():
+        fused = edge_blocks(x, Y, R, W, edge_index, species, desc, symmetric=symmetric, backend="numba")
+    assert fused.shape == expected.shape == (n_sets, int(block_pointer(species[edge_index], desc)[-1]))
+    assert_close(fused, expected, TOL[dtype])
+    W.requires_grad_()
+    per_set = edge_blocks(x, Y, R, W, edge_index, species, desc, symmetric=symmetric, backend="numba")
+    assert_close(per_set.detach(), expected, TOL[dtype])
+    if n_edges and per_set.grad_fn is not None:  # (no path reaches any slot: blocks are zero, compared above)
+        grad = torch.randn(per_set.shape, generator=gen, dtype=dtype)
+        (g_numba,) = torch.autograd.grad(per_set, W, grad)
+        W_ref = W.detach().clone().requires_grad_()
+        reference = torch.stack(
+            [edge_blocks(x, Y, R, w, edge_index, species, desc, symmetric=symmetric, backend="torch") for w in W_ref]
+        )
+        (g_ref,) = torch.autograd.grad(reference, W_ref, grad, allow_unused=True, materialize_grads=True)
+        assert_close(g_numba, g_ref, 10 * TOL[dtype])
+
+
 @pytest.mark.skipif("triton" not in FAST, reason="triton unavailable")
 @given(
     desc=descriptors(max_species=2, max_l=2, max_node_l=2, max_l_sh=2),

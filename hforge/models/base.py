@@ -119,10 +119,11 @@ class HSModel(torch.nn.Module):
 
     # ---- to implement -------------------------------------------------------------------------
     def head_inputs(
-        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+        chunk: int | None = None,
     ) -> tuple[Any, Any]:
         """Trunk features ``(N, irreps)`` (and the interaction graph) -> inputs of the H head and of
-        the S head (None without one)."""
+        the S head (None without one); sums over the interaction edges taken ``chunk`` edges at a time."""
         raise NotImplementedError
 
     # ---- shared ---------------------------------------------------------------------------------
@@ -186,11 +187,14 @@ class HSModel(torch.nn.Module):
         return raw * scale + shift
 
     # ---- the passes: forward = node_pass + pair_pass + join --------------------------------------
-    def node_pass(self, batch: GraphBatch) -> NodeState:
+    def node_pass(self, batch: GraphBatch, *, chunk: int | None = None) -> NodeState:
         """The per-atom part of the forward pass on ``batch`` (on the model's device): interaction
         vectors, trunk, the learned heads' inputs and their scaled onsite blocks.
 
-        Cost and memory O(atoms + interaction edges); the block pairs of ``batch`` are not read.
+        Cost O(atoms + interaction edges); the block pairs of ``batch`` are not read.  Every sum
+        over interaction edges (the trunk's messages, environment terms) is taken ``chunk`` edges
+        at a time when given: the same state to float rounding, with working memory O(atoms +
+        chunk) beyond the edge list (inference of large cells) instead of O(edges x feature width).
 
         Raises:
             InputError: species outside the model's basis.
@@ -202,8 +206,8 @@ class HSModel(torch.nn.Module):
         species, graph_of_atom = batch.species.to(device), batch.batch.to(device)
         edge_index = batch.edge_index.to(device)
         vectors = pair_vectors(positions, cell, graph_of_atom, edge_index, batch.edge_shift.to(device))
-        features = self.trunk(species, vectors, edge_index)
-        h_inputs, s_inputs = self.head_inputs(features, species, edge_index, vectors)
+        features = self.trunk(species, vectors, edge_index, chunk)
+        h_inputs, s_inputs = self.head_inputs(features, species, edge_index, vectors, chunk)
         named = [(self.h_head, h_inputs, "h")] + ([(self.s_head, s_inputs, "s")] if self.learns_overlap else [])
         return NodeState(
             positions=positions, cell=cell, species=species, graph_of_atom=graph_of_atom,

@@ -46,7 +46,7 @@ from hforge.basis.conventions import change_of_basis
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, edge_slices, mlp, rows_of, take
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import (
     CGDescriptor,
@@ -153,8 +153,9 @@ class EdgeAttributes(torch.nn.Module):
         alpha = (self.mlp(inputs) * envelope[:, None]).view(len(inputs), len(self.coupled), self.channels)
         degrees = int(round(harmonics.shape[1] ** 0.5))
         pieces = [harmonics[:, l * l : (l + 1) ** 2] for l in range(degrees)]
+        xi, xj = rows_of(x, i), rows_of(x, j)
         for k, (offset, l) in enumerate(self.coupled):
-            feature = x[i, :, offset : offset + 2 * l + 1] + (-1) ** l * x[j, :, offset : offset + 2 * l + 1]
+            feature = xi[:, :, offset : offset + 2 * l + 1] + (-1) ** l * xj[:, :, offset : offset + 2 * l + 1]
             pieces[l] = pieces[l] + torch.einsum("ec,ecm->em", alpha[:, k], feature)
         return torch.cat(pieces, dim=1)
 
@@ -231,25 +232,28 @@ class CGPairBlocks(torch.nn.Module):
         radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
         harmonics = attributes = self.spherical_harmonics(vectors)
         if self.attributes is not None:
-            symmetric = torch.cat([bessel, scalars[i] + scalars[j], scalars[i] * scalars[j]], dim=1)
+            scalars_i, scalars_j = rows_of(scalars, i), rows_of(scalars, j)
+            symmetric = torch.cat([bessel, scalars_i + scalars_j, scalars_i * scalars_j], dim=1)
             attributes = self.attributes(harmonics, x, i, j, symmetric, envelope)
 
-        def cg_term(weight: torch.Tensor) -> torch.Tensor:
+        def cg_term(weight: torch.Tensor) -> torch.Tensor:  # (n_mix, C) or K sets (K, n_mix, C)
             if scale is not None:
                 weight = weight * scale.to(weight.dtype)[self.mix_slot][:, None]
             return edge_blocks(
                 x, attributes, radial, weight, pair_index, species, self.desc, symmetric=True, backend=self.backend
             )
 
-        blocks = cg_term(self.weight)
-        if self.gains is None and self.two_centre is None:
-            return blocks
+        if self.gains is None:
+            blocks = cg_term(self.weight)
+            if self.two_centre is None:
+                return blocks
+        else:  # every weight set of the gains at once: each pair's messages are computed once
+            sets = cg_term(torch.stack([self.weight, *self.gains.weights]))
         # the optional terms work on coupled irreps: one block pointer, one map back to orbital blocks
         pair_species = torch.stack([species[i], species[j]])
         block_ptr = block_pointer(pair_species, self.desc)
         coeffs = None
         if self.gains is not None:  # replaces the CG term's blocks
-            sets = [blocks, *map(cg_term, self.gains.weights)]
             coeffs, blocks = self.gains(edges, scalars, pair_index, pair_species, block_ptr, sets), None
         if self.two_centre is not None:
             two_centre = self.two_centre(edges, envelope, harmonics, scalars, pair_index, pair_species, block_ptr, scale)
@@ -337,11 +341,10 @@ class TwoCentreBlocks(torch.nn.Module):
                 getattr(self, f"t{t}_{n}") for n in ("index", "slot", "column", "partner", "harmonic")
             )
             sign = getattr(self, f"t{t}_sign").to(coeffs.dtype)
-            rows = selected[:, None]
-            g = 0.5 * (forward[rows, column] + sign * reverse[rows, partner])
+            g = 0.5 * (take(forward, selected, column) + sign * take(reverse, selected, partner))
             if scale is not None:
                 g = g * scale.to(coeffs.dtype)[slot]
-            values = g * harmonics[rows, harmonic]
+            values = g * take(harmonics, selected, harmonic)
             coeffs = coeffs.index_put(((block_ptr[selected][:, None] + index).reshape(-1),), values.reshape(-1))
         return coeffs
 
@@ -393,22 +396,23 @@ class SlotGains(torch.nn.Module):
         pair_index: torch.Tensor,
         pair_species: torch.Tensor,
         block_ptr: torch.Tensor,
-        sets: list[torch.Tensor],
+        sets: torch.Tensor,
     ) -> torch.Tensor:
         """Flat coupled irreps (``irreps_to_blocks``' input, at ``block_ptr``) of the pairs
-        ``pair_index (2, E)`` from the ``K`` flat block sets of the CG term (``edge_blocks``' layout,
-        one per mixing-weight set); the other arguments as in :meth:`TwoCentreBlocks.forward`."""
+        ``pair_index (2, E)`` from the ``(K, nnz)`` flat block sets of the CG term (``edge_blocks``'
+        layout, one per mixing-weight set); the other arguments as in :meth:`TwoCentreBlocks.forward`."""
         i, j = pair_index
         n_pairs = len(i)
         terms = self.mlp.node_terms(scalars)
         forward = self.mlp(edges[0], terms, i, j).view(n_pairs, self.desc.n_slots, self.n_sets)
         reverse = self.mlp(edges[1], terms, j, i).view(n_pairs, self.desc.n_slots, self.n_sets)
-        gains = 0.5 * (forward + reverse[:, self.slot_transpose])
+        gains = 0.5 * (forward + reverse.index_select(1, self.slot_transpose))
         sizes = block_ptr[1:] - block_ptr[:-1]
         pair_type = pair_species[0] * self.desc.n_species + pair_species[1]
         pair_of_entry = torch.repeat_interleave(torch.arange(n_pairs, device=block_ptr.device), sizes)
-        local = torch.arange(int(block_ptr[-1]), device=block_ptr.device) - block_ptr[pair_of_entry]
-        entry_gains = gains[pair_of_entry, self.entry_slot[self.entry_ptr[pair_type][pair_of_entry] + local]]
+        local = torch.arange(int(block_ptr[-1]), device=block_ptr.device) - rows_of(block_ptr, pair_of_entry)
+        slot = rows_of(self.entry_slot, rows_of(rows_of(self.entry_ptr, pair_type), pair_of_entry) + local)
+        entry_gains = rows_of(gains.reshape(-1, self.n_sets), pair_of_entry * self.desc.n_slots + slot)
         irreps = [blocks_to_irreps(blocks, pair_species, self.desc, block_ptr=block_ptr, backend=self.backend) for blocks in sets]
         return irreps[0] + sum(entry_gains[:, k] * t for k, t in enumerate(irreps))
 
@@ -457,18 +461,24 @@ class EnvironmentOnsite(torch.nn.Module):
         self.pairs = CGPairBlocks(basis, [(0, 1)], channels, channels, np.full((n_species, n_species), r_max), config)
 
     def forward(
-        self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, n_orb: torch.Tensor
+        self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+        n_orb: torch.Tensor, chunk: int | None = None,
     ) -> torch.Tensor:
-        """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges."""
-        n_atoms, n_edges = scalars.shape[0], edge_index.shape[1]
-        i, j = edge_index
-        virtual = torch.arange(n_atoms, n_atoms + n_edges, device=i.device)
-        nodes = torch.cat([scalars, scalars[j]])
-        blocks = self.pairs(
-            nodes[:, :, None], nodes, torch.cat([species, species[i]]), torch.stack([i, virtual]), vectors,
-            torch.linalg.norm(vectors, dim=1),
-        )
-        return sum_over_neighbours(blocks, i, species, n_orb)
+        """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
+        ``chunk`` edges at a time (None: all at once; the same sum to float rounding)."""
+        total = None
+        for part in edge_slices(edge_index.shape[1], chunk):
+            i, j = edge_index[:, part]
+            n_atoms, n_edges = scalars.shape[0], i.shape[0]
+            virtual = torch.arange(n_atoms, n_atoms + n_edges, device=i.device)
+            nodes = torch.cat([scalars, scalars[j]])
+            blocks = self.pairs(
+                nodes[:, :, None], nodes, torch.cat([species, species[i]]), torch.stack([i, virtual]), vectors[part],
+                torch.linalg.norm(vectors[part], dim=1),
+            )
+            summed = sum_over_neighbours(blocks, i, species, n_orb)
+            total = summed if total is None else total + summed
+        return total
 
 
 class EquivariantHead(torch.nn.Module):
@@ -548,12 +558,13 @@ class EquivariantHSModel(HSModel):
         self.to(config.torch_dtype)
 
     def head_inputs(
-        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+        chunk: int | None = None,
     ) -> tuple[EquivariantInputs, EquivariantInputs]:
         x = channelwise_from_e3nn(features, self.trunk.irreps_out)
         onsite = channelwise_from_e3nn(self.onsite_features(features), self.onsite_features.irreps_out)
         scalars = x[:, :, 0]
-        environment = self.environment(scalars, species, edge_index, vectors, self.n_orb)
+        environment = self.environment(scalars, species, edge_index, vectors, self.n_orb, chunk)
         s_inputs = None
         if self.learns_overlap:
             embedding = self.s_embedding(species)

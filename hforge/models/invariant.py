@@ -43,7 +43,7 @@ from hforge.basis import BasisSet
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairOrientation, PairRadial, mlp
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, edge_slices, mlp
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import channelwise_from_e3nn
 
@@ -310,16 +310,21 @@ class InvariantHSModel(HSModel):
         self.to(config.torch_dtype)
 
     def head_inputs(
-        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+        chunk: int | None = None,
     ) -> tuple[InvariantInputs, InvariantInputs]:
         nodes = invariant_features(features, self.trunk.irreps_out)
-        i, j = edge_index
-        lengths = torch.linalg.norm(vectors, dim=1)
-        bessel, envelope = self.environment_radial(lengths, species[i], species[j])
         terms = self.environment.node_terms(nodes)
-        cutoff = torch.full_like(lengths, self.config.r_max)
-        messages = self.environment(bessel, vectors, lengths, cutoff, terms, i, j) * envelope[:, None]
-        summed = messages.new_zeros(nodes.shape[0], messages.shape[1]).index_add(0, i, messages)
+        summed = None
+        for part in edge_slices(edge_index.shape[1], chunk):  # the environment sum, chunk edges at a time
+            i, j = edge_index[:, part]
+            lengths = torch.linalg.norm(vectors[part], dim=1)
+            bessel, envelope = self.environment_radial(lengths, species[i], species[j])
+            cutoff = torch.full_like(lengths, self.config.r_max)
+            messages = self.environment(bessel, vectors[part], lengths, cutoff, terms, i, j) * envelope[:, None]
+            if summed is None:
+                summed = messages.new_zeros(nodes.shape[0], messages.shape[1])
+            summed = summed.index_add(0, i, messages)
         x = channelwise_from_e3nn(features, self.trunk.irreps_out) if self.h_head.orientation is not None else None
         s_inputs = None
         if self.learns_overlap:

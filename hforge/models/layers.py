@@ -12,7 +12,7 @@ import torch
 from e3nn import o3
 from mace.modules.radial import BesselBasis, PolynomialCutoff
 
-__all__ = ["PairMLP", "PairOrientation", "PairRadial", "mlp", "onsite_entries", "quiet_codegen"]
+__all__ = ["PairMLP", "PairOrientation", "PairRadial", "edge_slices", "mlp", "onsite_entries", "quiet_codegen", "rows_of", "take"]
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ class PairOrientation(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the pairs ``(i, j)`` with vectors ``r_ij (E, 3)``: ``(forward, reversed)``."""
         harmonics = self.spherical_harmonics(vectors)
-        xi, xj = x[i], x[j]
+        xi, xj = rows_of(x, i), rows_of(x, j)
         from_i, from_j, inner = [], [], []
         for offset, l in self.projected:
             y = harmonics[:, None, l * l : (l + 1) ** 2] / (2 * l + 1) ** 0.5
@@ -97,6 +97,28 @@ class PairOrientation(torch.nn.Module):
             window = slice(offset, offset + 2 * l + 1)
             inner.append((xi[:, :, window] * xj[:, :, window]).sum(-1) / (2 * l + 1) ** 0.5)
         return torch.cat([*from_i, *from_j, *inner], dim=1), torch.cat([*from_j, *from_i, *inner], dim=1)
+
+
+def rows_of(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along the first axis by ``index_select``: on the CPU 5-7x faster than
+    advanced indexing for the per-pair gathers of node features (8192 pairs x 256 floats: 0.16 ms
+    against 1.0 ms), gradients included."""
+    return table.index_select(0, index)
+
+
+def take(table: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``table[rows[:, None], columns[None, :]]`` of a 2-D ``table``, ``(len(rows), len(columns))``,
+    by one flat ``index_select`` (about 3x faster than advanced indexing on the CPU)."""
+    flat = (rows[:, None] * table.shape[1] + columns[None, :]).reshape(-1)
+    return table.reshape(-1).index_select(0, flat).view(len(rows), len(columns))
+
+
+def edge_slices(n_edges: int, chunk: int | None) -> list[slice]:
+    """Consecutive slices of at most ``chunk`` edges covering ``n_edges`` (one slice, possibly empty,
+    when ``chunk`` is None or not smaller): how sums over edges bound their temporaries."""
+    if chunk is None or n_edges <= chunk:
+        return [slice(0, n_edges)]
+    return [slice(start, min(start + chunk, n_edges)) for start in range(0, n_edges, chunk)]
 
 
 def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:
@@ -134,7 +156,7 @@ class PairMLP(torch.nn.Module):
     def forward(
         self, edge: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor], i: torch.Tensor, j: torch.Tensor
     ) -> torch.Tensor:
-        first = self.edge(edge) + terms[0][i] + terms[1][j]
+        first = self.edge(edge) + rows_of(terms[0], i) + rows_of(terms[1], j)
         return self.rest(torch.nn.functional.silu(first)) if len(self.rest) else torch.nn.functional.silu(first)
 
 

@@ -209,9 +209,10 @@ def channelwise_from_e3nn(features: torch.Tensor, irreps: Any) -> torch.Tensor:
 
 
 def symmetrize_weights(W: torch.Tensor, desc: CGDescriptor) -> torch.Tensor:
-    """``W_sym = (W + mix_sign * W[mix_partner]) / 2``: edge weights whose ``f`` equals ``(f(i,j,r) + f(j,i,-r)^T) / 2``."""
+    """``W_sym = (W + mix_sign * W[mix_partner]) / 2``: edge weights whose ``f`` equals ``(f(i,j,r) + f(j,i,-r)^T) / 2``
+    (``W (n_mix, C)``, or ``(K, n_mix, C)``: every set)."""
     tb = desc.tables(W.device, W.dtype)
-    return 0.5 * (W + tb["mix_sign"][:, None] * W[tb["mix_partner"]])
+    return 0.5 * (W + tb["mix_sign"][:, None] * W.index_select(-2, tb["mix_partner"]))
 
 
 def _check_edge_inputs(x, Y, R, W, edge_index, species, desc: CGDescriptor) -> None:
@@ -223,7 +224,7 @@ def _check_edge_inputs(x, Y, R, W, edge_index, species, desc: CGDescriptor) -> N
         "x": (x, (n_nodes, channels, desc.node_dim)),
         "Y": (Y, (n_edges, desc.n_sh)),
         "R": (R, (n_edges, desc.n_paths, channels)),
-        "W": (W, (desc.n_mix, channels)),
+        "W": (W, (desc.n_mix, channels) if W.ndim != 3 else (W.shape[0], desc.n_mix, channels)),
         "edge_index": (edge_index, (2, n_edges)),
         "species": (species, (n_nodes,)),
     }
@@ -261,7 +262,9 @@ def edge_blocks(
             descriptor's node irreps (:func:`channelwise_from_e3nn` converts e3nn's layout).
         Y: ``(E, (l_sh + 1)^2)`` spherical harmonics of ``r_ij`` (e3nn order).
         R: ``(E, desc.n_paths, C)`` radial weights per edge, path and channel.
-        W: ``(desc.n_mix, C)`` mixing weights (rows: pair type, slot, path; see the descriptor).
+        W: ``(desc.n_mix, C)`` mixing weights (rows: pair type, slot, path; see the descriptor),
+            or ``(K, desc.n_mix, C)``: ``K`` weight sets of the same messages (the numba backend
+            computes each pair's messages once for all sets when no gradient is needed).
         edge_index: ``(2, E)`` int64 row atom ``i`` and column atom ``j`` of each pair.
         species: ``(N,)`` int64 species index of every atom (into ``desc.species_shells``).
         desc: :func:`cg_descriptor` with ``node_irreps`` and ``l_sh``.
@@ -270,13 +273,19 @@ def edge_blocks(
         backend: ``"auto"``, ``"torch"``, ``"numba"`` or ``"triton"``.
 
     Returns:
-        ``(block_ptr[-1],)`` flat blocks in ``x``'s dtype.
+        ``(block_ptr[-1],)`` flat blocks in ``x``'s dtype; ``(K, block_ptr[-1])`` for ``K`` weight sets.
     """
     _check_edge_inputs(x, Y, R, W, edge_index, species, desc)
     # species of the pairs a chunk at a time: the numba forward's only large allocation is its output
     pair_species_of = lambda a, b: (species.index_select(0, edge_index[0, a:b]), species.index_select(0, edge_index[1, a:b]))  # noqa: E731
     block_ptr = _block_ptr(pair_species_of, edge_index.shape[1], desc, x.device, block_ptr)
     name = _backend(backend, x, "edge_blocks")
+    fused_sets = name == "numba" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, Y, R, W)))
+    if W.ndim == 3 and not fused_sets:  # one call per set (autograd, or a backend without the fused sets)
+        return torch.stack([
+            edge_blocks(x, Y, R, weights, edge_index, species, desc, symmetric=symmetric, block_ptr=block_ptr, backend=name)
+            for weights in W
+        ])
     if name == "torch":
         from hforge.ops.cg_blocks.reference import edge_blocks_reference
 
@@ -289,9 +298,9 @@ def edge_blocks(
         edge_index[1].contiguous(), species.to(torch.int64).contiguous(), block_ptr, desc,
     )  # rows of a contiguous edge_index are contiguous: no copies
     if name == "numba":
-        from hforge.ops.cg_blocks.numba import EdgeBlocksNumba
+        from hforge.ops.cg_blocks.numba import EdgeBlocksNumba, edge_blocks_forward_numba
 
-        return EdgeBlocksNumba.apply(*args)
+        return edge_blocks_forward_numba(*args) if W.ndim == 3 else EdgeBlocksNumba.apply(*args)
     from hforge.ops.cg_blocks.triton import EdgeBlocksTriton
 
     return EdgeBlocksTriton.apply(*args)

@@ -44,7 +44,7 @@ import torch
 from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 from hforge.ops.cg_blocks.descriptor import CGDescriptor
 
-__all__ = ["EdgeBlocksNumba", "apply_q_numba"]
+__all__ = ["EdgeBlocksNumba", "apply_q_numba", "edge_blocks_forward_numba"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}  # lets LLVM vectorize the channel reductions
 
@@ -134,15 +134,19 @@ def _edge_forward(
     path_side, path_l1, path_L, path_key, path_rank, path_node_offset, cg_ptr, cg_m1, cg_m2, cg_M, cg_val,
     pair_entry_ptr, qb_ptr, qb_index, qb_val, max_pair_size, max_n1, max_nL, n_chunks, out,
 ):  # pragma: no cover
+    """``out[k]``: the blocks of weight set ``k`` (``W`` flat, ``K`` sets of ``n_mix x C``); the
+    messages ``m`` of a pair are computed once for all sets."""
     n_edges = src.shape[0]
     n_paths = R.shape[1]
     C = x.shape[1]
+    n_sets = out.shape[0]
+    set_stride = W.shape[0] // n_sets
     chunk = (n_edges + n_chunks - 1) // n_chunks
     for ch in numba.prange(n_chunks):
         A = np.empty((max_n1, max_nL), dtype=x.dtype)
         a = np.empty((max_nL, C), dtype=x.dtype)
         m = np.empty(key_tp_ptr[-1] * C, dtype=x.dtype)
-        t = np.empty(max_pair_size, dtype=x.dtype)
+        t = np.empty((n_sets, max_pair_size), dtype=x.dtype)
         xs = np.empty((2, x.shape[2], C), dtype=x.dtype)  # the pair's two atoms, staged
         staged = np.full(2, -1, dtype=np.int64)
         for e in range(ch * chunk, min((ch + 1) * chunk, n_edges)):
@@ -168,22 +172,26 @@ def _edge_forward(
             for s in range(slot_ptr[pt], slot_ptr[pt + 1]):
                 k = slot_key[s]
                 width = (key_path_ptr[k + 1] - key_path_ptr[k]) * C
-                w0 = mix_ptr[s] * C
-                w_rows = W[w0 : w0 + width]
                 for M in range(2 * slot_L[s] + 1):
                     o = key_tp_ptr[k] * C + M * width
                     m_rows = m[o : o + width]
-                    acc = 0.0
-                    for i in range(width):
-                        acc += w_rows[i] * m_rows[i]
-                    t[slot_offset[s] + M] = acc
+                    for w_set in range(n_sets):
+                        w0 = w_set * set_stride + mix_ptr[s] * C
+                        w_rows = W[w0 : w0 + width]
+                        acc = 0.0
+                        for i in range(width):
+                            acc += w_rows[i] * m_rows[i]
+                        t[w_set, slot_offset[s] + M] = acc
             base = block_ptr[e]
             entry0 = pair_entry_ptr[pt]
-            for i in range(block_ptr[e + 1] - base):
-                acc = 0.0
-                for q in range(qb_ptr[entry0 + i], qb_ptr[entry0 + i + 1]):
-                    acc += qb_val[q] * t[qb_index[q]]
-                out[base + i] = acc
+            for w_set in range(n_sets):
+                t_set = t[w_set]
+                out_set = out[w_set]
+                for i in range(block_ptr[e + 1] - base):
+                    acc = 0.0
+                    for q in range(qb_ptr[entry0 + i], qb_ptr[entry0 + i + 1]):
+                        acc += qb_val[q] * t_set[qb_index[q]]
+                    out_set[base + i] = acc
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -338,6 +346,29 @@ def _summed_rows(rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def edge_blocks_forward_numba(
+    x: torch.Tensor, Y: torch.Tensor, R: torch.Tensor, W: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+    species: torch.Tensor, block_ptr: torch.Tensor, desc: CGDescriptor,
+) -> torch.Tensor:
+    """``(K, block_ptr[-1])`` blocks ``f(i, j, r)`` of ``K`` weight sets ``W (K, n_mix, C)`` (no
+    gradients; inputs as :class:`EdgeBlocksNumba`): each pair's messages are computed once and
+    mixed by every set, cheaper than ``K`` calls."""
+    out = torch.empty((W.shape[0], int(block_ptr[-1])), dtype=x.dtype)
+    tb = desc.tables("cpu", x.dtype)
+    if src.shape[0]:
+        with numba.parallel_chunksize(1):
+            _edge_forward(
+                x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), species.numpy(),
+                desc.n_species, block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
+                desc.key_path_ptr, desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.n_keys, desc.path_side,
+                desc.path_l1, desc.path_L, desc.path_key, desc.path_rank, desc.path_node_offset,
+                desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M, tb["cg_val"].numpy(),
+                desc.pair_entry_ptr, desc.qb_ptr, desc.qb_index, tb["qb_val"].numpy(),
+                int(desc.pair_block_size.max()), *_sizes(desc), _n_chunks(src.shape[0]), out.numpy(),
+            )
+    return out
+
+
 class EdgeBlocksNumba(torch.autograd.Function):
     """Fused edge blocks ``f(i, j, r)`` with the weights given (symmetrize them before for ``symmetric``).
 
@@ -350,20 +381,7 @@ class EdgeBlocksNumba(torch.autograd.Function):
     def forward(ctx, x, Y, R, W, src, dst, species, block_ptr, desc):
         ctx.save_for_backward(x, Y, R, W, src, dst, species, block_ptr)
         ctx.desc = desc
-        out = torch.empty(int(block_ptr[-1]), dtype=x.dtype)
-        tb = desc.tables("cpu", x.dtype)
-        if src.shape[0]:
-            with numba.parallel_chunksize(1):
-                _edge_forward(
-                    x.numpy(), Y.numpy(), R.numpy(), W.reshape(-1).numpy(), src.numpy(), dst.numpy(), species.numpy(),
-                    desc.n_species, block_ptr.numpy(), desc.slot_ptr, desc.slot_key, desc.slot_L, desc.slot_offset, desc.mix_ptr,
-                    desc.key_path_ptr, desc.key_tp_ptr, desc.key_L, desc.ptk_ptr, desc.n_keys, desc.path_side,
-                    desc.path_l1, desc.path_L, desc.path_key, desc.path_rank, desc.path_node_offset,
-                    desc.cg_ptr, desc.cg_m1, desc.cg_m2, desc.cg_M, tb["cg_val"].numpy(),
-                    desc.pair_entry_ptr, desc.qb_ptr, desc.qb_index, tb["qb_val"].numpy(),
-                    int(desc.pair_block_size.max()), *_sizes(desc), _n_chunks(src.shape[0]), out.numpy(),
-                )
-        return out
+        return edge_blocks_forward_numba(x, Y, R, W[None], src, dst, species, block_ptr, desc)[0]
 
     @staticmethod
     def backward(ctx, grad):
