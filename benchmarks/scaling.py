@@ -45,6 +45,7 @@ __all__ = [
     "goals_text",
     "graph2mat_seconds",
     "main",
+    "output_floor_seconds",
     "measure_size",
     "plot_scaling",
     "run_scaling",
@@ -197,7 +198,7 @@ def _in_fresh_process(call: str, n_atoms: int, timeout: float) -> dict[str, Any]
     """The dict returned by ``call`` (an expression on this module's names) in a new Python process."""
     code = (
         f"import json, sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, {str(_ROOT)!r}); import hforge; "
-        "from benchmarks.scaling import *; from benchmarks.scaling import _measure, _graph2mat_run; "
+        "from benchmarks.scaling import *; from benchmarks.scaling import _measure, _graph2mat_run, _output_floor_run; "
         f"print('RESULT', json.dumps({call}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
@@ -205,6 +206,21 @@ def _in_fresh_process(call: str, n_atoms: int, timeout: float) -> dict[str, Any]
     if done.returncode != 0 or not lines:
         return {"n_atoms": n_atoms, "error": (done.stderr or done.stdout)[-2000:]}
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _output_floor_run(n_bytes: int) -> dict[str, Any]:
+    """Seconds to write ``n_bytes`` (an output CSR's size) into fresh memory with numpy, in this process."""
+    start = time.perf_counter()
+    written = np.full(n_bytes // 8, 1.0)
+    return {"n_bytes": n_bytes, "floor_s": time.perf_counter() - start, "checksum": float(written[:: 1 << 20].sum())}
+
+
+def output_floor_seconds(n_bytes: int, timeout: float = 3600) -> float:
+    """The memory floor of a prediction whose output CSR takes ``n_bytes``: seconds for numpy to
+    write that many bytes into freshly allocated memory, in a fresh process (what any prediction
+    pays at least to produce its output; on a VM, fresh memory includes the host's page faults)."""
+    row = _in_fresh_process(f"_output_floor_run({int(n_bytes)})", 0, timeout)
+    return float(row.get("floor_s", float("nan")))
 
 
 def _graph2mat_run(cache_dir: str, n_atoms: int) -> dict[str, Any]:
@@ -332,6 +348,8 @@ def run_scaling(
         rows = []
         for n in sizes:
             row = measure_size(str(model), n, cache_dir, max_memory=max_memory, dtype=dtype, device=device)
+            if "csr_bytes" in row and device == "cpu":
+                row["output_floor_s"] = output_floor_seconds(row["csr_bytes"])
             rows.append(row)
             echo(f"{model}: {_row_text(row)}")
         fits = {"fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s")}
@@ -369,6 +387,7 @@ def _row_text(row: dict[str, Any]) -> str:
     return (
         f"{row['n_atoms']:>6} atoms: {row['wall_s']:7.1f} s ({stages}), {row['mode']} x{row['n_chunks']}, "
         f"nnz {row['nnz']:,}, CSR {row['csr_bytes'] / 1e9:.2f} GB, peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB"
+        + (f", output floor {row['output_floor_s']:.1f} s" if "output_floor_s" in row else "")
     )
 
 
@@ -378,12 +397,13 @@ def scaling_table(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"] if "error" not in r]
     stages = list(rows[0]["stages_s"]) if rows else []
     lines = [
-        "| atoms | wall s | CPU s | load | " + " | ".join(stages) + " | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB |",
-        "|---:|---:|---:|---:|" + "---:|" * len(stages) + "---|---:|---:|---:|---:|",
+        "| atoms | wall s | CPU s | load | " + " | ".join(stages)
+        + " | mode | nnz | CSR GB | peak RSS GB | RSS - CSR GB | output floor s |",
+        "|---:|---:|---:|---:|" + "---:|" * len(stages) + "---|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         if "error" in r:
-            lines.append(f"| {r['n_atoms']} | failed |" + " |" * (len(stages) + 9))
+            lines.append(f"| {r['n_atoms']} | failed |" + " |" * (len(stages) + 10))
             continue
         cpu = r.get("stages_cpu_s", {})
         cells = [f"{r['stages_s'][k]:.1f}" + (f" ({cpu[k]:.1f})" if k in cpu else "") for k in stages]
@@ -391,7 +411,7 @@ def scaling_table(results: dict[str, Any]) -> str:
             f"| {r['n_atoms']} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
             f"{max(r.get('load_average', [float('nan')])):.1f} | " + " | ".join(cells) + f" | {r['mode']} x{r['n_chunks']} | "
             f"{r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
-            f"{(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} |"
+            f"{(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} | {r.get('output_floor_s', float('nan')):.1f} |"
         )
     fit = results["fit"]
     lines.append(f"\nlog-log slope of wall time vs atoms (>= {fit['min_atoms']} atoms): {fit['slope']:.3f}")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.scaling import _tiles, fit_loglog, main, plot_scaling, scaling_table
+from benchmarks.scaling import _output_floor_run, _tiles, fit_loglog, main, output_floor_seconds, plot_scaling, scaling_table
 
 STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
 
@@ -51,6 +51,13 @@ def test_table_and_plot(tmp_path):
     assert path.stat().st_size > 10_000
 
 
+def test_output_floor_writes_the_bytes_in_a_fresh_process():
+    here = _output_floor_run(8 * 3 * (1 << 20))  # 3 MiB-strided samples of ones
+    assert here["checksum"] == 3.0 and here["floor_s"] > 0
+    seconds = output_floor_seconds(8 * 10**6)
+    assert 0 < seconds < 60
+
+
 @pytest.mark.slow
 def test_scaling_command_runs_real_sizes(tmp_path):
     main(["--sizes", "100,200", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-graph2mat",
@@ -60,5 +67,6 @@ def test_scaling_command_runs_real_sizes(tmp_path):
     for run in results["runs"]:
         assert [r["n_atoms"] for r in run["rows"]] == [100, 200]
         assert all(r["nnz"] > 0 and r["peak_rss_bytes"] > r["csr_bytes"] and r["stages_cpu_s"]["trunk"] > 0 for r in run["rows"])
+        assert all(0 < r["output_floor_s"] < r["wall_s"] for r in run["rows"])
     assert "## abn-dzp on cpu" in (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / "scaling.png").is_file()
