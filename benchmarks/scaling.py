@@ -300,6 +300,10 @@ def plot_scaling(rows: Sequence[dict[str, Any]], fit: dict[str, float], path: st
         ax_time.loglog(
             [r["n_atoms"] for r in with_cpu], [r["cpu_s"] for r in with_cpu], "ks:", mfc="none", label="CPU s (both threads)"
         )
+    with_floor = [r for r in rows if "output_floor_s" in r]
+    if with_floor:
+        ax_time.loglog([r["n_atoms"] for r in with_floor], [max(r["output_floor_s"], 1e-3) for r in with_floor], "x-",
+                       color="grey", label="output floor (numpy writes the CSR bytes)")
     for stage in rows[0]["stages_s"]:
         ax_time.loglog(atoms, [max(r["stages_s"][stage], 1e-3) for r in rows], ".--", label=stage)
     if np.isfinite(fit["slope"]):
