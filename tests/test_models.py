@@ -438,14 +438,16 @@ def test_batched_prediction_equals_one_structure_at_a_time(abn, eval_model):
     ],
 )
 def test_node_pass_in_edge_chunks_equals_the_whole_pass(abn, eval_model, kind, options):
-    """The trunk's messages and the environment sums taken a few edges at a time (inference's
-    bounded memory) give the whole pass's state; an empty cell's edges too."""
+    """The trunk's messages and the environment sums taken a few edges at a time, its per-atom
+    products and the onsite features a few atoms at a time (inference's bounded memory), give the
+    whole pass's state."""
     model = eval_model(kind, **options)
     graph = model.graph_builder()(abn[2])
     n_edges = graph.edge_index.shape[1]
     with torch.no_grad():
         whole = model.node_pass(graph)
-        for chunk in (n_edges // 7, n_edges - 1, n_edges, 1 << 20):
+        assert graph.n_atoms > 16 // 4  # chunk 16: per-atom work in steps of 4 atoms
+        for chunk in (16, n_edges // 7, n_edges - 1, n_edges, 1 << 20):
             chunked = model.node_pass(graph, chunk=chunk)
             for a, b in zip(whole.onsite, chunked.onsite):
                 torch.testing.assert_close(b, a, rtol=0, atol=1e-12)

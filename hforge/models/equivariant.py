@@ -46,7 +46,7 @@ from hforge.basis.conventions import change_of_basis
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairOrientation, PairRadial, edge_slices, mlp, rows_of, take
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, chunk_slices, mlp, rows_of, take
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import (
     CGDescriptor,
@@ -467,7 +467,7 @@ class EnvironmentOnsite(torch.nn.Module):
         """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
         ``chunk`` edges at a time (None: all at once; the same sum to float rounding)."""
         total = None
-        for part in edge_slices(edge_index.shape[1], chunk):
+        for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
             n_atoms, n_edges = scalars.shape[0], i.shape[0]
             virtual = torch.arange(n_atoms, n_atoms + n_edges, device=i.device)
@@ -562,7 +562,9 @@ class EquivariantHSModel(HSModel):
         chunk: int | None = None,
     ) -> tuple[EquivariantInputs, EquivariantInputs]:
         x = channelwise_from_e3nn(features, self.trunk.irreps_out)
-        onsite = channelwise_from_e3nn(self.onsite_features(features), self.onsite_features.irreps_out)
+        # per atom: chunk // 4 atoms at a time (the channel-wise tensor squares' temporaries)
+        squares = [self.onsite_features(features[part]) for part in chunk_slices(len(features), chunk and max(chunk // 4, 1))]
+        onsite = channelwise_from_e3nn(torch.cat(squares), self.onsite_features.irreps_out)
         scalars = x[:, :, 0]
         environment = self.environment(scalars, species, edge_index, vectors, self.n_orb, chunk)
         s_inputs = None

@@ -43,7 +43,7 @@ from hforge.basis import BasisSet
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairOrientation, PairRadial, edge_slices, mlp
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, chunk_slices, mlp
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import channelwise_from_e3nn
 
@@ -316,7 +316,7 @@ class InvariantHSModel(HSModel):
         nodes = invariant_features(features, self.trunk.irreps_out)
         terms = self.environment.node_terms(nodes)
         summed = None
-        for part in edge_slices(edge_index.shape[1], chunk):  # the environment sum, chunk edges at a time
+        for part in chunk_slices(edge_index.shape[1], chunk):  # the environment sum, chunk edges at a time
             i, j = edge_index[:, part]
             lengths = torch.linalg.norm(vectors[part], dim=1)
             bessel, envelope = self.environment_radial(lengths, species[i], species[j])

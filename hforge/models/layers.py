@@ -12,7 +12,9 @@ import torch
 from e3nn import o3
 from mace.modules.radial import BesselBasis, PolynomialCutoff
 
-__all__ = ["PairMLP", "PairOrientation", "PairRadial", "edge_slices", "mlp", "onsite_entries", "quiet_codegen", "rows_of", "take"]
+__all__ = [
+    "PairMLP", "PairOrientation", "PairRadial", "chunk_slices", "mlp", "onsite_entries", "quiet_codegen", "rows_of", "take",
+]
 
 
 @contextlib.contextmanager
@@ -113,12 +115,12 @@ def take(table: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torc
     return table.reshape(-1).index_select(0, flat).view(len(rows), len(columns))
 
 
-def edge_slices(n_edges: int, chunk: int | None) -> list[slice]:
-    """Consecutive slices of at most ``chunk`` edges covering ``n_edges`` (one slice, possibly empty,
-    when ``chunk`` is None or not smaller): how sums over edges bound their temporaries."""
-    if chunk is None or n_edges <= chunk:
-        return [slice(0, n_edges)]
-    return [slice(start, min(start + chunk, n_edges)) for start in range(0, n_edges, chunk)]
+def chunk_slices(n_items: int, chunk: int | None) -> list[slice]:
+    """Consecutive slices of at most ``chunk`` items (edges, atoms) covering ``n_items`` (one slice,
+    possibly empty, when ``chunk`` is None or not smaller): how inference bounds temporaries."""
+    if chunk is None or n_items <= chunk:
+        return [slice(0, n_items)]
+    return [slice(start, min(start + chunk, n_items)) for start in range(0, n_items, chunk)]
 
 
 def mlp(sizes: Sequence[int]) -> torch.nn.Sequential:

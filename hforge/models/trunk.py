@@ -26,7 +26,7 @@ from mace.modules.blocks import (
 )
 
 from hforge.models.config import ModelConfig
-from hforge.models.layers import quiet_codegen
+from hforge.models.layers import chunk_slices, quiet_codegen
 
 __all__ = ["MaceTrunk", "interaction_in_chunks", "node_irreps"]
 
@@ -115,8 +115,22 @@ class MaceTrunk(torch.nn.Module):
                     node_attrs=node_attrs, node_feats=features, edge_attrs=edge_attrs, edge_feats=edge_feats,
                     edge_index=edge_index, cutoff=cutoff,
                 )
-            features = product(node_feats=features, sc=sc, node_attrs=node_attrs)
+            features = self._product(product, features, sc, node_attrs, chunk)
         return self.norm(features)
+
+    @staticmethod
+    def _product(
+        product: EquivariantProductBasisBlock, features: torch.Tensor, sc: torch.Tensor | None, node_attrs: torch.Tensor,
+        chunk: int | None,
+    ) -> torch.Tensor:
+        """``product`` on every atom, ``chunk // 4`` atoms at a time when ``chunk`` is given (it is
+        per atom; its symmetric contraction's temporaries are ~30 KB per atom with l = 3 features)."""
+        step = None if chunk is None else max(chunk // 4, 1)
+        parts = [
+            product(node_feats=features[part], sc=None if sc is None else sc[part], node_attrs=node_attrs[part])
+            for part in chunk_slices(features.shape[0], step)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def interaction_in_chunks(
