@@ -362,3 +362,13 @@ def test_baseline_of_a_subset_of_pairs_is_the_subset_of_the_whole(abn8):
     subset = context.blocks(abn8.edge_index[:, part], abn8.cell_shift[part], ptr)
     expected = np.concatenate([whole[abn8.block_ptr[e] : abn8.block_ptr[e + 1]] for e in part])
     np.testing.assert_allclose(subset, expected, rtol=0, atol=1e-12)
+
+
+def test_cell_pairs_are_kept_in_narrow_integers_where_they_fit():
+    from hforge.ops.two_centre.baseline import _narrow
+
+    small = np.array([[0, 5, -3], [2, 1, 7]])
+    assert _narrow(small, np.int16).dtype == np.int16 and (_narrow(small, np.int16) == small).all()
+    large = np.array([0, 40000])
+    assert _narrow(large, np.int16) is large  # does not fit: unchanged
+    assert _narrow(np.zeros((0, 3), dtype=np.int64), np.int16).dtype == np.int16
