@@ -46,7 +46,7 @@ from hforge.basis.conventions import change_of_basis
 from hforge.io.block_statistics import StoreStatistics
 from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
-from hforge.models.layers import PairMLP, PairOrientation, PairRadial, chunk_slices, mlp, rows_of, take
+from hforge.models.layers import PairMLP, PairOrientation, PairRadial, atom_slices, chunk_slices, mlp, rows_of, take
 from hforge.models.output_scaling import BlockScaling
 from hforge.ops.cg_blocks import (
     CGDescriptor,
@@ -562,8 +562,7 @@ class EquivariantHSModel(HSModel):
         chunk: int | None = None,
     ) -> tuple[EquivariantInputs, EquivariantInputs]:
         x = channelwise_from_e3nn(features, self.trunk.irreps_out)
-        # per atom: chunk // 4 atoms at a time (the channel-wise tensor squares' temporaries)
-        squares = [self.onsite_features(features[part]) for part in chunk_slices(len(features), chunk and max(chunk // 4, 1))]
+        squares = [self.onsite_features(features[part]) for part in atom_slices(len(features), chunk)]
         onsite = channelwise_from_e3nn(torch.cat(squares), self.onsite_features.irreps_out)
         scalars = x[:, :, 0]
         environment = self.environment(scalars, species, edge_index, vectors, self.n_orb, chunk)

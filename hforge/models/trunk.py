@@ -26,7 +26,7 @@ from mace.modules.blocks import (
 )
 
 from hforge.models.config import ModelConfig
-from hforge.models.layers import chunk_slices, quiet_codegen
+from hforge.models.layers import atom_slices, quiet_codegen
 
 __all__ = ["MaceTrunk", "interaction_in_chunks", "node_irreps"]
 
@@ -123,12 +123,11 @@ class MaceTrunk(torch.nn.Module):
         product: EquivariantProductBasisBlock, features: torch.Tensor, sc: torch.Tensor | None, node_attrs: torch.Tensor,
         chunk: int | None,
     ) -> torch.Tensor:
-        """``product`` on every atom, ``chunk // 4`` atoms at a time when ``chunk`` is given (it is
-        per atom; its symmetric contraction's temporaries are ~30 KB per atom with l = 3 features)."""
-        step = None if chunk is None else max(chunk // 4, 1)
+        """``product`` on every atom, :func:`~hforge.models.layers.atom_slices` at a time (it is per
+        atom; its symmetric contraction's temporaries are ~30 KB per atom with l = 3 features)."""
         parts = [
             product(node_feats=features[part], sc=None if sc is None else sc[part], node_attrs=node_attrs[part])
-            for part in chunk_slices(features.shape[0], step)
+            for part in atom_slices(features.shape[0], chunk)
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
