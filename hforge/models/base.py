@@ -62,6 +62,8 @@ class NodeState:
         heads: ``(head, inputs)`` of the learned heads: H, then S when learned.
         scales: per head, the hopping scale folded into its blocks.
         onsite: per head, ``(sum n_orb**2,)`` scaled onsite blocks of every atom, flat, atom order.
+        operators: ``(N, n_p, n_p)`` the separable operator's ``D_k`` (eV) of every atom, or None
+            (:mod:`hforge.models.separable`).
     """
 
     positions: torch.Tensor
@@ -71,6 +73,7 @@ class NodeState:
     heads: tuple[tuple[Any, Any], ...]
     scales: tuple[torch.Tensor, ...]
     onsite: tuple[torch.Tensor, ...]
+    operators: torch.Tensor | None = None
 
 
 def pair_vectors(
@@ -108,14 +111,23 @@ class HSModel(torch.nn.Module):
         self.scaling = BlockScaling(self.basis, statistics)
         self.s_embedding = None
         self.s_head = None
-        if config.baseline == "h0":
-            from hforge.ops.two_centre import plain_coefficients
+        if config.baseline != "none":
+            from hforge.ops.two_centre import operator_coefficients, plain_coefficients
 
-            # the coefficients of the baseline's parts per block type (hforge.models.baseline)
-            self.register_buffer("baseline_coef", torch.from_numpy(plain_coefficients(self.basis)))
+            # the coefficients of the baseline's parts per block type (hforge.models.baseline): fitted
+            # for "h0", unit T and V_KB plus the energy zero c0 S (fitted) for "operator"
+            table = plain_coefficients(self.basis) if config.baseline == "h0" else operator_coefficients(self.basis, 0.0)
+            self.register_buffer("baseline_coef", torch.from_numpy(table))
+        self.separable = None
         if self.learns_overlap:
             self.s_embedding = torch.nn.Embedding(len(self.basis), config.s_channels)
             torch.nn.init.normal_(self.s_embedding.weight)
+
+    def _build_separable(self, head: torch.nn.Module | None) -> None:
+        """Subclasses call this with their ``D_env`` head when ``config.separable``."""
+        from hforge.models.separable import SeparableTerm
+
+        self.separable = SeparableTerm(self.config.projectors, len(self.basis), head)
 
     # ---- to implement -------------------------------------------------------------------------
     def head_inputs(
@@ -124,6 +136,11 @@ class HSModel(torch.nn.Module):
     ) -> tuple[Any, Any]:
         """Trunk features ``(N, irreps)`` (and the interaction graph) -> inputs of the H head and of
         the S head (None without one); sums over the interaction edges taken ``chunk`` edges at a time."""
+        raise NotImplementedError
+
+    def operator_inputs(self, features: torch.Tensor, inputs: Any) -> Any:
+        """What the separable operator's ``D_env`` head reads: from the trunk's ``features`` or the
+        H head's ``inputs`` (subclasses with ``config.separable``)."""
         raise NotImplementedError
 
     # ---- shared ---------------------------------------------------------------------------------
@@ -152,7 +169,7 @@ class HSModel(torch.nn.Module):
         structure, :mod:`hforge.ops.two_centre`; trainers call this once per structure)."""
         from hforge.ops.two_centre import baseline_blocks, overlap_blocks
 
-        wanted = {"exact_s": not self.learns_overlap, "baseline_h": self.config.baseline == "h0"}
+        wanted = {"exact_s": not self.learns_overlap, "baseline_h": self.config.baseline != "none"}
         missing = [name for name, used in wanted.items() if used and getattr(batch, name) is None]
         if not missing:
             return batch
@@ -208,12 +225,17 @@ class HSModel(torch.nn.Module):
         vectors = pair_vectors(positions, cell, graph_of_atom, edge_index, batch.edge_shift.to(device))
         features = self.trunk(species, vectors, edge_index, chunk)
         h_inputs, s_inputs = self.head_inputs(features, species, edge_index, vectors, chunk)
-        named = [(self.h_head, h_inputs, "h")] + ([(self.s_head, s_inputs, "s")] if self.learns_overlap else [])
+        named = [(self.h_head, h_inputs, "h")] if self.config.free_blocks else []
+        named += [(self.s_head, s_inputs, "s")] if self.learns_overlap else []
+        operators = None
+        if self.separable is not None:
+            operators = self.separable(self.operator_inputs(features, h_inputs), species)
         return NodeState(
             positions=positions, cell=cell, species=species, graph_of_atom=graph_of_atom,
             heads=tuple((head, inputs) for head, inputs, _ in named),
             scales=tuple(head.hopping_scale(self.scaling) for head, _, _ in named),
             onsite=tuple(self._onsite(head, inputs, species, name) for head, inputs, name in named),
+            operators=operators,
         )
 
     def pair_pass(
@@ -245,16 +267,42 @@ class HSModel(torch.nn.Module):
         values (``state.onsite`` and ``hopping`` of :meth:`pair_pass` on ``batch.hopping_pairs()``),
         plus the batch's baseline H0, with its exact S when the model does not learn S."""
         values = [self._interleave(batch, on, hop) for on, hop in zip(state.onsite, hopping)]
+        if not self.config.free_blocks:
+            values.insert(0, state.positions.new_zeros(int(batch.block_ptr[-1])))
+        if state.operators is not None:
+            values[0] = values[0] + self.separable_blocks(batch, state.operators)
         return self.physical_blocks(values, batch.baseline_h, batch.exact_s)
+
+    def separable_blocks(self, batch: GraphBatch, operators: torch.Tensor) -> torch.Tensor:
+        """The separable operator's blocks (eV, flat on ``batch.block_ptr``; differentiable in
+        ``operators (N, n_p, n_p)``) of every block pair of ``batch``, structure by structure."""
+        from hforge.ops.two_centre.separable import SeparableContext
+
+        parts = []
+        for b in range(batch.n_graphs):
+            a = batch.structure(b)
+            context = SeparableContext(self.basis, self.config.projectors, a.species, a.positions, a.cell, a.pbc)
+            edge, shift, ptr = batch.structure_pairs(b)
+            a0, a1 = int(batch.atom_ptr[b]), int(batch.atom_ptr[b + 1])
+            parts.append(context.torch_blocks(edge, shift, ptr, operators[a0:a1]))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def physical_blocks(
         self, learned: Sequence[torch.Tensor], baseline_h: torch.Tensor | None, exact_s: torch.Tensor | None
     ) -> HSBlocks:
         """H and S of some block pairs from the learned heads' blocks on them (H, then S when
         learned; the model's dtype and device): H is the learned H plus the baseline H0 when
-        given (added in the model's dtype), S the learned S or, with ``overlap="exact"``, ``exact_s``."""
-        h = learned[0] if baseline_h is None else learned[0] + baseline_h.to(learned[0].device, self.dtype)
-        s = learned[1] if self.learns_overlap else exact_s.to(h.device)
+        given (added in the model's dtype), S the learned S or, with ``overlap="exact"``, ``exact_s``.
+        Without free blocks (``config.free_blocks`` off) ``learned`` may lack H: H is then the
+        baseline alone (inference adds the separable operator to it, :mod:`hforge.infer`)."""
+        with_h = len(learned) > int(self.learns_overlap)
+        if not with_h and baseline_h is None:
+            raise InputError("physical_blocks: neither learned H blocks nor a baseline")
+        if with_h:
+            h = learned[0] if baseline_h is None else learned[0] + baseline_h.to(learned[0].device, self.dtype)
+        else:
+            h = baseline_h.to(self.device, self.dtype)
+        s = learned[-1] if self.learns_overlap else exact_s.to(h.device)
         return HSBlocks(h=h, s=s)
 
     def forward(self, batch: GraphBatch) -> HSBlocks:

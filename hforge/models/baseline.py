@@ -1,5 +1,12 @@
-"""The physical baseline a model learns on top of (``ModelConfig.baseline="h0"``): its fit.
+"""The physical baseline a model learns on top of (``ModelConfig.baseline``): its fit.
 
+``"operator"``: ``H0 = T + V_KB + c0 S`` (:func:`hforge.ops.two_centre.operator_coefficients`) and,
+with ``ModelConfig.separable``, the species-mean separable operator ``D_mean``
+(:mod:`hforge.models.separable`): :func:`fit_operator_baseline`, least squares of the unshifted H
+over the stored entries of the training structures with one energy zero per structure (SIESTA's
+zero moves by ~0.1 eV from cell to cell); ``c0`` is their mean.
+
+``"h0"`` (below):
 ``H0 = c_T T + c_KB V_KB + c_NA V_NA + c_S S`` (:func:`hforge.ops.two_centre.baseline_blocks`),
 one coefficient per part and block type (onsite or not x species pair x shell pair: a scalar per
 sub-block, so every symmetry holds).  The plain sum ``T + V_KB + V_NA`` is a poor baseline on its
@@ -13,15 +20,19 @@ issue 17).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from hforge.basis import BasisSet
+from hforge.errors import InputError
 from hforge.io import HSData, value_block_types
 from hforge.io.block_statistics import block_type_shape
 
-__all__ = ["fit_baseline", "baseline_of"]
+if TYPE_CHECKING:
+    from hforge.ops.two_centre.projectors import ProjectorSet
+
+__all__ = ["fit_baseline", "fit_operator_baseline", "baseline_of"]
 
 #: Fewest stored entries a block type needs for its own fit (else it keeps the plain coefficients).
 MIN_ENTRIES = 64
@@ -72,3 +83,67 @@ def fit_baseline(basis: BasisSet, structures: Iterable[HSData], *, spin: int = 0
         solution = np.linalg.lstsq(gram[t], rhs[t], rcond=1e-12)[0]
         flat[:, t] = flat[:, transposed[t]] = solution
     return table
+
+
+def fit_operator_baseline(
+    basis: BasisSet, structures: Iterable[HSData], projectors: "ProjectorSet | None" = None, *, spin: int = 0,
+    ridge: float = 1e-6,
+) -> tuple[float, np.ndarray | None]:
+    """``(c0, D_mean blocks)`` of the operator baseline (module docstring): ``c0`` in eV, the blocks
+    ``(n_species, l_max + 1, n_radial, n_radial)`` (eV, :func:`hforge.models.separable.mean_operator_matrix`'s
+    input) or None without ``projectors``.  Species without entries keep zero blocks.  ``ridge``
+    (relative to the mean diagonal of the normal equations' D part) keeps directions the data
+    barely determine from growing: every unit of ``||D||`` loosens the operator's bound.
+
+    Raises:
+        InputError: no structures.
+    """
+    import torch
+
+    from hforge.models.separable import mean_operator_matrix
+    from hforge.ops.two_centre import operator_coefficients
+    from hforge.ops.two_centre.separable import SeparableContext
+
+    n_species = len(basis)
+    unit = []  # the basis of D_mean: one symmetric element per (species, l, n <= n')
+    if projectors is not None:
+        n = projectors.n_radial
+        for sp in range(n_species):
+            for l in range(projectors.l_max + 1):
+                for a in range(n):
+                    for b in range(a, n):
+                        blocks = np.zeros((n_species, projectors.l_max + 1, n, n))
+                        blocks[sp, l, a, b] = blocks[sp, l, b, a] = 1.0
+                        unit.append(blocks)
+    n_unit = len(unit)
+    design = [mean_operator_matrix(projectors, torch.from_numpy(u)).numpy() for u in unit]
+    grams, rhss = [], []
+    zero = operator_coefficients(basis, 0.0)
+    for data in structures:
+        species = _model_species(data, basis)
+        y = (data.h_unshifted[spin] - baseline_of(basis, data, zero))[data.mask]
+        columns = [data.s[data.mask]]
+        if n_unit:
+            context = SeparableContext(basis, projectors, species, data.positions, data.cell, data.pbc)
+            per_atom = [d[species] for d in design]
+            columns += [c[data.mask] for c in context.blocks_of_many(data.edge_index, data.cell_shift, data.block_ptr, per_atom)]
+        x = np.stack(columns, axis=1)
+        grams.append(x.T @ x)
+        rhss.append(x.T @ y)
+    if not grams:
+        raise InputError("fit_operator_baseline: no structures")
+    n_struct = len(grams)
+    gram = np.zeros((n_struct + n_unit, n_struct + n_unit))
+    rhs = np.zeros(n_struct + n_unit)
+    for b, (g, r) in enumerate(zip(grams, rhss)):
+        index = np.r_[b, n_struct : n_struct + n_unit]
+        gram[np.ix_(index, index)] += g
+        rhs[index] += r
+    if n_unit:
+        d_part = np.arange(n_struct, n_struct + n_unit)
+        gram[d_part, d_part] += ridge * np.mean(np.diag(gram)[d_part])
+    solution = np.linalg.lstsq(gram, rhs, rcond=1e-12)[0]
+    c0 = float(np.mean(solution[:n_struct]))
+    if not n_unit:
+        return c0, None
+    return c0, np.einsum("u,u...->...", solution[n_struct:], np.stack(unit))

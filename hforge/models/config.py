@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hforge.basis import BasisSet
 from hforge.errors import ConfigError, UnknownSpeciesError
 from hforge.ops.backends import BACKENDS
+
+if TYPE_CHECKING:
+    from hforge.ops.two_centre.projectors import ProjectorSet
 
 __all__ = ["BASELINES", "INVARIANT_DIRECTIONS", "KINDS", "OVERLAPS", "ModelConfig"]
 
@@ -26,7 +29,7 @@ INVARIANT_DIRECTIONS = ("monomials", "vector")
 OVERLAPS = ("exact", "learned")
 
 #: What the H head predicts on top of (:attr:`ModelConfig.baseline`).
-BASELINES = ("none", "h0")
+BASELINES = ("none", "h0", "operator")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,20 @@ class ModelConfig:
             :func:`hforge.ops.two_centre.baseline_blocks`) with one coefficient per part and block
             type, fitted to the training data (:func:`hforge.models.baseline.fit_baseline`), added
             back in :meth:`~hforge.models.HSModel.forward`.  Checkpoints without the field read as none.
+            ``"operator"``: ``H0 = T + V_KB + c0 S``, the kinetic and Kleinman-Bylander parts
+            exactly as SIESTA builds them (unit weights) and one energy zero ``c0`` (eV) fitted to
+            the training data: the matrix of an operator, so it adds no state outside the spectrum
+            (the fitted ``"h0"`` is not: its per-block-type weights and the two-centre V_NA terms
+            give states hundreds of eV out, issue 24).
+        separable: add to H the matrix of a learned separable operator ``sum_k |chi_k> D_k <chi_k|``
+            (:mod:`hforge.models.separable`): short-range projectors on every atom, ``D_k`` from its
+            environment; bounded along every direction of the basis whatever its weights.
+        projector_radius, projector_l_max, projector_radial: its projector set
+            (:class:`~hforge.ops.two_centre.projectors.ProjectorSet`: radius Å, largest degree,
+            radial functions per degree).
+        free_blocks: the onsite and hopping heads that fill H's blocks entry by entry (the
+            architecture before the separable operator); off, H is ``H0`` plus the separable
+            operator alone (needs ``separable``).
         pair_chunk: block pairs evaluated at once (bounds the temporaries of large cells).
         dtype: ``"float32"`` or ``"float64"``.
         backend: CG-kernel backend (``"auto"``, ``"torch"``, ``"numba"``, ``"triton"``).
@@ -135,6 +152,11 @@ class ModelConfig:
     slot_gains: int = 0
     overlap: str = "exact"
     baseline: str = "h0"
+    separable: bool = False
+    projector_radius: float = 1.2
+    projector_l_max: int = 2
+    projector_radial: int = 3
+    free_blocks: bool = True
     pair_chunk: int = 65536
     dtype: str = "float32"
     backend: str = "auto"
@@ -174,19 +196,35 @@ class ModelConfig:
             raise bad("avg_num_neighbors", "must be positive")
         if not isinstance(self.slot_gains, int) or isinstance(self.slot_gains, bool) or not 0 <= self.slot_gains <= 8:
             raise bad("slot_gains", "must be an integer in 0..8")
-        for name in ("pair_orientation", "two_centre", "include_kb"):
+        for name in ("pair_orientation", "two_centre", "include_kb", "separable", "free_blocks"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.overlap not in OVERLAPS:
             raise bad("overlap", f"choose one of {', '.join(OVERLAPS)}")
         if self.baseline not in BASELINES:
             raise bad("baseline", f"choose one of {', '.join(BASELINES)}")
+        if not (self.separable or self.free_blocks):
+            raise bad("free_blocks", "a model without free blocks needs separable: true (it would predict H0 alone)")
+        if self.separable:
+            if self.overlap != "exact":
+                raise bad("separable", "needs overlap: exact (the projections are two-centre integrals of the basis)")
+            try:
+                _ = self.projectors
+            except ConfigError as exc:
+                raise bad("projector_radius", str(exc)) from None
         if self.invariant_direction not in INVARIANT_DIRECTIONS:
             raise bad("invariant_direction", f"choose one of {', '.join(INVARIANT_DIRECTIONS)}")
         if self.dtype not in _DTYPES:
             raise bad("dtype", f"choose one of {', '.join(_DTYPES)}")
         if self.backend not in ("auto", *BACKENDS):
             raise bad("backend", f"choose auto or one of {', '.join(BACKENDS)}")
+
+    @property
+    def projectors(self) -> "ProjectorSet":
+        """The separable operator's projector set."""
+        from hforge.ops.two_centre.projectors import ProjectorSet
+
+        return ProjectorSet(float(self.projector_radius), self.projector_l_max, self.projector_radial)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -543,31 +543,43 @@ class EquivariantHSModel(HSModel):
         node_spec = [(ir.l, ir.p) for _, ir in irreps]
         keys = [(int(l), int(p)) for l, p in _descriptor(self.basis, (), None).keys]
         channels = config.channels
-        self.onsite_features = OnsiteFeatures(irreps, keys, channels)
-        self.h_head = EquivariantHead(
-            "h", self.basis, node_spec, channels, keys, channels, channels,
-            self.basis.pair_cutoffs(include_kb=config.include_kb), config,
-        )
+        self.onsite_features = self.h_head = self.environment = None
+        if config.free_blocks:
+            self.onsite_features = OnsiteFeatures(irreps, keys, channels)
+            self.h_head = EquivariantHead(
+                "h", self.basis, node_spec, channels, keys, channels, channels,
+                self.basis.pair_cutoffs(include_kb=config.include_kb), config,
+            )
+            self.environment = EnvironmentOnsite(self.basis, channels, config.r_max, config)
+        if config.separable:
+            from hforge.models.separable import EquivariantOperatorHead
+
+            self._build_separable(EquivariantOperatorHead(irreps, config.projectors, channels, len(self.basis)))
         scalar = [(0, 1)]
         if self.learns_overlap:
             self.s_head = EquivariantHead(
                 "s", self.basis, scalar, config.s_channels, scalar, config.s_channels, config.s_channels,
                 self.basis.pair_cutoffs(), config,
             )
-        self.environment = EnvironmentOnsite(self.basis, channels, config.r_max, config)
         self.to(config.torch_dtype)
 
     def head_inputs(
         self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
         chunk: int | None = None,
     ) -> tuple[EquivariantInputs, EquivariantInputs]:
+        s_inputs = None
+        if self.learns_overlap:
+            embedding = self.s_embedding(species)
+            s_inputs = EquivariantInputs(embedding[:, :, None], embedding[:, :, None], embedding)
+        if not self.config.free_blocks:
+            return None, s_inputs
         x = channelwise_from_e3nn(features, self.trunk.irreps_out)
         squares = [self.onsite_features(features[part]) for part in atom_slices(len(features), chunk)]
         onsite = channelwise_from_e3nn(torch.cat(squares), self.onsite_features.irreps_out)
         scalars = x[:, :, 0]
         environment = self.environment(scalars, species, edge_index, vectors, self.n_orb, chunk)
-        s_inputs = None
-        if self.learns_overlap:
-            embedding = self.s_embedding(species)
-            s_inputs = EquivariantInputs(embedding[:, :, None], embedding[:, :, None], embedding)
         return EquivariantInputs(x, onsite, scalars, environment), s_inputs
+
+    def operator_inputs(self, features: torch.Tensor, inputs: EquivariantInputs | None) -> torch.Tensor:
+        """The trunk's features (e3nn layout): the separable operator's head makes its own irreps."""
+        return features

@@ -301,10 +301,16 @@ class InvariantHSModel(HSModel):
         self.environment = pair_mlp(config.pair_num_basis, node_dim, hidden, config)
         node_spec = [(ir.l, ir.p) for _, ir in self.trunk.irreps_out]
         orientation = PairOrientation(node_spec, config.channels) if config.pair_orientation else None
-        self.h_head = InvariantHead(
-            "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb), config,
-            orientation,
-        )
+        self.h_head = None
+        if config.free_blocks:
+            self.h_head = InvariantHead(
+                "h", self.basis, node_dim, node_dim + hidden[-1], self.basis.pair_cutoffs(include_kb=config.include_kb),
+                config, orientation,
+            )
+        if config.separable:
+            from hforge.models.separable import InvariantOperatorHead
+
+            self._build_separable(InvariantOperatorHead(node_dim + hidden[-1], hidden, config.projectors, len(self.basis)))
         if self.learns_overlap:
             self.s_head = InvariantHead("s", self.basis, config.s_channels, config.s_channels, self.basis.pair_cutoffs(), config)
         self.to(config.torch_dtype)
@@ -325,9 +331,14 @@ class InvariantHSModel(HSModel):
             if summed is None:
                 summed = messages.new_zeros(nodes.shape[0], messages.shape[1])
             summed = summed.index_add(0, i, messages)
-        x = channelwise_from_e3nn(features, self.trunk.irreps_out) if self.h_head.orientation is not None else None
+        oriented = self.h_head is not None and self.h_head.orientation is not None
+        x = channelwise_from_e3nn(features, self.trunk.irreps_out) if oriented else None
         s_inputs = None
         if self.learns_overlap:
             embedding = self.s_embedding(species)
             s_inputs = InvariantInputs(embedding, embedding)
         return InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1), x), s_inputs
+
+    def operator_inputs(self, features: torch.Tensor, inputs: InvariantInputs) -> torch.Tensor:
+        """The onsite MLP's inputs: invariant node features and the directional environment sum."""
+        return inputs.onsite

@@ -59,7 +59,8 @@ from hforge.io import HSData, value_block_types
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.metrics import GammaLayout
 from hforge.models import build_model, load_checkpoint, save_model
-from hforge.models.baseline import baseline_of, fit_baseline
+from hforge.models.baseline import baseline_of, fit_baseline, fit_operator_baseline
+from hforge.ops.two_centre import operator_coefficients
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
 from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
@@ -380,7 +381,7 @@ class Trainer:
         np.random.seed(training.seed)
         random.seed(training.seed)
         try:
-            coefficients, statistics = self._fit_baseline()
+            coefficients, statistics, mean_operator = self._fit_baseline()
             self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
         except ConfigError:
             raise
@@ -388,6 +389,9 @@ class Trainer:
             raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
         if coefficients is not None:
             self.model.baseline_coef.copy_(torch.from_numpy(coefficients))
+        if mean_operator is not None:
+            with torch.no_grad():
+                self.model.separable.mean.copy_(torch.from_numpy(mean_operator))
         self.ema = None
         if training.ema_decay > 0:
             self.ema = build_model(config.model, self.data.basis, statistics).to(self.device)
@@ -426,20 +430,29 @@ class Trainer:
                 (self.out_dir / name).unlink(missing_ok=True)
 
     # ---- setup --------------------------------------------------------------------------------
-    def _fit_baseline(self) -> tuple[np.ndarray | None, StoreStatistics]:
-        """``(baseline coefficients, statistics for the output scaling)``: without a baseline
-        ``(None, the store's statistics)``; with one, its least-squares fit to the training
-        structures and the statistics of ``H - H0`` (what the H head then predicts)."""
+    def _fit_baseline(self) -> tuple[np.ndarray | None, StoreStatistics, np.ndarray | None]:
+        """``(baseline coefficients, statistics for the output scaling, mean separable operator)``:
+        without a baseline ``(None, the store's statistics, None)``; with one, its least-squares fit
+        to the training structures (:mod:`hforge.models.baseline`: per block type for ``h0``; the
+        energy zero and, with ``separable``, the species-mean ``D`` for ``operator``) and the
+        statistics of ``H - H0`` (what the free blocks then predict)."""
         statistics = self.data.store.statistics
-        if self.config.model.baseline == "none":
-            return None, statistics
-        basis = self.config.model.check_basis(self.data.basis)
-        coefficients = fit_baseline(basis, (self.data.read(k) for k in self.data.train))
+        model = self.config.model
+        if model.baseline == "none":
+            return None, statistics, None
+        basis = model.check_basis(self.data.basis)
+        structures = (self.data.read(k) for k in self.data.train)
+        mean_operator = None
+        if model.baseline == "h0":
+            coefficients = fit_baseline(basis, structures)
+        else:
+            c0, mean_operator = fit_operator_baseline(basis, structures, model.projectors if model.separable else None)
+            coefficients = operator_coefficients(basis, c0)
         accumulator = StatisticsAccumulator(statistics.basis)
         for k in self.data.train:
             data = self.data.read(k)
             accumulator.add(replace(data, h=data.h - baseline_of(basis, data, coefficients)[None, :]))
-        return coefficients, accumulator.result()
+        return coefficients, accumulator.result(), mean_operator
 
     def _prepare(self, indices: list[int]) -> list[_Item]:
         builder = self.model.graph_builder()

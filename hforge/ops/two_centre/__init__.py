@@ -47,11 +47,12 @@ __all__ = [
     "TwoCentreDescriptor",
     "two_centre_descriptor",
     "program_blocks",
-    "kb_contract",
+    "separable_contract",
     "overlap_blocks",
     "baseline_blocks",
     "baseline_parts",
     "plain_coefficients",
+    "operator_coefficients",
     "BASELINE_PARTS",
     "kb_blocks",
     "block_pointer",
@@ -151,18 +152,19 @@ def program_block_sums(
     ).numpy()
 
 
-def kb_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.ndarray:
-    """``sum_k P(i, k) diag(E_k) P(j, k)^T`` per output pair (arguments of
-    :func:`hforge.ops.two_centre.reference.kb_contract`)."""
+def separable_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.ndarray:
+    """``sum_k L(i, k) R(j, k)^T`` per output pair (arguments of
+    :func:`hforge.ops.two_centre.reference.separable_contract`): the Kleinman-Bylander part
+    (``L = P diag(E_k)``, ``R = P``) and learned separable operators (``L = P D_k``)."""
     name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
     if name == "numba":
         from hforge.ops.two_centre import numba as kernels
 
-        return kernels.kb_contract(*args, **kwargs)
+        return kernels.separable_contract(*args, **kwargs)
     from hforge.ops.two_centre import reference
 
     out, accumulate = kwargs.pop("out", None), kwargs.pop("accumulate", False)
-    return _into(out, reference.kb_contract(*args, **kwargs), accumulate)
+    return _into(out, reference.separable_contract(*args, **kwargs), accumulate)
 
 
 def _pair_vectors(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, cell_shift: np.ndarray) -> np.ndarray:
@@ -207,5 +209,6 @@ from hforge.ops.two_centre.baseline import (  # noqa: E402
     baseline_blocks,
     baseline_parts,
     kb_blocks,
+    operator_coefficients,
     plain_coefficients,
 )

@@ -30,16 +30,17 @@ from hforge.graph.neighbours import neighbour_list
 from hforge.ops.two_centre import (
     _pair_vectors,
     block_pointer,
-    kb_contract,
     program_block_sums,
     program_blocks,
+    separable_contract,
     two_centre_descriptor,
 )
 from hforge.ops.two_centre.descriptor import TwoCentreDescriptor, entry_coefficients
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables, combine
 
 __all__ = [
-    "BASELINE_PARTS", "BaselineContext", "CellPairs", "baseline_blocks", "baseline_parts", "kb_blocks", "plain_coefficients",
+    "BASELINE_PARTS", "BaselineContext", "CellPairs", "baseline_blocks", "baseline_parts", "kb_blocks", "operator_coefficients",
+    "plain_coefficients", "reach_pairs",
 ]
 
 #: The parts of the baseline H0, in the order of its coefficient tables.
@@ -52,6 +53,16 @@ def plain_coefficients(basis: BasisSet) -> np.ndarray:
     n_species, n_shells = len(basis), max(len(sp.shells) for sp in basis)
     table = np.zeros((len(BASELINE_PARTS), 2, n_species, n_species, n_shells, n_shells))
     table[:3] = 1.0
+    return table
+
+
+def operator_coefficients(basis: BasisSet, energy_zero: float) -> np.ndarray:
+    """Coefficients of ``H0 = T + V_KB + c0 S`` (``c0 = energy_zero``, eV): the operator baseline
+    (layout of :func:`plain_coefficients`; no V_NA, whose two-centre terms alone are not the matrix
+    of an operator)."""
+    table = plain_coefficients(basis)
+    table[2] = 0.0
+    table[3] = float(energy_zero)
     return table
 
 
@@ -114,11 +125,7 @@ class BaselineContext:
 
     # ---- per-cell work (once) ---------------------------------------------------------------
     def _neighbours(self, reach: np.ndarray) -> "CellPairs":
-        """Pairs ``(i, k, n)`` with ``|r_ik| < orbital reach(s_i) + reach(s_k)`` (symmetrised, Å), onsite included."""
-        cut = self.desc.orbital_reach[:, None] + reach[None, :]
-        cut = np.maximum(cut, cut.T) * BOHR_TO_ANG + 1e-9
-        pairs = neighbour_list(self.positions, self.cell, self.pbc, cut, species=self.species, onsite=True)
-        return CellPairs(_narrow(pairs.edge_index, np.int32), _narrow(pairs.cell_shift, np.int16))
+        return reach_pairs(self.positions, self.cell, self.pbc, self.species, self.desc.orbital_reach, reach)
 
     @cached_property
     def potential_pairs(self) -> "CellPairs":
@@ -222,11 +229,26 @@ class BaselineContext:
         proj_ptr = np.searchsorted(i[rows], np.arange(len(self.positions) + 1)).astype(np.int64)
         n_proj = np.array([len(e) for e in desc.kb_energy], dtype=np.int64)
         scale = np.stack([entry_coefficients(desc, "overlap", self.kb, onsite) for onsite in (False, True)])
-        return kb_contract(
-            edge_index, cell_shift, k[rows], pairs.cell_shift[rows], proj_ptr, proj_block_ptr, projections,
-            self.basis.n_orbitals, n_proj, list(desc.kb_energy), species, block_ptr, scale=scale,
-            scale_ptr=desc.program("overlap").entry_ptr, out=out, accumulate=out is not None, backend=self.backend,
+        weighed = projections * _column_values(list(desc.kb_energy), species[k[rows]], n_proj, proj_block_ptr)
+        return separable_contract(
+            edge_index, cell_shift, k[rows], pairs.cell_shift[rows], proj_ptr, proj_block_ptr, weighed, projections,
+            self.basis.n_orbitals, n_proj, species, block_ptr, scale=scale, scale_ptr=desc.program("overlap").entry_ptr,
+            out=out, accumulate=out is not None, backend=self.backend,
         )
+
+
+def _column_values(
+    per_species: list[np.ndarray], column_species: np.ndarray, n_columns: np.ndarray, block_ptr: np.ndarray
+) -> np.ndarray:
+    """Flat values on ``block_ptr`` holding, in every entry of a row-major block, the value of its
+    column: ``per_species[s][p]`` for column ``p`` of a block whose columns belong to species
+    ``column_species[a]`` (e.g. the KB energies of the projector atom)."""
+    sizes = np.diff(block_ptr)
+    entry = np.repeat(np.arange(len(sizes)), sizes)
+    column = (np.arange(int(block_ptr[-1])) - block_ptr[entry]) % n_columns[column_species][entry]
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in per_species])]).astype(np.int64)
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in per_species])
+    return values[offsets[column_species][entry] + column]
 
 
 class CellPairs(NamedTuple):
@@ -237,6 +259,17 @@ class CellPairs(NamedTuple):
 
     edge_index: np.ndarray
     cell_shift: np.ndarray
+
+
+def reach_pairs(
+    positions: np.ndarray, cell: np.ndarray, pbc: Any, species: np.ndarray, orbital_reach: np.ndarray, reach: np.ndarray
+) -> CellPairs:
+    """Pairs ``(i, k, n)`` with ``|r_ik| < orbital_reach(s_i) + reach(s_k)`` (Bohr per species;
+    symmetrised, onsite pairs included), sorted by ``(i, k, n)``, as :class:`CellPairs`."""
+    cut = orbital_reach[:, None] + reach[None, :]
+    cut = np.maximum(cut, cut.T) * BOHR_TO_ANG + 1e-9
+    pairs = neighbour_list(positions, cell, pbc, cut, species=species, onsite=True)
+    return CellPairs(_narrow(pairs.edge_index, np.int32), _narrow(pairs.cell_shift, np.int16))
 
 
 def _narrow(values: np.ndarray, dtype: Any) -> np.ndarray:

@@ -5,10 +5,11 @@ recursion of :func:`hforge.basis.conventions.real_harmonics`), the cubic Hermite
 of the pair type's slots at ``|R|``, then every block entry as the sum of its terms, written
 straight into the flat output.  Per-thread scratch only (harmonics and slot values).
 
-``kb_contract``: parallel over output pairs ``(i, j, n)``; the projector atoms of ``i`` and of
-``j`` are sorted by ``(atom, image)``, so every common projector atom ``(k, m)`` of ``i`` and
+``separable_contract``: parallel over output pairs ``(i, j, n)``; the projector atoms of ``i`` and
+of ``j`` are sorted by ``(atom, image)``, so every common projector atom ``(k, m)`` of ``i`` and
 ``(k, m - n)`` of ``j`` is found by a merge of the two sorted lists; the block accumulates
-``P(i, k) diag(E_k) P(j, k)^T``.
+``L(i, k) R(j, k)^T`` (``L = P diag(E_k)``, ``R = P`` for the Kleinman-Bylander part;
+``L = P D_k`` for a learned separable operator).  ``separable_matches`` lists the same matches.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "program_block_sums", "kb_contract"]
+__all__ = ["program_blocks", "program_block_sums", "separable_contract", "separable_matches"]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 
@@ -181,15 +182,30 @@ def program_blocks(
     return out
 
 
+@numba.njit(inline="always")
+def _order(proj_atoms, proj_shifts, a, b, shift):  # pragma: no cover
+    """Order of ``(k, m)`` of entry ``a`` against ``(k', m' + shift)`` of entry ``b``: -1, 0 (a match) or 1.
+    Every atom's entries are sorted by ``(k, m)``, so the common projector atoms of two atoms are
+    found by merging their two lists."""
+    ka, kb = proj_atoms[a], proj_atoms[b]
+    if ka != kb:
+        return -1 if ka < kb else 1
+    for d in range(3):
+        ma, mb = proj_shifts[a, d], proj_shifts[b, d] + shift[d]
+        if ma != mb:
+            return -1 if ma < mb else 1
+    return 0
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _kb_contract(
-    pairs, shifts, species, proj_atoms, proj_shifts, proj_ptr, proj_block_ptr, projections, n_orb, n_proj,
-    energy, energy_ptr, block_ptr, scale, scale_ptr, n_species, accumulate, n_chunks, out,
+def _separable_contract(
+    pairs, shifts, species, proj_atoms, proj_shifts, proj_ptr, proj_block_ptr, left, right, n_orb, n_proj,
+    block_ptr, scale, scale_ptr, n_species, accumulate, n_chunks, out,
 ):  # pragma: no cover
     n_pairs = pairs.shape[1]
     max_orb, max_proj = n_orb.max(), max(n_proj.max(), 1)
     for chunk in numba.prange(n_chunks):
-        transposed = np.empty(max_orb * max_proj)  # P(j, k)^T of one match: rows contiguous
+        transposed = np.empty(max_orb * max_proj)  # right(j, k)^T of one match: rows contiguous
         block = np.empty(max_orb * max_orb)
         for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
             i, j = pairs[0, e], pairs[1, e]
@@ -199,32 +215,21 @@ def _kb_contract(
             a, a_end = proj_ptr[i], proj_ptr[i + 1]
             b, b_end = proj_ptr[j], proj_ptr[j + 1]
             while a < a_end and b < b_end:
-                # compare (k, m) of i's entry with (k, m' + n) of j's entry (both sorted by (k, m))
-                ka, kb = proj_atoms[a], proj_atoms[b]
-                order = 0
-                if ka != kb:
-                    order = -1 if ka < kb else 1
-                else:
-                    for d in range(3):
-                        ma, mb = proj_shifts[a, d], proj_shifts[b, d] + shifts[e, d]
-                        if ma != mb:
-                            order = -1 if ma < mb else 1
-                            break
+                order = _order(proj_atoms, proj_shifts, a, b, shifts[e])
                 if order < 0:
                     a += 1
                 elif order > 0:
                     b += 1
                 else:
-                    sk = species[ka]
-                    npk = n_proj[sk]
-                    pa, pb, e0 = proj_block_ptr[a], proj_block_ptr[b], energy_ptr[sk]
+                    npk = n_proj[species[proj_atoms[a]]]
+                    pa, pb = proj_block_ptr[a], proj_block_ptr[b]
                     for p in range(npk):
                         for v in range(nj):
-                            transposed[p * nj + v] = projections[pb + v * npk + p]
+                            transposed[p * nj + v] = right[pb + v * npk + p]
                     for u in range(ni):
                         row = u * nj
                         for p in range(npk):
-                            w = projections[pa + u * npk + p] * energy[e0 + p]
+                            w = left[pa + u * npk + p]
                             if w != 0.0:
                                 for v in range(nj):
                                     block[row + v] += w * transposed[p * nj + v]
@@ -245,28 +250,65 @@ def _kb_contract(
                     out[base + q] = block[q]
 
 
-def kb_contract(
+@numba.njit(cache=True)
+def _separable_matches(pairs, shifts, proj_atoms, proj_shifts, proj_ptr, count_only, triplets):  # pragma: no cover
+    """The matches ``(e, a, b)`` of :func:`_separable_contract` in pair order (written when not ``count_only``)."""
+    n = 0
+    for e in range(pairs.shape[1]):
+        i, j = pairs[0, e], pairs[1, e]
+        a, a_end = proj_ptr[i], proj_ptr[i + 1]
+        b, b_end = proj_ptr[j], proj_ptr[j + 1]
+        while a < a_end and b < b_end:
+            order = _order(proj_atoms, proj_shifts, a, b, shifts[e])
+            if order < 0:
+                a += 1
+            elif order > 0:
+                b += 1
+            else:
+                if not count_only:
+                    triplets[0, n], triplets[1, n], triplets[2, n] = e, a, b
+                n += 1
+                a += 1
+                b += 1
+    return n
+
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def separable_contract(
     pairs: np.ndarray, shifts: np.ndarray, proj_atoms: np.ndarray, proj_shifts: np.ndarray, proj_ptr: np.ndarray,
-    proj_block_ptr: np.ndarray, projections: np.ndarray, n_orb: np.ndarray, n_proj: np.ndarray,
-    energies: list[np.ndarray], species: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None,
-    scale: np.ndarray | None = None, scale_ptr: np.ndarray | None = None, accumulate: bool = False,
+    proj_block_ptr: np.ndarray, left: np.ndarray, right: np.ndarray, n_orb: np.ndarray, n_proj: np.ndarray,
+    species: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None, scale: np.ndarray | None = None,
+    scale_ptr: np.ndarray | None = None, accumulate: bool = False,
 ) -> np.ndarray:
-    """As :func:`hforge.ops.two_centre.reference.kb_contract`; every atom's projector entries
+    """As :func:`hforge.ops.two_centre.reference.separable_contract`; every atom's projector entries
     must be sorted by ``(atom, shift)`` (as :func:`hforge.graph.neighbour_list` gives them).
     ``out`` (with ``accumulate``: added to) avoids a separate output array."""
     if out is None:
         out = np.empty(int(block_ptr[-1]))
         accumulate = False
-    energy_ptr = np.concatenate([[0], np.cumsum([len(e) for e in energies])]).astype(np.int64)
-    energy = np.concatenate([np.asarray(e, dtype=np.float64) for e in energies]) if energies else np.zeros(0)
-    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
     if scale is None:
         scale, scale_ptr = np.zeros((2, 0)), np.zeros(len(n_orb) ** 2 + 1, dtype=np.int64)
     with numba.parallel_chunksize(1):
-        _kb_contract(
-            i64(pairs), i64(shifts), i64(species), i64(proj_atoms), i64(proj_shifts), i64(proj_ptr), i64(proj_block_ptr),
-            np.ascontiguousarray(projections, dtype=np.float64), i64(n_orb), i64(n_proj), energy, energy_ptr,
-            i64(block_ptr), np.ascontiguousarray(scale, dtype=np.float64), i64(scale_ptr), len(n_orb), accumulate,
-            _n_chunks(pairs.shape[1]), out,
+        _separable_contract(
+            _i64(pairs), _i64(shifts), _i64(species), _i64(proj_atoms), _i64(proj_shifts), _i64(proj_ptr),
+            _i64(proj_block_ptr), np.ascontiguousarray(left, dtype=np.float64), np.ascontiguousarray(right, dtype=np.float64),
+            _i64(n_orb), _i64(n_proj), _i64(block_ptr), np.ascontiguousarray(scale, dtype=np.float64), _i64(scale_ptr),
+            len(n_orb), accumulate, _n_chunks(pairs.shape[1]), out,
         )
     return out
+
+
+def separable_matches(
+    pairs: np.ndarray, shifts: np.ndarray, proj_atoms: np.ndarray, proj_shifts: np.ndarray, proj_ptr: np.ndarray
+) -> np.ndarray:
+    """``(3, T)`` int64 ``(e, a, b)``: every output pair ``e`` with each projector entry ``a`` of its
+    row atom and ``b`` of its column atom on the same projector atom image (the terms of
+    :func:`separable_contract`), in pair order."""
+    args = (_i64(pairs), _i64(shifts), _i64(proj_atoms), _i64(proj_shifts), _i64(proj_ptr))
+    n = _separable_matches(*args, True, np.zeros((3, 0), dtype=np.int64))
+    triplets = np.empty((3, n), dtype=np.int64)
+    _separable_matches(*args, False, triplets)
+    return triplets

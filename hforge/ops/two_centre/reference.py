@@ -2,8 +2,9 @@
 
 ``program_blocks``: per pair type, gather the pairs, interpolate the type's tables at ``|R|``,
 evaluate the real harmonics of ``R^`` and contract with the program's terms.
-``kb_contract``: for every output pair, the KB projector atoms seen by both atoms (matched by
-atom and lattice image), ``sum_k P(i, k) diag(E_k) P(j, k)^T``.
+``separable_contract``: for every output pair, the projector atoms seen by both atoms (matched by
+atom and lattice image), ``sum_k L(i, k) R(j, k)^T`` (``P diag(E_k) P^T`` for the KB part).
+``separable_blocks``: the same sum in torch for a learned ``D_k`` per atom, differentiable in ``D``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "program_block_sums", "kb_contract", "real_harmonics_torch"]
+__all__ = ["program_blocks", "program_block_sums", "separable_contract", "separable_blocks", "real_harmonics_torch"]
 
 _CHUNK = 4096  # pairs per step of program_blocks (temporaries: chunk x terms of the pair type)
 
@@ -108,39 +109,41 @@ def program_block_sums(
     return vectors.new_zeros(int(out_ptr[-1])).index_add_(0, index, blocks)
 
 
-def kb_contract(
+def separable_contract(
     pairs: np.ndarray,
     shifts: np.ndarray,
     proj_atoms: np.ndarray,
     proj_shifts: np.ndarray,
     proj_ptr: np.ndarray,
     proj_block_ptr: np.ndarray,
-    projections: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
     n_orb: np.ndarray,
     n_proj: np.ndarray,
-    energies: list[np.ndarray],
     species: np.ndarray,
     block_ptr: np.ndarray,
     scale: np.ndarray | None = None,
     scale_ptr: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``V(i, j, n) = sum_{(k, m)} P(i; k, m) diag(E_k) P(j; k, m - n)^T`` for output pairs
-    ``(i, j, n)`` = ``pairs (2, E)``, ``shifts (E, 3)``.
+    """``V(i, j, n) = sum_{(k, m)} L(i; k, m) R(j; k, m - n)^T`` for output pairs ``(i, j, n)`` =
+    ``pairs (2, E)``, ``shifts (E, 3)``.
 
-    The projections of atom ``i`` are its entries ``a in proj_ptr[i]:proj_ptr[i+1]``: projector
-    atom ``proj_atoms[a]`` in image ``proj_shifts[a]`` (relative to ``i``'s home cell), block
-    ``projections[proj_block_ptr[a]:proj_block_ptr[a+1]]`` of shape ``(n_orb[s_i], n_proj[s_k])``.
-    With ``scale`` (``(2, n_entries)``: hopping and onsite rows, entries of pair type ``t`` at
-    ``scale_ptr[t]:``) every block entry is multiplied by its coefficient.
-    Returns the flat blocks on ``block_ptr`` (float64)."""
+    The projector entries of atom ``i`` are ``a in proj_ptr[i]:proj_ptr[i+1]``: projector atom
+    ``proj_atoms[a]`` in image ``proj_shifts[a]`` (relative to ``i``'s home cell), with blocks
+    ``left[proj_block_ptr[a]:proj_block_ptr[a+1]]`` and ``right[...]`` of shape
+    ``(n_orb[s_i], n_proj[s_k])``: ``L = R = P`` (the projections ``<phi_i|chi_k>``) times
+    ``diag(E_k)`` on the left for the Kleinman-Bylander part, ``L = P D_k`` for a separable
+    operator with a matrix ``D_k`` per atom.  With ``scale`` (``(2, n_entries)``: hopping and
+    onsite rows, entries of pair type ``t`` at ``scale_ptr[t]:``) every block entry is multiplied
+    by its coefficient.  Returns the flat blocks on ``block_ptr`` (float64)."""
     out = np.zeros(int(block_ptr[-1]))
     lookup = {}
     for i in range(len(proj_ptr) - 1):
         for a in range(proj_ptr[i], proj_ptr[i + 1]):
             lookup[(i, int(proj_atoms[a]), *map(int, proj_shifts[a]))] = a
 
-    def block(a: int, rows: int, cols: int) -> np.ndarray:
-        return projections[proj_block_ptr[a] : proj_block_ptr[a + 1]].reshape(rows, cols)
+    def block(values: np.ndarray, a: int, rows: int, cols: int) -> np.ndarray:
+        return values[proj_block_ptr[a] : proj_block_ptr[a + 1]].reshape(rows, cols)
 
     for e, (i, j) in enumerate(pairs.T):
         si, sj = species[i], species[j]
@@ -151,10 +154,48 @@ def kb_contract(
             if b is None:
                 continue
             sk = species[k]
-            acc += block(a, n_orb[si], n_proj[sk]) * energies[sk] @ block(b, n_orb[sj], n_proj[sk]).T
+            acc += block(left, a, n_orb[si], n_proj[sk]) @ block(right, b, n_orb[sj], n_proj[sk]).T
         if scale is not None:
             onsite = int(i == j and not shifts[e].any())
             t = si * len(n_orb) + sj
             acc *= scale[onsite, scale_ptr[t] : scale_ptr[t] + acc.size].reshape(acc.shape)
         out[block_ptr[e] : block_ptr[e + 1]] = acc.reshape(-1)
     return out
+
+
+def separable_blocks(
+    matches: torch.Tensor,
+    projections: torch.Tensor,
+    operators: torch.Tensor,
+    proj_atoms: torch.Tensor,
+    entry_rows: torch.Tensor,
+    pair_rows: torch.Tensor,
+    pair_cols: torch.Tensor,
+    block_ptr: torch.Tensor,
+) -> torch.Tensor:
+    """Differentiable blocks of the separable operator ``sum_k P(i, k) D_k P(j, k)^T`` (one shared
+    projector set: ``n_p`` functions on every atom).
+
+    Args:
+        matches: ``(3, T)`` int64 ``(e, a, b)``: output pair ``e`` gets ``P_a D_{k_a} P_b^T``
+            (:func:`hforge.ops.two_centre.numba.separable_matches`).
+        projections: ``(A, n_max, n_p)`` projections of every projector entry, rows beyond the
+            entry's ``entry_rows[a]`` orbitals zero.
+        operators: ``(N, n_p, n_p)`` symmetric ``D_k`` of every atom (eV); gradients flow here.
+        proj_atoms: ``(A,)`` projector atom of every entry.
+        entry_rows: ``(A,)`` orbitals of every entry's orbital atom.
+        pair_rows, pair_cols: ``(E,)`` orbitals of the row and column atom of every output pair.
+        block_ptr: ``(E + 1,)`` flat offsets of the output blocks (row-major ``rows x cols``).
+
+    Returns:
+        ``(block_ptr[-1],)`` flat blocks in the dtype of ``operators``.
+    """
+    e, a, b = matches
+    P = projections.to(operators.dtype)
+    left = torch.bmm(P, operators[proj_atoms])  # (A, n_max, n_p): P_a D_k once per entry
+    terms = torch.bmm(left[a], P[b].transpose(1, 2))  # (T, n_max, n_max)
+    n_max = P.shape[1]
+    summed = terms.new_zeros(len(pair_rows), n_max, n_max).index_add_(0, e, terms)
+    u = torch.arange(n_max, device=P.device)
+    keep = (u[None, :, None] < pair_rows[:, None, None]) & (u[None, None, :] < pair_cols[:, None, None])
+    return summed[keep.expand_as(summed)] if int(block_ptr[-1]) else summed.new_zeros(0)
