@@ -36,9 +36,14 @@ def receptive_field(config, pair_cutoff: float) -> float:
 
     Trunk features see ``num_interactions * r_max``; onsite blocks add one more ``r_max`` (the
     environment sum over interaction edges) and hopping blocks the pair cut-off (the column atom's
-    features): ``num_interactions * r_max + max(r_max, pair_cutoff)``.
+    features): ``num_interactions * r_max + max(r_max, pair_cutoff)``.  A separable operator
+    (``config.separable``) adds the ``D_k`` of every atom within the largest orbital radius
+    (``pair_cutoff / 2``) plus the projector radius, each seeing ``(num_interactions + 1) r_max``.
     """
-    return config.num_interactions * config.r_max + max(config.r_max, pair_cutoff)
+    reach = config.num_interactions * config.r_max + max(config.r_max, pair_cutoff)
+    if getattr(config, "separable", False):
+        reach = max(reach, (config.num_interactions + 1) * config.r_max + pair_cutoff / 2 + config.projector_radius)
+    return reach
 
 
 def fractional(positions: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

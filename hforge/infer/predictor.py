@@ -606,6 +606,7 @@ class Predictor:
             graph = self._graph(arrays, arrays.positions, problem.edge_index, problem.cell_shift, arrays.pbc)
         with timer("trunk"), torch.no_grad():
             state = model.node_pass(graph, chunk=self.edge_chunk)
+            physics.set_operators(state.operators)
         del graph
         with timer("assembly"):
             plan = plan_csr_assembly(
@@ -721,6 +722,10 @@ class Predictor:
             )
         with timer("trunk"), torch.no_grad():
             state = self.model.node_pass(graph, chunk=self.edge_chunk)
+            if state.operators is not None:  # the D_k of the atoms the core's pairs reach (complete environments)
+                reach = float(self.pair_cutoffs.max()) / 2 + self.model.config.projector_radius
+                near = _near_core(graph.positions.numpy(), cluster.n_core, reach)
+                physics.set_operators(state.operators[near], cluster.atoms[near])
         with timer("heads"), torch.no_grad():
             zeros = torch.zeros((cluster_pairs.shape[1], 3), dtype=torch.int64)
             hopping_blocks = self.model.pair_pass(state, torch.from_numpy(cluster_pairs), zeros, chunk=PAIR_CHUNK)
@@ -894,10 +899,13 @@ class Problem:
 class _Physics:
     """The exact S and the baseline H0 of block pairs of one structure, as the model uses them
     (float64 numpy, CPU: :mod:`hforge.ops.two_centre`); None for what the model does not use.
-    H0's per-cell work (neighbour lists of the potentials and projectors) is done once, on first use."""
+    H0's per-cell work (neighbour lists of the potentials and projectors) is done once, on first use.
+    With a separable operator (``ModelConfig.separable``) H0 here includes its blocks, for the
+    matrices ``D_k`` handed over by :meth:`set_operators` after the node pass."""
 
     def __init__(self, model: HSModel, arrays: StructureArrays) -> None:
         self.model, self.arrays = model, arrays
+        self.operators: np.ndarray | None = None
 
     @functools.cached_property
     def _baseline(self) -> Any:
@@ -907,6 +915,26 @@ class _Physics:
         if coefficients is None:
             return None
         return BaselineContext(self.model.basis, a.species, a.positions, a.cell, a.pbc, coefficients)
+
+    @functools.cached_property
+    def _separable(self) -> Any:
+        from hforge.ops.two_centre.separable import SeparableContext
+
+        a = self.arrays
+        return SeparableContext(self.model.basis, self.model.config.projectors, a.species, a.positions, a.cell, a.pbc)
+
+    def set_operators(self, operators: torch.Tensor | None, atoms: np.ndarray | None = None) -> None:
+        """The node pass's ``D_k (n, n_p, n_p)`` of the structure's atoms ``atoms`` (all when None;
+        a chunk's cluster atoms, periodic indices, repeated images holding the same ``D``)."""
+        if operators is None:
+            return
+        values = operators.detach().to("cpu", torch.float64).numpy()
+        if atoms is None:
+            self.operators = values
+            return
+        if self.operators is None:
+            self.operators = np.zeros((len(self.arrays.species),) + values.shape[1:])
+        self.operators[atoms] = values
 
     def overlap(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
         if self.model.learns_overlap:
@@ -918,7 +946,24 @@ class _Physics:
 
     def baseline(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
         context = self._baseline
-        return None if context is None else context.blocks(edges, shifts, block_ptr)
+        out = None if context is None else context.blocks(edges, shifts, block_ptr)
+        if self.model.separable is None:
+            return out
+        if self.operators is None:
+            raise AssertionError("separable blocks asked for before the node pass handed over its operators")
+        return self._separable.blocks(edges, shifts, block_ptr, self.operators, out=out)
+
+
+def _near_core(positions: np.ndarray, n_core: int, reach: float) -> np.ndarray:
+    """``(n,)`` bool: the cluster atoms (core first) within ``reach`` Å of a core atom, the core included."""
+    from scipy.spatial import cKDTree
+
+    near = np.zeros(len(positions), dtype=bool)
+    near[:n_core] = True
+    if n_core and len(positions) > n_core:
+        distance, _ = cKDTree(positions[:n_core]).query(positions[n_core:], distance_upper_bound=reach + 1e-6)
+        near[n_core:] = np.isfinite(distance)
+    return near
 
 
 @contextmanager
