@@ -272,3 +272,20 @@ def test_onsite_energy_errors_by_hand(abn16_5):
     atom_3 = int(np.flatnonzero(half.onsite & (half.edge_index[0] == 3))[0])
     with pytest.raises(InputError, match=r"atoms \[3\]"):
         onsite_energy_errors(without_pair(predicted(half, h), atom_3), abn16_5)
+
+
+def test_evaluation_reports_why_a_full_spectrum_is_missing(abn8):
+    """A (learned) S that is not positive definite has no full-S spectrum: the evaluation says why, the
+    headline is NaN, the per-atom onsite errors and the thresholded view remain."""
+    from hforge.train.evaluation import evaluate_predictions
+
+    half = abn8.canonical_half()
+    diagonal, _ = onsite_diagonal(half)
+    s = half.s.copy()
+    s[diagonal] -= 0.01  # S(Γ)'s smallest eigenvalue is ~1e-4: now negative
+    result = evaluate_predictions(lambda ref: replace(predicted(half, half.h_unshifted[0]), s=s), [abn8],
+                                  thresholds=(1e-2,))
+    entry = result.structures[0]
+    assert entry["full_spectrum"] is None and "not positive definite" in entry["full_spectrum_skipped"]
+    assert np.isnan(entry["summary"]["ghosts_low"]) and np.isnan(entry["summary"]["eig_window_fullS_meV"])
+    assert entry["summary"]["onsite_atom_rmse_meV"] < 1e-6 and np.isfinite(entry["summary"]["eig_window_refS_1e-2_meV"])
