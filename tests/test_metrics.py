@@ -391,17 +391,18 @@ def test_eigenvalue_loss_steps_reduce_it(abn8):
 def test_a_rigid_shift_moves_every_spectral_metric_by_the_shift(abn8):
     """H + c S has the eigenvalues of H plus c (any threshold, the reference S's basis): the window
     and occupied MAEs are c, the gap is unchanged, the band energy moves by 2 c n_occupied, and the
-    DOS (Wasserstein-1) distance is c."""
+    DOS (Wasserstein-1) distance is c.  The full-S headline removes c first: every error is 0."""
     from dataclasses import replace
 
-    from hforge.metrics import compare_blocks, n_occupied_states
+    from hforge.metrics import compare_blocks, compare_full_spectra, n_occupied_states
     from hforge.train.evaluation import spectra_of, summary_row
 
     c = 0.0371  # eV
     shifted = replace(abn8, h=abn8.h + c * abn8.s[None])
     n_occupied = n_occupied_states(abn8.basis, abn8.species)
     eig = spectra_of(shifted, abn8, n_occupied, window=2.0, thresholds=(1e-2, 1e-3))
-    row = summary_row(compare_blocks(shifted, abn8).to_dict(), eig)
+    full = compare_full_spectra(shifted, abn8).to_dict()
+    row = summary_row(compare_blocks(shifted, abn8).to_dict(), eig, full)
     for t in ("1e-2", "1e-3"):
         assert row[f"eig_window_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
         assert row[f"eig_occupied_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
@@ -409,4 +410,9 @@ def test_a_rigid_shift_moves_every_spectral_metric_by_the_shift(abn8):
         assert row[f"dos_distance_refS_{t}_meV"] == pytest.approx(1e3 * c, rel=1e-9)
         expected = 1e3 * 2 * c * n_occupied / abn8.n_atoms
         assert row[f"band_energy_error_refS_{t}_meV_per_atom"] == pytest.approx(expected, rel=1e-9)
-    assert row["eig_window_raw_meV"] == pytest.approx(1e3 * c, rel=1e-6)
+    assert full["shift_removed_eV"] == pytest.approx(c, rel=1e-9)
+    for key in ("eig_window_fullS_meV", "gap_error_fullS_meV", "band_energy_error_fullS_meV_per_atom",
+                "dos_distance_fullS_meV"):
+        assert row[key] == pytest.approx(0.0, abs=1e-6), key
+    assert (row["ghosts_low"], row["ghosts_high"]) == (0, 0)
+    assert row["window_states_pred"] == row["window_states_ref"] == 4

@@ -14,7 +14,7 @@ from hforge.errors import ConfigError
 from hforge.metrics.blocks import align_reference, best_shift
 from hforge.models import load_checkpoint
 from hforge.train.evaluation import evaluate_structures
-from hforge.train.study import FIGURES, StudyPlan, error_by_distance, quick_plan, run_study
+from hforge.train.study import FIGURES, StudyPlan, error_by_distance, quick_plan, run_study, study_markdown
 
 
 def test_plans_refuse_leaks_and_unknown_models():
@@ -61,11 +61,16 @@ def test_a_tiny_study_reports_what_its_checkpoints_measure(tmp_path):
         model, _ = load_checkpoint(run["checkpoint"])
         independent = evaluate_structures(model, references).groups[size]["summary"]
         row = results["table"][run["model"]][size]
-        for key in ("h_mae_shifted_meV", "h_mae_meV", "eig_window_refS_1e-2_meV"):
-            assert row[key]["values"] == [pytest.approx(independent[key], rel=1e-9)]
+        for key in ("h_mae_shifted_meV", "h_mae_meV", "eig_window_refS_1e-2_meV", "eig_window_fullS_meV",
+                    "ghosts_low", "ghosts_high", "gap_error_fullS_meV", "onsite_atom_rmse_meV"):
+            assert row[key]["values"] == [pytest.approx(independent[key], rel=1e-9)], key
     saved = json.loads((tmp_path / "study" / "results.json").read_text())
     assert saved["table"] == json.loads(json.dumps(results["table"]))
     markdown = (tmp_path / "docs" / "results.md").read_text()
+    assert markdown.index("ghost states") < markdown.index("H MAE") < markdown.index("ref. S 1e-2")  # headline first
+    assert "†" not in markdown
+    marked = study_markdown({**results, "plan": {**results["plan"], "transfer_min_atoms": 32}})
+    assert f"| {size} atoms† |" in marked and "† cells of fewer than 32 atoms: no transfer test" in marked
     assert set(results["figures"]) == set(FIGURES)
     for path in results["figures"].values():
         assert (tmp_path / "docs" / path).stat().st_size > 10_000

@@ -363,6 +363,22 @@ def test_evaluation_matches_an_independent_oracle(checkpoint):
             assert np.isfinite(entry["summary"][f"eig_window_refS_{threshold}_meV"])
     pooled = 1e3 * float(torch.cat(errors[:2]).mean())
     np.testing.assert_allclose(result.groups["8"]["summary"]["h_mae_meV"], pooled, rtol=1e-9)
+    # the headline: the metrics' own functions on the prediction; group values are means over structures
+    from hforge.metrics import compare_full_spectra, onsite_energy_errors
+
+    for entry, reference in zip(result.structures, references):
+        prediction = predict_blocks(model, reference)
+        full = compare_full_spectra(prediction, reference).errors
+        summary = entry["summary"]
+        assert (summary["ghosts_low"], summary["ghosts_high"]) == (full.ghosts_low, full.ghosts_high)
+        assert summary["eig_window_fullS_meV"] == pytest.approx(full.window_mae_meV, rel=1e-9)
+        assert summary["gap_error_fullS_meV"] == pytest.approx(abs(full.gap_error_meV), rel=1e-9)
+        assert (summary["window_states_pred"], summary["window_states_ref"]) == (full.n_window_pred, full.n_window_ref)
+        assert summary["onsite_atom_rmse_meV"] == pytest.approx(onsite_energy_errors(prediction, reference).rmse_meV)
+        assert entry["full_spectrum"]["kpoints"] == [[0.0, 0.0, 0.0]]
+    for key in ("eig_window_fullS_meV", "onsite_atom_rmse_meV", "ghosts_high"):
+        expected = np.mean([e["summary"][key] for e in result.structures[:2]])
+        assert result.groups["8"]["summary"][key] == pytest.approx(expected, rel=1e-9)
     # shift removal: adding c*S to the prediction leaves the shift-removed error unchanged
     prediction = predict_blocks(model, references[0])
     from hforge.metrics import compare_blocks
@@ -390,6 +406,21 @@ def test_evaluate_cli_on_a_store_and_on_siesta_files(checkpoint, abn_dir, shared
     model, _ = load_checkpoint(checkpoint)
     store_copy = evaluate_structures(model, [load("abn-small")[0]], eigenvalues=False).structures[0]["summary"]
     np.testing.assert_allclose(report["structures"][1]["summary"]["h_mae_meV"], store_copy["h_mae_meV"], rtol=1e-4)
+
+
+def test_evaluate_cli_reports_the_full_s_headline_at_k_points(checkpoint, abn_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(abn_dir / "runs" / "abn_8_0"),
+                                      "--kpoint", "0.5,0,0", "--threshold", "1e-2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ghosts" in result.output and "full S" in result.output and "ref S 1e-2" in result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["kpoints"] == [[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]
+    entry = report["structures"][0]
+    assert entry["full_spectrum"]["n_kpoints"] == 2 and list(entry["eigenvalues"]["thresholds"]) == ["0.01"]
+    assert entry["full_spectrum"]["n_window_ref"] == entry["summary"]["window_states_ref"]
+    bad = CliRunner().invoke(app, ["evaluate", str(checkpoint), str(abn_dir / "runs" / "abn_8_0"), "--kpoint", "0.5,0"])
+    assert bad.exit_code == 2 and "three reduced coordinates" in bad.output
 
 
 def test_evaluate_refuses_a_basis_the_model_does_not_know(checkpoint, siesta_fixtures):

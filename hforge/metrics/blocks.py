@@ -15,6 +15,11 @@ uniform shift ``c S`` (the energy zero of a SIESTA H is arbitrary up to ``c S``)
 ``c = <H_pred - H_ref, S_ref> / <S_ref, S_ref>`` over all entries (least squares, eV), so that
 ``H_pred + a S_ref`` has the same shifted errors for every ``a``; and the MAE of S.
 
+Per atom (:func:`onsite_energy_errors`): the mean error of the atom's onsite energies (the
+diagonal of its onsite block) after the same ``c S`` removal, a potential error ``V_i`` of the
+atom; its RMSE and MAE over the atoms of held-out cells against training cells tell memorisation
+of each cell's potentials from transfer.
+
 The training losses built on these layouts are in :mod:`hforge.train.losses`.
 """
 
@@ -37,11 +42,13 @@ __all__ = [
     "BlockTypes",
     "TypeErrors",
     "BlockMetrics",
+    "OnsiteEnergyErrors",
     "align_reference",
     "best_shift",
     "block_metrics",
     "check_same_structure",
     "compare_blocks",
+    "onsite_energy_errors",
 ]
 
 MEV_PER_EV = 1000.0
@@ -352,3 +359,63 @@ def compare_blocks(prediction: HSData, reference: HSData, *, spin: int = 0, comp
         s_ref=ref.s,
         s_pred=prediction.s if compare_s else None,
     )
+
+
+@dataclass
+class OnsiteEnergyErrors:
+    """Per-atom onsite-energy errors of one structure, after removing the best uniform ``c S``.
+
+    Attributes:
+        per_atom_meV: ``(N,)`` float64 signed mean, over the atom's orbitals ``μ``, of
+            ``H_pred[μμ] - H_ref[μμ] - c S_ref[μμ]`` (meV): the atom's potential error ``V_i``.
+        shift_eV: the removed ``c`` (eV; :func:`best_shift` over every predicted entry, the
+            shift of :func:`block_metrics`).
+    """
+
+    per_atom_meV: np.ndarray
+    shift_eV: float
+
+    @property
+    def rmse_meV(self) -> float:
+        """Root mean square of :attr:`per_atom_meV` over the atoms."""
+        return float(np.sqrt(np.mean(self.per_atom_meV**2)))
+
+    @property
+    def mae_meV(self) -> float:
+        """Mean absolute value of :attr:`per_atom_meV` over the atoms."""
+        return float(np.mean(np.abs(self.per_atom_meV)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``rmse_meV``, ``mae_meV``, ``shift_eV``, ``per_atom_meV`` (a list)."""
+        return {"rmse_meV": self.rmse_meV, "mae_meV": self.mae_meV, "shift_eV": self.shift_eV,
+                "per_atom_meV": self.per_atom_meV.tolist()}
+
+
+def onsite_energy_errors(prediction: HSData, reference: HSData, *, spin: int = 0) -> OnsiteEnergyErrors:
+    """The per-atom onsite-energy errors of a prediction against SIESTA (:class:`OnsiteEnergyErrors`).
+
+    Args:
+        prediction: the prediction on any subset of pairs that holds every atom's onsite pair
+            ``(i, i, 0)`` (``h`` the unshifted H, E_F = 0).
+        reference: the SIESTA structure (same atoms and basis).
+        spin: spin channel of both.
+
+    Raises:
+        BasisMismatchError: different bases, species or block sizes.
+        InputError: an atom without its onsite pair in the prediction.
+    """
+    check_same_structure(prediction, reference)
+    ref = align_reference(reference, prediction.edge_index, prediction.cell_shift, prediction.block_ptr, spin=spin)
+    delta = prediction.h_unshifted[spin] - ref.h
+    c = best_shift(delta, ref.s)
+    error = delta - c * ref.s
+    pairs = np.flatnonzero(prediction.onsite)
+    atoms = prediction.edge_index[0, pairs]
+    if len(np.unique(atoms)) != prediction.n_atoms:
+        missing = sorted(set(range(prediction.n_atoms)) - set(atoms.tolist()))
+        raise InputError(f"the prediction lacks the onsite blocks of atoms {missing[:10]}", path=reference.source)
+    n = prediction.atom_orbitals[atoms]
+    local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    diagonal = np.repeat(prediction.block_ptr[pairs], n) + local * (np.repeat(n, n) + 1)
+    sums = np.bincount(np.repeat(atoms, n), weights=error[diagonal], minlength=prediction.n_atoms)
+    return OnsiteEnergyErrors(MEV_PER_EV * sums / prediction.atom_orbitals, c)

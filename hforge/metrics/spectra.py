@@ -1,27 +1,31 @@
-"""Γ-point generalized eigenvalues of (H, S) and their errors in meV.
+"""Γ-point generalized eigenvalues of (H, S), canonically orthogonalized, and their errors in meV.
+
+What a user sees is the full-S spectrum (:mod:`hforge.metrics.full_spectrum`, the headline of the
+evaluation): no basis truncation.  This module holds the shared pieces (dense Γ matrices, the
+generalized eigensolver, occupied states, the window pairing and the DOS distance) and the
+secondary, thresholded view.
 
 The DZP basis of dense aBN is nearly linearly dependent: S(Γ) has eigenvalues down to ~5e-5 and
 about 10 % of them below 1e-3.  The generalized eigenvalues of ``H c = E S c`` are therefore very
 sensitive to errors in H: random 1 meV noise on every entry moves the states near the gap by
-1-3 eV.  *Canonical orthogonalization* removes that sensitivity: with ``S = U diag(s) U^T``, keep
-the eigenvectors with ``s > threshold`` and diagonalise ``X^T H X`` with
-``X = U_kept diag(s_kept)^(-1/2)`` (so ``X^T S X = 1``).  Each side (prediction, reference) is
-orthogonalized with its own S; with the reference S on both sides (exact S, or the H-only
-comparison of the evaluation) only H's errors count.  The headline threshold is
-:data:`DEFAULT_THRESHOLD` = 1e-2: at 1e-3 even random 22 meV noise on H moves the states near the
-gap by eV on the shared aBN cells (S's smallest eigenvalues are 5e-5..9e-5), so every number
-states its threshold.
+1-3 eV.  *Canonical orthogonalization* removes that sensitivity, and with it the view of what
+breaks: with ``S = U diag(s) U^T``, keep the eigenvectors with ``s > threshold`` and diagonalise
+``X^T H X`` with ``X = U_kept diag(s_kept)^(-1/2)`` (so ``X^T S X = 1``).  Each side (prediction,
+reference) is orthogonalized with its own S; with the reference S on both sides (exact S, or the
+H-only comparison of the evaluation) only H's errors count.  Every number states its threshold
+(:data:`DEFAULT_THRESHOLD` = 1e-2 first: at 1e-3 even random 22 meV noise on H moves the states near
+the gap by eV on the shared aBN cells).
 
-Pairing of two spectra (:func:`eigenvalue_metrics`): eigenvalues are sorted and paired by index
-from the bottom: state k with state k.  The *occupied* states are the lowest ``n_occupied``
-(electrons from the valence charges of the basis, two per state; :func:`n_occupied_states`); the
-*window* is the set of reference states within ``±window`` eV of the reference gap centre
-(midpoint of its HOMO and LUMO), compared with the predicted states of the same indices.  After
-orthogonalization the two sides may keep different numbers of states (their S differ): the
-dropped directions are combinations of nearly dependent orbitals whose states lie at the top of
-the spectrum (tens to hundreds of eV above the gap), so pairing from the bottom keeps the low
-states matched; window indices beyond the shorter spectrum are left out and counted
-(``n_window_unpaired``).
+Pairing of two spectra (:func:`window_pairs`): eigenvalues are sorted and paired by their offset
+from the HOMO: reference HOMO-k with predicted HOMO-k, LUMO+k with LUMO+k.  The *occupied* states
+are the lowest ``n_occupied`` (electrons from the valence charges of the basis, two per state;
+:func:`n_occupied_states`) on both sides, so the pairing is index k with index k from the bottom;
+the *window* is the set of reference states within ``±window`` eV of the reference gap centre
+(midpoint of its HOMO and LUMO), compared with their predicted partners.  After orthogonalization
+the two sides may keep different numbers of states (their S differ): the dropped directions are
+combinations of nearly dependent orbitals whose states lie at the top of the spectrum (tens to
+hundreds of eV above the gap), so the low states stay matched; window states whose partner lies
+beyond the shorter spectrum are left out and counted (``n_window_unpaired``).
 
 The differentiable eigenvalue loss built on :class:`GammaLayout` is in :mod:`hforge.train.losses`.
 """
@@ -48,10 +52,13 @@ __all__ = [
     "GammaLayout",
     "SpectrumErrors",
     "EigenMetrics",
+    "WindowPairs",
     "canonical_orthogonalization",
+    "dos_distance",
     "generalized_eigenvalues",
     "n_occupied_states",
     "spectrum_errors",
+    "window_pairs",
     "eigenvalue_metrics",
     "compare_spectra",
 ]
@@ -231,8 +238,74 @@ class SpectrumErrors:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class WindowPairs:
+    """The reference states in an energy window and their predicted partners.
+
+    Attributes:
+        ref: ``(P,)`` int64 indices of the paired reference states (ascending).
+        pred: ``(P,)`` int64 indices of their predicted partners.
+        n_ref: reference states in the window.
+        n_pred: predicted states in the window.
+        n_unpaired: reference states in the window whose partner index lies outside the
+            predicted spectrum.
+    """
+
+    ref: np.ndarray
+    pred: np.ndarray
+    n_ref: int
+    n_pred: int
+    n_unpaired: int
+
+
+def window_pairs(
+    pred: np.ndarray, ref: np.ndarray, homo_pred: int, homo_ref: int, centre: float, window: float = DEFAULT_WINDOW
+) -> WindowPairs:
+    """Pair the reference states within ``centre ± window`` with the predicted states of the same
+    offset from each side's HOMO: reference state ``homo_ref + d`` with predicted state ``homo_pred + d``.
+
+    Args:
+        pred, ref: sorted eigenvalues (eV) of each side, ``(n_pred,)`` and ``(n_ref,)``.
+        homo_pred, homo_ref: index of each side's HOMO.
+        centre, window: the window (eV).
+    """
+    pred, ref = np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    inside = np.flatnonzero(np.abs(ref - centre) <= window)
+    partner = inside - homo_ref + homo_pred
+    ok = (partner >= 0) & (partner < len(pred))
+    return WindowPairs(
+        ref=inside[ok], pred=partner[ok], n_ref=len(inside),
+        n_pred=int((np.abs(pred - centre) <= window).sum()), n_unpaired=int((~ok).sum()),
+    )
+
+
+def dos_distance(pred: np.ndarray, ref: np.ndarray, centre: float, window: float = DEFAULT_WINDOW) -> float:
+    """Wasserstein-1 distance (meV) between the states of two spectra within ``centre ± window``.
+
+    The states of each side in the window are taken as a distribution (the DOS, each normalised
+    to one): 0 for equal spectra, the shift for a rigid shift of every state; a different number
+    of states in the window is not counted here (compare the counts themselves).
+
+    Args:
+        pred, ref: eigenvalues (eV), any shape (NaN ignored; e.g. ``(K, n)`` pooled over k-points).
+        centre: window centre (eV), e.g. the reference gap centre.
+        window: half-width (eV).
+
+    Returns:
+        The distance in meV; NaN when either side has no state in the window.
+    """
+    from scipy.stats import wasserstein_distance
+
+    pred, ref = np.ravel(pred), np.ravel(ref)
+    pred = pred[np.abs(pred - centre) <= window]
+    ref = ref[np.abs(ref - centre) <= window]
+    if not (len(pred) and len(ref)):
+        return float("nan")
+    return float(MEV_PER_EV * wasserstein_distance(pred, ref))
+
+
 def spectrum_errors(pred: np.ndarray, ref: np.ndarray, n_occupied: int, window: float = DEFAULT_WINDOW) -> SpectrumErrors:
-    """Errors of two sorted spectra (eV), paired by index from the bottom (module docstring).
+    """Errors of two sorted spectra (eV), paired from the HOMO (module docstring).
 
     Raises:
         InputError: a spectrum without a LUMO (``n_occupied`` not below both lengths).
@@ -242,24 +315,19 @@ def spectrum_errors(pred: np.ndarray, ref: np.ndarray, n_occupied: int, window: 
             f"{n_occupied} occupied states need a HOMO and a LUMO: the spectra have {len(ref)} (reference) "
             f"and {len(pred)} (prediction) states"
         )
-    from scipy.stats import wasserstein_distance
-
     centre = 0.5 * (ref[n_occupied - 1] + ref[n_occupied])
-    in_window = np.flatnonzero(np.abs(ref - centre) <= window)
-    paired = in_window[in_window < len(pred)]
-    err_w = MEV_PER_EV * np.abs(pred[paired] - ref[paired])
+    pairs = window_pairs(pred, ref, n_occupied - 1, n_occupied - 1, centre, window)
+    err_w = MEV_PER_EV * np.abs(pred[pairs.pred] - ref[pairs.ref])
     err_o = MEV_PER_EV * (pred[:n_occupied] - ref[:n_occupied])
     nan = float("nan")
-    pred_window = pred[np.abs(pred - centre) <= window]
-    dos = MEV_PER_EV * wasserstein_distance(pred_window, ref[in_window]) if len(pred_window) and len(in_window) else nan
     return SpectrumErrors(
         window_mae_meV=float(err_w.mean()) if len(err_w) else nan,
         window_max_meV=float(err_w.max()) if len(err_w) else nan,
         occupied_mae_meV=float(np.abs(err_o).mean()),
         occupied_max_meV=float(np.abs(err_o).max()),
         occupied_mean_error_meV=float(err_o.mean()),
-        n_window=len(paired),
-        n_window_unpaired=len(in_window) - len(paired),
+        n_window=len(pairs.ref),
+        n_window_unpaired=pairs.n_unpaired,
         n_states_ref=len(ref),
         n_states_pred=len(pred),
         gap_centre_eV=float(centre),
@@ -267,7 +335,7 @@ def spectrum_errors(pred: np.ndarray, ref: np.ndarray, n_occupied: int, window: 
         gap_pred_eV=float(pred[n_occupied] - pred[n_occupied - 1]),
         band_energy_ref_eV=float(2 * ref[:n_occupied].sum()),
         band_energy_pred_eV=float(2 * pred[:n_occupied].sum()),
-        dos_distance_meV=float(dos),
+        dos_distance_meV=dos_distance(pred, ref, centre, window),
     )
 
 
