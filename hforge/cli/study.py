@@ -26,6 +26,9 @@ def study_command(
     seeds: List[int] = typer.Option([], "--seed", help="Seeds (repeat; quick: 0, full: 0 and 1)."),
     models: List[StudyModel] = typer.Option([], "--model", help="Only these models (repeat)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads per training."),
+    construction: str = typer.Option(
+        "operator", "--construction", help="How HForge's models build H: operator (T + V_KB + c0 S + a learned separable "
+        "operator: no state outside the spectrum) or entries (fitted H0 + blocks entry by entry, the earlier models)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Train the equivariant, the invariant and graph2mat's model on the same small cells with the same
@@ -51,6 +54,7 @@ def study_command(
             plan = full_plan(store, steps=steps or 1500, seeds=seeds or (0, 1), threads=threads)
         if models:
             plan = dataclasses.replace(plan, models=tuple(m.value for m in models))
+        plan = dataclasses.replace(plan, construction=construction)
         if threads is not None:
             plan = dataclasses.replace(plan, threads=threads)
         run_study(plan, out, docs=docs, progress=progress, log=lambda line: console.print(line, markup=False))

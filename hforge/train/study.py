@@ -38,6 +38,7 @@ from hforge.files import write_json
 from hforge.io import HSData
 
 __all__ = [
+    "CONSTRUCTIONS",
     "FIGURES",
     "MODELS",
     "TRANSFER_MIN_ATOMS",
@@ -60,6 +61,11 @@ FIGURES = {
     "error_vs_distance": "H MAE (shift removed) against pair distance, largest test cell, per model",
     "heatmap": "DFT | ML | ML - DFT of H(Γ) of the largest test cell, best model",
     "spectrum": "full-S Γ eigenvalues near the gap and DOS of the largest test cell, DFT against each model",
+}
+#: How HForge's models build H in a study (:attr:`StudyPlan.construction`): the model-config fields of each.
+CONSTRUCTIONS = {
+    "operator": {"baseline": "operator", "separable": True, "free_blocks": False},
+    "entries": {"baseline": "h0", "separable": False, "free_blocks": True},
 }
 #: The threshold (canonical orthogonalization of the reference S) of the secondary spectra.
 THRESHOLD = 1e-2
@@ -101,6 +107,11 @@ class StudyPlan:
         threads: torch CPU threads per training (None: torch's default).
         transfer_min_atoms: test cells with fewer atoms are kept out of the transfer figure and
             marked in the tables (:data:`TRANSFER_MIN_ATOMS`).
+        construction: how HForge's two models build H (:data:`CONSTRUCTIONS`): ``"operator"``
+            (``T + V_KB + c0 S`` plus the learned separable operator, no per-entry blocks; loss
+            without each structure's best c·S) or ``"entries"`` (the fitted two-centre H0 plus blocks
+            filled entry by entry, the construction before issue 24).  graph2mat's model always
+            fills entries (H - H0).
     """
 
     source: str
@@ -114,8 +125,11 @@ class StudyPlan:
     val_every: int = 250
     threads: int | None = None
     transfer_min_atoms: int = TRANSFER_MIN_ATOMS
+    construction: str = "operator"
 
     def __post_init__(self) -> None:
+        if self.construction not in CONSTRUCTIONS:
+            raise ConfigError(f"study: construction {self.construction!r}: choose one of {', '.join(CONSTRUCTIONS)}")
         unknown = sorted(set(self.models) - set(MODELS))
         if unknown:
             raise ConfigError(f"study: unknown models {unknown} (known: {list(MODELS)})")
@@ -164,7 +178,8 @@ def full_plan(source: str | os.PathLike, *, steps: int = 1500, seeds: Sequence[i
 def _hforge_config(plan: StudyPlan, kind: str, seed: int) -> dict[str, Any]:
     return {
         "data": {"source": plan.source, "train": {"names": list(plan.train)}, "val": {"names": list(plan.test)}},
-        "model": {"kind": kind},
+        "model": {"kind": kind, **CONSTRUCTIONS[plan.construction]},
+        "loss": {"shift_invariant": plan.construction == "operator"},
         "optimizer": {"lr": plan.lr},
         "schedule": {"name": "cosine", "warmup_steps": min(100, max(1, plan.steps // 10))},
         "training": {
