@@ -13,6 +13,7 @@ of SIESTA runs knows which one is broken::
     │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
     │   └── ConfigError                     invalid configuration (YAML, CLI options)
     ├── UnsupportedSystemError              valid input that HForge cannot handle yet
+    │   └── FoldedMatrixError               a Γ-only file whose pairs couple through several periodic images
     ├── ConvergenceError                    a SIESTA run that did not converge
     ├── OutputError                         a file that could not be written (full disk, read-only place)
     ├── ResourceLimitError                  a memory budget too small for the work
@@ -21,7 +22,8 @@ of SIESTA runs knows which one is broken::
 Warnings (results HForge returns but that the user should not trust blindly)::
 
     HForgeWarning (also UserWarning)
-    └── OverlapWarning                      a learned S that is (or may be) not positive definite
+    ├── OverlapWarning                      a learned S that is (or may be) not positive definite
+    └── OutOfDomainWarning                  a structure unlike the model's training structures
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ __all__ = [
     "InvalidMatrixError",
     "ConfigError",
     "UnsupportedSystemError",
+    "FoldedMatrixError",
     "ConvergenceError",
     "OutputError",
     "ResourceLimitError",
     "BackendUnavailableError",
     "HForgeWarning",
     "OverlapWarning",
+    "OutOfDomainWarning",
 ]
 
 
@@ -93,6 +97,11 @@ class UnsupportedSystemError(HForgeError):
     """Valid input that HForge does not support yet (e.g. non-collinear spin, spin-orbit)."""
 
 
+class FoldedMatrixError(UnsupportedSystemError):
+    """A Γ-only SIESTA file (nsc 1 1 1) whose H and S sum several periodic images of one atom pair
+    into one block: the images cannot be told apart, so the file holds H(Γ) and S(Γ) only."""
+
+
 class ConvergenceError(HForgeError):
     """A calculation (e.g. a SIESTA SCF cycle) that did not converge."""
 
@@ -116,3 +125,8 @@ class HForgeWarning(UserWarning):
 
 class OverlapWarning(HForgeWarning):
     """A predicted S that is not positive definite, or that could not be checked (a learned S)."""
+
+
+class OutOfDomainWarning(HForgeWarning):
+    """A structure unlike the model's training structures (species, neighbour distances or
+    counts outside what it was trained on): the prediction is an extrapolation."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
-from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
+from hforge.errors import BasisMismatchError, ConfigError, FileFormatError, FoldedMatrixError, HForgeError, InputError
 from hforge.files import atomic_write
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
@@ -77,6 +77,12 @@ class SplitRule:
 # writing one structure
 # ---------------------------------------------------------------------------------------
 def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, compression: str | None) -> None:
+    if data.folded:
+        raise FoldedMatrixError(
+            "its H and S are a Γ-only run's, folded into the unit cell with periodic images that cannot be told "
+            "apart (hforge.io.reach): a store holds the blocks of every periodic pair, which this file does not give",
+            path=data.source,
+        )
     data = data.canonical_half() if half else data
     options = {"compression": compression, "shuffle": True} if compression else {}
     for name in _ARRAYS:
@@ -87,6 +93,7 @@ def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, comp
     group.attrs["n_values"] = data.n_values
     group.attrs["fermi_level"] = data.fermi_level
     group.attrs["source"] = data.source or ""
+    group.attrs["gamma_only"] = data.gamma_only
 
 
 def _array(dataset: Any, filename: str) -> np.ndarray:
@@ -112,6 +119,7 @@ def _read_structure(group: Any, basis: BasisSet, half: bool, filename: str) -> H
         mask=mask,
         fermi_level=float(group.attrs["fermi_level"]),
         source=str(group.attrs["source"]) or None,
+        gamma_only=bool(group.attrs.get("gamma_only", False)),
         **arrays,
     )
     return data.expand_half() if half else data
