@@ -27,8 +27,11 @@ def convert_command(
     half: bool = typer.Option(False, "--half", help="Store only the canonical half of the pairs."),
     train_max_atoms: int = typer.Option(32, help="Structures with at most this many atoms go to 'train'."),
     val_max_atoms: int = typer.Option(64, help="Larger ones up to this many go to 'val', the rest to 'test'."),
+    append: bool = typer.Option(False, "--append", help="Add the runs to an existing store (its structures kept)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store by the runs."),
 ) -> None:
-    """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped)."""
+    """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped).
+    An existing store is refused unless --append or --overwrite says what becomes of it."""
     import numpy as np
 
     from hforge.io import HSStore, SplitRule, convert
@@ -45,6 +48,8 @@ def convert_command(
             half=half,
             split_rule=SplitRule(train_max_atoms, val_max_atoms),
             on_skip=report_skip,
+            append=append,
+            overwrite=overwrite,
         )
         store = HSStore(report.store)
     _console.print(
