@@ -56,6 +56,7 @@ from hforge.infer.chunks import (
     receptive_field,
 )
 from hforge.infer.overlap import check_learned_overlap
+from hforge.io.pairs import block_pointer
 from hforge.models.base import HSModel
 from hforge.models.predict import sisl_geometry
 from hforge.ops.assemble import AssembledCSR, plan_csr_assembly
@@ -652,7 +653,7 @@ class Predictor:
         """``(H0, exact S)`` of the canonical ``pairs`` of ``problem`` (float64, flat; None where
         the model does not use them)."""
         edges, shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
-        ptr = _block_ptr(problem.n_orb, edges)
+        ptr = block_pointer(problem.n_orb, edges)
         with timer("H0"):
             baseline = physics.baseline(edges, shifts, ptr)
         with timer("S"):
@@ -682,7 +683,7 @@ class Predictor:
             pair_index=torch.from_numpy(np.ascontiguousarray(pair_index)),
             pair_shift=torch.from_numpy(np.ascontiguousarray(pair_shift)),
             pair_ptr=torch.tensor([0, pair_index.shape[1]]),
-            block_ptr=torch.from_numpy(_block_ptr(self.model.basis.n_orbitals[species], pair_index)),
+            block_ptr=torch.from_numpy(block_pointer(self.model.basis.n_orbitals[species], pair_index)),
         )
 
     def chunk_rows(
@@ -732,7 +733,7 @@ class Predictor:
             edges, edge_shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
             span = (int(core.min()), int(core.max()) + 1)
             plan = plan_csr_assembly(
-                xp.asarray(edges), xp.asarray(edge_shifts), xp.asarray(_block_ptr(n_orb, edges)), xp.asarray(n_orb),
+                xp.asarray(edges), xp.asarray(edge_shifts), xp.asarray(block_pointer(n_orb, edges)), xp.asarray(n_orb),
                 nsc=problem.nsc, atoms=span, backend=backend,
             )
             return _on_host(plan.fill(values))
@@ -844,7 +845,7 @@ class Problem:
     @functools.cached_property
     def block_ptr(self) -> np.ndarray:
         """``(E + 1,)`` int64 offsets of the flat-packed blocks of the canonical pairs."""
-        return _block_ptr(self.n_orb, self.edge_index)
+        return block_pointer(self.n_orb, self.edge_index)
 
     def csr_bytes(self, dtype: np.dtype) -> int:
         """Bytes of the output CSR (H and S values, column indices, row pointer)."""
@@ -981,12 +982,6 @@ def _free_device_bytes(device: torch.device) -> int:
     """Free memory of a CUDA device (bytes), 10 % kept back for torch's caching allocator and CuPy's pool."""
     free, _ = torch.cuda.mem_get_info(device)
     return int(0.9 * free)
-
-
-def _block_ptr(n_orb: np.ndarray, pair_index: np.ndarray) -> np.ndarray:
-    ptr = np.zeros(pair_index.shape[1] + 1, dtype=np.int64)
-    np.cumsum(n_orb[pair_index[0]] * n_orb[pair_index[1]], out=ptr[1:])
-    return ptr
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:

@@ -18,6 +18,7 @@ import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, GeometryError, InvalidMatrixError, UnsupportedSystemError
+from hforge.io.pairs import is_canonical, pair_vectors
 
 __all__ = ["HSData", "DENSE_CHECK_MAX_ORBITALS", "MIN_DISTANCE"]
 
@@ -171,8 +172,7 @@ class HSData:
     # ---- geometry of the pairs ----------------------------------------------------------
     def pair_vectors(self) -> np.ndarray:
         """``(E, 3)`` float64 Å: ``positions[j] + n @ cell - positions[i]``."""
-        i, j = self.edge_index
-        return self.positions[j] + self.cell_shift @ self.cell - self.positions[i]
+        return pair_vectors(self.positions, self.cell, self.edge_index, self.cell_shift)
 
     def pair_distances(self) -> np.ndarray:
         """``(E,)`` float64 Å."""
@@ -222,10 +222,7 @@ class HSData:
     def canonical_pairs(self) -> np.ndarray:
         """Sorted indices of the canonical half: ``i < j``, or ``i == j`` and n lexicographically
         positive, plus the onsite pairs (docs/design.md); the rest are their partners."""
-        i, j = self.edge_index
-        n = self.cell_shift
-        first = np.where(n[:, 0] != 0, n[:, 0], np.where(n[:, 1] != 0, n[:, 1], n[:, 2]))
-        return np.flatnonzero((i < j) | ((i == j) & (first >= 0)))
+        return np.flatnonzero(is_canonical(self.edge_index, self.cell_shift))
 
     def _subset(self, pairs: np.ndarray, blocks: dict[str, np.ndarray]) -> "HSData":
         """A copy with the pairs ``pairs`` in that order and the given flat ``h``, ``s``, ``mask``."""

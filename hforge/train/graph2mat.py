@@ -278,14 +278,6 @@ def to_graph2mat(data: "HSData", processor: Any, values: np.ndarray | None = Non
     return BasisMatrixData.from_config(config, processor)
 
 
-def _canonical(edge_index: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """True for HForge's canonical orientation of a pair (HSData.canonical_pairs): ``i < j``, or
-    ``i == j`` and the first non-zero component of n positive (or n = 0)."""
-    i, j = edge_index
-    first = np.where(shift[:, 0] != 0, shift[:, 0], np.where(shift[:, 1] != 0, shift[:, 1], shift[:, 2]))
-    return (i < j) | ((i == j) & (first >= 0))
-
-
 def _numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -300,6 +292,7 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
 
     from hforge.io import HSData
     from hforge.io.hsdata import _pair_keys
+    from hforge.io.pairs import is_canonical
 
     table = processor.basis_table
     point_types = _numpy(g2m_data["point_types"]).astype(np.int64)
@@ -323,7 +316,7 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
     if node_ptr[-1] != len(node_values) or edge_ptr[-1] != len(edge_values):
         raise InputError("graph2mat labels of unexpected length for the structure's blocks")
     onsite = np.arange(n_atoms)
-    flip = ~_canonical(pairs, shift)
+    flip = ~is_canonical(pairs, shift)
     all_i = np.concatenate([onsite, np.where(flip, pairs[1], pairs[0])])
     all_j = np.concatenate([onsite, np.where(flip, pairs[0], pairs[1])])
     all_n = np.concatenate([np.zeros((n_atoms, 3), np.int64), np.where(flip[:, None], -shift, shift)])
