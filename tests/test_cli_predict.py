@@ -50,7 +50,7 @@ def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "64 atoms" in result.output and "nnz" in result.output and "peak memory" in result.output
-    assert "chunked (2 part(s))" in result.output and "on cpu" in result.output
+    assert "chunked (2 chunks)" in result.output and "on cpu" in result.output
     expected = predictor.predict(structure)
     np.testing.assert_allclose(read(out).tocsr(0).toarray(), expected.tocsr(0).toarray(), atol=1e-12)
     np.testing.assert_allclose(read(out).tocsr(1).toarray(), expected.tocsr(1).toarray(), atol=1e-12)

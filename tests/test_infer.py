@@ -29,7 +29,8 @@ from hforge.errors import (
 from hforge.files import temp_path
 from hforge.infer import Predictor, check_output_path, predict_hamiltonian, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
-from hforge.infer.predictor import populated_empty, resolve_device
+from hforge.infer.predictor import resolve_device
+from hforge.infer.problem import populated_empty
 from hforge.models import ModelConfig, build_model, save_model
 
 # A tiny float64 model on the bundled DZP basis with its orbital radii scaled down (pair
@@ -149,17 +150,17 @@ def test_chunked_equals_whole_cell(predictor, cell256):
 def test_streamed_equals_whole_cell(predictor, cell256):
     whole = predictor.predict(cell256)
     streamed = predictor.predict(cell256, mode="streamed", parts=3)
-    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_chunks == 3
+    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_parts == 3
     assert_same(streamed, whole, tol=1e-12)
 
 
 def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeypatch):
     """Ranges split into batches of pairs (onsite and hopping), each pair evaluated once and
     written into its rows and its partner's: the same matrices."""
-    import hforge.infer.predictor as module
+    import hforge.infer.passes as module
 
     whole = predictor.predict(cell256, mode="whole")
-    monkeypatch.setattr(module, "PAIR_CHUNK", 37)
+    monkeypatch.setattr(module, "PAIR_BATCH", 37)
     calls = []
     original = predictor.model.pair_pass
     monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))

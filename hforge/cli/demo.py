@@ -29,8 +29,7 @@ from hforge.io import HSData
 
 __all__ = ["DEMO_STEPS", "TEST_CELL", "demo", "demo_command", "demo_config", "demo_test_cell"]
 
-#: Optimizer steps per model of the demo: the whole demo takes about 2 minutes on 2 idle CPU cores
-#: (measured: equivariant 72 s, invariant 35 s of training, 2 min 3 s in all).  150 steps take 47 s.
+#: Optimizer steps per model of the demo (its duration: docs/measurements.md).
 DEMO_STEPS = 600
 #: The demo's test cell in the shared aBN data (``<shared>/abn/runs/<name>``).
 TEST_CELL = "abn_64_0"

@@ -146,8 +146,14 @@ def _predict_one(
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
         f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
-        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
+        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_parts} {_parts_unit(report)}), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
         markup=False,
     )
+
+
+def _parts_unit(report: Any) -> str:
+    """What the report's parts are: atom ranges (whole, streamed) or spatial chunks."""
+    unit = "atom range" if report.mode in ("whole", "streamed") else "chunk"
+    return unit if report.n_parts == 1 else unit + "s"

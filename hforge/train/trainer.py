@@ -31,9 +31,8 @@ Batch normalisation: the statistics of the model's batch-norm layers (the trunk'
 ``BatchNorm``) are computed once on the whole training set before the first step
 (:func:`calibrate_norms`) and then frozen (the layers stay in evaluation mode, their affine
 weights still learn).  With batch statistics a structure's prediction would depend on the other
-structures of its batch, training and inference would compute different functions (measured: 42
-meV training-mode vs 169 meV evaluation-mode H MAE after 40 steps on abn-small), and P
-processes would not equal one.
+structures of its batch, training and inference would compute different functions (by how much:
+docs/measurements.md), and P processes would not equal one.
 """
 
 from __future__ import annotations
