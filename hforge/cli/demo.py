@@ -14,7 +14,6 @@ of the test cell.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -57,12 +56,12 @@ def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
 def demo_test_cell(shared: Path | None = None) -> HSData:
     """The demo's test cell: :data:`TEST_CELL` (64 atoms) of ``shared/abn/runs`` read by
     :func:`hforge.io.read_hs` in the bundled basis, or the bundled 24-atom validation cell when
-    ``shared`` (default ``$HFORGE_SHARED``, else ``../shared`` of the working directory) lacks it."""
-    from hforge.datasets import load
+    ``shared`` (default :func:`hforge.datasets.shared_data_dir`) lacks it."""
+    from hforge.datasets import load, shared_data_dir
     from hforge.io import read_hs
 
     bundled = load("abn-small", split="val")
-    shared = Path(shared if shared is not None else os.environ.get("HFORGE_SHARED", Path.cwd().parent / "shared"))
+    shared = shared_data_dir(shared)
     run = shared / "abn" / "runs" / TEST_CELL
     if run.is_dir():
         return read_hs(run / f"{TEST_CELL}.TSHS", basis=bundled.basis)
