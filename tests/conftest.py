@@ -1,8 +1,9 @@
 """Shared fixtures: where the project's shared data lives, and test-wide settings.
 
-Shared data (real SIESTA runs) is read from :func:`hforge.datasets.shared_data_dir` (``$HFORGE_SHARED``, or ``../shared`` beside the
-repository).  When it is missing, tests that need it are skipped on a developer machine but
-**fail** under CI (``CI=true``), so that a CI run never passes without its real-data tests.
+Shared data (real SIESTA runs) is read from :func:`hforge.datasets.shared_data_dir`
+(``$HFORGE_SHARED``, or ``../shared`` beside the repository).  When it is missing, tests that need
+it are skipped on a developer machine but **fail** under CI (``CI=true``), so that a CI run never
+passes without its real-data tests.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from test_infer import TINY, small_radii, tiled_64_atoms
 from typer.testing import CliRunner
 
 from hforge.cli.main import app
-from hforge.cli.predict import parse_bytes
-from hforge.errors import ConfigError
+from hforge.errors import InputError
 from hforge.infer import Predictor
+from hforge.infer.plan import memory_budget
 from hforge.models import build_model, save_model
 
 
@@ -215,10 +215,39 @@ def test_a_folder_as_structure_and_other_files_as_checkpoint(files, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["junk.pt", "pickled.pt"]
 
 
-def test_parse_bytes():
-    assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1e6") == 10**6
-    with pytest.raises(ConfigError):
-        parse_bytes("lots")
+def test_bad_prediction_options_are_refused_by_name_before_any_work(files, tmp_path):
+    """New-user probe: --max-memory 1e999GB ended in an OverflowError traceback, --parts -3 in a numpy traceback
+    (streamed) or was ignored (auto), parts=0 was ignored, dtype=np.float16 ended in a bare numba
+    NotImplementedError and max_memory="8GB" in the API in a raw TypeError."""
+    checkpoint, structure, predictor = files
+    assert memory_budget("8GB") == 8 * 10**9 and memory_budget("2 GiB") == 2 * 2**30 and memory_budget("1e6") == 10**6
+    assert memory_budget(3e9) == 3 * 10**9 and memory_budget(None) is None
+    for bad in ("lots", "1e999GB", "-3GB", "0", float("nan"), float("inf"), True, [1]):
+        with pytest.raises(InputError, match="max memory"):
+            memory_budget(bad)
+    for options, message in (
+        ({"dtype": np.float16}, r"dtype .*float16.*: the output is float64 or float32"),
+        ({"dtype": "int32"}, "dtype 'int32'"),
+        ({"mode": "streamed", "parts": 0}, r"parts=0: give a whole number >= 1"),
+        ({"parts": -3}, r"parts=-3: give a whole number >= 1"),
+        ({"parts": 2.5, "mode": "chunked"}, r"parts=2.5"),
+        ({"mode": "whole", "parts": 3}, "mode 'whole' is one part"),
+        ({"max_memory": "1e999GB"}, "max memory '1e999GB': give a finite, positive size"),
+    ):
+        with pytest.raises(InputError, match=message):
+            predictor.predict(structure, **options)
+    predictor.predict(structure, max_memory="8GB")  # a size, as the CLI takes it
+    assert predictor.last_report.mode == "whole" and predictor.last_report.estimated_bytes < 8 * 10**9
+
+    out = tmp_path / "o.TSHS"
+    for options, message in (
+        (["--max-memory", "1e999GB"], "max memory '1e999GB': give a finite, positive size"),
+        (["--parts", "-3", "--mode", "streamed"], "parts=-3: give a whole number >= 1"),
+        (["--parts", "-3"], "parts=-3: give a whole number >= 1"),
+    ):
+        result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out), *options])
+        assert result.exit_code == 1 and message in result.output.replace("\n", ""), result.output
+        assert "Traceback" not in result.output and not out.exists()
 
 
 def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):

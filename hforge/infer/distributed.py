@@ -22,6 +22,7 @@ import numpy as np
 from hforge.errors import FileFormatError
 from hforge.files import atomic_write
 from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
+from hforge.infer.plan import memory_budget, output_dtype
 from hforge.infer.predictor import Predictor
 from hforge.infer.problem import Problem
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes
@@ -110,7 +111,7 @@ def predict_distributed(
     parts_dir: str | os.PathLike,
     *,
     parts: int | None = None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     dtype: Any = np.float64,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
@@ -129,7 +130,7 @@ def predict_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     report = PredictionReport(mode="distributed", device=str(predictor.device))
     predictor.last_report = report
-    dtype = np.dtype(dtype)
+    dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)
     problem = predictor.prepare(structure, timer=StageTimer(report))
     plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
     grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,15 +20,26 @@ __all__ = [
     "BYTES_PER_VALUE",
     "DEFAULT_WORKING_BYTES",
     "MODES",
+    "OUTPUT_DTYPES",
     "PART_COUNTS",
     "Plan",
+    "check_parts",
     "estimate",
+    "memory_budget",
+    "output_dtype",
     "plan_prediction",
 ]
 
 #: Prediction modes: the whole cell at once; whole-cell descriptors with blocks and assembly per
 #: atom range ("streamed"); spatial chunks with halo clusters ("chunked", memory bounded for any size).
 MODES = ("whole", "streamed", "chunked")
+
+#: Dtypes of a prediction's output values.
+OUTPUT_DTYPES = ("float64", "float32")
+
+#: Units of :func:`memory_budget` (upper case).
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+          "TIB": 2**40}
 
 #: Working memory model (bytes), fitted to the peak RSS of aBN/DZP cells with the default config
 #: (benchmarks/results/inference_scaling): per atom of a graph (interaction edges, trunk
@@ -64,6 +78,58 @@ class Plan:
     def device_bytes(self) -> int:
         """Bytes on the model's device (all of them on the CPU)."""
         return self.working_bytes + (self.csr_bytes if self.output_on_device else 0)
+
+
+def memory_budget(value: int | float | str | None) -> int | None:
+    """Bytes of a memory budget (``max_memory``, ``hforge predict --max-memory``): None (no budget),
+    a number of bytes, or a size such as ``"8GB"``, ``"512 MiB"``, ``"1e9"``.
+
+    Raises:
+        InputError: anything else, or a size that is not finite and positive.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", value)
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in _UNITS:
+            raise InputError(f"max memory {value!r}: give bytes or a size such as 8GB, 512MB, 2GiB")
+        try:
+            number = float(match.group(1)) * _UNITS[unit]
+        except ValueError:
+            raise InputError(f"max memory {value!r}: not a number") from None
+    elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise InputError(f"max memory {value!r}: give bytes (a number) or a size such as '8GB'")
+    if not (math.isfinite(number) and number >= 1):
+        raise InputError(f"max memory {value!r}: give a finite, positive size (at least 1 byte)")
+    return int(number)
+
+
+def output_dtype(dtype: Any) -> np.dtype:
+    """The numpy dtype of a prediction's output values, one of :data:`OUTPUT_DTYPES`.
+
+    Raises:
+        InputError: any other dtype (float16 and integers are not kernels' output types).
+    """
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in OUTPUT_DTYPES:
+        raise InputError(f"dtype {dtype!r}: the output is {' or '.join(OUTPUT_DTYPES)}")
+    return resolved
+
+
+def check_parts(parts: Any, mode: str) -> None:
+    """Refuse a ``parts`` that is not None or a whole number >= 1, or > 1 with mode ``whole`` (InputError)."""
+    if parts is None:
+        return
+    if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or parts < 1:
+        raise InputError(f"parts={parts!r}: give a whole number >= 1 of atom ranges or spatial chunks")
+    if mode == "whole" and parts != 1:
+        raise InputError(f"parts={parts}: mode 'whole' is one part; atom ranges are mode 'streamed', spatial chunks 'chunked'")
 
 
 def estimate(problem: Problem, mode: str, parts: int, dtype: np.dtype, *, halo: float, on_gpu: bool) -> Plan:
@@ -110,10 +176,12 @@ def plan_prediction(
 
     Raises:
         ResourceLimitError: ``max_memory`` below the output plus the smallest part (named).
-        InputError: an unknown mode, or chunks of a cell not periodic along a, b and c.
+        InputError: an unknown mode, ``parts`` not a whole number >= 1 (or > 1 with mode
+            ``whole``), or chunks of a cell not periodic along a, b and c.
     """
     if mode not in ("auto", *MODES):
         raise InputError(f"mode {mode!r}: choose auto or one of {', '.join(MODES)}")
+    check_parts(parts, mode)
     periodic = bool(problem.arrays.pbc.all())
     if mode == "chunked" and not periodic:
         raise InputError("chunked prediction needs a cell periodic along a, b and c")

@@ -35,7 +35,7 @@ from hforge.graph.model_graph import GraphBatch, StructureArrays, structure_arra
 from hforge.infer.chunks import receptive_field
 from hforge.infer.overlap import check_learned_overlap
 from hforge.infer.passes import Passes, on_host, torch_dtype
-from hforge.infer.plan import Plan, plan_prediction
+from hforge.infer.plan import Plan, check_parts, memory_budget, output_dtype, plan_prediction
 from hforge.infer.problem import Problem, make_problem, read_structure
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, torch_threads
 from hforge.models.base import HSModel
@@ -132,13 +132,14 @@ class Predictor:
             return make_problem(arrays, self.pair_cutoffs, self.model.basis.n_orbitals, nsc)
 
     def plan(
-        self, problem: Problem, *, dtype: Any = np.float64, max_memory: int | None = None, mode: str = "auto",
+        self, problem: Problem, *, dtype: Any = np.float64, max_memory: int | str | None = None, mode: str = "auto",
         parts: int | None = None,
     ) -> Plan:
-        """How to predict ``problem`` on this predictor's device (:func:`~hforge.infer.plan.plan_prediction`)."""
+        """How to predict ``problem`` on this predictor's device (:func:`~hforge.infer.plan.plan_prediction`;
+        ``dtype`` and ``max_memory`` as :meth:`predict`)."""
         return plan_prediction(
-            problem, halo=self.passes.halo, device=self.device, dtype=np.dtype(dtype), max_memory=max_memory, mode=mode,
-            parts=parts,
+            problem, halo=self.passes.halo, device=self.device, dtype=output_dtype(dtype),
+            max_memory=memory_budget(max_memory), mode=mode, parts=parts,
         )
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class Predictor:
         *,
         backend: str = "auto",
         dtype: Any = np.float64,
-        max_memory: int | None = None,
+        max_memory: int | str | None = None,
         mode: str = "auto",
         parts: int | None = None,
         species: Sequence[str] | None = None,
@@ -163,9 +164,10 @@ class Predictor:
             structure: ``ase.Atoms``, ``sisl.Geometry``, :class:`~hforge.io.HSData` or a path to a
                 file ASE reads.
             backend: CSR assembly backend (``"auto"``: numba on the CPU, cupy on CUDA; ``"torch"``).
-            dtype: dtype of the output values (the model computes in its own precision).
+            dtype: dtype of the output values, float64 or float32 (the model computes in its own precision).
             max_memory: bytes the prediction may allocate (output CSR included, the process's
-                baseline not; device memory on CUDA); None: the memory goal (see :meth:`plan`).
+                baseline not; device memory on CUDA), or a size such as ``"8GB"``
+                (:func:`~hforge.infer.plan.memory_budget`); None: the memory goal (see :meth:`plan`).
             mode: ``"auto"`` (see :meth:`plan`), ``"whole"``, ``"streamed"`` or ``"chunked"``.
             parts: atom ranges ("streamed") or about this many spatial chunks ("chunked").
             species: one species label per atom, overriding the structure's.
@@ -184,6 +186,8 @@ class Predictor:
         Raises:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
+            InputError: a ``dtype`` other than float64/float32, a ``max_memory`` that is not a
+                finite positive size, ``parts`` not a whole number >= 1, an unknown ``mode``.
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
 
         Warns:
@@ -212,7 +216,7 @@ class Predictor:
         return csr
 
     def _predict(
-        self, structure: Any, *, backend: str = "auto", dtype: Any = np.float64, max_memory: int | None = None,
+        self, structure: Any, *, backend: str = "auto", dtype: Any = np.float64, max_memory: int | str | None = None,
         mode: str = "auto", parts: int | None = None, species: Sequence[str] | None = None,
         nsc: Sequence[int] | None = None, progress: bool | Callable[[int, int], None] = False,
         threads: int | None = None,
@@ -220,7 +224,8 @@ class Predictor:
         report = PredictionReport(device=str(self.device))
         self.last_report = report
         timer = StageTimer(report)
-        dtype = np.dtype(dtype)
+        dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)  # options checked before any work
+        check_parts(parts, mode)
         problem = self.prepare(structure, species=species, nsc=nsc, timer=timer)
         report.n_atoms, report.nnz = problem.n_atoms, problem.nnz
         plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
@@ -254,7 +259,7 @@ class Predictor:
         from hforge.graph.model_graph import collate
         from hforge.models.predict import assemble_prediction
 
-        dtype = np.dtype(dtype)
+        dtype = output_dtype(dtype)
         graphs = [self.builder.from_arrays(self.arrays(s), name=f"structure {k}") for k, s in enumerate(structures)]
         results: list[Any] = []
         batch: list[GraphBatch] = []
