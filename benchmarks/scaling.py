@@ -227,6 +227,10 @@ def _graph2mat_run(cache_dir: str, n_atoms: int) -> dict[str, Any]:
     """graph2mat 0.0.x (MACE + E3nnGraph2Mat, H only) on the same cell and basis, in this process."""
     import sisl
     import torch
+
+    from hforge._compat import import_mace
+
+    import_mace()  # e3nn and mace in the context their imports need (hforge/_compat.py)
     from e3nn import o3
     from graph2mat import BasisTableWithEdges, MatrixDataProcessor, PointBasis
     from graph2mat.models import MatrixMACE

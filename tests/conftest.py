@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-import hforge  # noqa: F401  (applies the e3nn/torch import fix before any test imports e3nn)
+from hforge._compat import import_e3nn
+
+import_e3nn()  # tests import e3nn directly: in the context its import needs, before any of them does
 
 settings.register_profile(
     "hforge", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]

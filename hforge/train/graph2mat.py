@@ -87,10 +87,11 @@ Target = Literal["h", "residual"]
 def require_graph2mat() -> str:
     """graph2mat's version; raises :class:`BackendUnavailableError` when graph2mat, mace-torch,
     e3nn or torch_geometric cannot be imported."""
+    from hforge._compat import import_mace
+
     try:
-        import e3nn  # noqa: F401
+        import_mace()  # e3nn and mace first, in the context their imports need (hforge/_compat.py)
         import graph2mat
-        import mace.modules  # noqa: F401
         import torch_geometric  # noqa: F401
         from graph2mat.models import MatrixMACE  # noqa: F401
     except ImportError as exc:
@@ -197,14 +198,16 @@ class Graph2MatSettings:
             raise ConfigError("Graph2MatSettings: warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", "must be >= 1 or None")
-        try:
-            from e3nn import o3
+        from hforge._compat import import_e3nn
 
-            o3.Irreps(self.hidden_irreps), o3.Irreps(self.edge_hidden_irreps)
-        except ImportError:
-            pass
-        except Exception as exc:  # e3nn's ValueError/AssertionError on a bad irreps string
-            raise ConfigError(f"Graph2MatSettings: bad irreps string ({exc})") from None
+        import_e3nn()  # a dependency of HForge: the check always runs
+        from e3nn import o3
+
+        for name in ("hidden_irreps", "edge_hidden_irreps"):
+            try:
+                o3.Irreps(getattr(self, name))
+            except (ValueError, AssertionError) as exc:  # e3nn's errors of a bad irreps string
+                raise bad(name, f"not an irreps string ({exc})") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
