@@ -285,3 +285,51 @@ def test_predict_refuses_a_device_it_cannot_use(files, tmp_path):
         result = CliRunner().invoke(app, [*command, "cuda"])
         assert result.exit_code != 0 and "no usable CUDA GPU" in result.output
     assert not (tmp_path / "o.TSHS").exists()
+
+
+def test_the_output_may_not_replace_the_input(files, tmp_path):
+    """New-user probe: `hforge predict MODEL cell.nc -o cell.nc` (ASE reads NetCDF trajectories) replaced the input."""
+    import ase.io
+
+    checkpoint, structure, _ = files
+    trajectory = tmp_path / "cell.nc"
+    ase.io.write(trajectory, ase.io.read(structure), format="netcdftrajectory")
+    before = trajectory.read_bytes()
+    for out in (trajectory, tmp_path / "." / "cell.nc"):
+        result = CliRunner().invoke(app, ["predict", str(checkpoint), str(trajectory), "-o", str(out)])
+        assert result.exit_code == 1 and "the output would replace the input" in result.output.replace("\n", "")
+    assert trajectory.read_bytes() == before
+
+
+def test_verbose_says_what_hforge_does_and_a_file_without_a_cell_is_named(files, tmp_path):
+    """No logging in the library before, and a plain .xyz without a cell was predicted as a cluster without a word."""
+    from ase import Atoms
+
+    checkpoint, structure, _ = files
+    molecule = tmp_path / "bn.xyz"
+    Atoms("BN", positions=[[0, 0, 0], [1.45, 0, 0]]).write(molecule, format="xyz")
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(molecule), "-o", str(tmp_path / "bn.TSHS")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {molecule}: it gives no cell: predicted as an isolated cluster" in result.stderr.replace("\n", " ")
+    assert "info:" not in result.stderr
+    result = CliRunner().invoke(app, ["--verbose", "predict", str(checkpoint), str(structure), "-o", str(tmp_path / "c.TSHS")])
+    assert result.exit_code == 0, result.output
+    assert f"info: {structure}: 64 atoms, nnz" in result.stderr and "no cell" not in result.stderr
+
+
+def test_evaluate_on_an_empty_split_fails_and_predict_many_names_the_structure(files, tmp_path):
+    """New-user probe: `hforge evaluate --split test` of a store without test structures exited 0 with empty tables;
+    predict_many did not say which structure it refused."""
+    from ase import Atoms
+
+    from hforge.errors import GeometryError
+
+    checkpoint, structure, predictor = files
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", "--split", "test", "--no-eigenvalues"])
+    assert result.exit_code == 1, result.output
+    assert "--split test: abn-small holds no structure of that split (its splits: {'train': 3, 'val': 1, 'test': 0})" in (
+        result.output.replace("\n", ""))
+    good = Atoms("BN", positions=[[0, 0, 0], [1.45, 0, 0]])
+    overlapping = Atoms("BN", positions=[[0, 0, 0], [0.2, 0, 0]])
+    with pytest.raises(GeometryError, match=r"^structure 2: overlapping atoms: .* atoms 0 and 1 .* at 0.2000 Å"):
+        predictor.predict_many([good, good, overlapping, good])

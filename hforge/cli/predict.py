@@ -62,7 +62,7 @@ def predict_command(
         frames = read_frames(structure)
         outputs = frame_outputs(out, len(frames))
         for path in outputs:
-            check_output_path(path)
+            check_output_path(path, inputs=[structure])
         budget = memory_budget(max_memory)
         predictor = load(model, device=device)
         if len(frames) > 1:  # every frame checked before the first is predicted

@@ -24,6 +24,7 @@ whose output does not fit on the device is chunked into host buffers.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, Iterable, Sequence
 
@@ -43,6 +44,8 @@ from hforge.ops.assemble import AssembledCSR
 from hforge.structures.validate import validate_structure
 
 __all__ = ["Predictor", "predict_hamiltonian", "resolve_device"]
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -203,7 +206,13 @@ class Predictor:
         if source is None and isinstance(structure, (str, os.PathLike)):
             source = str(structure)
         check_learned_overlap(self.model, hamiltonian, source=source)
-        self.last_report.peak_rss_bytes = peak_rss_bytes()
+        report = self.last_report
+        report.peak_rss_bytes = peak_rss_bytes()
+        logger.info(
+            "%s: %d atoms, nnz %d, %s in %d part(s) on %s, %.1f s (%s), peak RSS %.2f GB", source or "structure",
+            report.n_atoms, report.nnz, report.mode, report.n_parts, report.device, sum(report.seconds.values()),
+            ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()), report.peak_rss_bytes / 1e9,
+        )
         return hamiltonian
 
     def predict_csr(self, structure: Any, **options: Any) -> AssembledCSR:
@@ -249,7 +258,8 @@ class Predictor:
         """H and S of many small structures (whole cells), batched through the model.
 
         Args:
-            structures: as :meth:`predict`; all are checked before the first model pass.
+            structures: as :meth:`predict`; all are checked before the first model pass (an error
+                names the structure at fault: ``structure k``, counted from 0).
             batch_atoms: atoms per model pass (a larger structure gets a pass of its own).
             backend, dtype: as :meth:`predict`.
 
@@ -260,7 +270,12 @@ class Predictor:
         from hforge.models.predict import assemble_prediction
 
         dtype = output_dtype(dtype)
-        graphs = [self.builder.from_arrays(self.arrays(s), name=f"structure {k}") for k, s in enumerate(structures)]
+        graphs = []
+        for k, structure in enumerate(structures):
+            try:
+                graphs.append(self.builder.from_arrays(self.arrays(structure), name=f"structure {k}"))
+            except InputError as error:  # which of them, counted from 0
+                raise type(error)(f"structure {k}: {error.message}", path=error.path) from None
         results: list[Any] = []
         batch: list[GraphBatch] = []
         backend = "numba" if backend == "auto" else backend  # blocks come back to the host

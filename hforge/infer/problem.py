@@ -5,6 +5,7 @@ then its canonical block pairs, the output's supercells and CSR row pointer (:cl
 from __future__ import annotations
 
 import functools
+import logging
 import mmap
 import os
 import sys
@@ -25,12 +26,17 @@ from hforge.ops.assemble.layout import array_module, default_index_dtype
 
 __all__ = ["POPULATE_BYTES", "Problem", "make_problem", "populated_empty", "read_frames", "read_structure"]
 
+logger = logging.getLogger(__name__)
+
 #: Arrays from this size on are mapped with their pages populated (:func:`populated_empty`).
 POPULATE_BYTES = 1 << 26
 
 
 def read_frames(path: str | os.PathLike) -> list[Any]:
     """Every frame of a structure file (``ase.io.read(path, index=":")``) as ``ase.Atoms``.
+
+    A frame without a cell or periodicity (a plain ``.xyz``) is a cluster: it is predicted with open
+    boundaries, and a ``logging`` warning says so.
 
     Raises:
         FileFormatError: a missing or unreadable file, or one without a frame.
@@ -46,6 +52,13 @@ def read_frames(path: str | os.PathLike) -> list[Any]:
         raise FileFormatError(f"ASE cannot read a structure from it: {type(exc).__name__}: {exc}", path=path) from exc
     if not frames:
         raise FileFormatError("ASE reads no structure from it", path=path)
+    clusters = [atoms for atoms in frames if not atoms.get_pbc().any() and not atoms.get_cell().any()]
+    if clusters:
+        which = "it gives" if len(frames) == 1 else f"{len(clusters)} of its {len(frames)} frames give"
+        logger.warning(
+            "%s: %s no cell: predicted as an isolated cluster (open boundaries); for a periodic structure give its "
+            "cell and pbc (e.g. an extended XYZ with Lattice=... pbc=...)", path, which,
+        )
     return list(frames)
 
 

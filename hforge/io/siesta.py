@@ -497,6 +497,7 @@ def read_hs(
     if data.folded and unfold is not False:
         try:
             data = _unfold(data)
+            logger.info("%s: a Γ-only file (nsc 1 1 1), unfolded into its periodic pairs (nsc %s)", path, data.nsc.tolist())
         except FoldedMatrixError as exc:
             if unfold:
                 raise

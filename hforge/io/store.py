@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,8 @@ from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import hs_label, read_hs
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "hforge-hsstore"
 VERSION = 1
@@ -462,9 +465,12 @@ def convert(
             merged = _merge_basis(merged, part_basis, str(source))
             done.append((name, part))
         except HForgeError as exc:
+            logger.info("skipped %s: %s", run, exc)
             report.skipped.append((str(run), str(exc)))
             if on_skip is not None:
                 on_skip(str(run), exc)
+    logger.info("%s: %d runs converted, %d reused, %d skipped", store, len(report.converted), len(report.reused),
+                len(report.skipped))
     if not done:
         if old is not None:
             old.close()

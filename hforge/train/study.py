@@ -19,6 +19,7 @@ training cell of at most 32 atoms, held-out cells of 8 to 64 atoms, several seed
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +31,8 @@ import numpy as np
 from hforge.errors import ConfigError
 from hforge.files import write_json
 from hforge.io import HSData
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FIGURES",
@@ -293,7 +296,7 @@ def run_study(
     *,
     docs: str | os.PathLike | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train every model and seed of ``plan``, test them, and write the results.
 
@@ -303,7 +306,7 @@ def run_study(
             where it stopped, finished trainings are not repeated), ``results.json``.
         docs: where ``results.md`` and ``figures/`` go (default ``out``).
         progress: progress bars of the trainings.
-        log: one line per step of the study.
+        log: called with one line per step of the study (default: this module's logger, INFO).
 
     Returns:
         The content of ``results.json``: the plan, per run its evaluation summaries and training
@@ -311,6 +314,7 @@ def run_study(
     """
     from hforge.datasets import load
 
+    log = log or logger.info
     out = Path(out)
     docs = Path(docs) if docs is not None else out
     store = load(plan.source).store

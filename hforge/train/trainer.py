@@ -38,6 +38,7 @@ docs/measurements.md), and P processes would not equal one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -67,6 +68,8 @@ __all__ = [
     "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",
     "share_of_batch",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Files that make a folder a training run's: a new run there would overwrite or extend them.
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
@@ -620,6 +623,7 @@ class Trainer:
             self.last_validation = self.validate()
             self._log({"step": self.step, "epoch": self.epoch, "val": self.last_validation})
             score = self.last_validation["mean"]["h_mae_meV"]
+            logger.info("step %d: validation H MAE %.3f meV (best so far %.3f)", self.step, score, min(score, self.best))
             if score < self.best:
                 self.best = score
                 self._save(self.best_path)
