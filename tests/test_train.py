@@ -151,6 +151,18 @@ def test_configs_that_disagree_with_the_data(tmp_path, change, match):
         Trainer(load_config(tiny(**change)), tmp_path, progress=False)
 
 
+def test_a_bug_in_the_model_build_is_not_turned_into_a_config_error(tmp_path, monkeypatch):
+    """trainer.py caught every exception of the baseline fit and model build as a one-line ConfigError."""
+    import hforge.train.trainer as trainer_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a config")
+
+    monkeypatch.setattr(trainer_module, "build_model", broken)
+    with pytest.raises(KeyError, match="a bug, not a config"):
+        Trainer(load_config(tiny()), tmp_path, progress=False)
+
+
 def test_species_and_neighbour_count_come_from_the_data_unless_given():
     from ase import Atoms
     from ase.neighborlist import neighbor_list

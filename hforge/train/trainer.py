@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hforge.errors import ConfigError
+from hforge.errors import BasisMismatchError, ConfigError, UnknownSpeciesError
 from hforge.files import atomic_write, write_json
 from hforge.graph import collate, neighbour_list
 from hforge.graph.augment import rotate_graph
@@ -384,9 +384,7 @@ class Trainer:
         try:
             coefficients, statistics = self._fit_baseline()
             self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
-        except ConfigError:
-            raise
-        except Exception as exc:  # UnknownSpeciesError, BasisMismatchError
+        except (UnknownSpeciesError, BasisMismatchError) as exc:  # the data and the model config disagree
             raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
         if coefficients is not None:
             self.model.baseline_coef.copy_(torch.from_numpy(coefficients))
