@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from hforge.structures.amorphous import DENSITY_RANGE, PROTOCOLS, MeltQuenchProtocol, amorphous_bn, random_bn_cell
-from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, radial_distribution, structure_statistics
+from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, structure_statistics
 from hforge.structures.lammps import tersoff_bn_potential
 from hforge.structures.validate import MIN_DISTANCE, VACUUM, check_arrays, open_cell, validate_structure
 
@@ -23,7 +23,6 @@ __all__ = [
     "amorphous_bn",
     "check_arrays",
     "open_cell",
-    "radial_distribution",
     "random_bn_cell",
     "structure_statistics",
     "tersoff_bn_potential",
