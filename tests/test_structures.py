@@ -84,7 +84,12 @@ def test_tersoff_file_is_sevik_bn_with_homonuclear_attraction_off():
 
 
 def test_shared_structures_are_valid(abn_dir):
-    for path in sorted((abn_dir / "structures").glob("*/*.xyz")):
+    import json
+
+    listed = [json.loads(line)["file"] for line in (abn_dir / "structures.jsonl").read_text().splitlines() if line.strip()]
+    paths = sorted((abn_dir / "structures").glob("*/*.xyz"))
+    assert sorted(p.name for p in paths) == sorted(listed) and len(paths) == 22  # the glob found every listed cell
+    for path in paths:
         validate_structure(ase.io.read(path), path=path)
 
 
