@@ -27,7 +27,8 @@ from hforge.io import read_hs
 from hforge.models import load_checkpoint
 from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
 from hforge.train.evaluation import evaluate_structures, predict_blocks
-from hforge.train.trainer import Trainer, TrainingData, atom_batches, read_log, share_of_batch
+from hforge.train.loop import atom_batches, read_log
+from hforge.train.trainer import Trainer, TrainingData, share_of_batch
 
 REPO = Path(__file__).resolve().parents[1]
 

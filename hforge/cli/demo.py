@@ -79,7 +79,8 @@ def demo(
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
     from hforge.train.evaluation import evaluate_structures, predict_blocks
-    from hforge.train.trainer import Trainer, read_log
+    from hforge.train.loop import read_log
+    from hforge.train.trainer import Trainer
 
     console = console or wide_console()
     out = Path(out)

@@ -372,7 +372,7 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
     from hforge.metrics import GammaLayout
     from hforge.metrics.blocks import align_reference
     from hforge.train.curves import plot_learning_curves
-    from hforge.train.trainer import read_log
+    from hforge.train.loop import read_log
 
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

@@ -37,11 +37,9 @@ docs/measurements.md), and P processes would not equal one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import random
 import resource
 import time
 from dataclasses import dataclass, field, replace
@@ -61,12 +59,23 @@ from hforge.metrics import GammaLayout
 from hforge.models import build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline
 from hforge.train.config import TrainConfig
-from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
+from hforge.train.evaluation import check_data_basis, evaluate_structures, with_valence
+from hforge.train.loop import (
+    MetricsLog,
+    atom_batches,
+    config_differences,
+    ema_decay,
+    lr_lambda,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    update_ema,
+    validation_record,
+)
 from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
 
 __all__ = [
-    "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",
-    "share_of_batch",
+    "TrainResult", "Trainer", "TrainingData", "calibrate_norms", "distributed_context", "norm_layers", "share_of_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,24 +180,6 @@ class TrainingData:
         data = self.store.read(index)
         data.basis = self.basis
         return data
-
-
-def atom_batches(sizes: list[int], batch_atoms: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of an epoch: positions into ``sizes`` (atoms per structure) in a permutation
-    drawn from ``(seed, epoch)``, packed greedily up to ``batch_atoms`` atoms (at least one each)."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(sizes))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    atoms = 0
-    for k in order.tolist():
-        if current and atoms + sizes[k] > batch_atoms:
-            batches.append(current)
-            current, atoms = [], 0
-        current.append(k)
-        atoms += sizes[k]
-    if current:
-        batches.append(current)
-    return batches
 
 
 def share_of_batch(batch: list[int], sizes: list[int], rank: int, world: int) -> list[int]:
@@ -297,39 +288,6 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def lr_lambda(schedule: Any, max_steps: int) -> Any:
-    """The learning-rate factor of a step: linear warm-up, then constant or cosine to ``min_lr_ratio``."""
-
-    def factor(step: int) -> float:
-        if schedule.warmup_steps and step < schedule.warmup_steps:
-            return (step + 1) / schedule.warmup_steps
-        if schedule.name == "constant":
-            return 1.0
-        progress = min(1.0, (step - schedule.warmup_steps) / max(1, max_steps - schedule.warmup_steps))
-        return schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch, numpy and python random states (JSON- and ``weights_only``-safe)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -378,9 +336,8 @@ class Trainer:
         self.config = config = self.data.config  # species / avg_num_neighbors from the data where not given
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         self.log_path = self.out_dir / "metrics.jsonl"
-        torch.manual_seed(training.seed)
-        np.random.seed(training.seed)
-        random.seed(training.seed)
+        self.log = MetricsLog(self.log_path)
+        seed_everything(training.seed)
         try:
             coefficients, statistics = self._fit_baseline()
             self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
@@ -505,11 +462,7 @@ class Trainer:
         if state is None:
             raise ConfigError("--resume: the checkpoint holds no training state", path=self.last_path)
         check_data_basis(model.basis, self.data.basis, source=self.config.data.source)
-        saved, now = dict(state["config"]), self.config.to_dict()
-        for cfg in (saved, now):
-            cfg["training"] = {k: v for k, v in cfg["training"].items() if k not in ("max_steps", "max_minutes")}
-        differ = sorted(f"{section}.{k}" for section in now for k in set(now[section]) | set(saved.get(section, {}))
-                        if now[section].get(k) != saved.get(section, {}).get(k))
+        differ = config_differences(state["config"], self.config.to_dict(), ignore=("training.max_steps", "training.max_minutes"))
         if differ:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}", path=self.last_path)
         self.model.load_state_dict(state["model_state"])
@@ -520,10 +473,8 @@ class Trainer:
         set_rng_state(state["rng"])
         for key in ("step", "epoch", "batch_in_epoch", "best", "elapsed_s", "train_time_s", "structures_seen", "atoms_seen"):
             setattr(self, key, state[key])
-        if self.dist.is_main and self.log_path.is_file():  # drop the log lines of steps after the checkpoint
-            lines = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            with atomic_write(self.log_path) as f:
-                f.writelines(line + "\n" for line in lines)
+        if self.dist.is_main:
+            self.log.trim(self.step)
 
     # ---- one step -----------------------------------------------------------------------------
     def _batch(self, share: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor, list[_Item]]:
@@ -584,12 +535,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            decay = min(self.config.training.ema_decay, (1 + self.step) / (10 + self.step))
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                    e.lerp_(p, 1 - decay)
-                for e, b in zip(self.ema.buffers(), self.model.buffers()):
-                    e.copy_(b)
+            update_ema(
+                zip(self.ema.parameters(), self.model.parameters()), zip(self.ema.buffers(), self.model.buffers()),
+                ema_decay(self.step, self.config.training.ema_decay),
+            )
         names = sorted(logged)
         summed = self.dist.all_sum(torch.tensor([float(loss.detach())] + [logged[n] for n in names], dtype=torch.float64))
         record = {"loss": float(summed[0]), **{f"loss_{n}": float(v) for n, v in zip(names, summed[1:])}}
@@ -604,17 +553,12 @@ class Trainer:
             model, (self.data.read(k) for k in self.data.val), eigenvalues=self.config.training.val_eigenvalues,
         )
         model.train(model is self.model)
-        rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
-        keys = sorted({k for row in rows.values() for k in row})
-        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
-        return {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
+        return validation_record(evaluation)
 
     # ---- loop ---------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.log.append(record)
 
     def _validate_and_keep_best(self) -> None:
         if self.dist.is_main:
@@ -696,14 +640,6 @@ class Trainer:
         if self.dist.is_main:
             from hforge.train.curves import plot_learning_curves
 
-            plot_learning_curves(read_log(self.log_path), self.out_dir / "learning_curve.png", title=self.config.model.kind)
+            plot_learning_curves(self.log.records(), self.out_dir / "learning_curve.png", title=self.config.model.kind)
             write_json(self.out_dir / "summary.json", result.to_dict())
         return result
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
