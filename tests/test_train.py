@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -326,6 +327,29 @@ def test_checkpoints_hold_the_values_taken_from_the_data(checkpoint):
     expected = TrainingData(load_config(tiny())).config.model
     assert model.config.avg_num_neighbors == expected.avg_num_neighbors and model.config.species == ("B", "N")
     assert payload["extra"]["training"]["config"]["model"]["avg_num_neighbors"] == expected.avg_num_neighbors
+
+
+def test_a_trained_checkpoint_warns_about_structures_outside_its_training_cells(checkpoint):
+    """The trainer stores its training cells' domain in the checkpoint; the predictor warns (OutOfDomainWarning) on a
+    cell compressed to 0.7x, and says nothing on the held-out 24-atom cell."""
+    import warnings
+
+    import hforge
+    from hforge.errors import OutOfDomainWarning
+    from hforge.structures import TrainingDomain
+
+    _, payload = load_checkpoint(checkpoint)
+    domain = TrainingDomain.from_dict(payload["extra"]["domain"])
+    assert domain.n_structures == 3 and domain.r_max == TrainingData(load_config(tiny())).config.model.r_max
+    predictor = hforge.load(checkpoint, device="cpu")
+    val = load("abn-small")[3]
+    assert val.n_atoms == 24
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDomainWarning)
+        predictor.predict(val)
+    compressed = dataclasses.replace(val, positions=0.7 * val.positions, cell=0.7 * val.cell)
+    with pytest.warns(OutOfDomainWarning, match=r"outside the model's training structures \(B-N pairs .* neighbours within"):
+        predictor.predict(compressed)
 
 
 def test_a_run_folder_is_not_overwritten_without_resume_or_overwrite(checkpoint, tmp_path):

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from hforge.errors import BackendUnavailableError, InputError
+from hforge.errors import BackendUnavailableError, InputError, OutOfDomainWarning
 from hforge.graph.model_graph import GraphBatch, StructureArrays, structure_arrays
 from hforge.infer.chunks import receptive_field
 from hforge.infer.overlap import check_learned_overlap
@@ -41,6 +42,7 @@ from hforge.infer.problem import Problem, make_problem, read_structure
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, torch_threads
 from hforge.models.base import HSModel
 from hforge.ops.assemble import AssembledCSR
+from hforge.structures.domain import TrainingDomain
 from hforge.structures.validate import validate_structure
 
 __all__ = ["Predictor", "predict_hamiltonian", "resolve_device"]
@@ -76,9 +78,15 @@ class Predictor:
         model: an :class:`~hforge.models.HSModel` (put in evaluation mode and moved to ``device``).
         source: where it came from (a path or a bundled name), shown in reports.
         device: ``"cuda"``, ``"cuda:N"``, ``"cpu"``, or None: CUDA when usable (:func:`resolve_device`).
+        domain: the model's training domain (a checkpoint's ``extra["domain"]``): a structure outside
+            it is predicted with an :class:`~hforge.errors.OutOfDomainWarning`; None: not checked.
     """
 
-    def __init__(self, model: HSModel, *, source: str | None = None, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, model: HSModel, *, source: str | None = None, device: str | torch.device | None = None,
+        domain: TrainingDomain | None = None,
+    ) -> None:
+        self.domain = domain
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.source = source
@@ -117,7 +125,24 @@ class Predictor:
             if path is not None and error.path is None:
                 raise type(error)(error.message, path=path) from None
             raise
+        self._check_domain(arrays, path)
         return arrays
+
+    def _check_domain(self, arrays: StructureArrays, source: Any) -> None:
+        """Warn (:class:`~hforge.errors.OutOfDomainWarning`) when the structure lies outside the training domain."""
+        if self.domain is None:
+            return
+        labels = [self.model.basis.symbols[s] for s in arrays.species]
+        found = self.domain.departures(arrays.positions, arrays.cell, arrays.pbc, labels)
+        if found:
+            where = f"{source}: " if source is not None else ""
+            warnings.warn(
+                OutOfDomainWarning(
+                    f"{where}the structure lies outside the model's training structures ({'; '.join(found)}): its H "
+                    "and S are an extrapolation"
+                ),
+                stacklevel=3,
+            )
 
     def prepare(
         self, structure: Any, *, species: Sequence[str] | None = None, nsc: Sequence[int] | None = None,
@@ -194,6 +219,8 @@ class Predictor:
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
 
         Warns:
+            OutOfDomainWarning: the structure lies outside the model's training domain (species
+                fractions, closest approaches or neighbour counts; :mod:`hforge.structures.domain`).
             OverlapWarning: a model with a learned S predicted an S(Γ) that is not positive
                 definite, or one too large to check (:mod:`hforge.infer.overlap`).
         """

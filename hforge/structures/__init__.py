@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from hforge.structures.amorphous import DENSITY_RANGE, PROTOCOLS, MeltQuenchProtocol, amorphous_bn, random_bn_cell
+from hforge.structures.domain import TrainingDomain
 from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, structure_statistics
 from hforge.structures.lammps import tersoff_bn_potential
 from hforge.structures.validate import MIN_DISTANCE, VACUUM, check_arrays, open_cell, validate_structure
@@ -20,6 +21,7 @@ __all__ = [
     "VACUUM",
     "MeltQuenchProtocol",
     "StructureStatistics",
+    "TrainingDomain",
     "amorphous_bn",
     "check_arrays",
     "open_cell",

@@ -8,6 +8,8 @@ says and writes into ``out_dir``:
   model is the EMA of the weights (the raw weights when EMA is off), readable by
   :func:`hforge.models.load_checkpoint`; ``extra["training"]`` holds what a resumed run needs: the
   config, the raw weights, optimizer, scheduler, RNG states, step, epoch and batch position;
+  ``extra["domain"]`` the training structures' :class:`~hforge.structures.TrainingDomain`, with
+  which the predictor warns about structures outside it;
 * ``metrics.jsonl``: one JSON object per logged step (``loss``, its H/S/eigenvalue terms, ``lr``)
   and per validation (``val``: per-structure and mean metrics);
 * ``learning_curve.png`` at the end, ``config.yaml`` (the resolved config), ``summary.json``.
@@ -58,6 +60,7 @@ from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.metrics import GammaLayout
 from hforge.models import build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline
+from hforge.structures.domain import TrainingDomain
 from hforge.train.config import TrainConfig
 from hforge.train.evaluation import check_data_basis, evaluate_structures, with_valence
 from hforge.train.loop import (
@@ -373,6 +376,10 @@ class Trainer:
             self._init_from(Path(training.init_from))
         self.items = self._prepare(self.data.train)
         self.sizes = [item.n_atoms for item in self.items]
+        self.domain = TrainingDomain.of(
+            ((d.positions, d.cell, d.pbc, [d.basis.symbols[s] for s in d.species]) for d in map(self.data.read, self.data.train)),
+            config.model.r_max,
+        )
         self.norms = norm_layers(self.model)
         if not resume and training.init_from is None:
             calibrate_norms(self.model, [item.graph for item in self.items])
@@ -417,6 +424,7 @@ class Trainer:
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         return {
+            "domain": self.domain.to_dict(),
             "training": {
                 "config": self.config.to_dict(),
                 "model_state": self.model.state_dict(),
