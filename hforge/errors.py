@@ -8,6 +8,7 @@ of SIESTA runs knows which one is broken::
     ├── InputError (also ValueError)        bad input from the user
     │   ├── FileFormatError                 malformed, truncated or unreadable file
     │   ├── BasisMismatchError              basis and matrices/geometry disagree
+    │   │   └── MissingBasisError           a file that carries no basis, and none found or given
     │   ├── UnknownSpeciesError             species absent from a basis or a model
     │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
     │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
@@ -35,6 +36,7 @@ __all__ = [
     "InputError",
     "FileFormatError",
     "BasisMismatchError",
+    "MissingBasisError",
     "UnknownSpeciesError",
     "GeometryError",
     "InvalidMatrixError",
@@ -75,6 +77,11 @@ class FileFormatError(InputError):
 
 class BasisMismatchError(InputError):
     """A basis that does not match the matrices, geometry or model it is used with."""
+
+
+class MissingBasisError(BasisMismatchError):
+    """An H/S file that carries no basis (a bare TSHS, HForge's own among them) when no basis is
+    given and no ion files are found beside it."""
 
 
 class UnknownSpeciesError(InputError):

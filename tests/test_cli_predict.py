@@ -333,3 +333,26 @@ def test_evaluate_on_an_empty_split_fails_and_predict_many_names_the_structure(f
     overlapping = Atoms("BN", positions=[[0, 0, 0], [0.2, 0, 0]])
     with pytest.raises(GeometryError, match=r"^structure 2: overlapping atoms: .* atoms 0 and 1 .* at 0.2000 Å"):
         predictor.predict_many([good, good, overlapping, good])
+
+
+def test_data_inspect_reads_hforges_own_tshs_without_a_basis(files, tmp_path):
+    """New-user probe: `hforge data inspect` of the TSHS `hforge predict` wrote refused to run without --basis (a TSHS
+    carries no species); now it reports what needs no basis, and says the species are unknown."""
+    import json
+
+    import scipy.linalg
+
+    checkpoint, structure, _ = files
+    out = tmp_path / "cell.TSHS"
+    assert CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out)]).exit_code == 0
+    result = CliRunner().invoke(app, ["data", "inspect", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    H = read(out)
+    assert info["atoms"] == 64 == H.na and info["orbitals"] == H.no and info["nnz"] == H.nnz
+    assert info["species"].startswith("unknown: the file carries no basis") and info["orbitals_per_atom"] == [13]
+    s = H.Sk(format="array")
+    assert info["S_min_eigenvalue_gamma"] == pytest.approx(scipy.linalg.eigvalsh(s)[0], rel=1e-10)
+    assert info["hermiticity_error_H_eV"] < 1e-12  # the predictor writes each block and its transpose
+    lowest, highest = scipy.linalg.eigh(H.Hk(format="array"), s, eigvals_only=True)[[0, -1]]
+    assert info["eigenvalues_gamma_eV"] == pytest.approx([lowest, highest], rel=1e-9)

@@ -69,13 +69,20 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum;
-    a warning when the SIESTA log beside the file shows a run that failed or did not converge."""
+    a warning when the SIESTA log beside the file shows a run that failed or did not converge.  A file
+    without a basis (a bare TSHS, HForge's own) and no --basis: what needs none (species unknown)."""
+    from hforge.errors import MissingBasisError
     from hforge.io import read_hs
-    from hforge.io.inspect import describe
+    from hforge.io.inspect import describe, describe_without_basis
     from hforge.io.runs import run_state
+    from hforge.io.siesta import read_sisl_hamiltonian
 
     with user_errors():
-        info = describe(read_hs(file, basis=basis, validate=False))
+        try:
+            info = describe(read_hs(file, basis=basis, validate=False))
+        except MissingBasisError:  # a bare TSHS (HForge's own): what needs no basis
+            hamiltonian, fermi, path = read_sisl_hamiltonian(file)
+            info = describe_without_basis(hamiltonian, fermi, str(path))
         state = run_state(file)
     if state is not None:
         log, kind, message = state

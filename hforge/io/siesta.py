@@ -44,6 +44,7 @@ from hforge.errors import (
     FileFormatError,
     FoldedMatrixError,
     HForgeError,
+    MissingBasisError,
     OutputError,
     UnknownSpeciesError,
     UnsupportedSystemError,
@@ -64,6 +65,7 @@ __all__ = [
     "hs_label",
     "is_hs_file_name",
     "read_hs",
+    "read_sisl_hamiltonian",
     "readable_copy",
     "split_compression",
     "write_hs",
@@ -411,7 +413,7 @@ def _resolve_basis(
     if basis is None:
         basis = file_basis
     if basis is None:
-        raise BasisMismatchError(
+        raise MissingBasisError(
             "the file carries no basis (a bare TSHS) and no folder of ion files was found beside it: give one with "
             "--basis (basis= in Python), a folder of .ion/.ion.nc/.ion.xml files, and keep the run's fdf beside the "
             "file for the species",
@@ -441,6 +443,37 @@ def _resolve_basis(
                     path=path,
                 )
     return basis, lookup[species]
+
+
+def _matrix_file(path: str | os.PathLike) -> tuple[Path, str]:
+    """``(the H/S file, its kind)`` of a path to one or to the run's fdf (:func:`find_hs_file`).
+
+    Raises:
+        FileFormatError: a missing file, or one of an unknown kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError("no such file", path=path)
+    kind = _kind(path)
+    if kind == ".fdf":
+        path = find_hs_file(path)
+        kind = _kind(path)
+    return path, kind
+
+
+def read_sisl_hamiltonian(path: str | os.PathLike) -> tuple[Any, float, Path]:
+    """H and S of an H/S file as sisl reads them, without a basis: ``(sisl.Hamiltonian (H - E_F S,
+    eV), E_F in eV, the file)``, checked as :func:`read_hs` checks it (truncation, corruption,
+    spin).  For files nothing describes (a bare TSHS, as HForge writes them): species appear as
+    sisl's placeholders, orbitals without quantum numbers.
+
+    Raises:
+        FileFormatError, UnsupportedSystemError: as :func:`read_hs`.
+    """
+    path, kind = _matrix_file(path)
+    with readable_copy(path) as local:
+        _, H, fermi = _read_sisl(local, kind)
+    return H, fermi, path
 
 
 def read_hs(
@@ -475,6 +508,7 @@ def read_hs(
 
     Raises:
         FileFormatError: missing, unknown, truncated or corrupted file.
+        MissingBasisError: a file without a basis (a bare TSHS) and none given or found beside it.
         UnsupportedSystemError: non-collinear or spin-orbit calculation.
         UnknownSpeciesError: a species of the file that the basis lacks.
         BasisMismatchError: orbital counts, shells or orbital radii that disagree with the basis
@@ -482,13 +516,7 @@ def read_hs(
         FoldedMatrixError: ``unfold=True`` and a folded pair that couples through several images.
         InvalidMatrixError: NaN/inf entries, S not positive definite.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError("no such file", path=path)
-    kind = _kind(path)
-    if kind == ".fdf":
-        path = find_hs_file(path)
-        kind = _kind(path)
+    path, kind = _matrix_file(path)
     with readable_copy(path) as local:
         _, H, fermi = _read_sisl(local, kind)
         basis_set, atom_index = _resolve_basis(path, kind, H, basis, species, local=local)
