@@ -348,7 +348,8 @@ def test_a_trained_checkpoint_warns_about_structures_outside_its_training_cells(
         warnings.simplefilter("error", OutOfDomainWarning)
         predictor.predict(val)
     compressed = dataclasses.replace(val, positions=0.7 * val.positions, cell=0.7 * val.cell)
-    with pytest.warns(OutOfDomainWarning, match=r"outside the model's training structures \(B-B pairs .* B-N pairs .* neighbours within"):
+    departures = r"outside the model's training structures \(B-B pairs .* B-N pairs .* neighbours within"
+    with pytest.warns(OutOfDomainWarning, match=departures):
         predictor.predict(compressed)
 
 
