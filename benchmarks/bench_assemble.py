@@ -300,11 +300,14 @@ def test_hforge_numba_fill_preallocated(benchmark, out, expected):
 
 
 def same_arrays(*arrays):
-    """Check of a copy: the same arrays, element for element."""
+    """Check of a copy: arrays of its own memory (not the originals or views of them) holding the
+    originals' values, element for element."""
 
     def check(copies) -> None:
         for copy, original in zip(copies, arrays):
-            np.testing.assert_array_equal(copy.get() if hasattr(copy, "get") else copy, original)
+            host = copy.get() if hasattr(copy, "get") else copy
+            assert not np.shares_memory(host, original), "not a copy: the original's memory"
+            np.testing.assert_array_equal(host, original)
 
     return check
 

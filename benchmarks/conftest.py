@@ -1,4 +1,6 @@
-"""Benchmark-wide settings: ``import hforge`` first, so that its e3nn/torch import fix applies before any
-suite imports e3nn (as ``tests/conftest.py`` does for the tests)."""
+"""Benchmark-wide settings: e3nn imported in the context its import needs (hforge/_compat.py) before any
+suite imports it (as ``tests/conftest.py`` does for the tests)."""
 
-import hforge  # noqa: F401
+from hforge._compat import import_e3nn
+
+import_e3nn()

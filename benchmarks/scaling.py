@@ -158,7 +158,7 @@ def _measure(
         "stages_s": report.seconds,
         "stages_cpu_s": report.cpu_seconds,
         "mode": report.mode,
-        "n_chunks": report.n_chunks,
+        "n_parts": report.n_parts,
         "nnz": report.nnz,
         "n_orbitals": int(hamiltonian.no),
         "csr_bytes": report.csr_bytes,
@@ -227,6 +227,10 @@ def _graph2mat_run(cache_dir: str, n_atoms: int) -> dict[str, Any]:
     """graph2mat 0.0.x (MACE + E3nnGraph2Mat, H only) on the same cell and basis, in this process."""
     import sisl
     import torch
+
+    from hforge._compat import import_mace
+
+    import_mace()  # e3nn and mace in the context their imports need (hforge/_compat.py)
     from e3nn import o3
     from graph2mat import BasisTableWithEdges, MatrixDataProcessor, PointBasis
     from graph2mat.models import MatrixMACE
@@ -389,7 +393,7 @@ def _row_text(row: dict[str, Any]) -> str:
         return f"{row['n_atoms']:>6} atoms: FAILED {row['error'][-300:]}"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_s"].items())
     return (
-        f"{row['n_atoms']:>6} atoms: {row['wall_s']:7.1f} s ({stages}), {row['mode']} x{row['n_chunks']}, "
+        f"{row['n_atoms']:>6} atoms: {row['wall_s']:7.1f} s ({stages}), {row['mode']} x{row['n_parts']}, "
         f"nnz {row['nnz']:,}, CSR {row['csr_bytes'] / 1e9:.2f} GB, peak RSS {row['peak_rss_bytes'] / 1e9:.2f} GB"
         + (f", output floor {row['output_floor_s']:.1f} s" if "output_floor_s" in row else "")
     )
@@ -413,7 +417,7 @@ def scaling_table(results: dict[str, Any]) -> str:
         cells = [f"{r['stages_s'][k]:.1f}" + (f" ({cpu[k]:.1f})" if k in cpu else "") for k in stages]
         lines.append(
             f"| {r['n_atoms']} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
-            f"{max(r.get('load_average', [float('nan')])):.1f} | " + " | ".join(cells) + f" | {r['mode']} x{r['n_chunks']} | "
+            f"{max(r.get('load_average', [float('nan')])):.1f} | " + " | ".join(cells) + f" | {r['mode']} x{r['n_parts']} | "
             f"{r['nnz']:,} | {r['csr_bytes'] / 1e9:.2f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
             f"{(r['peak_rss_bytes'] - r['csr_bytes']) / 1e9:.2f} | {r.get('output_floor_s', float('nan')):.1f} |"
         )

@@ -5,7 +5,6 @@ Units throughout: energies in eV, lengths in Å; S is dimensionless.
 
 from __future__ import annotations
 
-from hforge import _compat  # noqa: F401  (must run before e3nn is imported anywhere)
 from hforge._lazy import lazy_getattr
 from hforge.errors import (
     BackendUnavailableError,
@@ -13,6 +12,7 @@ from hforge.errors import (
     ConfigError,
     ConvergenceError,
     FileFormatError,
+    FoldedMatrixError,
     GeometryError,
     HForgeError,
     InputError,
@@ -62,6 +62,7 @@ __all__ = [
     "InvalidMatrixError",
     "ConfigError",
     "UnsupportedSystemError",
+    "FoldedMatrixError",
     "ConvergenceError",
     "OutputError",
     "ResourceLimitError",

@@ -4,8 +4,8 @@ numba's OpenMP threading layer (``omp``, chosen where libgomp is present) sets t
 count of the whole process to ``NUMBA_NUM_THREADS`` when it starts its threads (at the first
 parallel kernel, or ``numba.get_num_threads()``).  torch's intra-op thread count *is* that OpenMP
 setting, so a ``torch.set_num_threads(1)`` made before silently became ``NUMBA_NUM_THREADS`` at
-HForge's first kernel (measured here with torch 2.13 and libgomp: 1 -> 2 when torch had read its
-thread count before numba started, e.g. in an earlier test), and with it the threads of torch's
+HForge's first kernel (docs/measurements.md; when torch had read its thread count before numba
+started, e.g. in an earlier test), and with it the threads of torch's
 parallel CPU ops, some of which then sum in a varying order (``index_put`` with accumulation, the
 backward of every gather).  Whether a run was reproducible depended on whether numba had started
 before or after the caller set torch's threads (in a test suite: on the tests that ran before).

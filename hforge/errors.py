@@ -8,11 +8,13 @@ of SIESTA runs knows which one is broken::
     ├── InputError (also ValueError)        bad input from the user
     │   ├── FileFormatError                 malformed, truncated or unreadable file
     │   ├── BasisMismatchError              basis and matrices/geometry disagree
+    │   │   └── MissingBasisError           a file that carries no basis, and none found or given
     │   ├── UnknownSpeciesError             species absent from a basis or a model
     │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
     │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
     │   └── ConfigError                     invalid configuration (YAML, CLI options)
     ├── UnsupportedSystemError              valid input that HForge cannot handle yet
+    │   └── FoldedMatrixError               a Γ-only file whose pairs couple through several periodic images
     ├── ConvergenceError                    a SIESTA run that did not converge
     ├── OutputError                         a file that could not be written (full disk, read-only place)
     ├── ResourceLimitError                  a memory budget too small for the work
@@ -21,7 +23,8 @@ of SIESTA runs knows which one is broken::
 Warnings (results HForge returns but that the user should not trust blindly)::
 
     HForgeWarning (also UserWarning)
-    └── OverlapWarning                      a learned S that is (or may be) not positive definite
+    ├── OverlapWarning                      a learned S that is (or may be) not positive definite
+    └── OutOfDomainWarning                  a structure unlike the model's training structures
 """
 
 from __future__ import annotations
@@ -33,17 +36,20 @@ __all__ = [
     "InputError",
     "FileFormatError",
     "BasisMismatchError",
+    "MissingBasisError",
     "UnknownSpeciesError",
     "GeometryError",
     "InvalidMatrixError",
     "ConfigError",
     "UnsupportedSystemError",
+    "FoldedMatrixError",
     "ConvergenceError",
     "OutputError",
     "ResourceLimitError",
     "BackendUnavailableError",
     "HForgeWarning",
     "OverlapWarning",
+    "OutOfDomainWarning",
 ]
 
 
@@ -73,6 +79,11 @@ class BasisMismatchError(InputError):
     """A basis that does not match the matrices, geometry or model it is used with."""
 
 
+class MissingBasisError(BasisMismatchError):
+    """An H/S file that carries no basis (a bare TSHS, HForge's own among them) when no basis is
+    given and no ion files are found beside it."""
+
+
 class UnknownSpeciesError(InputError):
     """A chemical species that a basis set or a trained model does not know."""
 
@@ -91,6 +102,11 @@ class ConfigError(InputError):
 
 class UnsupportedSystemError(HForgeError):
     """Valid input that HForge does not support yet (e.g. non-collinear spin, spin-orbit)."""
+
+
+class FoldedMatrixError(UnsupportedSystemError):
+    """A Γ-only SIESTA file (nsc 1 1 1) whose H and S sum several periodic images of one atom pair
+    into one block: the images cannot be told apart, so the file holds H(Γ) and S(Γ) only."""
 
 
 class ConvergenceError(HForgeError):
@@ -116,3 +132,8 @@ class HForgeWarning(UserWarning):
 
 class OverlapWarning(HForgeWarning):
     """A predicted S that is not positive definite, or that could not be checked (a learned S)."""
+
+
+class OutOfDomainWarning(HForgeWarning):
+    """A structure unlike the model's training structures (species, neighbour distances or
+    counts outside what it was trained on): the prediction is an extrapolation."""

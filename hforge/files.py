@@ -17,6 +17,7 @@ arrays become numbers and lists, NaN and infinities ``null``, paths strings, key
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -28,6 +29,8 @@ from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 import numpy as np
 
 from hforge.errors import HForgeError, OutputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["atomic_write", "json_ready", "remove_stale_temps", "temp_path", "to_json", "write_json"]
 
@@ -71,9 +74,11 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
             continue
         try:
             candidate.unlink()
-            removed.append(candidate)
-        except OSError:
-            pass
+        except OSError as exc:  # another process removed it, or the folder is read-only: the next write tries again
+            logger.info("could not remove the stale temporary file %s: %s", candidate, exc)
+            continue
+        logger.info("removed %s, left by a process that no longer runs", candidate)
+        removed.append(candidate)
     return removed
 
 

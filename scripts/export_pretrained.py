@@ -70,6 +70,8 @@ def main() -> None:
         "structures_seen": training.get("structures_seen"), "split": payload.get("extra", {}).get("split"),
         "source_checkpoint": str(args.checkpoint), "git_commit": payload.get("git_commit"),
     }, "parameter_dtype": "float16"}
+    if "domain" in payload.get("extra", {}):  # trained by hforge.train.Trainer: the predictor warns outside it
+        extra["domain"] = payload["extra"]["domain"]
     save_model(model, out, extra=extra, parameter_dtype=torch.float16)
     shipped_model, _ = load_checkpoint(out)
     shipped = evaluate(shipped_model, references)

@@ -1,8 +1,9 @@
 """Shared fixtures: where the project's shared data lives, and test-wide settings.
 
-Shared data (real SIESTA runs) is read from ``$HFORGE_SHARED`` or ``../shared`` beside the
-repository.  When it is missing, tests that need it are skipped on a developer machine but
-**fail** under CI (``CI=true``), so that a CI run never passes without its real-data tests.
+Shared data (real SIESTA runs) is read from :func:`hforge.datasets.shared_data_dir`
+(``$HFORGE_SHARED``, or ``../shared`` beside the repository).  When it is missing, tests that need
+it are skipped on a developer machine but **fail** under CI (``CI=true``), so that a CI run never
+passes without its real-data tests.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-import hforge  # noqa: F401  (applies the e3nn/torch import fix before any test imports e3nn)
+from hforge._compat import import_e3nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import_e3nn()  # tests import e3nn directly: in the context its import needs, before any of them does
 
 settings.register_profile(
     "hforge", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow]
@@ -24,7 +25,9 @@ settings.load_profile("hforge")
 
 
 def _shared_root() -> Path:
-    return Path(os.environ.get("HFORGE_SHARED", REPO_ROOT.parent / "shared")).resolve()
+    from hforge.datasets import shared_data_dir
+
+    return shared_data_dir().resolve()
 
 
 def _require(path: Path) -> Path:

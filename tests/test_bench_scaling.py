@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.scaling import _output_floor_run, _tiles, fit_loglog, main, output_floor_seconds, plot_scaling, scaling_table
 
-STAGES = ("neighbour list", "descriptors", "blocks", "assembly")
+STAGES = ("graphs", "descriptors", "blocks", "assembly")
 
 
 def fake_rows(slope: float) -> list[dict]:
@@ -18,7 +18,7 @@ def fake_rows(slope: float) -> list[dict]:
     for n in (100, 1000, 2000, 4000, 8000):
         wall = 0.01 * n**slope
         rows.append({
-            "n_atoms": n, "wall_s": wall, "stages_s": dict.fromkeys(STAGES, wall / 4), "mode": "whole", "n_chunks": 1,
+            "n_atoms": n, "wall_s": wall, "stages_s": dict.fromkeys(STAGES, wall / 4), "mode": "whole", "n_parts": 1,
             "nnz": 21000 * n, "csr_bytes": 420_000 * n, "peak_rss_bytes": 420_000 * n + 10**9,
         })
     return rows

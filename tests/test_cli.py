@@ -28,7 +28,7 @@ def test_choice_options_list_their_choices_and_refuse_others():
 def test_cli_choices_are_the_library_names():
     """The CLI's Enums repeat names of lower layers (to keep ``hforge --help`` fast): they must agree."""
     from hforge.cli._choices import AssemblyBackend, Mode, Protocol, Split, StudyModel
-    from hforge.infer.predictor import MODES
+    from hforge.infer.plan import MODES
     from hforge.io.store import SplitRule
     from hforge.ops.assemble import _IMPLEMENTED
     from hforge.structures import PROTOCOLS

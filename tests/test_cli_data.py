@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from hforge.cli.main import app
 from hforge.datasets import bundled_path
-from hforge.io import HSStore
+from hforge.io import HSStore, read_hs
+from hforge.io.inspect import describe
 
 runner = CliRunner()
 
@@ -58,13 +59,20 @@ def test_user_text_is_printed_literally(abn_dir, tmp_path):
     assert f"skipped {empty}: {empty}: no H/S output" in result.output.replace("\n", "")
 
 
-def test_a_bare_tshs_without_basis_asks_for_the_basis_option(abn_dir, tmp_path):
+def test_a_bare_tshs_without_basis_is_described_by_what_needs_none(abn_dir, tmp_path):
     folder = tmp_path / "a" / "b"  # no ion files in it or the two folders above
     folder.mkdir(parents=True)
     for suffix in (".TSHS", ".fdf"):
         (folder / f"abn_8_0{suffix}").write_bytes((abn_dir / f"runs/abn_8_0/abn_8_0{suffix}").read_bytes())
-    result = runner.invoke(app, ["data", "inspect", str(folder / "abn_8_0.TSHS")])
-    assert result.exit_code == 1 and "give one with --basis" in result.output.replace("\n", " ")
+    result = runner.invoke(app, ["data", "inspect", str(folder / "abn_8_0.TSHS"), "--json"])
+    assert result.exit_code == 0, result.output
+    info, full = json.loads(result.stdout), describe(read_hs(abn_dir / "runs/abn_8_0/abn_8_0.TSHS", validate=False))
+    assert info["species"].startswith("unknown: the file carries no basis (give --basis")
+    for key in ("atoms", "orbitals", "nsc", "nnz", "fermi_level_eV"):
+        assert info[key] == full[key], key
+    for key in ("S_min_eigenvalue_gamma", "hermiticity_error_H_eV"):
+        assert info[key] == pytest.approx(full[key], rel=1e-9, abs=1e-15), key
+    assert info["eigenvalues_gamma_eV"] == pytest.approx(full["eigenvalues_gamma_eV"], rel=1e-9)
 
 
 def test_convert_with_a_basis_folder(abn_dir, tmp_path):

@@ -15,9 +15,9 @@ from test_infer import TINY, small_radii, tiled_64_atoms
 from typer.testing import CliRunner
 
 from hforge.cli.main import app
-from hforge.cli.predict import parse_bytes
-from hforge.errors import ConfigError
+from hforge.errors import InputError
 from hforge.infer import Predictor
+from hforge.infer.plan import memory_budget
 from hforge.models import build_model, save_model
 
 
@@ -50,7 +50,7 @@ def test_predict_writes_what_the_predictor_gives(files, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "64 atoms" in result.output and "nnz" in result.output and "peak memory" in result.output
-    assert "chunked (2 part(s))" in result.output and "on cpu" in result.output
+    assert "chunked (2 chunks)" in result.output and "on cpu" in result.output
     expected = predictor.predict(structure)
     np.testing.assert_allclose(read(out).tocsr(0).toarray(), expected.tocsr(0).toarray(), atol=1e-12)
     np.testing.assert_allclose(read(out).tocsr(1).toarray(), expected.tocsr(1).toarray(), atol=1e-12)
@@ -215,10 +215,39 @@ def test_a_folder_as_structure_and_other_files_as_checkpoint(files, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["junk.pt", "pickled.pt"]
 
 
-def test_parse_bytes():
-    assert parse_bytes("8GB") == 8 * 10**9 and parse_bytes("2 GiB") == 2 * 2**30 and parse_bytes("1e6") == 10**6
-    with pytest.raises(ConfigError):
-        parse_bytes("lots")
+def test_bad_prediction_options_are_refused_by_name_before_any_work(files, tmp_path):
+    """New-user probe: --max-memory 1e999GB ended in an OverflowError traceback, --parts -3 in a numpy traceback
+    (streamed) or was ignored (auto), parts=0 was ignored, dtype=np.float16 ended in a bare numba
+    NotImplementedError and max_memory="8GB" in the API in a raw TypeError."""
+    checkpoint, structure, predictor = files
+    assert memory_budget("8GB") == 8 * 10**9 and memory_budget("2 GiB") == 2 * 2**30 and memory_budget("1e6") == 10**6
+    assert memory_budget(3e9) == 3 * 10**9 and memory_budget(None) is None
+    for bad in ("lots", "1e999GB", "-3GB", "0", float("nan"), float("inf"), True, [1]):
+        with pytest.raises(InputError, match="max memory"):
+            memory_budget(bad)
+    for options, message in (
+        ({"dtype": np.float16}, r"dtype .*float16.*: the output is float64 or float32"),
+        ({"dtype": "int32"}, "dtype 'int32'"),
+        ({"mode": "streamed", "parts": 0}, r"parts=0: give a whole number >= 1"),
+        ({"parts": -3}, r"parts=-3: give a whole number >= 1"),
+        ({"parts": 2.5, "mode": "chunked"}, r"parts=2.5"),
+        ({"mode": "whole", "parts": 3}, "mode 'whole' is one part"),
+        ({"max_memory": "1e999GB"}, "max memory '1e999GB': give a finite, positive size"),
+    ):
+        with pytest.raises(InputError, match=message):
+            predictor.predict(structure, **options)
+    predictor.predict(structure, max_memory="8GB")  # a size, as the CLI takes it
+    assert predictor.last_report.mode == "whole" and predictor.last_report.estimated_bytes < 8 * 10**9
+
+    out = tmp_path / "o.TSHS"
+    for options, message in (
+        (["--max-memory", "1e999GB"], "max memory '1e999GB': give a finite, positive size"),
+        (["--parts", "-3", "--mode", "streamed"], "parts=-3: give a whole number >= 1"),
+        (["--parts", "-3"], "parts=-3: give a whole number >= 1"),
+    ):
+        result = CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out), *options])
+        assert result.exit_code == 1 and message in result.output.replace("\n", ""), result.output
+        assert "Traceback" not in result.output and not out.exists()
 
 
 def test_two_gloo_ranks_give_the_single_process_result(files, tmp_path):
@@ -256,3 +285,74 @@ def test_predict_refuses_a_device_it_cannot_use(files, tmp_path):
         result = CliRunner().invoke(app, [*command, "cuda"])
         assert result.exit_code != 0 and "no usable CUDA GPU" in result.output
     assert not (tmp_path / "o.TSHS").exists()
+
+
+def test_the_output_may_not_replace_the_input(files, tmp_path):
+    """New-user probe: `hforge predict MODEL cell.nc -o cell.nc` (ASE reads NetCDF trajectories) replaced the input."""
+    import ase.io
+
+    checkpoint, structure, _ = files
+    trajectory = tmp_path / "cell.nc"
+    ase.io.write(trajectory, ase.io.read(structure), format="netcdftrajectory")
+    before = trajectory.read_bytes()
+    for out in (trajectory, tmp_path / "." / "cell.nc"):
+        result = CliRunner().invoke(app, ["predict", str(checkpoint), str(trajectory), "-o", str(out)])
+        assert result.exit_code == 1 and "the output would replace the input" in result.output.replace("\n", "")
+    assert trajectory.read_bytes() == before
+
+
+def test_verbose_says_what_hforge_does_and_a_file_without_a_cell_is_named(files, tmp_path):
+    """No logging in the library before, and a plain .xyz without a cell was predicted as a cluster without a word."""
+    from ase import Atoms
+
+    checkpoint, structure, _ = files
+    molecule = tmp_path / "bn.xyz"
+    Atoms("BN", positions=[[0, 0, 0], [1.45, 0, 0]]).write(molecule, format="xyz")
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(molecule), "-o", str(tmp_path / "bn.TSHS")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {molecule}: it gives no cell: predicted as an isolated cluster" in result.stderr.replace("\n", " ")
+    assert "info:" not in result.stderr
+    result = CliRunner().invoke(app, ["--verbose", "predict", str(checkpoint), str(structure), "-o", str(tmp_path / "c.TSHS")])
+    assert result.exit_code == 0, result.output
+    assert f"info: {structure}: 64 atoms, nnz" in result.stderr and "no cell" not in result.stderr
+
+
+def test_evaluate_on_an_empty_split_fails_and_predict_many_names_the_structure(files, tmp_path):
+    """New-user probe: `hforge evaluate --split test` of a store without test structures exited 0 with empty tables;
+    predict_many did not say which structure it refused."""
+    from ase import Atoms
+
+    from hforge.errors import GeometryError
+
+    checkpoint, structure, predictor = files
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "abn-small", "--split", "test", "--no-eigenvalues"])
+    assert result.exit_code == 1, result.output
+    assert "--split test: abn-small holds no structure of that split (its splits: {'train': 3, 'val': 1, 'test': 0})" in (
+        result.output.replace("\n", ""))
+    good = Atoms("BN", positions=[[0, 0, 0], [1.45, 0, 0]])
+    overlapping = Atoms("BN", positions=[[0, 0, 0], [0.2, 0, 0]])
+    with pytest.raises(GeometryError, match=r"^structure 2: overlapping atoms: .* atoms 0 and 1 .* at 0.2000 Å"):
+        predictor.predict_many([good, good, overlapping, good])
+
+
+def test_data_inspect_reads_hforges_own_tshs_without_a_basis(files, tmp_path):
+    """New-user probe: `hforge data inspect` of the TSHS `hforge predict` wrote refused to run without --basis (a TSHS
+    carries no species); now it reports what needs no basis, and says the species are unknown."""
+    import json
+
+    import scipy.linalg
+
+    checkpoint, structure, _ = files
+    out = tmp_path / "cell.TSHS"
+    assert CliRunner().invoke(app, ["predict", str(checkpoint), str(structure), "-o", str(out)]).exit_code == 0
+    result = CliRunner().invoke(app, ["data", "inspect", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    H = read(out)
+    assert info["atoms"] == 64 == H.na and info["orbitals"] == H.no and info["nnz"] == H.nnz
+    assert info["species"].startswith("unknown: the file carries no basis") and info["orbitals_per_atom"] == [13]
+    s = H.Sk(format="array")
+    assert info["S_min_eigenvalue_gamma"] == pytest.approx(scipy.linalg.eigvalsh(s)[0], rel=1e-10)
+    assert info["hermiticity_error_H_eV"] < 1e-12  # the predictor writes each block and its transpose
+    lowest, highest = scipy.linalg.eigh(H.Hk(format="array"), s, eigvals_only=True)[[0, -1]]
+    assert info["eigenvalues_gamma_eV"] == pytest.approx([lowest, highest], rel=1e-9)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -67,3 +68,16 @@ def test_sample_loads_without_shared_data(tmp_path):
     assert info["sizes"] == [8, 8, 16, 24] and info["train"] == 3
     assert info["touched"] == []
     assert all(n > 100_000 for n in info["nnz"])
+
+
+def test_the_shared_data_folder_is_one_rule_for_the_cli_and_the_tests(monkeypatch, tmp_path):
+    """It was ../shared of the working folder in the CLI and of the repository in the tests."""
+    import hforge
+    from hforge.datasets import shared_data_dir
+
+    monkeypatch.delenv("HFORGE_SHARED", raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkout = Path(hforge.__file__).resolve().parents[1]
+    assert shared_data_dir() == checkout.parent / "shared"  # a source checkout's, whatever the working folder
+    monkeypatch.setenv("HFORGE_SHARED", str(tmp_path / "elsewhere"))
+    assert shared_data_dir() == tmp_path / "elsewhere" and shared_data_dir(tmp_path / "given") == tmp_path / "given"

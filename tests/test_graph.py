@@ -193,3 +193,21 @@ def test_large_pair_lists_are_sorted():
     assert pairs.n_pairs > 200_000
     keys = np.column_stack([pairs.edge_index.T, pairs.cell_shift])
     np.testing.assert_array_equal(np.lexsort(keys.T[::-1]), np.arange(len(keys)))
+
+
+def test_the_canonical_orientation_is_one_rule_for_scalars_arrays_tensors_and_numba():
+    """One spelling of the canonical half (hforge.io.pairs), against Python's lexicographic tuple order."""
+    import torch
+
+    from hforge.graph._kernels import _canonical
+    from hforge.io.pairs import canonical_orientation, is_canonical
+
+    cases = [(i, j, n) for i in range(3) for j in range(3) for n in itertools.product(range(-2, 3), repeat=3)]
+    expected = np.array([i < j or (i == j and n >= (0, 0, 0)) for i, j, n in cases])
+    edge_index = np.array([[i, j] for i, j, _ in cases]).T
+    shift = np.array([n for _, _, n in cases])
+    assert expected.sum() == 9 * 125 // 3 + 3 * 63  # i < j: 3 pairs x 125 shifts; i == j: 62 positive n and 0
+    np.testing.assert_array_equal(is_canonical(edge_index, shift), expected)
+    np.testing.assert_array_equal(is_canonical(torch.from_numpy(edge_index), torch.from_numpy(shift)).numpy(), expected)
+    assert [bool(canonical_orientation(i, j, *n)) for i, j, n in cases] == expected.tolist()
+    assert [_canonical(i, j, *n) for i, j, n in cases] == expected.tolist()

@@ -20,7 +20,7 @@ pytest.importorskip("torch_geometric")
 import torch
 
 from hforge.datasets import load
-from hforge.errors import BackendUnavailableError, ConfigError
+from hforge.errors import BackendUnavailableError, ConfigError, OutputError
 from hforge.train import graph2mat as gm
 
 #: small enough for a few seconds a step on a loaded 2-core machine
@@ -257,3 +257,26 @@ def test_missing_graph2mat_says_how_to_install(monkeypatch):
         gm.require_graph2mat()
     with pytest.raises(BackendUnavailableError):
         gm.load_graph2mat("missing.pt")
+
+
+def test_files_are_written_as_hforges_trainer_writes_them(store, tmp_path, monkeypatch):
+    """graph2mat's loop had its own atomic writers (no fsync, no OutputError, temporary names the stale-temp clean-up
+    did not know) and wrote summary.json and metrics.jsonl with NaN, not strict JSON; now it uses the trainer's pieces."""
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in a strict JSON file"))
+
+    args = (store, _names(store, 8)[:1], _names(store, 16))
+    options = dict(batch_atoms=8, lr=1e-3, seed=0, settings=replace(TINY, grad_clip=0.0), progress=False)  # no clip: NaN norm
+    gm.train_graph2mat(*args, tmp_path / "run", max_steps=2, **options)
+    records = [strict(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["grad_norm"] for r in records if "loss" in r] == [None, None]  # NaN written as null
+    assert strict((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    failing = tmp_path / "failing"
+    with pytest.raises(OutputError, match=rf"^{failing / 'best.pt'}: cannot write it: No space left on device"):
+        gm.train_graph2mat(*args, failing, max_steps=1, **options)
+    assert sorted(p.name for p in failing.iterdir()) == ["metrics.jsonl"]  # no checkpoint, no temporary file

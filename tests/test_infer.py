@@ -29,7 +29,8 @@ from hforge.errors import (
 from hforge.files import temp_path
 from hforge.infer import Predictor, check_output_path, predict_hamiltonian, pretrained_names, write_hamiltonian
 from hforge.infer.chunks import chunk_grid, csr_row_pointer
-from hforge.infer.predictor import populated_empty, resolve_device
+from hforge.infer.predictor import resolve_device
+from hforge.infer.problem import populated_empty
 from hforge.models import ModelConfig, build_model, save_model
 
 # A tiny float64 model on the bundled DZP basis with its orbital radii scaled down (pair
@@ -149,17 +150,17 @@ def test_chunked_equals_whole_cell(predictor, cell256):
 def test_streamed_equals_whole_cell(predictor, cell256):
     whole = predictor.predict(cell256)
     streamed = predictor.predict(cell256, mode="streamed", parts=3)
-    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_chunks == 3
+    assert predictor.last_report.mode == "streamed" and predictor.last_report.n_parts == 3
     assert_same(streamed, whole, tol=1e-12)
 
 
 def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeypatch):
     """Ranges split into batches of pairs (onsite and hopping), each pair evaluated once and
     written into its rows and its partner's: the same matrices."""
-    import hforge.infer.predictor as module
+    import hforge.infer.passes as module
 
     whole = predictor.predict(cell256, mode="whole")
-    monkeypatch.setattr(module, "PAIR_CHUNK", 37)
+    monkeypatch.setattr(module, "PAIR_BATCH", 37)
     calls = []
     original = predictor.model.pair_pass
     monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))
@@ -471,3 +472,35 @@ def test_cuda_predictions_equal_cpu_ones(model, model32, cell256, mode, parts, p
     assert isinstance(csr.data, cupy.ndarray) == on_device
     h = csr.to_cupy(0)
     np.testing.assert_allclose(h.get().toarray(), cpu.tocsr(0).toarray(), atol=1e-5 * abs(cpu.tocsr(0)).max())
+
+
+def test_clusters_chains_and_slabs_get_one_cell_rule(predictor, tmp_path):
+    """New-user probe: a chain (one periodic vector) kept its two zero-length lattice vectors in its TSHS (sisl
+    warned, the re-read file had a NaN reciprocal cell and volume 0), while a cluster (no vector) got a box.  Now
+    every missing non-periodic vector is orthogonal to the others and as long as the atoms' extent plus 10 Å."""
+    import warnings
+
+    import sisl
+    from ase import Atoms
+
+    cases = {
+        "cluster": (Atoms("BN", [[0, 0, 0], [1.45, 0.2, 0.3]]), np.diag([11.45, 10.2, 10.3])),
+        "chain": (Atoms("BN", [[0, 0, 0], [1.45, 0, 0]], cell=[2.9, 0, 0], pbc=[1, 0, 0]), np.diag([2.9, 10.0, 10.0])),
+        "slab": (Atoms("BN", [[0, 0, 0], [1.25, 0.72, 0.5]], cell=[[2.5, 0, 0], [1.25, 2.165, 0], [0, 0, 0]], pbc=[1, 1, 0]),
+                 [[2.5, 0, 0], [1.25, 2.165, 0], [0, 0, 10.5]]),
+    }
+    for name, (atoms, expected) in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # sisl warned about the zero-length vectors
+            path = write_hamiltonian(predictor.predict(atoms), tmp_path / f"{name}.TSHS")
+            lattice = sisl.get_sile(str(path)).read_geometry().lattice
+        np.testing.assert_allclose(lattice.cell, expected, rtol=0, atol=1e-9, err_msg=name)
+        assert np.isfinite(lattice.rcell).all() and lattice.volume == pytest.approx(abs(np.linalg.det(expected)))
+    tilted = Atoms("BN", [[0, 0, 0], [1.0, 1.0, 0.4]], cell=[[2.0, 2.0, 0], [0, 0, 0], [0, 0, 0]], pbc=[1, 0, 0])
+    cell = np.asarray(predictor.predict(tilted).geometry.cell)
+    np.testing.assert_allclose(cell[0], [2.0, 2.0, 0.0])
+    assert abs(cell[0] @ cell[1]) < 1e-12 and abs(cell[0] @ cell[2]) < 1e-12 and abs(cell[1] @ cell[2]) < 1e-12
+    for axis in (1, 2):  # extent along the new direction plus 10 Å
+        direction = cell[axis] / np.linalg.norm(cell[axis])
+        assert np.linalg.norm(cell[axis]) == pytest.approx(np.ptp(tilted.positions @ direction) + 10.0)
+    assert np.linalg.det(cell) > 0

@@ -104,3 +104,24 @@ def test_fatbins_carry_ptx_of_the_newest_architecture(tmp_path):
     for code in ("arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_90,code=compute_90"):
         assert code in rules
     assert "code=compute_80" not in rules
+
+
+def test_importing_hforge_changes_no_global_state_and_prints_nothing():
+    """hforge/_compat.py allowed `slice` in torch's safe unpickling globals and added a warning filter for the whole
+    process on `import hforge`, and printed mace's import lines; now both are scoped to e3nn's and mace's imports."""
+    import sys
+
+    code = """
+import warnings, torch
+filters, safe = list(warnings.filters), list(torch.serialization.get_safe_globals())
+import hforge
+assert warnings.filters == filters and torch.serialization.get_safe_globals() == safe, "import hforge changed them"
+import hforge.models, hforge.ops.cg_blocks
+from hforge.ops.cg_blocks.descriptor import wigner_3j
+assert wigner_3j(1, 1, 2).shape == (3, 3, 5)  # e3nn imported and working
+assert slice not in torch.serialization.get_safe_globals(), "slice left in torch's safe globals"
+assert not [f for f in warnings.filters if f[1] is not None and "WEIGHTS_ONLY" in f[1].pattern], "a filter left"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and "cuequivariance" not in done.stderr and "TORCH_FORCE" not in done.stderr

@@ -15,6 +15,7 @@ from hforge.basis import BasisSet
 from hforge.errors import (
     BasisMismatchError,
     FileFormatError,
+    FoldedMatrixError,
     GeometryError,
     InvalidMatrixError,
     UnknownSpeciesError,
@@ -357,3 +358,140 @@ def test_a_basis_with_other_radii_is_refused(abn_dir, tmp_path):
         read_hs(tshs, basis=larger)
     result = CliRunner().invoke(app, ["data", "inspect", str(tshs), "--basis", str(larger)])
     assert result.exit_code == 1 and f"error: {tshs}: the basis' orbital radii" in result.output.replace("\n", "")
+
+
+# ---- Γ-only files: H and S folded into the unit cell (nsc 1 1 1) --------------------------------
+def tshs_records(path: Path) -> list[bytes]:
+    """The payloads of a Fortran sequential file's records (int32 length markers)."""
+    content, records, pos = path.read_bytes(), [], 0
+    while pos < len(content):
+        length = int(np.frombuffer(content[pos : pos + 4], dtype="<i4")[0])
+        records.append(content[pos + 4 : pos + 4 + length])
+        pos += length + 8
+    return records
+
+
+def scaled_radii(basis: BasisSet, factor: float) -> BasisSet:
+    """``basis`` with every orbital radius times ``factor`` (radial tables dropped)."""
+    return BasisSet(tuple(
+        replace(sp, radials=None, shells=tuple(replace(shell, cutoff=shell.cutoff * factor) for shell in sp.shells))
+        for sp in basis
+    ))
+
+
+def test_a_gamma_only_file_with_ambiguous_images_is_read_folded(siesta_fixtures, tmp_path):
+    """H2O_dipole is a Γ-only run in a 3 x 30 x 5 Å cell: every block of the file sums several images (atom 0 and its
+    own image 3 Å away, ...).  It is read as stored (folded), the basis-reach check judges atom pairs, unfolding is
+    refused by name, Γ is the only k-point, and it is written back as it came."""
+    path = siesta_fixtures / "H2O_dipole/h2o_dipole.HSX"
+    data = read_hs(path)
+    assert data.folded and data.gamma_only and data.nsc.tolist() == [1, 1, 1] and not data.cell_shift.any()
+    np.testing.assert_allclose(data.to_sisl().eigh(), sisl_hamiltonian(path).eigh(), rtol=0, atol=1e-12)
+    with pytest.raises(FoldedMatrixError, match=rf"^{path}: a Γ-only file \(nsc 1 1 1\) .* atom 0 \(O\) couples with itself "
+                                                r"through 11 images .*\(-1, 0, 0\) at 3.000 Å.*34 of the file's 34 atom pairs"):
+        read_hs(path, unfold=True)
+    with pytest.raises(UnsupportedSystemError, match="at Γ only"):
+        data.matrix_at_k((0.5, 0, 0))
+    assert read_hs(path, unfold=False).folded
+    with pytest.raises(BasisMismatchError, match=r"smaller .* it couples atom 0 \(O\) and atom 4 \(H\) \(folded from its "
+                                                 r"periodic images, none of them within r_O \+ r_H = 4.0895 Å\)"):
+        read_hs(path, basis=scaled_radii(data.basis, 0.8))
+    with pytest.raises(BasisMismatchError, match=r"larger .* atom 0 \(O\) and atom 3 \(O\) in cell \(0, 0, 0\), 5.0000 Å"):
+        read_hs(path, basis=scaled_radii(data.basis, 1.3))
+    out = write_hs(data, tmp_path / "h2o.TSHS")
+    back = read_hs(out, basis=data.basis, species=[data.basis.symbols[k] for k in data.species])
+    assert back.folded
+    assert_same(data, back, h_ulps=True)  # HSX -> TSHS: E_F applied in Ry and eV
+
+
+def wrapped_into_a_box(folded: HSData) -> HSData:
+    """The blocks of a folded file as the periodic pairs of its atoms in a 20 x 30 x 20 Å box, moved so that the
+    molecules straddle its faces: pair (i, j, 0) of vector r becomes (i, j, w_j - w_i) of the same vector, w the
+    lattice translation that wraps each atom into the box (one image per pair within reach: the box is wide)."""
+    box = np.diag([20.0, 30.0, 20.0])
+    moved = folded.positions + np.array([-0.3, -0.3, 0.5])
+    wrap = np.floor(moved @ np.linalg.inv(box)).astype(np.int64)
+    i, j = folded.edge_index
+    shift = wrap[j] - wrap[i]
+    periodic = replace(folded, cell=box, positions=moved - wrap @ box, cell_shift=shift, nsc=2 * np.abs(shift).max(0) + 1,
+                       folded=False, gamma_only=False)
+    np.testing.assert_allclose(periodic.pair_vectors(), folded.pair_vectors(), rtol=0, atol=1e-12)
+    return periodic
+
+
+@pytest.mark.parametrize("suffix", [".TSHS", ".nc"])
+def test_a_gamma_only_file_unfolds_into_its_periodic_pairs_and_is_written_as_it_came(siesta_fixtures, tmp_path, suffix):
+    periodic = wrapped_into_a_box(read_hs(siesta_fixtures / "H2O_dipole/h2o_dipole.HSX"))
+    assert periodic.cell_shift.any() and periodic.nsc.tolist() == [3, 3, 1]
+    labels = [periodic.basis.symbols[k] for k in periodic.species]
+    gamma = write_hs(periodic.fold(), tmp_path / f"gamma{suffix}")  # as a Γ-only run of this box writes it
+    H = sisl_hamiltonian(gamma)
+    assert H.geometry.nsc.tolist() == [1, 1, 1]
+    np.testing.assert_allclose(H.eigh(), periodic.to_sisl().eigh(), rtol=0, atol=1e-12)  # sisl: same H(Γ)
+
+    back = read_hs(gamma, basis=periodic.basis, species=labels)
+    assert back.gamma_only and not back.folded
+    assert_same(replace(periodic, gamma_only=True), back, h_ulps=suffix == ".TSHS")  # HSX -> TSHS: E_F in Ry and eV
+    k = (0.5, 0.25, 0.0)  # unfolded, the matrices have their k-dependence back
+    np.testing.assert_allclose(back.matrix_at_k(k), periodic.matrix_at_k(k), rtol=0, atol=1e-13)
+    assert not np.allclose(periodic.matrix_at_k(k), periodic.matrix_at_k((0, 0, 0)), atol=1e-3)
+    again = write_hs(back, tmp_path / f"again{suffix}")
+    if suffix == ".TSHS":  # written back as it came: the records of H hold other floats that read as the same eV
+        first, second = tshs_records(gamma), tshs_records(again)
+        h_records = slice(10 + 2 * back.n_orbitals, 10 + 3 * back.n_orbitals)
+        del first[h_records], second[h_records]
+        assert first == second
+    assert_same(read_hs(again, basis=periodic.basis, species=labels), back)
+    kept = read_hs(gamma, basis=periodic.basis, species=labels, unfold=False)
+    assert kept.folded and kept.n_pairs == periodic.n_pairs and not kept.cell_shift.any()
+    unfolded = write_hs(replace(back, gamma_only=False), tmp_path / f"periodic{suffix}")
+    assert sisl_hamiltonian(unfolded).geometry.nsc.tolist() == [3, 3, 1]
+
+
+def test_the_mgco3_md_run_of_sisl_files_is_read_and_round_trips(tmp_path):
+    """The public SIESTA MD run MgCO3_md of zerothi/sisl-files (``$SISL_FILES_TESTS``, sisl's own variable for a
+    checkout's ``tests`` folder): a Γ-only HSX of a rhombohedral 10-atom cell, refused before as "not the basis the
+    run used".  Its Γ eigenvalues are SIESTA's (md_nose.EIG)."""
+    import os
+
+    root = os.environ.get("SISL_FILES_TESTS")
+    run = Path(root or "/nonexistent") / "siesta" / "MgCO3_md"
+    if not (run / "md_nose.HSX").is_file():
+        pytest.skip("zerothi/sisl-files not found: set SISL_FILES_TESTS to its tests folder")
+    data = read_hs(run / "md_nose.HSX")
+    assert data.folded and data.n_atoms == 10 and data.n_orbitals == 42 and data.nnz == 1750
+    assert data.basis.symbols == ["Mg", "C", "O"]
+    eig = np.sort(np.asarray(sisl.get_sile(str(run / "md_nose.EIG")).read_data()).ravel())  # sisl: minus E_F
+    ours = scipy.linalg.eigh(data.matrix_at_k(which="h_unshifted"), data.matrix_at_k(which="s"), eigvals_only=True)
+    np.testing.assert_allclose(ours - data.fermi_level, eig, rtol=0, atol=1e-6 * np.abs(eig).max())
+    with pytest.raises(FoldedMatrixError, match=r"atom 0 \(Mg\) couples with itself through 37 images .* 100 of the file's "
+                                                r"100 atom pairs"):
+        read_hs(run / "md_nose.HSX", unfold=True)
+    labels = [data.basis.symbols[k] for k in data.species]
+    for suffix in (".TSHS", ".nc"):
+        back = read_hs(write_hs(data, tmp_path / f"mg{suffix}"), basis=data.basis, species=labels)
+        assert back.folded
+        assert_same(data, back, h_ulps=suffix == ".TSHS")
+
+
+def test_the_tshs_writer_writes_the_records_of_sisls_public_writer(siesta_fixtures, tmp_path):
+    """HForge writes TSHS files itself (no private sisl module, no bytes patched): record for record what sisl's public
+    writer writes for the same matrices, apart from the values its unit conversions round (cell and positions in
+    Bohr, H in Ry) and E_F, which sisl's writer records as 0 and HForge as the file's."""
+    data = read_hs(siesta_fixtures / "Si_pdos_k/Si_pdos.TSHS")
+    ours = tshs_records(write_hs(data, tmp_path / "ours.TSHS"))
+    sisl.get_sile(str(tmp_path / "sisl.TSHS"), "w").write_hamiltonian(data.to_sisl())
+    theirs = tshs_records(tmp_path / "sisl.TSHS")
+    no = data.n_orbitals
+    assert len(ours) == len(theirs) == 11 + 3 * no
+    cell_xyz, fermi, h_rows = 3, 6, range(10 + 2 * no, 10 + 3 * no)
+    differ = [k for k in range(len(ours)) if ours[k] != theirs[k]]
+    assert differ == [cell_xyz, fermi, *[k for k in h_rows if ours[k] != theirs[k]]]
+    f8 = lambda record: np.frombuffer(record, dtype="<f8")  # noqa: E731
+    np.testing.assert_allclose(f8(ours[cell_xyz]), f8(theirs[cell_xyz]), rtol=1e-15, atol=0)
+    ef_ry = f8(ours[fermi])[0]
+    assert ef_ry * 13.605693122990 == pytest.approx(data.fermi_level, rel=1e-12) and f8(theirs[fermi])[0] == 0
+    s_rows = [f8(ours[k]) for k in range(10 + no, 10 + 2 * no)]
+    for s_row, k in zip(s_rows, h_rows):  # sisl writes H - E_F S (E_F = 0 in its object): the same in Ry
+        np.testing.assert_allclose(f8(ours[k]) - ef_ry * s_row, f8(theirs[k]), rtol=0, atol=1e-14)
+

@@ -14,7 +14,7 @@ import torch
 
 import hforge.io.store as store_module
 from hforge.datasets import HSDataset, load
-from hforge.errors import ConvergenceError, FileFormatError
+from hforge.errors import ConfigError, ConvergenceError, FileFormatError, FoldedMatrixError, InputError
 from hforge.io import HSStore, SplitRule, convert, read_hs
 from hforge.io.runs import check_log, find_runs, run_output
 
@@ -105,7 +105,7 @@ def test_conversion_resumes_after_a_kill_and_never_leaves_a_half_store(runs, tmp
     assert report.reused == ["abn_8_0"] and report.converted == ["abn_8_1"]
     # adding a run to a finished store re-reads only the new one
     (runs / "abn_8_2" / "abn_8_2.out.gz").unlink()
-    report = convert([runs], out, progress=False)
+    report = convert([runs], out, progress=False, append=True)
     assert report.reused == ["abn_8_0", "abn_8_1"] and report.converted == ["abn_8_2"]
     assert len(HSStore(out)) == 3
 
@@ -116,7 +116,8 @@ def test_reconverting_a_store_with_relative_sources_reuses_it(runs, tmp_path):
     out = tmp_path / "s.h5"
     for expected in (["abn_8_0", "abn_8_1"], []):
         shutil.rmtree(tmp_path / "s.h5.parts", ignore_errors=True)  # reuse the old store, not the parts
-        report = convert([runs / "abn_8_0", runs / "abn_8_1"], out, relative_to=runs.parent, compression="gzip", progress=False)
+        report = convert([runs / "abn_8_0", runs / "abn_8_1"], out, relative_to=runs.parent, compression="gzip", progress=False,
+                         overwrite=True)
         assert report.converted == expected
         assert [e["source"] for e in HSStore(out).manifest] == [f"{runs.name}/abn_8_{k}/abn_8_{k}.TSHS" for k in (0, 1)]
 
@@ -220,3 +221,53 @@ def test_not_a_store(tmp_path, siesta_fixtures):
         HSStore(tmp_path / "none.h5")
     with pytest.raises(FileFormatError, match="cannot read the store|not an HForge store"):
         HSStore(siesta_fixtures / "hBN/aiida.nc")
+
+
+def test_converting_into_an_existing_store_appends_or_refuses(runs, tmp_path, siesta_fixtures):
+    """New-user probe: a second `hforge data convert -o s.h5` replaced the store's structures by its own and
+    exited 0 ("1 structures"); now it is refused unless --append or --overwrite says what becomes of them."""
+    from typer.testing import CliRunner
+
+    from hforge.cli.main import app
+
+    out = tmp_path / "s.h5"
+    convert([runs / "abn_8_0", runs / "abn_8_1"], out, progress=False)
+    before = out.read_bytes()
+    si = siesta_fixtures / "Si_pdos_k"
+    result = CliRunner().invoke(app, ["data", "convert", str(si), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"error: {out}: the store exists and holds 2 structures" in result.output.replace("\n", "")
+    assert out.read_bytes() == before
+
+    result = CliRunner().invoke(app, ["data", "convert", str(si), "-o", str(out), "--append"])
+    assert result.exit_code == 0, result.output
+    store = HSStore(out)
+    assert store.names == ["abn_8_0", "abn_8_1", "Si_pdos_k"] and store.basis.symbols == ["B", "N", "Si"]
+    assert [e["split"] for e in store.manifest] == ["train"] * 3
+    for name, source in (("abn_8_0", runs / "abn_8_0" / "abn_8_0.TSHS"), ("Si_pdos_k", si / "Si_pdos.TSHS")):
+        stored, original = store.read(name), read_hs(source)
+        assert [store.basis.symbols[k] for k in stored.species] == [original.basis.symbols[k] for k in original.species]
+        for field in ("h", "s", "mask", "edge_index", "cell_shift", "positions", "cell"):
+            np.testing.assert_array_equal(getattr(stored, field), getattr(original, field), err_msg=field)
+    store.close()
+    appended = out.read_bytes()
+    report = convert([si, runs / "abn_8_1"], out, progress=False, append=True)  # held already: nothing changes
+    assert report.reused == ["Si_pdos_k", "abn_8_1"] and report.converted == [] and out.read_bytes() == appended
+    with pytest.raises(ConfigError, match="--append to a store of float64: convert with the same dtype"):
+        convert([runs / "abn_8_0"], out, progress=False, append=True, dtype=np.float32)
+
+    report = convert([si], out, progress=False, overwrite=True)
+    assert HSStore(out).names == ["Si_pdos_k"] and report.reused == ["Si_pdos_k"]
+    with pytest.raises(InputError, match="choose one"):
+        convert([si], out, progress=False, overwrite=True, append=True)
+
+
+def test_a_gamma_only_file_folded_beyond_unfolding_is_not_stored(siesta_fixtures, tmp_path):
+    """H2O_dipole is a Γ-only run (nsc 1 1 1) in a 3 x 30 x 5 Å cell: its blocks sum periodic images that cannot be
+    told apart, so a store (the blocks of every periodic pair) cannot hold it; the run is skipped by name."""
+    skipped = []
+    with pytest.raises(FileFormatError, match="nothing written"):
+        convert([siesta_fixtures / "H2O_dipole"], tmp_path / "s.h5", progress=False,
+                on_skip=lambda run, exc: skipped.append(exc))
+    assert [type(e) for e in skipped] == [FoldedMatrixError]
+    assert "Γ-only run's, folded into the unit cell" in str(skipped[0])

@@ -84,7 +84,12 @@ def test_tersoff_file_is_sevik_bn_with_homonuclear_attraction_off():
 
 
 def test_shared_structures_are_valid(abn_dir):
-    for path in sorted((abn_dir / "structures").glob("*/*.xyz")):
+    import json
+
+    listed = [json.loads(line)["file"] for line in (abn_dir / "structures.jsonl").read_text().splitlines() if line.strip()]
+    paths = sorted((abn_dir / "structures").glob("*/*.xyz"))
+    assert sorted(p.name for p in paths) == sorted(listed) and len(paths) == 22  # the glob found every listed cell
+    for path in paths:
         validate_structure(ase.io.read(path), path=path)
 
 
@@ -247,3 +252,40 @@ def test_progress_chunks_do_not_change_the_trajectory(small_cells, monkeypatch):
     monkeypatch.setattr(generator, "_CHUNK_STEPS", 10**9)
     single_run = amorphous_bn(8, seed=1, protocol="fast", progress=False)
     np.testing.assert_array_equal(single_run.positions, small_cells[(8, 1)].positions)
+
+
+def test_the_training_domain_names_structures_far_outside_it():
+    """New-user probe: cells compressed to 0.7x, B-only cells and one atom in a 0.6 Å cube were predicted without a
+    word.  The domain of abn-small's training cells: its validation cell lies inside, those lie outside."""
+    from ase.neighborlist import neighbor_list
+
+    from hforge.datasets import load
+    from hforge.structures import TrainingDomain
+
+    store = load("abn-small").store
+    cells = [store.read(k) for k in range(len(store))]
+    train, val = [c for c in cells if c.n_atoms <= 16], next(c for c in cells if c.n_atoms == 24)
+
+    def arrays(data, positions=None, cell=None, labels=None):
+        labels = labels or [data.basis.symbols[s] for s in data.species]
+        return (data.positions if positions is None else positions, data.cell if cell is None else cell, data.pbc, labels)
+
+    domain = TrainingDomain.of([arrays(c) for c in train], r_max=4.5)
+    closest = np.inf
+    for c in train:  # ASE's own neighbour list: the closest B-N approach
+        atoms = Atoms([c.basis.symbols[s] for s in c.species], positions=c.positions, cell=c.cell, pbc=True)
+        i, j, d = neighbor_list("ijd", atoms, 4.5)
+        symbols = np.array(atoms.get_chemical_symbols())
+        closest = min(closest, d[symbols[i] != symbols[j]].min())
+    assert domain.closest["B-N"] == pytest.approx(closest, abs=1e-12) and domain.n_structures == 3
+    assert domain.fractions == {"B": (0.5, 0.5), "N": (0.5, 0.5)}
+    assert TrainingDomain.from_dict(domain.to_dict()) == domain
+    assert domain.departures(*arrays(val)) == []
+
+    compressed = domain.departures(*arrays(val, positions=0.7 * val.positions, cell=0.7 * val.cell))
+    assert any(text.startswith("B-N pairs") for text in compressed)
+    assert any("neighbours within 4.5 Å" in text for text in compressed)
+    boron = domain.departures(*arrays(val, labels=["B"] * val.n_atoms))
+    assert boron[0] == "100% of the atoms are B (training structures: 50%-50%)" and boron[1].startswith("0% of the atoms are N")
+    alone = domain.departures(np.zeros((1, 3)), 0.6 * np.eye(3), np.ones(3, bool), ["B"])
+    assert any("B-B pairs 0.60 Å apart" in text for text in alone)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,8 @@ from hforge.io import read_hs
 from hforge.models import load_checkpoint
 from hforge.train.config import DEFAULT_CONFIG_YAML, TrainConfig, load_config
 from hforge.train.evaluation import evaluate_structures, predict_blocks
-from hforge.train.trainer import Trainer, TrainingData, atom_batches, read_log, share_of_batch
+from hforge.train.loop import atom_batches, read_log
+from hforge.train.trainer import Trainer, TrainingData, share_of_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,6 +151,18 @@ def test_bad_config_files(tmp_path):
 def test_configs_that_disagree_with_the_data(tmp_path, change, match):
     with pytest.raises((ConfigError, BasisMismatchError, FileFormatError), match=match):
         Trainer(load_config(tiny(**change)), tmp_path, progress=False)
+
+
+def test_a_bug_in_the_model_build_is_not_turned_into_a_config_error(tmp_path, monkeypatch):
+    """trainer.py caught every exception of the baseline fit and model build as a one-line ConfigError."""
+    import hforge.train.trainer as trainer_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a config")
+
+    monkeypatch.setattr(trainer_module, "build_model", broken)
+    with pytest.raises(KeyError, match="a bug, not a config"):
+        Trainer(load_config(tiny()), tmp_path, progress=False)
 
 
 def test_species_and_neighbour_count_come_from_the_data_unless_given():
@@ -313,6 +327,30 @@ def test_checkpoints_hold_the_values_taken_from_the_data(checkpoint):
     expected = TrainingData(load_config(tiny())).config.model
     assert model.config.avg_num_neighbors == expected.avg_num_neighbors and model.config.species == ("B", "N")
     assert payload["extra"]["training"]["config"]["model"]["avg_num_neighbors"] == expected.avg_num_neighbors
+
+
+def test_a_trained_checkpoint_warns_about_structures_outside_its_training_cells(checkpoint):
+    """The trainer stores its training cells' domain in the checkpoint; the predictor warns (OutOfDomainWarning) on a
+    cell compressed to 0.7x, and says nothing on the held-out 24-atom cell."""
+    import warnings
+
+    import hforge
+    from hforge.errors import OutOfDomainWarning
+    from hforge.structures import TrainingDomain
+
+    _, payload = load_checkpoint(checkpoint)
+    domain = TrainingDomain.from_dict(payload["extra"]["domain"])
+    assert domain.n_structures == 3 and domain.r_max == TrainingData(load_config(tiny())).config.model.r_max
+    predictor = hforge.load(checkpoint, device="cpu")
+    val = load("abn-small")[3]
+    assert val.n_atoms == 24
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDomainWarning)
+        predictor.predict(val)
+    compressed = dataclasses.replace(val, positions=0.7 * val.positions, cell=0.7 * val.cell)
+    departures = r"outside the model's training structures \(B-B pairs .* B-N pairs .* neighbours within"
+    with pytest.warns(OutOfDomainWarning, match=departures):
+        predictor.predict(compressed)
 
 
 def test_a_run_folder_is_not_overwritten_without_resume_or_overwrite(checkpoint, tmp_path):

@@ -1,6 +1,6 @@
 """The fixed choices of CLI options as Enums, so that typer checks them and ``--help`` lists them.
 
-The values repeat names defined in the layers below (``hforge.infer.predictor.MODES``,
+The values repeat names defined in the layers below (``hforge.infer.plan.MODES``,
 ``hforge.ops.assemble``'s backends, the store's splits), which this module does not import:
 they pull in the model stack, and ``hforge --help`` must stay fast.  tests/test_cli.py checks
 that each Enum equals its source.

@@ -16,6 +16,7 @@ exits with status 143 (128 + SIGTERM, what a shell reports for a process killed 
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from rich.markup import escape as _escape
 
 from hforge.errors import HForgeError
 
-__all__ = ["Terminated", "escape", "handle_sigterm", "printed_warnings", "user_errors"]
+__all__ = ["Terminated", "configure_logging", "escape", "handle_sigterm", "printed_warnings", "user_errors"]
 
 #: Exit status of a command stopped by SIGTERM.
 SIGTERM_STATUS = 128 + signal.SIGTERM
@@ -54,6 +55,29 @@ def handle_sigterm() -> Callable[[], None]:
         return lambda: None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+class _LevelFormatter(logging.Formatter):
+    """``warning: <message>``, ``info: <message>``: the CLI's own line style (``error: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+_handler: logging.Handler | None = None
+
+
+def configure_logging(verbose: bool) -> None:
+    """HForge's loggers (``hforge.*``) to the command's stderr: warnings always, INFO too when
+    ``verbose``.  One handler however many commands a process runs (the tests run many)."""
+    global _handler
+    logger = logging.getLogger("hforge")
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(_LevelFormatter())
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def escape(value: object) -> str:

@@ -27,8 +27,11 @@ def convert_command(
     half: bool = typer.Option(False, "--half", help="Store only the canonical half of the pairs."),
     train_max_atoms: int = typer.Option(32, help="Structures with at most this many atoms go to 'train'."),
     val_max_atoms: int = typer.Option(64, help="Larger ones up to this many go to 'val', the rest to 'test'."),
+    append: bool = typer.Option(False, "--append", help="Add the runs to an existing store (its structures kept)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store by the runs."),
 ) -> None:
-    """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped)."""
+    """Convert SIESTA runs into a store (resumable; unfinished or unconverged runs are skipped).
+    An existing store is refused unless --append or --overwrite says what becomes of it."""
     import numpy as np
 
     from hforge.io import HSStore, SplitRule, convert
@@ -45,6 +48,8 @@ def convert_command(
             half=half,
             split_rule=SplitRule(train_max_atoms, val_max_atoms),
             on_skip=report_skip,
+            append=append,
+            overwrite=overwrite,
         )
         store = HSStore(report.store)
     _console.print(
@@ -64,13 +69,20 @@ def inspect_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Atoms, species, orbitals, nsc, nnz, symmetry errors, S's smallest eigenvalue and Γ spectrum;
-    a warning when the SIESTA log beside the file shows a run that failed or did not converge."""
+    a warning when the SIESTA log beside the file shows a run that failed or did not converge.  A file
+    without a basis (a bare TSHS, HForge's own) and no --basis: what needs none (species unknown)."""
+    from hforge.errors import MissingBasisError
     from hforge.io import read_hs
-    from hforge.io.inspect import describe
+    from hforge.io.inspect import describe, describe_without_basis
     from hforge.io.runs import run_state
+    from hforge.io.siesta import read_sisl_hamiltonian
 
     with user_errors():
-        info = describe(read_hs(file, basis=basis, validate=False))
+        try:
+            info = describe(read_hs(file, basis=basis, validate=False))
+        except MissingBasisError:  # a bare TSHS (HForge's own): what needs no basis
+            hamiltonian, fermi, path = read_sisl_hamiltonian(file)
+            info = describe_without_basis(hamiltonian, fermi, str(path))
         state = run_state(file)
     if state is not None:
         log, kind, message = state

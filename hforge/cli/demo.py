@@ -14,7 +14,6 @@ of the test cell.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,7 @@ from hforge.io import HSData
 
 __all__ = ["DEMO_STEPS", "TEST_CELL", "demo", "demo_command", "demo_config", "demo_test_cell"]
 
-#: Optimizer steps per model of the demo: the whole demo takes about 2 minutes on 2 idle CPU cores
-#: (measured: equivariant 72 s, invariant 35 s of training, 2 min 3 s in all).  150 steps take 47 s.
+#: Optimizer steps per model of the demo (its duration: docs/measurements.md).
 DEMO_STEPS = 600
 #: The demo's test cell in the shared aBN data (``<shared>/abn/runs/<name>``).
 TEST_CELL = "abn_64_0"
@@ -40,9 +38,12 @@ def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
     """The demo's training config of one model kind: H/S block metrics on the bundled 24-atom
     validation cell three times during training (the learning curves); the demo tests the result
     itself."""
+    from hforge.models.config import ABN_AVG_NUM_NEIGHBORS
+
     return {
         "data": {"source": "abn-small", "train": {"max_atoms": 16}, "val": {"min_atoms": 17}},
-        "model": {"kind": kind, "avg_num_neighbors": 40.0},  # the README's measured runs (the data gives 44.8)
+        # the normalisation of the README's measured runs (left out, the training cells would give theirs)
+        "model": {"kind": kind, "avg_num_neighbors": ABN_AVG_NUM_NEIGHBORS},
         "schedule": {"name": "cosine", "warmup_steps": min(10, steps)},
         "training": {
             "max_steps": steps, "batch_atoms": 32, "val_every": steps // 3 if steps >= 3 else 10**9,
@@ -55,12 +56,12 @@ def demo_config(kind: str, steps: int, seed: int = 0) -> dict[str, Any]:
 def demo_test_cell(shared: Path | None = None) -> HSData:
     """The demo's test cell: :data:`TEST_CELL` (64 atoms) of ``shared/abn/runs`` read by
     :func:`hforge.io.read_hs` in the bundled basis, or the bundled 24-atom validation cell when
-    ``shared`` (default ``$HFORGE_SHARED``, else ``../shared`` of the working directory) lacks it."""
-    from hforge.datasets import load
+    ``shared`` (default :func:`hforge.datasets.shared_data_dir`) lacks it."""
+    from hforge.datasets import load, shared_data_dir
     from hforge.io import read_hs
 
     bundled = load("abn-small", split="val")
-    shared = Path(shared if shared is not None else os.environ.get("HFORGE_SHARED", Path.cwd().parent / "shared"))
+    shared = shared_data_dir(shared)
     run = shared / "abn" / "runs" / TEST_CELL
     if run.is_dir():
         return read_hs(run / f"{TEST_CELL}.TSHS", basis=bundled.basis)
@@ -78,7 +79,8 @@ def demo(
     from hforge.train.config import load_config
     from hforge.train.curves import plot_learning_curves
     from hforge.train.evaluation import evaluate_structures, predict_blocks
-    from hforge.train.trainer import Trainer, read_log
+    from hforge.train.loop import read_log
+    from hforge.train.trainer import Trainer
 
     console = console or wide_console()
     out = Path(out)

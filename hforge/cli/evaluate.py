@@ -121,14 +121,23 @@ def parse_kpoints(items: List[str]) -> list[list[float]] | None:
 
 def iter_references(inputs: List[str], *, split: Optional[str] = None, basis: Optional[Path] = None) -> Iterator[Any]:
     """SIESTA structures (:class:`HSData`) of bundled datasets (``abn-small``), stores (``.h5``),
-    H/S files (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) and (folders of) run folders."""
+    H/S files (``.TSHS``, ``.HSX``, ``.nc``, ``.fdf``) and (folders of) run folders.
+
+    Raises:
+        ConfigError: a store whose ``split`` holds no structure (naming what its splits hold).
+    """
     from hforge.datasets import BUNDLED, load
+    from hforge.errors import ConfigError
     from hforge.io import read_hs
     from hforge.io.runs import find_runs, run_output
 
     for item in inputs:
         if item in BUNDLED or item.endswith((".h5", ".hdf5")):
-            yield from load(item, split=split)
+            dataset = load(item, split=split)
+            if not len(dataset):
+                held = {s: len(dataset.store.split(s)) for s in ("train", "val", "test")}
+                raise ConfigError(f"--split {split}: {item} holds no structure of that split (its splits: {held})")
+            yield from dataset
             continue
         for run in find_runs([item]):
             yield read_hs(run_output(run), basis=basis)
@@ -158,6 +167,7 @@ def evaluate_command(
     ±window MAE paired from the HOMO, states in the window, gap, band-energy and DOS errors; per-atom onsite-energy
     RMSE; H MAE (meV; all, onsite, hopping, per species and shell pair; raw and without the best c·S), S MAE; and,
     secondary, eigenvalue errors in the reference S's canonical basis at each threshold; per structure and size."""
+    from hforge.errors import ConfigError
     from hforge.models import load_checkpoint
     from hforge.train.evaluation import evaluate_structures
 
@@ -174,6 +184,8 @@ def evaluate_command(
                 f"{_fmt(('ghosts_low', 'ghosts_high'), e['summary'])}", markup=False
             ),
         )
+        if not evaluation.structures:
+            raise ConfigError(f"no structure to evaluate in {', '.join(data)}")
     rows = {e["name"]: e["summary"] for e in evaluation.structures}
     console.print(metrics_table(rows, title=f"{escape(checkpoint)} per structure", thresholds=threshold))
     groups = {n: g["summary"] for n, g in evaluation.groups.items()}

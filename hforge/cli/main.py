@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hforge.cli._errors import handle_sigterm
+from hforge.cli._errors import configure_logging, handle_sigterm
 from hforge.cli.data import data_app
 from hforge.cli.demo import demo_command
 from hforge.cli.evaluate import evaluate_command
@@ -33,8 +33,14 @@ app.command("study")(study_command)
 
 
 @app.callback()
-def main(ctx: typer.Context) -> None:
+def main(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Say what HForge does (its INFO log lines on stderr); warnings are always shown."
+    ),
+) -> None:
     """HForge: SIESTA H and S from atomic structure (eV, Å)."""
+    configure_logging(verbose)
     ctx.call_on_close(handle_sigterm())  # SIGTERM unwinds like Ctrl-C: no temporary file left
 
 

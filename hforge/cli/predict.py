@@ -3,7 +3,6 @@ written as ``.TSHS`` or ``.nc``."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,28 +15,7 @@ from rich.console import Console
 from hforge.cli._choices import AssemblyBackend, Dtype, Mode
 from hforge.cli._errors import printed_warnings, user_errors
 
-__all__ = ["frame_outputs", "parse_bytes", "predict_command"]
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_bytes(text: str) -> int:
-    """``"8GB"``, ``"512 MiB"``, ``"1e9"`` -> bytes.
-
-    Raises:
-        ConfigError: anything else.
-    """
-    from hforge.errors import ConfigError
-
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in _UNITS:
-        raise ConfigError(f"--max-memory {text!r}: give bytes or a size such as 8GB, 512MB, 2GiB")
-    try:
-        return int(float(match.group(1)) * _UNITS[unit])
-    except ValueError:
-        raise ConfigError(f"--max-memory {text!r}: not a number") from None
-
+__all__ = ["frame_outputs", "predict_command"]
 
 def frame_outputs(out: Path, n_frames: int) -> list[Path]:
     """Output files of ``n_frames`` frames: ``out`` itself for one, else ``<stem>_<k><suffix>`` with
@@ -77,14 +55,15 @@ def predict_command(
     import numpy as np
 
     from hforge.infer import check_output_path, load, read_frames
+    from hforge.infer.plan import memory_budget
 
     console = Console(stderr=True, soft_wrap=True)
     with user_errors(), printed_warnings(console):
         frames = read_frames(structure)
         outputs = frame_outputs(out, len(frames))
         for path in outputs:
-            check_output_path(path)
-        budget = None if max_memory is None else parse_bytes(max_memory)
+            check_output_path(path, inputs=[structure])
+        budget = memory_budget(max_memory)
         predictor = load(model, device=device)
         if len(frames) > 1:  # every frame checked before the first is predicted
             for k, atoms in enumerate(frames):
@@ -146,8 +125,14 @@ def _predict_one(
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
         f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
-        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_chunks} part(s)), {seconds:.1f} s "
+        f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_parts} {_parts_unit(report)}), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,
         markup=False,
     )
+
+
+def _parts_unit(report: Any) -> str:
+    """What the report's parts are: atom ranges (whole, streamed) or spatial chunks."""
+    unit = "atom range" if report.mode in ("whole", "streamed") else "chunk"
+    return unit if report.n_parts == 1 else unit + "s"

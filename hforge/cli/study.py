@@ -34,7 +34,6 @@ def study_command(
     """Train the equivariant, the invariant and graph2mat's model on the same small cells with the same
     budget, test each on held-out cells of every size, write results.md, results.json and figures."""
     import dataclasses
-    import os
 
     from hforge.train.study import full_plan, quick_plan, run_study
 
@@ -45,9 +44,10 @@ def study_command(
         else:
             store = store or out / "abn-all.h5"
             if not store.is_file():
+                from hforge.datasets import shared_data_dir
                 from hforge.io import convert
 
-                root = Path(shared or os.environ.get("HFORGE_SHARED", Path.cwd().parent / "shared"))
+                root = shared_data_dir(shared)
                 runs = [root / "abn" / "runs", root / "abn-extra" / "runs"]
                 console.print(f"converting {', '.join(map(str, runs))} into {store}", markup=False)
                 convert([r for r in runs if r.is_dir()], store, basis=root / "abn" / "basis", half=True)

@@ -17,12 +17,27 @@ import torch
 from hforge.errors import ConfigError
 from hforge.io import HSData, HSStore
 
-__all__ = ["HSDataset", "load", "bundled_path", "BUNDLED"]
+__all__ = ["HSDataset", "load", "bundled_path", "shared_data_dir", "BUNDLED"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 
 #: Bundled stores by name.
 BUNDLED = {"abn-small": "abn-small.h5"}
+
+
+def shared_data_dir(folder: str | os.PathLike | None = None) -> Path:
+    """The project's shared SIESTA data (``abn/``, ``abn-extra/``, ``fixtures/``): ``folder`` when
+    given, else ``$HFORGE_SHARED``, else ``shared`` beside the source checkout HForge runs from
+    (``<repository>/../shared``), else ``../shared`` of the working directory.  The one rule of
+    the CLI (``hforge demo``, ``hforge study``) and the tests."""
+    if folder is not None:
+        return Path(folder)
+    if os.environ.get("HFORGE_SHARED"):
+        return Path(os.environ["HFORGE_SHARED"])
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout.parent / "shared"
+    return Path.cwd().parent / "shared"
 
 
 def bundled_path(name: str) -> Path:

@@ -5,12 +5,12 @@
 - :func:`orbital_pair_list`: pairs whose orbitals overlap (``r_i + r_j``), the blocks of S.
 - :class:`GraphBuilder` -> :class:`GraphBatch`: a structure's interaction graph, block pairs and
   aligned H/S targets; :func:`collate` batches them.
-- :class:`RandomRotation`, :func:`rotate_graph`: rotation augmentation (targets rotated too).
+- :func:`rotate_graph`: rotation augmentation (targets rotated too; the trainer draws the rotations).
 """
 
 from __future__ import annotations
 
-from hforge.graph.augment import RandomRotation, rotate_flat_blocks, rotate_graph
+from hforge.graph.augment import rotate_flat_blocks, rotate_graph
 from hforge.graph.model_graph import (
     GraphBatch,
     GraphBuilder,
@@ -26,7 +26,6 @@ __all__ = [
     "GraphBatch",
     "GraphBuilder",
     "PairList",
-    "RandomRotation",
     "StructureArrays",
     "align_targets",
     "collate",

@@ -15,6 +15,9 @@ import math
 import numpy as np
 
 from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
+from hforge.io.pairs import canonical_orientation
+
+_canonical = numba.njit(cache=True)(canonical_orientation)
 
 __all__ = ["canonical_pairs", "gather_pairs", "pair_order"]
 
@@ -31,10 +34,8 @@ def canonical_pairs(i, j, shift, keep, half, n_onsite):  # pragma: no cover - co
         a = np.int64(i[k])
         b = np.int64(j[k])
         s0, s1, s2 = np.int64(shift[k, 0]), np.int64(shift[k, 1]), np.int64(shift[k, 2])
-        if half:
-            negative = s0 < 0 or (s0 == 0 and (s1 < 0 or (s1 == 0 and s2 < 0)))
-            if a > b or (a == b and negative):
-                a, b, s0, s1, s2 = b, a, -s0, -s1, -s2
+        if half and not _canonical(a, b, s0, s1, s2):
+            a, b, s0, s1, s2 = b, a, -s0, -s1, -s2
         rows[e] = a
         cols[e] = b
         shifts[e, 0] = s0

@@ -4,7 +4,7 @@ A rotation ``R`` (proper, acting on column vectors) maps positions ``x -> R x`` 
 vectors alike; pairs, shifts and block layout are unchanged, and every target block becomes
 ``D_i(R) B D_j(R)^T`` with SIESTA-convention real Wigner matrices
 (:func:`hforge.basis.conventions.species_rotation`).  An equivariant model is unaffected; the
-non-equivariant baseline can learn rotations from it (``RandomRotation`` as a dataset transform).
+non-equivariant baseline can learn rotations from it (the trainer rotates every step, ``training.augment_rotations``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hforge.basis.conventions import species_rotation
 from hforge.errors import InputError
 from hforge.graph.model_graph import GraphBatch
 
-__all__ = ["RandomRotation", "rotate_flat_blocks", "rotate_graph"]
+__all__ = ["rotate_flat_blocks", "rotate_graph"]
 
 
 def rotate_flat_blocks(
@@ -68,22 +68,3 @@ def rotate_graph(graph: GraphBatch, rotations: np.ndarray, basis: BasisSet) -> G
                 values[name][v0:v1] = rotate_flat_blocks(values[name][v0:v1], pair_species, ptr, matrices)
         targets = values
     return replace(graph, positions=positions, cell=cell, **targets)
-
-
-class RandomRotation:
-    """Dataset transform: a uniformly random rotation of each structure of a graph (targets included).
-
-    Args:
-        basis: the basis of the graph's species (the model's).
-        seed: seed of the generator (None: fresh entropy).
-    """
-
-    def __init__(self, basis: BasisSet, seed: int | None = None) -> None:
-        self.basis = basis
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, graph: GraphBatch) -> GraphBatch:
-        from scipy.spatial.transform import Rotation
-
-        rotations = Rotation.random(graph.n_graphs, random_state=self.rng).as_matrix()
-        return rotate_graph(graph, rotations, self.basis)

@@ -32,6 +32,7 @@ from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, InputError, UnknownSpeciesError, UnsupportedSystemError
 from hforge.graph.neighbours import neighbour_list
 from hforge.io.hsdata import HSData
+from hforge.io.pairs import block_pointer
 from hforge.structures.validate import check_arrays
 
 __all__ = [
@@ -220,12 +221,6 @@ class GraphBatch:
         return [values[ptr[b] : ptr[b + 1]] for b in range(self.n_graphs)]
 
 
-def _block_ptr(pair_index: np.ndarray, n_orb: np.ndarray) -> np.ndarray:
-    ptr = np.zeros(pair_index.shape[1] + 1, dtype=np.int64)
-    np.cumsum(n_orb[pair_index[0]] * n_orb[pair_index[1]], out=ptr[1:])
-    return ptr
-
-
 def align_targets(
     data: HSData, pair_index: np.ndarray, pair_shift: np.ndarray, block_ptr: np.ndarray, *, spin: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,7 +313,7 @@ class GraphBuilder:
         onsite = np.arange(n_atoms, dtype=np.int64)
         pair_index = np.concatenate([np.stack([onsite, onsite]), hopping.edge_index], axis=1)
         pair_shift = np.concatenate([np.zeros((n_atoms, 3), dtype=np.int64), hopping.cell_shift])
-        block_ptr = _block_ptr(pair_index, self.basis.n_orbitals[species])
+        block_ptr = block_pointer(self.basis.n_orbitals[species], pair_index)
         targets = {}
         if data is not None:
             h, s, mask = align_targets(data, pair_index, pair_shift, block_ptr, spin=self.spin)

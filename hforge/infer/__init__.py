@@ -9,21 +9,19 @@
   (the predictor's whole-cell route, on the model's device).
 - :func:`predict_distributed` / :func:`merge_parts`: chunks spread over torch.distributed ranks.
 - :func:`write_hamiltonian`: ``.TSHS`` / ``.nc`` written atomically.
+
+The predictor's parts, each readable alone: :mod:`~hforge.infer.problem` (structure -> pairs and
+output layout), :mod:`~hforge.infer.plan` (mode and parts within a memory budget),
+:mod:`~hforge.infer.passes` (the model's passes into the output buffers), :mod:`~hforge.infer.report`.
 """
 
 from __future__ import annotations
 
 from hforge.infer.load import PRETRAINED_DIR, load, pretrained_names
 from hforge.infer.output import check_output_path, write_hamiltonian
-from hforge.infer.predictor import (
-    PREDICTION_STAGES,
-    PredictionReport,
-    Predictor,
-    peak_rss_bytes,
-    predict_hamiltonian,
-    read_frames,
-    read_structure,
-)
+from hforge.infer.predictor import Predictor, predict_hamiltonian
+from hforge.infer.problem import read_frames, read_structure
+from hforge.infer.report import PREDICTION_STAGES, PredictionReport, peak_rss_bytes
 
 __all__ = [
     "PREDICTION_STAGES",

@@ -4,8 +4,9 @@ Every rank builds the same pair list and chunk grid, predicts the chunks ``rank,
 ...`` and writes its atoms' rows into a *part*: ``rank<r>.indices.npy`` and ``rank<r>.data.npy``,
 memory maps laid out as the whole matrix (only the rank's rows are written; the files are sparse)
 plus ``rank<r>.atoms.npy``, each written by :func:`hforge.files.atomic_write` (in place when complete).  After a barrier, rank 0
-merges the parts (:func:`merge_parts`) into the whole ``sisl.Hamiltonian``; the result is the
-single-process chunked prediction, bit for bit.
+merges the parts (:func:`merge_parts`) into the whole ``sisl.Hamiltonian``: the matrices of the
+single-process chunked prediction, with its sparsity pattern, to the rounding of the model's dtype
+(another process may sum in another order).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import numpy as np
 from hforge.errors import FileFormatError
 from hforge.files import atomic_write
 from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
-from hforge.infer.predictor import PredictionReport, Predictor, Problem, _Timer, peak_rss_bytes
+from hforge.infer.plan import memory_budget, output_dtype
+from hforge.infer.predictor import Predictor
+from hforge.infer.problem import Problem
+from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes
 
 __all__ = ["merge_parts", "predict_distributed", "predict_part"]
 
@@ -59,9 +63,9 @@ def predict_part(
                               dtype=kind, shape=shape)
             for name, (shape, kind) in buffers.items()
         }
-        predictor.fill_chunks(
+        predictor.passes.fill_chunks(
             problem, grid, mine, maps["indices"], maps["data"], dtype=dtype, backend=backend,
-            timer=_Timer(predictor.last_report), progress=progress,
+            timer=StageTimer(predictor.last_report), progress=progress,
         )
         for array in maps.values():
             array.flush()
@@ -107,7 +111,7 @@ def predict_distributed(
     parts_dir: str | os.PathLike,
     *,
     parts: int | None = None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     dtype: Any = np.float64,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
@@ -126,11 +130,11 @@ def predict_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     report = PredictionReport(mode="distributed", device=str(predictor.device))
     predictor.last_report = report
-    dtype = np.dtype(dtype)
-    problem = predictor.prepare(structure, timer=_Timer(report))
+    dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)
+    problem = predictor.prepare(structure, timer=StageTimer(report))
     plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
     grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)
-    report.n_atoms, report.nnz, report.grid, report.n_chunks = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
+    report.n_atoms, report.nnz, report.grid, report.n_parts = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
     report.csr_bytes = problem.csr_bytes(dtype)
     predict_part(predictor, problem, grid, parts_dir, rank, world, dtype=dtype, backend=backend, progress=progress and rank == 0)
     dist.barrier()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hforge.errors import FileFormatError
 from hforge.infer.predictor import Predictor, resolve_device
+from hforge.structures.domain import TrainingDomain
 
 __all__ = ["PRETRAINED_DIR", "load", "pretrained_names"]
 
@@ -25,7 +26,8 @@ def load(path_or_name: str | os.PathLike, *, device: str | None = None) -> Predi
     A bare name without a path separator or suffix that is not an existing file is looked up in
     :data:`PRETRAINED_DIR`.  ``device``: ``"cuda"``, ``"cuda:N"``, ``"cpu"``, or None for CUDA when
     usable (:func:`~hforge.infer.predictor.resolve_device`); the weights are read onto the CPU,
-    then moved.
+    then moved.  A checkpoint that records its training domain (``extra["domain"]``, written by
+    :class:`~hforge.train.Trainer`) makes the predictor warn about structures outside it.
 
     Raises:
         FileFormatError: no such file or bundled model (the message lists the bundled ones), or a
@@ -47,5 +49,8 @@ def load(path_or_name: str | os.PathLike, *, device: str | None = None) -> Predi
                 f"(bundled models: {names}; expected {bundled})"
             )
         path = bundled
-    model, _ = load_checkpoint(path, map_location="cpu")
-    return Predictor(model, source=str(path_or_name), device=device)
+    model, payload = load_checkpoint(path, map_location="cpu")
+    domain = payload.get("extra", {}).get("domain")
+    return Predictor(
+        model, source=str(path_or_name), device=device, domain=None if domain is None else TrainingDomain.from_dict(domain)
+    )

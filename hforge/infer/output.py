@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hforge.errors import FileFormatError, InputError
 from hforge.files import atomic_write
@@ -16,14 +16,21 @@ __all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
 OUTPUT_SUFFIXES = (".TSHS", ".nc")
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """``path`` if a Hamiltonian can be written there; checked before any heavy work.
+
+    Args:
+        path: the output file.
+        inputs: files the command reads (e.g. the structure): the output must not replace them.
 
     Raises:
         FileFormatError: a suffix other than ``.TSHS`` / ``.nc``.
-        InputError: a missing or read-only folder, or a path that is a folder.
+        InputError: a missing or read-only folder, a path that is a folder, or one of ``inputs``.
     """
     path = Path(path)
+    for source in map(Path, inputs):
+        if path.resolve() == source.resolve() or (path.exists() and source.exists() and os.path.samefile(path, source)):
+            raise InputError(f"the output would replace the input {source}: choose another output file", path=path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise FileFormatError(f"output must end in {' or '.join(OUTPUT_SUFFIXES)}", path=path)
     folder = path.parent if str(path.parent) else Path(".")

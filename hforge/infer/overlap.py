@@ -5,14 +5,12 @@ integrals of the basis' radial functions: SIESTA's S to 1e-8, positive definite 
 (a Gram matrix of linearly independent orbitals), and it is not checked.  A model with a learned S
 (``overlap="learned"``, every checkpoint written before exact S existed, the bundled ``abn-dzp``
 up to its exact-S release among them) predicts each S entry to ~1e-4, while dense DZP cells have
-S(Γ) eigenvalues down to ~5e-5: its S is then indefinite (measured: that learned-S abn-dzp's S(Γ)
-has eigenvalues down to -0.007 on the 8-atom aBN cell and -0.016 on the 64-atom one) and the
+S(Γ) eigenvalues down to ~5e-5: its S can then be indefinite (docs/measurements.md) and the
 generalized eigenvalue problem H c = E S c is ill-posed.
 
 The check: a dense Cholesky factorization of S(Γ) (the sum of S over all cell shifts), up to
-:data:`OVERLAP_CHECK_MAX_ORBITALS` orbitals (0.01 s at 832 orbitals, one thread; ~1 s and 256 MB
-at the limit); when it fails, the smallest eigenvalue (LAPACK ``evr``, one eigenvalue: 0.08 s at
-832 orbitals) is named in the warning.  S(Γ) positive definite does not prove S(k) positive
+:data:`OVERLAP_CHECK_MAX_ORBITALS` orbitals (its cost: docs/measurements.md); when it fails, the
+smallest eigenvalue (LAPACK ``evr``, one eigenvalue) is named in the warning.  S(Γ) positive definite does not prove S(k) positive
 definite at every k, but an indefinite S(Γ) proves S indefinite.  Larger cells get a warning that
 S was not checked.
 """

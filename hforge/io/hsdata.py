@@ -18,6 +18,7 @@ import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.errors import BasisMismatchError, GeometryError, InvalidMatrixError, UnsupportedSystemError
+from hforge.io.pairs import is_canonical, pair_vectors
 
 __all__ = ["HSData", "DENSE_CHECK_MAX_ORBITALS", "MIN_DISTANCE"]
 
@@ -59,6 +60,13 @@ class HSData:
         pbc: ``(3,)`` bool periodicity.
         nsc: ``(3,)`` int64 number of supercells per lattice direction (odd).
         source: path of the file it was read from, if any.
+        folded: the blocks are a Γ-only file's, folded into the unit cell: every pair is
+            ``(i, j, 0)`` and its block sums the periodic images of ``j`` within reach, which could
+            not be told apart (:mod:`hforge.io.reach`).  Only Γ quantities mean anything then
+            (:meth:`matrix_at_k` refuses other k-points), and the pairs are not the structure's.
+        gamma_only: the source was a Γ-only file (nsc 1 1 1, images folded); :func:`~hforge.io.write_hs`
+            writes the matrices folded again (:meth:`fold`), so that a file read and written comes
+            out as it came.  Set for folded data and for Γ-only files unfolded by their unique images.
     """
 
     cell: np.ndarray
@@ -75,6 +83,8 @@ class HSData:
     pbc: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))
     nsc: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=np.int64))
     source: str | None = None
+    folded: bool = False
+    gamma_only: bool = False
 
     def __post_init__(self) -> None:
         self.cell = np.asarray(self.cell, dtype=np.float64).reshape(3, 3)
@@ -103,6 +113,9 @@ class HSData:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise BasisMismatchError(f"HSData arrays of inconsistent shapes: {bad}", path=self.source)
+        self.folded, self.gamma_only = bool(self.folded), bool(self.gamma_only or self.folded)
+        if self.folded and (self.cell_shift.any() or (self.nsc != 1).any()):
+            raise BasisMismatchError("folded HSData must have nsc 1 1 1 and every pair in cell (0, 0, 0)", path=self.source)
 
     # ---- sizes ------------------------------------------------------------------------
     @property
@@ -159,8 +172,7 @@ class HSData:
     # ---- geometry of the pairs ----------------------------------------------------------
     def pair_vectors(self) -> np.ndarray:
         """``(E, 3)`` float64 Å: ``positions[j] + n @ cell - positions[i]``."""
-        i, j = self.edge_index
-        return self.positions[j] + self.cell_shift @ self.cell - self.positions[i]
+        return pair_vectors(self.positions, self.cell, self.edge_index, self.cell_shift)
 
     def pair_distances(self) -> np.ndarray:
         """``(E,)`` float64 Å."""
@@ -210,10 +222,7 @@ class HSData:
     def canonical_pairs(self) -> np.ndarray:
         """Sorted indices of the canonical half: ``i < j``, or ``i == j`` and n lexicographically
         positive, plus the onsite pairs (docs/design.md); the rest are their partners."""
-        i, j = self.edge_index
-        n = self.cell_shift
-        first = np.where(n[:, 0] != 0, n[:, 0], np.where(n[:, 1] != 0, n[:, 1], n[:, 2]))
-        return np.flatnonzero((i < j) | ((i == j) & (first >= 0)))
+        return np.flatnonzero(is_canonical(self.edge_index, self.cell_shift))
 
     def _subset(self, pairs: np.ndarray, blocks: dict[str, np.ndarray]) -> "HSData":
         """A copy with the pairs ``pairs`` in that order and the given flat ``h``, ``s``, ``mask``."""
@@ -269,6 +278,37 @@ class HSData:
             mask=self.mask[idx],
         )
 
+    def fold(self) -> "HSData":
+        """H and S folded into the unit cell, as a Γ-only SIESTA run stores them: the blocks of all
+        pairs ``(i, j, n)`` summed into ``(i, j, 0)`` (masks joined), ``nsc = 1 1 1``, :attr:`folded` set.
+        H(Γ) and S(Γ) are unchanged."""
+        key = self.edge_index[0] * self.n_atoms + self.edge_index[1]
+        unique, first, group = np.unique(key, return_index=True, return_inverse=True)
+        sizes = np.diff(self.block_ptr)[first]
+        block_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        local = np.arange(self.n_values) - self.block_ptr[self.value_pair]
+        target = block_ptr[group[self.value_pair]] + local
+        n_values = int(block_ptr[-1])
+        if len(unique) == self.n_pairs:  # one image per atom pair: blocks moved, not summed (-0.0 kept)
+            h, s = np.empty_like(self.h), np.empty_like(self.s)
+            h[:, target], s[target] = self.h, self.s
+        else:
+            h = np.stack([np.bincount(target, weights=channel, minlength=n_values) for channel in self.h])
+            s = np.bincount(target, weights=self.s, minlength=n_values)
+        mask = np.zeros(n_values, dtype=bool)
+        mask[target[self.mask]] = True
+        return replace(
+            self,
+            edge_index=self.edge_index[:, first],
+            cell_shift=np.zeros((len(unique), 3), dtype=np.int64),
+            block_ptr=block_ptr,
+            h=h.astype(self.h.dtype, copy=False),
+            s=s.astype(self.s.dtype, copy=False),
+            mask=mask,
+            nsc=np.ones(3, dtype=np.int64),
+            folded=True,
+        )
+
     def select_spin(self, spin: int) -> "HSData":
         """The structure with one spin channel (0: up, 1: down)."""
         return replace(self, h=self.h[spin : spin + 1].copy())
@@ -293,7 +333,14 @@ class HSData:
         """Dense ``(n_orb, n_orb)`` Bloch matrix ``Σ_n M(n) exp(2πi k·n)`` (k in reduced units).
 
         Real float64 at Γ, complex128 elsewhere.
+
+        Raises:
+            UnsupportedSystemError: a k-point other than Γ of :attr:`folded` matrices.
         """
+        if self.folded and np.any(np.asarray(k) != 0):
+            raise UnsupportedSystemError(
+                "H and S folded into the unit cell (a Γ-only file) are known at Γ only", path=self.source
+            )
         values = self.s if which == "s" else (self.h if which == "h" else self.h_unshifted)[spin]
         flat, rows, cols = self._orbital_coords()
         k = np.asarray(k, dtype=np.float64)

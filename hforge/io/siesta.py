@@ -6,9 +6,11 @@ corrupted Fortran file reaches sisl's readers, and bit-exact writing.  sisl conv
 and Å to Bohr by multiplying with rounded constants, which loses the last bit of about one
 value in eight; :func:`write_hs` stores instead, for every value, the float64 that sisl reads
 back as exactly the value in memory (found by stepping ulps), so that file -> HSData -> file
-is exact.  TSHS files are written through sisl's own Fortran writer; sisl writes E_F = 0 there,
-so the E_F record is then set in place.  ``.nc`` files are written by sisl and their values
-replaced with the exact ones through netCDF4.
+is exact.  TSHS files are written record by record in the layout of sisl's Fortran writer
+(``tshs_write.f90``), with E_F; ``.nc`` files are written by sisl and their values replaced with
+the exact ones through netCDF4.  Only sisl's public API is used: the header checks of TSHS and
+HSX files read the records themselves.  Γ-only files (nsc 1 1 1) are read and written folded
+(:mod:`hforge.io.reach`).
 
 Compressed files (``.TSHS.xz``, ``.HSX.gz``, ``.nc.bz2``: :data:`COMPRESSIONS`) are read
 transparently: sisl cannot read them, so they are decompressed (streamed) into a private
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import logging
 import lzma
 import os
 import struct
@@ -39,13 +42,17 @@ from hforge.basis.readers import BOHR_TO_ANG, ion_files, read_basis_folder
 from hforge.errors import (
     BasisMismatchError,
     FileFormatError,
+    FoldedMatrixError,
     HForgeError,
+    MissingBasisError,
     OutputError,
     UnknownSpeciesError,
     UnsupportedSystemError,
 )
 from hforge.files import atomic_write
 from hforge.io.hsdata import HSData
+from hforge.io.reach import check_basis_reach, mark_folded
+from hforge.io.reach import unfold as _unfold
 
 __all__ = [
     "COMPRESSIONS",
@@ -58,6 +65,7 @@ __all__ = [
     "hs_label",
     "is_hs_file_name",
     "read_hs",
+    "read_sisl_hamiltonian",
     "readable_copy",
     "split_compression",
     "write_hs",
@@ -72,6 +80,8 @@ COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 
 _BASIS_ATTRIBUTE = "hforge_basis"
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,17 +228,52 @@ def _fortran_records(path: Path) -> list[tuple[int, int]]:
     return records
 
 
+def _record(path: Path, record: tuple[int, int], dtype: Any) -> np.ndarray:
+    """The values of one Fortran record (``(offset, length)`` of :func:`_fortran_records`)."""
+    offset, length = record
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return np.frombuffer(f.read(length), dtype=dtype)
+
+
+def _fortran_sizes(path: str | os.PathLike, kind: str, records: list[tuple[int, int]]) -> dict[str, int]:
+    """``n_spin``, ``n_atoms`` (0 where an old HSX does not say), ``n_orbitals`` and ``nnz`` from the
+    header records of a TSHS (version 0 or 1) or HSX (version 0, 1 or 2) file, as SIESTA writes them.
+
+    Raises:
+        FileFormatError: a header of another layout (corrupted, or a version HForge does not know).
+    """
+    path = Path(path)
+    try:
+        head = _record(path, records[0], "<i4")
+        if kind == ".TSHS":  # [version 1,] (na_u, no_u, no_s, nspin, nnz)
+            sizes = head if len(head) == 5 else _record(path, records[1], "<i4") if head.tolist() == [1] else None
+            if sizes is not None and len(sizes) == 5:
+                na_u, no_u, _, nspin, nnz = (int(x) for x in sizes)
+                return {"n_spin": nspin, "n_atoms": na_u, "n_orbitals": no_u, "nnz": nnz}
+        elif len(head) == 4:  # HSX version 0: (no_u, no_s, nspin, maxnh)
+            no_u, _, nspin, nnz = (int(x) for x in head)
+            return {"n_spin": nspin, "n_atoms": 0, "n_orbitals": no_u, "nnz": nnz}
+        elif head.tolist() in ([1], [2]):  # version, is_dp, (na_u, no_u, nspin, nspecies, nsc), ..., numh
+            na_u, no_u, nspin, nspecies = (int(x) for x in _record(path, records[2], "<i4")[:4])
+            numh = 6 + nspecies + (1 if head[0] == 2 else 0)
+            if 0 <= nspecies <= len(records) and numh < len(records):
+                nnz = int(_record(path, records[numh], "<i4").astype(np.int64).sum())
+                return {"n_spin": nspin, "n_atoms": na_u, "n_orbitals": no_u, "nnz": nnz}
+    except (IndexError, ValueError) as exc:
+        raise FileFormatError(f"corrupted {kind} header: {exc}", path=path) from exc
+    raise FileFormatError(f"corrupted {kind} header, or a file version HForge does not know", path=path)
+
+
 def _check_fortran_file(path: Path, kind: str) -> None:
     """Reject truncated/corrupted TSHS/HSX files before sisl's Fortran readers see them."""
-    from sisl.io.siesta import _siesta
-
     records = _fortran_records(path)
-    reader = _siesta.read_tshs_sizes if kind == ".TSHS" else _siesta.read_hsx_sizes
-    sizes = [int(x) for x in reader(str(path))]
-    nspin, na_u, no_u, _, nnz = sizes
+    sizes = _fortran_sizes(path, kind, records)
+    nspin, na_u, no_u, nnz = sizes["n_spin"], sizes["n_atoms"], sizes["n_orbitals"], sizes["nnz"]
     plausible = (
         nspin in (1, 2, 4, 8)
-        and 0 < na_u <= no_u <= nnz
+        and 0 <= na_u <= no_u <= nnz
+        and 0 < no_u
         and nnz * 4 <= path.stat().st_size
         and len(records) >= no_u
     )
@@ -368,7 +413,7 @@ def _resolve_basis(
     if basis is None:
         basis = file_basis
     if basis is None:
-        raise BasisMismatchError(
+        raise MissingBasisError(
             "the file carries no basis (a bare TSHS) and no folder of ion files was found beside it: give one with "
             "--basis (basis= in Python), a folder of .ion/.ion.nc/.ion.xml files, and keep the run's fdf beside the "
             "file for the species",
@@ -400,91 +445,35 @@ def _resolve_basis(
     return basis, lookup[species]
 
 
-#: Distances (Å) within this of a pair's reach ``r_i + r_j`` are not judged by :func:`check_basis_reach`
-#: (the ion file formats round the same radius differently, by ~1e-12 Å).
-REACH_TOLERANCE = 1e-4
-
-
-def _atom_pair_names(data: HSData, i: np.ndarray, j: np.ndarray) -> str:
-    """``"B-N (12), B-B (3)"``: the species pairs of the atom pairs ``(i, j)`` and how many of each."""
-    symbols = data.basis.symbols
-    names = ["-".join(sorted((symbols[a], symbols[b]))) for a, b in zip(data.species[i], data.species[j])]
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{name} ({count})" for name, count in sorted(counts.items(), key=lambda item: -item[1]))
-
-
-def check_basis_reach(data: HSData) -> None:
-    """Check the basis' orbital radii against the S the file stores.
-
-    SIESTA stores an S block for every atom pair closer than the sum of the largest orbital radii
-    of their species, ``|r_ij| < r_i + r_j``, and S vanishes beyond (exactly the pairs of
-    :func:`hforge.graph.orbital_pair_list` with the ion files' radii).  A basis with the same shells
-    but other radii (e.g. another ``PAO.EnergyShift``) shows as a nonzero S block beyond its
-    ``r_i + r_j`` (radii too small) or as a pair inside it without any nonzero S entry (radii too
-    large); pairs within :data:`REACH_TOLERANCE` of the reach are not judged.  Nothing is checked
-    for a basis without radii (a bare HSX's shells), nor for a geometry that is not finite
-    (:meth:`HSData.validate` reports that).
+def _matrix_file(path: str | os.PathLike) -> tuple[Path, str]:
+    """``(the H/S file, its kind)`` of a path to one or to the run's fdf (:func:`find_hs_file`).
 
     Raises:
-        BasisMismatchError: naming the file, the species pairs at fault, the worst pair and the radii.
+        FileFormatError: a missing file, or one of an unknown kind.
     """
-    radii = [sp.cutoff for sp in data.basis]
-    finite = np.isfinite(data.positions).all() and np.isfinite(data.cell).all()
-    if data.n_pairs == 0 or any(r is None for r in radii) or not finite:
-        return
-    radius = np.asarray(radii, dtype=np.float64)
-    given = ", ".join(f"{sp.symbol} {r:.4f}" for sp, r in zip(data.basis, radius))
-    i, j = data.edge_index
-    distance = np.linalg.norm(data.positions[j] + data.cell_shift @ data.cell - data.positions[i], axis=1)
-    reach = radius[data.species[i]] + radius[data.species[j]]
-    nonzero = np.add.reduceat(((data.s != 0) & data.mask).astype(np.int64), data.block_ptr[:-1]) > 0
-    beyond = np.flatnonzero(nonzero & (distance > reach + REACH_TOLERANCE))
-    if len(beyond):
-        worst = beyond[np.argmax(distance[beyond] - reach[beyond])]
-        a, b = data.basis.symbols[data.species[i[worst]]], data.basis.symbols[data.species[j[worst]]]
-        raise BasisMismatchError(
-            f"the basis' orbital radii ({given} Å) are smaller than the ones of the file's S: it couples atom "
-            f"{i[worst]} ({a}) and atom {j[worst]} ({b}) in cell {tuple(data.cell_shift[worst].tolist())}, "
-            f"{distance[worst]:.4f} Å apart, beyond r_{a} + r_{b} = "
-            f"{reach[worst]:.4f} Å, and {len(beyond)} atom pairs in all beyond their reach (species pairs "
-            f"{_atom_pair_names(data, i[beyond], j[beyond])}): this is not the basis the run used (other cut-off radii, "
-            "e.g. another PAO.EnergyShift)",
-            path=data.source,
-        )
-    from vesin import NeighborList
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError("no such file", path=path)
+    kind = _kind(path)
+    if kind == ".fdf":
+        path = find_hs_file(path)
+        kind = _kind(path)
+    return path, kind
 
-    try:
-        search = NeighborList(cutoff=float(2 * radius.max()), full_list=True)
-        ni, nj, shift, nd = search.compute(data.positions, data.cell, data.pbc, "ijSd")
-    except (RuntimeError, ValueError):  # a degenerate cell: HSData.validate names it
-        return
-    ni, nj, shift = ni.astype(np.int64), nj.astype(np.int64), shift.astype(np.int64)
-    half = data.nsc // 2
-    inside = (nd < radius[data.species[ni]] + radius[data.species[nj]] - REACH_TOLERANCE) & (np.abs(shift) <= half).all(axis=1)
-    ni, nj, shift, nd = ni[inside], nj[inside], shift[inside], nd[inside]
 
-    def keys(a: np.ndarray, b: np.ndarray, n: np.ndarray) -> np.ndarray:
-        key = a * data.n_atoms + b
-        for axis in range(3):
-            key = key * data.nsc[axis] + n[:, axis] + half[axis]
-        return key
+def read_sisl_hamiltonian(path: str | os.PathLike) -> tuple[Any, float, Path]:
+    """H and S of an H/S file as sisl reads them, without a basis: ``(sisl.Hamiltonian (H - E_F S,
+    eV), E_F in eV, the file)``, checked as :func:`read_hs` checks it (truncation, corruption,
+    spin).  For files nothing describes (a bare TSHS, as HForge writes them): species appear as
+    sisl's placeholders, orbitals without quantum numbers.
 
-    missing = np.flatnonzero(~np.isin(keys(ni, nj, shift), keys(i[nonzero], j[nonzero], data.cell_shift[nonzero])))
-    if len(missing):
-        reach_n = radius[data.species[ni]] + radius[data.species[nj]]
-        worst = missing[np.argmax(reach_n[missing] - nd[missing])]
-        a, b = data.basis.symbols[data.species[ni[worst]]], data.basis.symbols[data.species[nj[worst]]]
-        raise BasisMismatchError(
-            f"the basis' orbital radii ({given} Å) are larger than the ones of the file's S: atom {ni[worst]} ({a}) "
-            f"and atom {nj[worst]} ({b}) in cell {tuple(shift[worst].tolist())}, {nd[worst]:.4f} Å apart, "
-            f"within r_{a} + r_{b} = {reach_n[worst]:.4f} Å, have no "
-            f"nonzero S entry in the file, nor {len(missing) - 1} more atom pairs within their reach (species pairs "
-            f"{_atom_pair_names(data, ni[missing], nj[missing])}): this is not the basis the run used (other cut-off "
-            "radii, e.g. another PAO.EnergyShift)",
-            path=data.source,
-        )
+    Raises:
+        FileFormatError, UnsupportedSystemError: as :func:`read_hs`.
+    """
+    path, kind = _matrix_file(path)
+    with readable_copy(path) as local:
+        _, H, fermi = _read_sisl(local, kind)
+    return H, fermi, path
 
 
 def read_hs(
@@ -494,6 +483,7 @@ def read_hs(
     spin: int | str | None = None,
     species: Sequence[str] | None = None,
     validate: bool = True,
+    unfold: bool | None = None,
 ) -> HSData:
     """Read H and S of one SIESTA calculation into :class:`HSData`.
 
@@ -508,27 +498,38 @@ def read_hs(
         spin: None keeps every spin channel; 0/``"up"`` or 1/``"down"`` keeps one.
         species: the species label of every atom, for a bare TSHS without its fdf/XV.
         validate: run :meth:`HSData.validate` (finite values, S(Γ) positive definite, ...).
+        unfold: what to do with a Γ-only file's matrices folded into the unit cell (nsc 1 1 1 in a
+            cell where atom pairs couple through periodic images, :mod:`hforge.io.reach`): True
+            unfolds them into the periodic pairs (every stored pair to its one image within H's
+            reach) or raises :class:`~hforge.errors.FoldedMatrixError` where a pair couples through
+            several images; False keeps them as stored (:attr:`HSData.folded`, Γ only); None (default)
+            unfolds where every pair has one image and keeps them folded otherwise.  Either way the
+            data records :attr:`HSData.gamma_only` and :func:`write_hs` writes it folded, as it came.
 
     Raises:
         FileFormatError: missing, unknown, truncated or corrupted file.
+        MissingBasisError: a file without a basis (a bare TSHS) and none given or found beside it.
         UnsupportedSystemError: non-collinear or spin-orbit calculation.
         UnknownSpeciesError: a species of the file that the basis lacks.
         BasisMismatchError: orbital counts, shells or orbital radii that disagree with the basis
-            (:func:`check_basis_reach`).
+            (:func:`check_basis_reach`); ``unfold=True`` with a basis without KB radii.
+        FoldedMatrixError: ``unfold=True`` and a folded pair that couples through several images.
         InvalidMatrixError: NaN/inf entries, S not positive definite.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError("no such file", path=path)
-    kind = _kind(path)
-    if kind == ".fdf":
-        path = find_hs_file(path)
-        kind = _kind(path)
+    path, kind = _matrix_file(path)
     with readable_copy(path) as local:
         _, H, fermi = _read_sisl(local, kind)
         basis_set, atom_index = _resolve_basis(path, kind, H, basis, species, local=local)
-    data = HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path))
+    data = mark_folded(HSData.from_sisl(H, basis_set, fermi_level=fermi, species=atom_index, source=str(path)))
     check_basis_reach(data)
+    if data.folded and unfold is not False:
+        try:
+            data = _unfold(data)
+            logger.info("%s: a Γ-only file (nsc 1 1 1), unfolded into its periodic pairs (nsc %s)", path, data.nsc.tolist())
+        except FoldedMatrixError as exc:
+            if unfold:
+                raise
+            logger.info("%s", exc)  # kept as stored: H and S at Γ only
     if spin is not None:
         channel = {"up": 0, "down": 1}.get(spin, spin) if isinstance(spin, str) else spin
         if channel not in range(data.n_spin):
@@ -561,17 +562,25 @@ def _to_stored(values: np.ndarray, factor: float) -> np.ndarray:
     return _preimage(values, lambda x: x * factor, values / factor)
 
 
+def _supercell_order(nsc: Sequence[int]) -> np.ndarray:
+    """``(prod(nsc), 3)`` int64 the supercells in the order sisl's TSHS writer records them
+    (``isc_off``, its ``siesta_sc_off``): x fastest, then y, then z, each running
+    ``0, 1, ..., n // 2, -(n // 2), ..., -1``.  (SIESTA's own files may order them otherwise;
+    readers take the order from the file.)"""
+    axes = [np.where(np.arange(n) > n // 2, np.arange(n) - n, np.arange(n)) for n in (int(x) for x in nsc)]
+    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1).astype(np.int64)
+
+
 def _siesta_layout(data: HSData) -> dict[str, np.ndarray]:
     """HSData in SIESTA's file layout (the transpose of sisl's in-memory matrix).
 
     The file holds, in row ``a`` and supercell column ``(s, b)``, sisl's element
     ``(b, (-s, a))``: for a value of pair (i, j, n) at (row orbital r, column orbital c), file
-    row c and column ``isc(-n) * no + r``, with ``isc`` SIESTA's supercell order.
+    row c and column ``isc(-n) * no + r``, with ``isc`` the supercell order written (:func:`_supercell_order`).
     """
-    from sisl.io.siesta import _siesta
-
-    nsc = data.nsc.astype(np.int32)
-    isc = np.asarray(_siesta.siesta_sc_off(*nsc), dtype=np.int64).T  # (n_s, 3)
+    nsc = data.nsc
+    isc = _supercell_order(nsc)
     half = nsc // 2
     code = lambda n: ((n[:, 0] + half[0]) * nsc[1] + n[:, 1] + half[1]) * nsc[2] + n[:, 2] + half[2]  # noqa: E731
     index_of = np.empty(int(np.prod(nsc)), dtype=np.int64)
@@ -606,25 +615,24 @@ def create_fortran_output(path: str | os.PathLike) -> Path:
 
 
 def check_written_tshs(path: str | os.PathLike, target: str | os.PathLike) -> list[tuple[int, int]]:
-    """The Fortran records of a TSHS file just written to ``path``, checked to be complete.
+    """The Fortran records of a TSHS file just written to ``path`` by sisl's Fortran writer, checked
+    to be complete.
 
-    sisl's Fortran writer does not always report a failed write: a write cut short by a full disk
-    or a file size limit can return without an error and leave a truncated file.  A complete TSHS
-    (the format sisl writes) has ``11 + n_orbitals (2 + n_spin)`` records that tile the file.
+    That writer does not always report a failed write: a write cut short by a full disk or a file
+    size limit can return without an error and leave a truncated file.  A complete TSHS (the format
+    sisl writes) has ``11 + n_orbitals (2 + n_spin)`` records that tile the file.
 
     Raises:
         OutputError: a truncated or incomplete file, naming ``target`` (the path the user asked for).
     """
-    from sisl.io.siesta import _siesta
-
     path = Path(path)
     try:
         records = _fortran_records(path)
-        nspin, _, no_u, _, _ = (int(x) for x in _siesta.read_tshs_sizes(str(path)))
-    except (HForgeError, OSError, ValueError) as exc:
+        sizes = _fortran_sizes(path, ".TSHS", records)
+    except (HForgeError, OSError) as exc:
         detail = exc.message if isinstance(exc, HForgeError) else str(exc)
         raise OutputError(f"the written file is truncated (full disk or file size limit?): {detail}", path=target) from exc
-    expected = 11 + no_u * (2 + nspin)
+    expected = 11 + sizes["n_orbitals"] * (2 + sizes["n_spin"])
     if len(records) != expected:
         raise OutputError(
             f"the written file is incomplete ({len(records)} of {expected} records; full disk or file size limit?)",
@@ -637,12 +645,26 @@ def _geometry_bohr(data: HSData) -> tuple[np.ndarray, np.ndarray]:
     return _to_stored(data.cell, BOHR_TO_ANG), _to_stored(data.positions, BOHR_TO_ANG)
 
 
-def _write_tshs(data: HSData, path: Path, target: Path) -> None:
-    from sisl.io.siesta import _siesta
+def _record_bytes(*parts: np.ndarray) -> bytes:
+    """One Fortran sequential unformatted record (little-endian int32 length markers) of ``parts``."""
+    payload = b"".join(np.ascontiguousarray(part).tobytes() for part in parts)
+    marker = struct.pack("<i", len(payload))
+    return marker + payload + marker
 
-    create_fortran_output(path)
+
+def _write_rows(f: Any, values: np.ndarray, ncol: np.ndarray) -> None:
+    """``values`` (flat, row after row) as one record per row of ``ncol`` values."""
+    values = np.ascontiguousarray(values)
+    ends = np.cumsum(ncol)
+    for start, end in zip((ends - ncol).tolist(), ends.tolist()):
+        f.write(_record_bytes(values[start:end]))
+
+
+def _write_tshs(data: HSData, path: Path) -> None:
+    """The TSHS layout of version 1, record by record as sisl's writer (``tshs_write.f90``) and SIESTA
+    write it, with the stored values chosen to read back exactly and the E_F record set."""
     layout = _siesta_layout(data)
-    flat = layout["flat"]
+    flat, ncol = layout["flat"], layout["ncol"]
     s = data.s[flat].astype(np.float64)
     # sisl reads H_eV = (H_Ry - E_F,Ry S) * Ry: store the unshifted H_Ry that reads back exactly.
     ef = _to_stored(np.array([data.fermi_level]), RY_TO_EV)[0]
@@ -651,30 +673,27 @@ def _write_tshs(data: HSData, path: Path, target: Path) -> None:
     h_ry = _preimage(h, lambda x: (x - shift[:, None]) * RY_TO_EV, h / RY_TO_EV + shift[:, None])
     cell, xyz = _geometry_bohr(data)
     nsc = data.nsc.astype(np.int32)
-    _siesta.write_tshs_hs(
-        str(path),
-        int(nsc[0]),
-        int(nsc[1]),
-        int(nsc[2]),
-        np.asfortranarray(cell.T),
-        np.asfortranarray(xyz.T),
-        data.orbital_offsets.astype(np.int32),
-        layout["ncol"],
-        layout["list_col"],
-        np.asfortranarray(h_ry),
-        s,
-        np.asfortranarray(layout["isc"].T.astype(np.int32)),
-    )
-    # sisl's writer records E_F = 0: set the (Ef, Qtot, Temp) record, the 7th.
-    offset, length = check_written_tshs(path, target)[6]
-    if length != 24:
-        raise FileFormatError(f"unexpected TSHS layout written by sisl (record 7 has {length} bytes)", path=path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(struct.pack("<d", ef))
+    i4 = lambda *values: np.asarray(values, dtype="<i4")  # noqa: E731
+    f8 = lambda *values: np.asarray(values, dtype="<f8")  # noqa: E731
+    with open(path, "wb") as f:
+        f.write(_record_bytes(i4(1)))  # version
+        f.write(_record_bytes(i4(data.n_atoms, data.n_orbitals, data.n_orbitals * int(np.prod(nsc)), data.n_spin, len(flat))))
+        f.write(_record_bytes(nsc.astype("<i4")))
+        f.write(_record_bytes(cell.astype("<f8"), xyz.astype("<f8")))  # cell(3, 3), xa(3, na) in Fortran order
+        f.write(_record_bytes(i4(0, 0, 0)))  # Gamma, TSGamma, onlyS: .false.
+        f.write(_record_bytes(i4(2, 0, 0, 0, 2, 0, 0, 0, 2), f8(0, 0, 0)))  # k-grid, its displacement
+        f.write(_record_bytes(f8(ef, 1.0, 0.001)))  # E_F (Ry), Qtot, Temp
+        f.write(_record_bytes(i4(0, 0)))  # istep, ia1
+        f.write(_record_bytes(data.orbital_offsets.astype("<i4")))  # lasto(0:na_u)
+        f.write(_record_bytes(ncol.astype("<i4")))
+        _write_rows(f, layout["list_col"].astype("<i4"), ncol)
+        _write_rows(f, s.astype("<f8"), ncol)
+        for spin in range(data.n_spin):
+            _write_rows(f, h_ry[:, spin].astype("<f8"), ncol)
+        f.write(_record_bytes(layout["isc"].astype("<i4")))  # isc_off(3, n_s)
 
 
-def _write_nc(data: HSData, path: Path, target: Path) -> None:
+def _write_nc(data: HSData, path: Path) -> None:
     import netCDF4
     import sisl
 
@@ -713,7 +732,9 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
     """Write H and S as a SIESTA ``.TSHS`` or CDF ``.nc`` file, atomically (:func:`hforge.files.atomic_write`).
 
     Reading the result back (with the same basis) gives the same H, S, E_F, geometry and
-    supercell bit for bit.  A ``.nc`` file also records the basis; a TSHS cannot.
+    supercell bit for bit.  A ``.nc`` file also records the basis; a TSHS cannot.  Matrices of a
+    Γ-only file (:attr:`HSData.gamma_only`) are written folded into the unit cell (nsc 1 1 1), as
+    the file stored them; ``replace(data, gamma_only=False)`` writes unfolded ones periodic.
 
     Returns:
         The path written.
@@ -728,7 +749,9 @@ def write_hs(data: HSData, path: str | os.PathLike) -> Path:
     writer = writers.get(path.suffix)
     if writer is None:
         raise FileFormatError("HForge writes .TSHS and .nc files", path=path)
+    if data.gamma_only and not data.folded:
+        data = data.fold()
     with atomic_write(path, None) as tmp:
-        writer(data, tmp, path)
+        writer(data, tmp)
     return path
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
-from hforge.errors import BasisMismatchError, FileFormatError, HForgeError
+from hforge.errors import BasisMismatchError, ConfigError, FileFormatError, FoldedMatrixError, HForgeError, InputError
 from hforge.files import atomic_write
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
@@ -44,6 +45,8 @@ from hforge.io.runs import find_runs, run_output
 from hforge.io.siesta import hs_label, read_hs
 
 __all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "hforge-hsstore"
 VERSION = 1
@@ -77,6 +80,12 @@ class SplitRule:
 # writing one structure
 # ---------------------------------------------------------------------------------------
 def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, compression: str | None) -> None:
+    if data.folded:
+        raise FoldedMatrixError(
+            "its H and S are a Γ-only run's, folded into the unit cell with periodic images that cannot be told "
+            "apart (hforge.io.reach): a store holds the blocks of every periodic pair, which this file does not give",
+            path=data.source,
+        )
     data = data.canonical_half() if half else data
     options = {"compression": compression, "shuffle": True} if compression else {}
     for name in _ARRAYS:
@@ -87,6 +96,7 @@ def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, comp
     group.attrs["n_values"] = data.n_values
     group.attrs["fermi_level"] = data.fermi_level
     group.attrs["source"] = data.source or ""
+    group.attrs["gamma_only"] = data.gamma_only
 
 
 def _array(dataset: Any, filename: str) -> np.ndarray:
@@ -112,6 +122,7 @@ def _read_structure(group: Any, basis: BasisSet, half: bool, filename: str) -> H
         mask=mask,
         fermi_level=float(group.attrs["fermi_level"]),
         source=str(group.attrs["source"]) or None,
+        gamma_only=bool(group.attrs.get("gamma_only", False)),
         **arrays,
     )
     return data.expand_half() if half else data
@@ -354,12 +365,15 @@ def convert(
     progress: bool = True,
     on_skip: Callable[[str, HForgeError], None] | None = None,
     relative_to: str | os.PathLike | None = None,
+    append: bool = False,
+    overwrite: bool = False,
 ) -> ConversionReport:
     """Convert SIESTA runs (files or folders, searched recursively) into a store.
 
     Args:
         inputs: run folders, folders of run folders, or H/S files / fdfs.
-        store: the store file to write (replaced atomically at the end).
+        store: the store file to write (replaced atomically at the end).  An existing store is
+            refused unless ``append`` or ``overwrite`` says what becomes of what it holds.
         basis: a BasisSet or folder of ion files for every run; default: each run's own.
         dtype: float64 (exact) or float32 (half the size).
         half: store only the canonical half of the pairs.
@@ -368,9 +382,18 @@ def convert(
         progress: show a progress bar.
         on_skip: called with (run, error) for each run that is skipped.
         relative_to: record source paths relative to this folder (for stores that travel).
+        append: keep the existing store's structures (names, splits) and add the runs it lacks
+            (same dtype and ``half``; a run whose file it holds already is counted as reused).
+        overwrite: replace the existing store by the converted runs (its structures whose source
+            files are among them are reused rather than read again).
 
     Returns:
         A :class:`ConversionReport`; runs that failed are in ``skipped`` with the reason.
+
+    Raises:
+        InputError: the store exists and neither ``append`` nor ``overwrite`` is given, or both are.
+        ConfigError: ``append`` to a store of another dtype or ``half``.
+        FileFormatError: the output is a folder or a file that is not a store; no run converted.
     """
     import h5py
     from tqdm.auto import tqdm
@@ -378,6 +401,8 @@ def convert(
     store = Path(store)
     if isinstance(basis, (str, os.PathLike)):
         basis = BasisSet.from_folder(basis)
+    if append and overwrite:
+        raise InputError("append adds to the store, overwrite replaces it: choose one", path=store)
     runs = find_runs(inputs)
     old = None
     if store.is_dir():
@@ -391,6 +416,19 @@ def convert(
                 "delete or move it, or choose another output file",
                 path=store,
             ) from exc
+        if not (append or overwrite):
+            old.close()
+            raise InputError(
+                f"the store exists and holds {len(old)} structures: add the runs to them with --append "
+                "(append=True), replace them with --overwrite (overwrite=True), or choose another output file",
+                path=store,
+            )
+        if append and (old.dtype != np.dtype(dtype) or old.half != half):
+            kept = f"{old.dtype.name}{', half' if old.half else ''}"
+            old.close()
+            raise ConfigError(
+                f"--append to a store of {kept}: convert with the same dtype and --half as it was written", path=store
+            )
     parts = store.with_name(store.name + ".parts")
     created = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
@@ -400,13 +438,20 @@ def convert(
 
     report = ConversionReport(store)
     done: list[tuple[str, Path]] = []
-    used: set[str] = set()
+    kept = list(range(len(old))) if append and old is not None else []  # structures of the old store carried over
+    used: set[str] = {old.manifest[k]["name"] for k in kept}
+    held = {old.manifest[k]["source_sha256"]: old.manifest[k]["name"] for k in kept}
     merged: BasisSet | None = basis
+    if kept:
+        merged = _merge_basis(old.basis, basis, str(store)) if basis is not None else old.basis
     for run in tqdm(runs, desc="converting SIESTA runs", unit="run", disable=not progress):
-        name = _run_name(run, used)
         try:
             source = run_output(run)
             sha = file_sha256(source)
+            if sha in held:  # appending a run the store holds already
+                report.reused.append(held[sha])
+                continue
+            name = held[sha] = _run_name(run, used)
             part = parts / f"{sha[:32]}-{options}.h5"
             if part.is_file() and (basis is None or _part_basis(part).hash == basis.hash):
                 report.reused.append(name)
@@ -420,17 +465,28 @@ def convert(
             merged = _merge_basis(merged, part_basis, str(source))
             done.append((name, part))
         except HForgeError as exc:
+            logger.info("skipped %s: %s", run, exc)
             report.skipped.append((str(run), str(exc)))
             if on_skip is not None:
                 on_skip(str(run), exc)
-    if old is not None:
-        old.close()
+    logger.info("%s: %d runs converted, %d reused, %d skipped", store, len(report.converted), len(report.reused),
+                len(report.skipped))
     if not done:
+        if old is not None:
+            old.close()
         if created and not any(parts.iterdir()):
             parts.rmdir()
+        if kept:  # appending runs the store holds already (or none that converts): it stays as it was
+            return report
         raise FileFormatError(f"no structure converted from {len(runs)} runs; nothing written", path=store)
+    splits = dict(splits or {})
+    for k in kept:  # an appended store keeps the splits it had
+        splits.setdefault(old.manifest[k]["name"], old.manifest[k]["split"])
 
     def structures() -> Iterable[tuple[str, HSData, str]]:
+        for k in kept:
+            entry = old.manifest[k]
+            yield entry["name"], _remap(old.read(k), merged), entry["source_sha256"]
         for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
             try:
                 with h5py.File(part, "r") as h5:
@@ -445,10 +501,14 @@ def convert(
             data.source = str(source.relative_to(relative_to) if relative_to is not None else source)
             yield name, data, sha
 
-    write_store(
-        store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
-        split_rule=split_rule, splits=splits,
-    )
+    try:
+        write_store(
+            store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
+            split_rule=split_rule, splits=splits,
+        )
+    finally:
+        if old is not None:
+            old.close()
     shutil.rmtree(parts)
     return report
 

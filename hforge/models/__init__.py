@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from hforge._compat import import_mace
 
-import_mace()  # before any module of this package imports mace: its import-time print kept off stdout
+import_mace()  # before any module of this package imports mace or e3nn (hforge/_compat.py)
 
 from hforge.models.base import HSBlocks, HSModel  # noqa: E402
-from hforge.models.checkpoint import build_model, init_trunk_from_mace, load_checkpoint, load_model, save_model  # noqa: E402
+from hforge.models.checkpoint import build_model, load_checkpoint, load_model, save_model  # noqa: E402
 from hforge.models.config import KINDS, ModelConfig  # noqa: E402
 from hforge.models.equivariant import EquivariantHSModel  # noqa: E402
 from hforge.models.invariant import InvariantHSModel  # noqa: E402
@@ -42,7 +42,6 @@ __all__ = [
     "ModelConfig",
     "assemble_prediction",
     "build_model",
-    "init_trunk_from_mace",
     "load_checkpoint",
     "load_model",
     "save_model",

@@ -25,7 +25,7 @@ from hforge.models.base import HSModel
 from hforge.models.config import ModelConfig
 from hforge.models.layers import quiet_codegen
 
-__all__ = ["FORMAT", "VERSION", "build_model", "init_trunk_from_mace", "load_checkpoint", "load_model", "save_model"]
+__all__ = ["FORMAT", "VERSION", "build_model", "load_checkpoint", "load_model", "save_model"]
 
 FORMAT = "hforge-model"
 VERSION = 1
@@ -148,43 +148,3 @@ def _load_failure(exc: Exception) -> str:
 def load_model(path: str | os.PathLike, *, map_location: Any = "cpu") -> HSModel:
     """The model of a checkpoint written by :func:`save_model` (see :func:`load_checkpoint`)."""
     return load_checkpoint(path, map_location=map_location)[0]
-
-
-def init_trunk_from_mace(model: HSModel, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Copy a local MACE model's trunk weights (embedding, radial, interactions, products) into ``model``.
-
-    The MACE file (a whole model saved by mace-torch, or its ``state_dict``) must have the same
-    species (atomic numbers, in order) and trunk hyper-parameters (channels, ``max_ell``,
-    ``node_l_max`` kept in the last layer, correlation, radial sizes); tensors whose name or shape
-    differ are skipped and listed.  Nothing is downloaded.
-
-    Returns:
-        ``{"copied": [...], "skipped": [...]}`` tensor names of the trunk.
-
-    Raises:
-        FileFormatError: an unreadable file.
-        ConfigError: other species than the model's.
-    """
-    path = Path(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)  # a user-named local file
-    except Exception as exc:
-        raise FileFormatError(f"cannot read a MACE model: {type(exc).__name__}: {exc}", path=path) from exc
-    state = loaded.state_dict() if isinstance(loaded, torch.nn.Module) else loaded
-    if not isinstance(state, dict) or "atomic_numbers" not in state:
-        raise FileFormatError("not a MACE model (no atomic_numbers)", path=path)
-    theirs = [int(z) for z in state["atomic_numbers"]]
-    ours = [sp.Z for sp in model.basis]
-    if theirs != ours:
-        raise ConfigError(f"MACE model species Z={theirs}, the HForge model's Z={ours} (same order needed)", path=path)
-    trunk = model.trunk.state_dict()
-    copied, skipped = [], []
-    for name, value in trunk.items():
-        other = state.get(name)
-        if isinstance(other, torch.Tensor) and other.shape == value.shape:
-            trunk[name] = other.to(value.dtype)
-            copied.append(name)
-        else:
-            skipped.append(name)
-    model.trunk.load_state_dict(trunk)
-    return {"copied": copied, "skipped": skipped}

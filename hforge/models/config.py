@@ -14,7 +14,7 @@ from hforge.ops.backends import BACKENDS
 if TYPE_CHECKING:
     from hforge.ops.two_centre.projectors import ProjectorSet
 
-__all__ = ["BASELINES", "INVARIANT_DIRECTIONS", "KINDS", "OVERLAPS", "ModelConfig"]
+__all__ = ["ABN_AVG_NUM_NEIGHBORS", "BASELINES", "INVARIANT_DIRECTIONS", "KINDS", "OVERLAPS", "ModelConfig"]
 
 #: Model kinds: ``equivariant`` (CG blocks from equivariant features) and ``invariant`` (MLPs
 #: from invariant descriptors and the Cartesian pair vector; the non-equivariant baseline).
@@ -30,6 +30,11 @@ OVERLAPS = ("exact", "learned")
 
 #: What the H head predicts on top of (:attr:`ModelConfig.baseline`).
 BASELINES = ("none", "h0", "operator")
+
+#: MACE's message normalisation for amorphous BN: the mean number of neighbours within r_max = 4.5 Å
+#: at 2.2 g/cm^3 (about 0.107 atoms/Å^3: 41), rounded; the bundled models were trained with it.
+#: Training data left to set it gives its own mean (docs/measurements.md).
+ABN_AVG_NUM_NEIGHBORS = 40.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,8 @@ class ModelConfig:
         num_polynomial_cutoff: order of MACE's polynomial cut-off envelope.
         radial_mlp: hidden sizes of MACE's radial MLPs.
         avg_num_neighbors: MACE's message normalisation, the mean number of neighbours within
-            ``r_max`` (default 40: aBN at 2.2 g/cm^3 has about 0.107 atoms/Å^3, i.e. 41 within
-            4.5 Å; training: computed from its structures, unless given).
+            ``r_max`` (default :data:`ABN_AVG_NUM_NEIGHBORS`; training: computed from its
+            structures, unless given).
 
     Heads (one for H, one for S, on the shared trunk):
 
@@ -140,7 +145,7 @@ class ModelConfig:
     num_bessel: int = 8
     num_polynomial_cutoff: int = 5
     radial_mlp: tuple[int, ...] = (32, 32)
-    avg_num_neighbors: float = 40.0
+    avg_num_neighbors: float = ABN_AVG_NUM_NEIGHBORS
     pair_l_max: int = 4
     pair_num_basis: int = 8
     radial_hidden: tuple[int, ...] = (32,)

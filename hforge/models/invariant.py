@@ -29,7 +29,7 @@ heads differ (:class:`InvariantHead`):
   equivariant features: each environment projected on the bond, and the two environments' inner
   products), those of ``(j, i, -r)`` for ``f(j, i, -r)``.
 
-Rotations can be taught by augmentation: :class:`~hforge.graph.RandomRotation`.
+Rotations can be taught by augmentation: :func:`~hforge.graph.rotate_graph` (``training.augment_rotations``).
 """
 
 from __future__ import annotations

@@ -7,28 +7,21 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-
 from hforge.graph.model_graph import GraphBatch, StructureArrays
 from hforge.models.base import HSBlocks, HSModel
 from hforge.ops.assemble import assemble_csr
+from hforge.structures.validate import open_cell
 
 __all__ = ["assemble_prediction", "sisl_geometry"]
 
-#: Vacuum (Å) around a molecule given without a cell.
-VACUUM = 10.0
-
-
 def sisl_geometry(arrays: StructureArrays, basis: Any) -> Any:
-    """``sisl.Geometry`` of a structure with the basis' orbitals (SIESTA order); a molecule without a
-    cell gets a box of its extent plus :data:`VACUUM` Å, with open boundaries."""
+    """``sisl.Geometry`` of a structure with the basis' orbitals (SIESTA order), open boundaries along
+    its non-periodic directions, whose missing vectors get a box (:func:`hforge.structures.open_cell`)."""
     import sisl
 
-    cell = arrays.cell
-    if not arrays.pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
-        cell = np.diag(np.ptp(arrays.positions, axis=0) + VACUUM)
+    cell = open_cell(arrays.positions, arrays.cell, arrays.pbc)
     atoms = basis.to_sisl()
-    lattice = sisl.Lattice(cell.copy())
+    lattice = sisl.Lattice(cell)
     if not arrays.pbc.all():
         lattice.set_boundary_condition(
             [sisl.BoundaryCondition.PERIODIC if p else sisl.BoundaryCondition.OPEN for p in arrays.pbc]

@@ -8,20 +8,23 @@
 from __future__ import annotations
 
 from hforge.structures.amorphous import DENSITY_RANGE, PROTOCOLS, MeltQuenchProtocol, amorphous_bn, random_bn_cell
-from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, radial_distribution, structure_statistics
+from hforge.structures.domain import TrainingDomain
+from hforge.structures.geometry_statistics import BOND_CUTOFF, StructureStatistics, structure_statistics
 from hforge.structures.lammps import tersoff_bn_potential
-from hforge.structures.validate import MIN_DISTANCE, check_arrays, validate_structure
+from hforge.structures.validate import MIN_DISTANCE, VACUUM, check_arrays, open_cell, validate_structure
 
 __all__ = [
     "BOND_CUTOFF",
     "DENSITY_RANGE",
     "MIN_DISTANCE",
     "PROTOCOLS",
+    "VACUUM",
     "MeltQuenchProtocol",
     "StructureStatistics",
+    "TrainingDomain",
     "amorphous_bn",
     "check_arrays",
-    "radial_distribution",
+    "open_cell",
     "random_bn_cell",
     "structure_statistics",
     "tersoff_bn_potential",

@@ -13,11 +13,9 @@ The shared cells themselves cannot be regenerated bit for bit (their random numb
 another script, and their densities were drawn from 2.15-2.25 g/cm³); their statistics are matched.
 
 The potential is :func:`~hforge.structures.lammps.tersoff_bn_potential`. The result is deterministic
-for a seed (and a number of threads): the same cell, bit for bit. Cost, one core of an AMD EPYC
-(~0.8 µs per atom and MD step): the full protocol is 770k steps, ~40 s for 64 atoms and ~15 min for
-1000; :data:`PROTOCOLS` ``"fast"`` (20.8k steps: 2 ps melt, quench at 500 K/ps, 1 ps anneal) takes
-~30 s for 10^3 atoms, ~5 min for 10^4 and ~1 h for 10^5, and leaves more defects (10^3-10^4 atoms:
-~70 % 3-fold, ~18 % 2-fold, ~12 % 4-fold, against ~85/6/9 % with the full protocol at 10^3 atoms).
+for a seed (and a number of threads): the same cell, bit for bit. The full protocol is 770k MD
+steps; :data:`PROTOCOLS` ``"fast"`` (20.8k steps: 2 ps melt, quench at 500 K/ps, 1 ps anneal) is
+~40x cheaper and leaves more 2- and 4-fold defects (costs and defect counts: docs/measurements.md).
 The final minimisation reaches 1e-6 eV/Å in small cells; in cells of 10^4 atoms and more CG stalls
 (Tersoff's cut-off function) and FIRE leaves forces of a few 0.01-0.1 eV/Å, the energy converged to
 ~1e-6 eV/atom; ``atoms.info["final_fmax_eV_A"]`` records it.

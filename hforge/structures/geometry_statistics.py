@@ -24,7 +24,7 @@ from ase import Atoms
 
 from hforge.structures.validate import check_arrays
 
-__all__ = ["BOND_CUTOFF", "StructureStatistics", "radial_distribution", "structure_statistics"]
+__all__ = ["BOND_CUTOFF", "StructureStatistics", "structure_statistics"]
 
 BOND_CUTOFF = 1.85
 """Bond length cut-off (Å) of the statistics."""
@@ -94,23 +94,6 @@ def _number_density(atoms: Atoms) -> float:
     if not atoms.pbc.all():
         raise ValueError("the RDF and the density need a cell periodic in all three directions")
     return len(atoms) / atoms.get_volume()
-
-
-def radial_distribution(
-    atoms: Atoms, *, rmax: float = RDF_RMAX, bin_width: float = RDF_BIN
-) -> tuple[np.ndarray, np.ndarray]:
-    """Radial distribution function g(r) of a periodic structure, all species together.
-
-    Args:
-        atoms: a cell periodic in all three directions.
-        rmax: largest distance, Å.
-        bin_width: histogram bin, Å; bins start at 0.
-
-    Returns:
-        ``(r, g)``: bin centres (Å) and g(r) (→ 1 for an ideal gas), each of shape ``(n_bins,)``.
-    """
-    _, _, d = _pairs(atoms, rmax)
-    return _rdf(d, len(atoms), _number_density(atoms), rmax, bin_width)
 
 
 def _rdf(half_distances: np.ndarray, n_atoms: int, rho: float, rmax: float, bin_width: float):

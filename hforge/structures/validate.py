@@ -14,12 +14,15 @@ from ase import Atoms
 
 from hforge.errors import GeometryError
 
-__all__ = ["MIN_DISTANCE", "check_arrays", "validate_structure"]
+__all__ = ["MIN_DISTANCE", "VACUUM", "check_arrays", "open_cell", "validate_structure"]
 
 MIN_DISTANCE = 0.5
 """Closest approach (Å) below which two atoms (or an atom and its own periodic image) overlap."""
 
 _AXES = "abc"
+
+VACUUM = 10.0
+"""Vacuum (Å) that :func:`open_cell` leaves beyond the atoms along a non-periodic direction without a vector."""
 
 
 def check_arrays(
@@ -72,6 +75,39 @@ def check_arrays(
             names = ", ".join(_AXES[a] for a in np.flatnonzero(pbc))
             raise GeometryError(f"degenerate cell: periodic lattice vectors {names} are linearly dependent", path=path)
     return positions, cell, pbc
+
+
+def open_cell(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The cell of a structure with a vector along every direction: each zero lattice vector of a
+    non-periodic direction (a cluster has three, a chain two, a slab one) becomes a vector
+    orthogonal to the others, as long as the atoms' extent along it plus :data:`VACUUM` Å.  One
+    rule for clusters, chains and slabs, so that every output file has a cell of non-zero volume
+    (zero-length vectors give NaN reciprocal cells in sisl and SIESTA).  The cell keeps a positive
+    orientation; cells with three vectors are returned as they are.
+
+    Args:
+        positions: ``(N, 3)`` Å; cell: ``(3, 3)`` rows are lattice vectors, Å; pbc: ``(3,)`` bool.
+    """
+    cell = np.array(cell, dtype=np.float64)
+    missing = [axis for axis in range(3) if not pbc[axis] and np.linalg.norm(cell[axis]) < 1e-8]
+    if not missing:
+        return cell
+    kept = [cell[axis] / np.linalg.norm(cell[axis]) for axis in range(3) if axis not in missing]
+    basis: list[np.ndarray] = []
+    for vector in kept:  # orthonormal basis of the kept vectors' span
+        residual = vector - sum((vector @ b) * b for b in basis)
+        if np.linalg.norm(residual) > 1e-8:
+            basis.append(residual / np.linalg.norm(residual))
+    for axis in missing:
+        candidates = [e - sum((e @ b) * b for b in basis) for e in np.eye(3)]  # Cartesian axes, projected out
+        direction = max(candidates, key=np.linalg.norm)
+        direction /= np.linalg.norm(direction)
+        basis.append(direction)
+        projected = positions @ direction
+        cell[axis] = direction * (projected.max() - projected.min() + VACUUM)
+    if np.linalg.det(cell) < 0:
+        cell[missing[-1]] *= -1
+    return cell
 
 
 def validate_structure(

@@ -15,7 +15,7 @@ metrics so that the three are compared alike:
   graph2mat's labels convert back to exactly the original blocks and that the model is
   equivariant in SIESTA's convention (HForge's own Wigner matrices).
 * budget (:func:`train_graph2mat`): one optimizer step is one batch of training structures packed up
-  to ``batch_atoms`` atoms by HForge's :func:`~hforge.train.trainer.atom_batches` (same seed, same
+  to ``batch_atoms`` atoms by HForge's :func:`~hforge.train.loop.atom_batches` (same seed, same
   batches as HForge's trainer), ``max_steps`` steps, AdamW, linear warm-up then cosine decay to
   ``min_lr_ratio`` (HForge's schedule), gradient clipping, an EMA of the weights; the loss is the
   MSE of the unshifted H entries in eV (HForge's default loss), or of ``H - H0`` with
@@ -29,6 +29,8 @@ metrics so that the three are compared alike:
   ``lr``, ``grad_norm``, ``structures``, ``atoms``; validation records ``val`` with ``mean``,
   ``structures`` (per-structure ``h_mae_meV`` ...) and ``groups``), ``last.pt`` / ``best.pt``
   written atomically, ``learning_curve.png``, ``summary.json``; a run resumes from ``last.pt``.
+  Seeding, schedule, EMA, the resume check, the log and every file are the trainer's own pieces
+  (:mod:`hforge.train.loop`): strict JSON, :func:`hforge.files.atomic_write`.
 * predictions (:func:`predict_graph2mat`): an :class:`~hforge.io.HSData` with the predicted
   unshifted H (E_F = 0) and the reference's exact S, on the onsite pairs and the canonical half of
   the predicted pairs (the layout of :func:`hforge.train.evaluation.predict_blocks`, so that every
@@ -46,7 +48,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -87,10 +88,11 @@ Target = Literal["h", "residual"]
 def require_graph2mat() -> str:
     """graph2mat's version; raises :class:`BackendUnavailableError` when graph2mat, mace-torch,
     e3nn or torch_geometric cannot be imported."""
+    from hforge._compat import import_mace
+
     try:
-        import e3nn  # noqa: F401
+        import_mace()  # e3nn and mace first, in the context their imports need (hforge/_compat.py)
         import graph2mat
-        import mace.modules  # noqa: F401
         import torch_geometric  # noqa: F401
         from graph2mat.models import MatrixMACE  # noqa: F401
     except ImportError as exc:
@@ -197,14 +199,16 @@ class Graph2MatSettings:
             raise ConfigError("Graph2MatSettings: warmup_steps, weight_decay and grad_clip must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", "must be >= 1 or None")
-        try:
-            from e3nn import o3
+        from hforge._compat import import_e3nn
 
-            o3.Irreps(self.hidden_irreps), o3.Irreps(self.edge_hidden_irreps)
-        except ImportError:
-            pass
-        except Exception as exc:  # e3nn's ValueError/AssertionError on a bad irreps string
-            raise ConfigError(f"Graph2MatSettings: bad irreps string ({exc})") from None
+        import_e3nn()  # a dependency of HForge: the check always runs
+        from e3nn import o3
+
+        for name in ("hidden_irreps", "edge_hidden_irreps"):
+            try:
+                o3.Irreps(getattr(self, name))
+            except (ValueError, AssertionError) as exc:  # e3nn's errors of a bad irreps string
+                raise bad(name, f"not an irreps string ({exc})") from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -278,14 +282,6 @@ def to_graph2mat(data: "HSData", processor: Any, values: np.ndarray | None = Non
     return BasisMatrixData.from_config(config, processor)
 
 
-def _canonical(edge_index: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """True for HForge's canonical orientation of a pair (HSData.canonical_pairs): ``i < j``, or
-    ``i == j`` and the first non-zero component of n positive (or n = 0)."""
-    i, j = edge_index
-    first = np.where(shift[:, 0] != 0, shift[:, 0], np.where(shift[:, 1] != 0, shift[:, 1], shift[:, 2]))
-    return (i < j) | ((i == j) & (first >= 0))
-
-
 def _numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -300,6 +296,7 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
 
     from hforge.io import HSData
     from hforge.io.hsdata import _pair_keys
+    from hforge.io.pairs import is_canonical
 
     table = processor.basis_table
     point_types = _numpy(g2m_data["point_types"]).astype(np.int64)
@@ -323,7 +320,7 @@ def from_graph2mat(g2m_data: Any, node_labels: Any, edge_labels: Any, processor:
     if node_ptr[-1] != len(node_values) or edge_ptr[-1] != len(edge_values):
         raise InputError("graph2mat labels of unexpected length for the structure's blocks")
     onsite = np.arange(n_atoms)
-    flip = ~_canonical(pairs, shift)
+    flip = ~is_canonical(pairs, shift)
     all_i = np.concatenate([onsite, np.where(flip, pairs[1], pairs[0])])
     all_j = np.concatenate([onsite, np.where(flip, pairs[0], pairs[1])])
     all_n = np.concatenate([np.zeros((n_atoms, 3), np.int64), np.where(flip[:, None], -shift, shift)])
@@ -488,25 +485,6 @@ def _baseline(basis: "BasisSet", data: "HSData", coefficients: np.ndarray | None
 # ---------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------
-def _write_atomic_bytes(path: Path, payload: dict[str, Any]) -> Path:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     import torch
 
@@ -709,15 +687,25 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
 
     import hforge
     from hforge.train.config import ScheduleConfig
-    from hforge.train.evaluation import nan_mean
-    from hforge.train.trainer import atom_batches, lr_lambda, rng_state, set_rng_state
+    from hforge.train.loop import (
+        MetricsLog,
+        atom_batches,
+        config_differences,
+        ema_decay,
+        lr_lambda,
+        rng_state,
+        save_checkpoint,
+        seed_everything,
+        set_rng_state,
+        update_ema,
+        validation_record,
+    )
 
-    last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "metrics.jsonl"
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    log = MetricsLog(out_dir / "metrics.jsonl")
     basis = store.basis
     processor = _processor(basis)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_everything(seed)
 
     def read(k: int) -> "HSData":
         data = store.read(k)
@@ -770,8 +758,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     if resume:
         payload = _read_checkpoint(last_path)
         state = payload["extra"]["training"]
-        saved = dict(state["identity"])
-        differ = sorted(k for k in identity if saved.get(k) != identity[k])
+        differ = config_differences(state["identity"], identity)
         if differ:
             raise ConfigError(f"resume: the run differs from the checkpoint's in {differ}", path=last_path)
         model.load_state_dict(state["model_state"])
@@ -781,11 +768,9 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         run.update(state["run"])
-        if log_path.is_file():  # drop the log lines of steps after the checkpoint
-            lines = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= run["step"]]
-            _write_atomic_text(log_path, "".join(line + "\n" for line in lines))
-    elif log_path.exists():
-        log_path.unlink()
+        log.trim(run["step"])  # the steps after the checkpoint are repeated
+    else:
+        log.path.unlink(missing_ok=True)
 
     def save(path: Path) -> None:
         payload = {
@@ -801,11 +786,7 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "run": dict(run),
             }},
         }
-        _write_atomic_bytes(path, payload)
-
-    def log(record: dict[str, Any]) -> None:
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        save_checkpoint(payload, path)
 
     last_validation: dict[str, Any] = {}
 
@@ -822,13 +803,11 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
         finally:
             if raw is not None:
                 model.load_state_dict(raw)
-        rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
-        keys = sorted({k for row in rows.values() for k in row})
-        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
-        last_validation = {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
-        log({"step": run["step"], "epoch": run["epoch"], "val": last_validation})
-        if mean["h_mae_meV"] < run["best"]:
-            run["best"] = mean["h_mae_meV"]
+        last_validation = validation_record(evaluation)
+        log.append({"step": run["step"], "epoch": run["epoch"], "val": last_validation})
+        score = last_validation["mean"]["h_mae_meV"]
+        if score < run["best"]:
+            run["best"] = score
             save(best_path)
 
     bar = None
@@ -860,13 +839,13 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
         optimizer.step()
         scheduler.step()
         if ema is not None:  # as HForge's trainer: lerp the parameters, copy the buffers
-            decay = min(settings.ema_decay, (1 + run["step"]) / (10 + run["step"]))
-            with torch.no_grad():
-                for name, value in model.state_dict().items():
-                    if name in parameter_names and value.is_floating_point():
-                        ema[name].lerp_(value, 1 - decay)
-                    else:
-                        ema[name].copy_(value)
+            weights = model.state_dict()
+            averaged = {name for name, value in weights.items() if name in parameter_names and value.is_floating_point()}
+            update_ema(
+                ((ema[name], weights[name]) for name in averaged),
+                ((ema[name], weights[name]) for name in weights if name not in averaged),
+                ema_decay(run["step"], settings.ema_decay),
+            )
         run["train_time_s"] += time.perf_counter() - t0
         run["cpu_s"] += time.process_time() - c0
         atoms = sum(sizes[k] for k in batch)
@@ -879,8 +858,8 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
         run["elapsed_s"] = elapsed_before + time.perf_counter() - start
         value = float(loss.detach())
         if run["step"] % settings.log_every == 0:
-            log({"step": run["step"], "epoch": run["epoch"], "loss": value, "loss_h": value, "lr": current_lr,
-                 "grad_norm": grad_norm, "structures": len(batch), "atoms": atoms})
+            log.append({"step": run["step"], "epoch": run["epoch"], "loss": value, "loss_h": value, "lr": current_lr,
+                        "grad_norm": grad_norm, "structures": len(batch), "atoms": atoms})
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3g}", lr=f"{current_lr:.2g}")
@@ -894,13 +873,15 @@ def _train(store: "HSStore", train_idx: list[int], val_idx: list[int], train_nam
     if validated_at != run["step"]:
         validate()
     save(last_path)
-    _finish(out_dir, run, last_validation, log_path, best_path, last_path)
+    _finish(out_dir, run, last_validation, log.records(), best_path, last_path)
     return last_path
 
 
-def _finish(out_dir: Path, run: dict[str, Any], validation: dict[str, Any], log_path: Path, best_path: Path,
-            last_path: Path) -> None:
-    from hforge.train.trainer import read_log
+def _finish(out_dir: Path, run: dict[str, Any], validation: dict[str, Any], records: list[dict[str, Any]],
+            best_path: Path, last_path: Path) -> None:
+    """``summary.json`` (strict JSON, atomic) and ``learning_curve.png``, as HForge's trainer writes them."""
+    from hforge.files import write_json
+    from hforge.train.curves import plot_learning_curves
 
     seconds = run["train_time_s"]
     summary = {
@@ -914,10 +895,5 @@ def _finish(out_dir: Path, run: dict[str, Any], validation: dict[str, Any], log_
             "load_average": list(os.getloadavg()),
         },
     }
-    _write_atomic_text(out_dir / "summary.json", json.dumps(summary, indent=1))
-    try:
-        from hforge.train.curves import plot_learning_curves
-
-        plot_learning_curves(read_log(log_path), out_dir / "learning_curve.png", title="graph2mat")
-    except ImportError:  # matplotlib missing: the curve is a convenience
-        pass
+    write_json(out_dir / "summary.json", summary)
+    plot_learning_curves(records, out_dir / "learning_curve.png", title="graph2mat")

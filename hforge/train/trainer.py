@@ -8,6 +8,8 @@ says and writes into ``out_dir``:
   model is the EMA of the weights (the raw weights when EMA is off), readable by
   :func:`hforge.models.load_checkpoint`; ``extra["training"]`` holds what a resumed run needs: the
   config, the raw weights, optimizer, scheduler, RNG states, step, epoch and batch position;
+  ``extra["domain"]`` the training structures' :class:`~hforge.structures.TrainingDomain`, with
+  which the predictor warns about structures outside it;
 * ``metrics.jsonl``: one JSON object per logged step (``loss``, its H/S/eigenvalue terms, ``lr``)
   and per validation (``val``: per-structure and mean metrics);
 * ``learning_curve.png`` at the end, ``config.yaml`` (the resolved config), ``summary.json``.
@@ -31,17 +33,15 @@ Batch normalisation: the statistics of the model's batch-norm layers (the trunk'
 ``BatchNorm``) are computed once on the whole training set before the first step
 (:func:`calibrate_norms`) and then frozen (the layers stay in evaluation mode, their affine
 weights still learn).  With batch statistics a structure's prediction would depend on the other
-structures of its batch, training and inference would compute different functions (measured: 42
-meV training-mode vs 169 meV evaluation-mode H MAE after 40 steps on abn-small), and P
-processes would not equal one.
+structures of its batch, training and inference would compute different functions (by how much:
+docs/measurements.md), and P processes would not equal one.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
-import random
 import resource
 import time
 from dataclasses import dataclass, field, replace
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hforge.errors import ConfigError
+from hforge.errors import BasisMismatchError, ConfigError, UnknownSpeciesError
 from hforge.files import atomic_write, write_json
 from hforge.graph import collate, neighbour_list
 from hforge.graph.augment import rotate_graph
@@ -61,14 +61,28 @@ from hforge.metrics import GammaLayout
 from hforge.models import build_model, load_checkpoint, save_model
 from hforge.models.baseline import baseline_of, fit_baseline, fit_operator_baseline
 from hforge.ops.two_centre import operator_coefficients
+from hforge.structures.domain import TrainingDomain
 from hforge.train.config import TrainConfig
-from hforge.train.evaluation import check_data_basis, evaluate_structures, nan_mean, with_valence
+from hforge.train.evaluation import check_data_basis, evaluate_structures, with_valence
+from hforge.train.loop import (
+    MetricsLog,
+    atom_batches,
+    config_differences,
+    ema_decay,
+    lr_lambda,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    update_ema,
+    validation_record,
+)
 from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
 
 __all__ = [
-    "TrainResult", "Trainer", "TrainingData", "atom_batches", "calibrate_norms", "distributed_context", "norm_layers",
-    "share_of_batch",
+    "TrainResult", "Trainer", "TrainingData", "calibrate_norms", "distributed_context", "norm_layers", "share_of_batch",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Files that make a folder a training run's: a new run there would overwrite or extend them.
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
@@ -170,24 +184,6 @@ class TrainingData:
         data = self.store.read(index)
         data.basis = self.basis
         return data
-
-
-def atom_batches(sizes: list[int], batch_atoms: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of an epoch: positions into ``sizes`` (atoms per structure) in a permutation
-    drawn from ``(seed, epoch)``, packed greedily up to ``batch_atoms`` atoms (at least one each)."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(sizes))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    atoms = 0
-    for k in order.tolist():
-        if current and atoms + sizes[k] > batch_atoms:
-            batches.append(current)
-            current, atoms = [], 0
-        current.append(k)
-        atoms += sizes[k]
-    if current:
-        batches.append(current)
-    return batches
 
 
 def share_of_batch(batch: list[int], sizes: list[int], rank: int, world: int) -> list[int]:
@@ -296,39 +292,6 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def lr_lambda(schedule: Any, max_steps: int) -> Any:
-    """The learning-rate factor of a step: linear warm-up, then constant or cosine to ``min_lr_ratio``."""
-
-    def factor(step: int) -> float:
-        if schedule.warmup_steps and step < schedule.warmup_steps:
-            return (step + 1) / schedule.warmup_steps
-        if schedule.name == "constant":
-            return 1.0
-        progress = min(1.0, (step - schedule.warmup_steps) / max(1, max_steps - schedule.warmup_steps))
-        return schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch, numpy and python random states (JSON- and ``weights_only``-safe)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -377,15 +340,12 @@ class Trainer:
         self.config = config = self.data.config  # species / avg_num_neighbors from the data where not given
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         self.log_path = self.out_dir / "metrics.jsonl"
-        torch.manual_seed(training.seed)
-        np.random.seed(training.seed)
-        random.seed(training.seed)
+        self.log = MetricsLog(self.log_path)
+        seed_everything(training.seed)
         try:
             coefficients, statistics, mean_operator = self._fit_baseline()
             self.model = build_model(config.model, self.data.basis, statistics).to(self.device)
-        except ConfigError:
-            raise
-        except Exception as exc:  # UnknownSpeciesError, BasisMismatchError
+        except (UnknownSpeciesError, BasisMismatchError) as exc:  # the data and the model config disagree
             raise ConfigError(f"config: cannot build the model for {config.data.source}: {exc}") from exc
         if coefficients is not None:
             self.model.baseline_coef.copy_(torch.from_numpy(coefficients))
@@ -420,6 +380,10 @@ class Trainer:
             self._init_from(Path(training.init_from))
         self.items = self._prepare(self.data.train)
         self.sizes = [item.n_atoms for item in self.items]
+        self.domain = TrainingDomain.of(
+            ((d.positions, d.cell, d.pbc, [d.basis.symbols[s] for s in d.species]) for d in map(self.data.read, self.data.train)),
+            config.model.r_max,
+        )
         self.norms = norm_layers(self.model)
         if not resume and training.init_from is None:
             calibrate_norms(self.model, [item.graph for item in self.items])
@@ -473,6 +437,7 @@ class Trainer:
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         return {
+            "domain": self.domain.to_dict(),
             "training": {
                 "config": self.config.to_dict(),
                 "model_state": self.model.state_dict(),
@@ -518,11 +483,7 @@ class Trainer:
         if state is None:
             raise ConfigError("--resume: the checkpoint holds no training state", path=self.last_path)
         check_data_basis(model.basis, self.data.basis, source=self.config.data.source)
-        saved, now = dict(state["config"]), self.config.to_dict()
-        for cfg in (saved, now):
-            cfg["training"] = {k: v for k, v in cfg["training"].items() if k not in ("max_steps", "max_minutes")}
-        differ = sorted(f"{section}.{k}" for section in now for k in set(now[section]) | set(saved.get(section, {}))
-                        if now[section].get(k) != saved.get(section, {}).get(k))
+        differ = config_differences(state["config"], self.config.to_dict(), ignore=("training.max_steps", "training.max_minutes"))
         if differ:
             raise ConfigError(f"--resume: the config differs from the checkpoint's in {differ}", path=self.last_path)
         self.model.load_state_dict(state["model_state"])
@@ -533,10 +494,8 @@ class Trainer:
         set_rng_state(state["rng"])
         for key in ("step", "epoch", "batch_in_epoch", "best", "elapsed_s", "train_time_s", "structures_seen", "atoms_seen"):
             setattr(self, key, state[key])
-        if self.dist.is_main and self.log_path.is_file():  # drop the log lines of steps after the checkpoint
-            lines = [line for line in self.log_path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            with atomic_write(self.log_path) as f:
-                f.writelines(line + "\n" for line in lines)
+        if self.dist.is_main:
+            self.log.trim(self.step)
 
     # ---- one step -----------------------------------------------------------------------------
     def _batch(self, share: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor, list[_Item]]:
@@ -597,12 +556,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            decay = min(self.config.training.ema_decay, (1 + self.step) / (10 + self.step))
-            with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                    e.lerp_(p, 1 - decay)
-                for e, b in zip(self.ema.buffers(), self.model.buffers()):
-                    e.copy_(b)
+            update_ema(
+                zip(self.ema.parameters(), self.model.parameters()), zip(self.ema.buffers(), self.model.buffers()),
+                ema_decay(self.step, self.config.training.ema_decay),
+            )
         names = sorted(logged)
         summed = self.dist.all_sum(torch.tensor([float(loss.detach())] + [logged[n] for n in names], dtype=torch.float64))
         record = {"loss": float(summed[0]), **{f"loss_{n}": float(v) for n, v in zip(names, summed[1:])}}
@@ -617,17 +574,12 @@ class Trainer:
             model, (self.data.read(k) for k in self.data.val), eigenvalues=self.config.training.val_eigenvalues,
         )
         model.train(model is self.model)
-        rows = {entry["name"]: entry["summary"] for entry in evaluation.structures}
-        keys = sorted({k for row in rows.values() for k in row})
-        mean = {k: nan_mean([row.get(k, np.nan) for row in rows.values()]) for k in keys}
-        return {"mean": mean, "structures": rows, "groups": {n: g["summary"] for n, g in evaluation.groups.items()}}
+        return validation_record(evaluation)
 
     # ---- loop ---------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.log.append(record)
 
     def _validate_and_keep_best(self) -> None:
         if self.dist.is_main:
@@ -636,6 +588,7 @@ class Trainer:
             # a shift-invariant loss leaves each structure's energy zero free: select on the error without it
             key = "h_mae_shifted_meV" if self.config.loss.shift_invariant else "h_mae_meV"
             score = self.last_validation["mean"][key]
+            logger.info("step %d: validation H MAE %.3f meV (best so far %.3f)", self.step, score, min(score, self.best))
             if score < self.best:
                 self.best = score
                 self._save(self.best_path)
@@ -710,14 +663,6 @@ class Trainer:
         if self.dist.is_main:
             from hforge.train.curves import plot_learning_curves
 
-            plot_learning_curves(read_log(self.log_path), self.out_dir / "learning_curve.png", title=self.config.model.kind)
+            plot_learning_curves(self.log.records(), self.out_dir / "learning_curve.png", title=self.config.model.kind)
             write_json(self.out_dir / "summary.json", result.to_dict())
         return result
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl``."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hforge.errors import InputError
+from hforge.io.pairs import is_canonical
 
 __all__ = [
     "AssemblyInputs",
@@ -135,24 +136,6 @@ def _int_array(xp: Any, array: Any, name: str, ndim: int) -> Any:
     if array.ndim != ndim:
         raise InputError(f"assemble_csr: {name} must be {ndim}-D, got shape {array.shape}")
     return xp.ascontiguousarray(array, dtype=xp.int64)
-
-
-def is_canonical(edge_index: Any, cell_shift: Any) -> Any:
-    """Which pairs belong to the canonical half: ``(E,)`` bool.
-
-    A pair ``(i, j, n)`` is canonical when ``i < j``, or ``i == j`` and ``n`` is zero (onsite)
-    or lexicographically positive (its first nonzero component is positive).  Applied to a full
-    neighbour list (both directions, onsite pairs added) it keeps one pair of every partner couple.
-
-    Args:
-        edge_index: ``(2, E)`` integer atom indices.
-        cell_shift: ``(E, 3)`` integer lattice translations.
-    """
-    xp = array_module(edge_index)
-    i, j = edge_index
-    first_nonzero = xp.argmax(cell_shift != 0, axis=1)
-    leading = xp.take_along_axis(cell_shift, first_nonzero[:, None], axis=1)[:, 0]
-    return (i < j) | ((i == j) & (leading >= 0))
 
 
 def _check_canonical(xp: Any, edge_index: Any, cell_shift: Any) -> None:

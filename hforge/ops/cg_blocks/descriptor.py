@@ -97,9 +97,11 @@ MAX_L = 4  # largest shell / node / Y degree accepted (tested up to 3 for shells
 def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
     """e3nn's real Wigner 3j symbol ``(2l1+1, 2l2+1, 2l3+1)``, float64, read-only."""
     import torch
-    from e3nn import o3
 
-    import hforge  # noqa: F401  (e3nn import fix)
+    from hforge._compat import import_e3nn
+
+    import_e3nn()  # before e3nn's first import (hforge/_compat.py)
+    from e3nn import o3
 
     c = o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy().copy()
     c[np.abs(c) < _ZERO] = 0.0
@@ -118,6 +120,9 @@ def parse_node_irreps(node_irreps: Any) -> tuple[tuple[tuple[int, int], ...], in
     sequence of ``(l, parity)`` pairs.  Every irrep must have the same multiplicity (the channels).
     """
     if isinstance(node_irreps, str) or type(node_irreps).__name__ == "Irreps":
+        from hforge._compat import import_e3nn
+
+        import_e3nn()
         from e3nn import o3
 
         irreps = o3.Irreps(node_irreps)

@@ -12,9 +12,14 @@ import math
 from functools import cache
 
 import torch
-from e3nn import o3
 
-from hforge.ops.cg_blocks.descriptor import CGDescriptor
+from hforge._compat import import_e3nn
+
+import_e3nn()  # before e3nn's first import (hforge/_compat.py)
+
+from e3nn import o3  # noqa: E402
+
+from hforge.ops.cg_blocks.descriptor import CGDescriptor  # noqa: E402
 
 __all__ = [
     "blocks_to_irreps_reference",

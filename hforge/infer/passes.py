@@ -1,0 +1,374 @@
+"""The passes of a prediction: the model's node pass, then its pair pass over the canonical block
+pairs, with H0 and the exact S, each block written straight into the output CSR buffers.
+
+:class:`Passes` runs the modes of :mod:`hforge.infer.plan` on a :class:`~hforge.infer.problem.Problem`:
+
+- :meth:`Passes.fill_ranges` (``whole``: one range; ``streamed``): the node pass over the whole
+  cell once, then per contiguous atom range the blocks of the canonical pairs whose first atom is
+  in it, every pair once, its block written into its rows and its transpose into its partner's;
+- :meth:`Passes.fill_chunks` (``chunked``): per spatial chunk (:mod:`hforge.infer.chunks`), the
+  model on a non-periodic cluster of the chunk's atoms and a halo as deep as the model's reach;
+  only the chunk's atoms' rows are copied into the buffers.
+
+Every mode composes the model's public passes (:meth:`~hforge.models.HSModel.node_pass`,
+:meth:`~hforge.models.HSModel.pair_pass`, :meth:`~hforge.models.HSModel.physical_blocks`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from hforge.graph.model_graph import GraphBatch, StructureArrays
+from hforge.graph.neighbours import neighbour_list
+from hforge.infer.chunks import Cluster, chunk_of_atoms, cluster_of_chunk, copy_atom_rows
+from hforge.infer.problem import Problem, populated_empty
+from hforge.infer.report import StageTimer, progress_bar
+from hforge.io.pairs import block_pointer
+from hforge.models.base import HSModel
+from hforge.ops.assemble import AssembledCSR, plan_csr_assembly
+
+__all__ = ["DEVICE_EDGE_BATCH", "EDGE_BATCH", "PAIR_BATCH", "Passes", "Physics", "on_host", "torch_dtype"]
+
+#: Block pairs per step of the model's pair pass in inference on the CPU: its temporaries (the
+#: radial weights, a few KB per pair) stay below glibc's mmap threshold (32 MB), so that every step
+#: reuses the heap's pages instead of faulting fresh ones (docs/measurements.md).
+PAIR_BATCH = 8192
+
+#: Interaction edges per step of the model's node pass in inference (:meth:`HSModel.node_pass`'s
+#: ``chunk``) on the CPU: the trunk's edge messages of a step stay in the heap's reused pages
+#: (docs/measurements.md).  On CUDA the steps are :data:`DEVICE_EDGE_BATCH` edges.
+EDGE_BATCH = 4096
+DEVICE_EDGE_BATCH = 1 << 16
+
+
+class Passes:
+    """The passes of a model over problems, on its device.
+
+    Args:
+        model: an :class:`~hforge.models.HSModel` in evaluation mode, on ``device``.
+        device: the model's device.
+        halo: depth (Å) of a chunk's cluster around it: the model's receptive field
+            (:func:`~hforge.infer.chunks.receptive_field`).
+    """
+
+    def __init__(self, model: HSModel, device: torch.device, halo: float) -> None:
+        self.model, self.device, self.halo = model, device, halo
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def edge_batch(self) -> int:
+        """Interaction edges per step of the node pass (:data:`EDGE_BATCH`, :data:`DEVICE_EDGE_BATCH` on CUDA)."""
+        return DEVICE_EDGE_BATCH if self.on_gpu else EDGE_BATCH
+
+    def fill_ranges(
+        self,
+        problem: Problem,
+        n_ranges: int,
+        *,
+        dtype: Any = np.float64,
+        backend: str = "auto",
+        timer: StageTimer | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> AssembledCSR:
+        """The whole matrices by atom ranges ("whole": one range; "streamed").
+
+        The model's node pass over the whole cell once; then per contiguous atom range, the
+        blocks of the canonical pairs whose first atom is in it (onsite blocks from the node
+        pass, hopping blocks from the pair pass, plus H0 and the exact S), every pair once,
+        written by :meth:`~hforge.ops.assemble.AssemblyPlan.fill` with ``pairs=`` into the
+        final buffers (the block into its rows, its transpose into its partner's).  On the CPU
+        a range goes in batches of :data:`PAIR_BATCH` pairs, model to buffers, so that no
+        temporary outgrows the heap's reused pages; on CUDA a range is one batch, and the
+        buffers are on the device.
+        """
+        timer = timer or StageTimer()
+        arrays, model, dtype = problem.arrays, self.model, np.dtype(dtype)
+        n_atoms, n_orb = problem.n_atoms, problem.n_orb
+        xp = _array_module(self.on_gpu)
+        physics = Physics(model, arrays)
+        with timer("graphs"):
+            graph = self._graph(arrays, arrays.positions, problem.edge_index, problem.cell_shift, arrays.pbc)
+        with timer("trunk"), torch.no_grad():
+            state = model.node_pass(graph, chunk=self.edge_batch)
+            physics.set_operators(state.operators)
+        del graph
+        with timer("assembly"):
+            plan = plan_csr_assembly(
+                xp.asarray(problem.edge_index), xp.asarray(problem.cell_shift), xp.asarray(problem.block_ptr),
+                xp.asarray(n_orb), nsc=problem.nsc, backend=backend,
+            )
+            if plan.nnz != problem.nnz:
+                raise AssertionError("assembly planned with another nnz than the pair list's row pointer")
+            indices, data = problem.allocate(dtype, on_gpu=self.on_gpu)
+
+        hop_rows = problem.edge_index[0, n_atoms:]
+        onsite_ptr = np.concatenate([[0], np.cumsum(n_orb**2)])
+        bounds = np.linspace(0, n_atoms, n_ranges + 1).round().astype(np.int64)
+        bar = progress_bar(progress, n_ranges, "atom range")
+        for k in range(n_ranges):
+            a0, a1 = int(bounds[k]), int(bounds[k + 1])
+            first, last = (int(x) + n_atoms for x in np.searchsorted(hop_rows, [a0, a1]))
+            # H0 and S of the whole range at once: H0's projections are shared by neighbouring pairs
+            exact = self._physics(problem, physics, np.concatenate([np.arange(a0, a1), np.arange(first, last)]), timer)
+            value = np.concatenate([[0], np.cumsum(np.diff(problem.block_ptr)[np.r_[a0:a1, first:last]])])
+            step = PAIR_BATCH if not self.on_gpu else max(a1 - a0, last - first, 1)
+            batches = [(lo, min(lo + step, a1), lo - a0) for lo in range(a0, a1, step)]
+            batches += [(lo, min(lo + step, last), lo - first + a1 - a0) for lo in range(first, last, step)]
+            for lo, hi, local in batches:
+                with timer("heads"), torch.no_grad():
+                    if lo < n_atoms:  # onsite blocks: from the node pass
+                        learned = [on[onsite_ptr[lo] : onsite_ptr[hi]] for on in state.onsite]
+                    else:  # hopping blocks: the pair pass
+                        pairs, shifts = problem.edge_index[:, lo:hi], problem.cell_shift[lo:hi]
+                        chunk = PAIR_BATCH if not self.on_gpu else None
+                        learned = model.pair_pass(state, torch.from_numpy(pairs), torch.from_numpy(shifts), chunk=chunk)
+                with timer("assembly"), torch.no_grad():
+                    window = slice(value[local], value[local + hi - lo])
+                    blocks = self._output_blocks(learned, *(None if x is None else x[window] for x in exact), dtype)
+                    plan.fill(blocks, pairs=xp.arange(lo, hi), indices_out=indices, data_out=data)
+            del exact
+            bar(k + 1)
+        bar(None)
+        return problem.csr(indices, data)
+
+    def _physics(
+        self, problem: Problem, physics: Physics, pairs: np.ndarray, timer: StageTimer
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(H0, exact S)`` of the canonical ``pairs`` of ``problem`` (float64, flat; None where
+        the model does not use them)."""
+        edges, shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
+        ptr = block_pointer(problem.n_orb, edges)
+        with timer("H0"):
+            baseline = physics.baseline(edges, shifts, ptr)
+        with timer("S"):
+            overlap = physics.overlap(edges, shifts, ptr)
+        return baseline, overlap
+
+    def _output_blocks(
+        self, learned: list[torch.Tensor], baseline: np.ndarray | None, overlap: np.ndarray | None, dtype: np.dtype
+    ) -> list[Any]:
+        """``[H, S]`` as output arrays (numpy, or cupy on CUDA) of ``dtype``: the learned blocks
+        (model's dtype and device) with H0 and the exact S (:meth:`~hforge.models.HSModel.physical_blocks`)."""
+        blocks = self.model.physical_blocks(learned, _tensor(baseline), _tensor(overlap))
+        return [_output_array(values, dtype) for values in (blocks.h, blocks.s)]
+
+    def _graph(self, arrays, positions, pair_index, pair_shift, pbc, species=None) -> GraphBatch:
+        """Model graph on given block pairs (onsite pairs of every atom first)."""
+        species = arrays.species if species is None else species
+        interaction = neighbour_list(positions, arrays.cell, pbc, self.model.config.r_max)
+        return GraphBatch(
+            positions=torch.from_numpy(np.array(positions)),  # copies: a store's arrays are read-only memory maps
+            species=torch.from_numpy(np.array(species)),
+            cell=torch.from_numpy(arrays.cell.copy())[None],
+            pbc=torch.from_numpy(np.asarray(pbc).copy())[None],
+            atom_ptr=torch.tensor([0, len(positions)]),
+            edge_index=torch.from_numpy(interaction.edge_index),
+            edge_shift=torch.from_numpy(interaction.cell_shift),
+            pair_index=torch.from_numpy(np.ascontiguousarray(pair_index)),
+            pair_shift=torch.from_numpy(np.ascontiguousarray(pair_shift)),
+            pair_ptr=torch.tensor([0, pair_index.shape[1]]),
+            block_ptr=torch.from_numpy(block_pointer(self.model.basis.n_orbitals[species], pair_index)),
+        )
+
+    def chunk_rows(
+        self, problem: Problem, cluster: Cluster, *, dtype: np.dtype, backend: str = "auto", timer: StageTimer | None = None,
+        physics: "Physics | None" = None,
+    ) -> AssembledCSR:
+        """A CSR (host memory) over the rows from the first to the last core atom of ``cluster``;
+        the core atoms' rows are complete (the others' are not and are to be ignored).  Learned
+        blocks come from the model on the cluster, H0 and the exact S from the periodic cell."""
+        timer = timer or StageTimer()
+        arrays, n_orb = problem.arrays, problem.n_orb
+        physics = physics or Physics(self.model, arrays)
+        xp = _array_module(self.on_gpu)
+        with timer("graphs"):
+            core = cluster.atoms[: cluster.n_core]
+            in_core = np.zeros(problem.n_atoms, dtype=bool)
+            in_core[core] = True
+            # canonical pairs touching the core: its onsite pairs (in core order), then hopping pairs
+            pairs = np.flatnonzero(in_core[problem.edge_index[0]] | in_core[problem.edge_index[1]])
+            hopping = pairs[pairs >= problem.n_atoms]
+            hop_pairs, hop_shifts = problem.edge_index[:, hopping], problem.cell_shift[hopping]
+            # the block of (i, j, n) is the cluster pair of the same vector: (i, j at n) or (i at -n, j)
+            row_in_core = in_core[hop_pairs[0]]
+            core_index = np.full(problem.n_atoms, -1, dtype=np.int64)
+            core_index[core] = np.arange(cluster.n_core)
+            wrapped = hop_shifts + problem.wrap[hop_pairs[1]] - problem.wrap[hop_pairs[0]]  # between wrapped positions
+            ci = np.where(row_in_core, core_index[hop_pairs[0]], cluster.lookup(hop_pairs[0], -wrapped))
+            cj = np.where(row_in_core, cluster.lookup(hop_pairs[1], wrapped), core_index[hop_pairs[1]])
+            if (ci < 0).any() or (cj < 0).any():
+                raise AssertionError("chunk halo misses a pair partner (halo narrower than the pair cut-off)")
+            cluster_pairs = np.stack([ci, cj])
+            graph = self._graph(
+                arrays, cluster.positions(arrays.positions, problem.wrap, arrays.cell), cluster_pairs,
+                np.zeros((cluster_pairs.shape[1], 3), dtype=np.int64), np.zeros(3, dtype=bool),
+                species=arrays.species[cluster.atoms],
+            )
+        with timer("trunk"), torch.no_grad():
+            state = self.model.node_pass(graph, chunk=self.edge_batch)
+            if state.operators is not None:  # the D_k of the atoms the core's pairs reach (complete environments)
+                max_radius = float(self.model.basis.pair_cutoffs().max()) / 2
+                near = near_core(graph.positions.numpy(), cluster.n_core, max_radius + self.model.config.projector_radius)
+                physics.set_operators(state.operators[near], cluster.atoms[near])
+        with timer("heads"), torch.no_grad():
+            zeros = torch.zeros((cluster_pairs.shape[1], 3), dtype=torch.int64)
+            hopping_blocks = self.model.pair_pass(state, torch.from_numpy(cluster_pairs), zeros, chunk=PAIR_BATCH)
+            core_end = int(np.sum(n_orb[core] ** 2))  # the core atoms come first in the cluster
+            learned = [torch.cat([on[:core_end], hop]) for on, hop in zip(state.onsite, hopping_blocks)]
+        exact = self._physics(problem, physics, pairs, timer)
+        with timer("assembly"), torch.no_grad():
+            values = self._output_blocks(learned, *exact, dtype)
+            edges, edge_shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
+            span = (int(core.min()), int(core.max()) + 1)
+            plan = plan_csr_assembly(
+                xp.asarray(edges), xp.asarray(edge_shifts), xp.asarray(block_pointer(n_orb, edges)), xp.asarray(n_orb),
+                nsc=problem.nsc, atoms=span, backend=backend,
+            )
+            return on_host(plan.fill(values))
+
+    def fill_chunks(
+        self,
+        problem: Problem,
+        grid: tuple[int, int, int],
+        chunk_ids: Sequence[int],
+        indices: np.ndarray,
+        data: np.ndarray,
+        *,
+        dtype: np.dtype,
+        backend: str = "auto",
+        timer: StageTimer | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> None:
+        """Predict the chunks ``chunk_ids`` of ``grid`` and write their atoms' rows into the
+        whole-matrix buffers ``indices (nnz,)`` and ``data (nnz, 2)`` (host arrays or memory maps)."""
+        timer = timer or StageTimer()
+        frac = problem.frac
+        chunk = chunk_of_atoms(frac, grid)
+        physics = Physics(self.model, problem.arrays)
+        bar = progress_bar(progress, len(chunk_ids), "chunk")
+        for done, index in enumerate(chunk_ids, start=1):
+            cluster = cluster_of_chunk(frac, chunk, int(index), grid, problem.arrays.cell, self.halo)
+            rows = self.chunk_rows(problem, cluster, dtype=dtype, backend=backend, timer=timer, physics=physics)
+            with timer("assembly"):
+                copy_atom_rows(
+                    cluster.atoms[: cluster.n_core], problem.orbital_offset, rows.indptr, rows.row_offset,
+                    rows.indices, rows.data, problem.indptr, indices, data,
+                )
+            del rows
+            bar(done)
+        bar(None)
+
+
+class Physics:
+    """The exact S and the baseline H0 of block pairs of one structure, as the model uses them
+    (float64 numpy, CPU: :mod:`hforge.ops.two_centre`); None for what the model does not use.
+    H0's per-cell work (neighbour lists of the potentials and projectors) is done once, on first use.
+    With a separable operator (``ModelConfig.separable``) H0 here includes its blocks, for the
+    matrices ``D_k`` handed over by :meth:`set_operators` after the node pass."""
+
+    def __init__(self, model: HSModel, arrays: StructureArrays) -> None:
+        self.model, self.arrays = model, arrays
+        self.operators: np.ndarray | None = None
+
+    @functools.cached_property
+    def _baseline(self) -> Any:
+        from hforge.ops.two_centre import BaselineContext
+
+        a, coefficients = self.arrays, self.model.baseline_coefficients
+        if coefficients is None:
+            return None
+        return BaselineContext(self.model.basis, a.species, a.positions, a.cell, a.pbc, coefficients)
+
+    @functools.cached_property
+    def _separable(self) -> Any:
+        from hforge.ops.two_centre.separable import SeparableContext
+
+        a = self.arrays
+        return SeparableContext(self.model.basis, self.model.config.projectors, a.species, a.positions, a.cell, a.pbc)
+
+    def set_operators(self, operators: torch.Tensor | None, atoms: np.ndarray | None = None) -> None:
+        """The node pass's ``D_k (n, n_p, n_p)`` of the structure's atoms ``atoms`` (all when None;
+        a chunk's cluster atoms, periodic indices, repeated images holding the same ``D``)."""
+        if operators is None:
+            return
+        values = operators.detach().to("cpu", torch.float64).numpy()
+        if atoms is None:
+            self.operators = values
+            return
+        if self.operators is None:
+            self.operators = np.zeros((len(self.arrays.species),) + values.shape[1:])
+        self.operators[atoms] = values
+
+    def overlap(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
+        if self.model.learns_overlap:
+            return None
+        from hforge.ops.two_centre import overlap_blocks
+
+        a = self.arrays
+        return overlap_blocks(self.model.basis, a.species, a.positions, a.cell, edges, shifts, block_ptr=block_ptr)
+
+    def baseline(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
+        context = self._baseline
+        out = None if context is None else context.blocks(edges, shifts, block_ptr)
+        if self.model.separable is None:
+            return out
+        if self.operators is None:
+            raise AssertionError("separable blocks asked for before the node pass handed over its operators")
+        return self._separable.blocks(edges, shifts, block_ptr, self.operators, out=out)
+
+
+def near_core(positions: np.ndarray, n_core: int, reach: float) -> np.ndarray:
+    """``(n,)`` bool: the cluster atoms (core first) within ``reach`` Å of a core atom, the core included."""
+    from scipy.spatial import cKDTree
+
+    near = np.zeros(len(positions), dtype=bool)
+    near[:n_core] = True
+    if n_core and len(positions) > n_core:
+        distance, _ = cKDTree(positions[:n_core]).query(positions[n_core:], distance_upper_bound=reach + 1e-6)
+        near[n_core:] = np.isfinite(distance)
+    return near
+
+
+def _tensor(values: np.ndarray | None) -> torch.Tensor | None:
+    return None if values is None else torch.from_numpy(values)
+
+
+def _output_array(values: torch.Tensor, dtype: np.dtype) -> Any:
+    """A flat block tensor as an output array of ``dtype``: numpy (no copy when it is the dtype
+    already) for CPU tensors, CuPy (sharing the memory) for CUDA tensors."""
+    values = values.detach().to(torch_dtype(dtype))
+    if values.is_cuda:
+        import cupy
+
+        return cupy.asarray(values)
+    return values.numpy()
+
+
+def _array_module(on_gpu: bool) -> Any:
+    if on_gpu:
+        import cupy
+
+        return cupy
+    return np
+
+
+def on_host(csr: AssembledCSR) -> AssembledCSR:
+    """``csr`` with host buffers: itself, or its CuPy buffers copied into populated host arrays."""
+    if not hasattr(csr.indices, "get"):
+        return csr
+    indices = csr.indices.get(out=populated_empty(csr.indices.shape, csr.indices.dtype))
+    data = csr.data.get(out=populated_empty(csr.data.shape, csr.data.dtype))
+    return AssembledCSR(
+        indptr=csr.indptr.get(), indices=indices, data=data, shape=csr.shape, nsc=csr.nsc, row_offset=csr.row_offset
+    )
+
+
+def torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype

@@ -1,0 +1,116 @@
+"""What a prediction did: :class:`PredictionReport`, the stage timer, the progress bar, and the
+policy for torch's threads during a prediction."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+__all__ = ["PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "torch_threads"]
+
+#: Stages timed in :attr:`PredictionReport.seconds`: the neighbour lists and model graphs; the
+#: model's node pass (trunk, head inputs, onsite blocks); its pair pass (hopping blocks of the
+#: learned heads); the exact overlap S; the baseline H0; CSR planning, filling and the hand-over to sisl.
+PREDICTION_STAGES = ("graphs", "trunk", "heads", "S", "H0", "assembly")
+
+
+@dataclass
+class PredictionReport:
+    """What the last prediction did.
+
+    Attributes:
+        n_atoms, nnz: atoms of the structure, stored entries of H (and of S).
+        device: where the model ran.
+        mode: ``whole``, ``streamed``, ``chunked`` (or ``distributed``).
+        n_parts: atom ranges (``whole``: 1, ``streamed``) or occupied spatial chunks (``chunked``).
+        grid: the chunk grid (``chunked``), else ``(1, 1, 1)``.
+        csr_bytes, estimated_bytes: the output CSR; the planner's estimate of output plus working memory.
+        seconds: wall time per stage (:data:`PREDICTION_STAGES`).
+        cpu_seconds: the process's CPU time (all threads) in each stage, which a machine shared
+            with other jobs stretches far less than the wall time.
+        peak_rss_bytes: peak resident memory of the process so far, at the end.
+        torch_threads: torch's intra-op threads during the prediction.
+    """
+
+    n_atoms: int = 0
+    device: str = "cpu"
+    nnz: int = 0
+    mode: str = "whole"
+    n_parts: int = 1
+    grid: tuple[int, int, int] = (1, 1, 1)
+    csr_bytes: int = 0
+    estimated_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
+    cpu_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PREDICTION_STAGES, 0.0))
+    peak_rss_bytes: int = 0
+    torch_threads: int = 0
+
+
+class StageTimer:
+    """``with timer(stage):`` adds the block's wall time to ``report.seconds[stage]`` and the
+    process's CPU time in it to ``report.cpu_seconds[stage]``."""
+
+    def __init__(self, report: PredictionReport | None = None) -> None:
+        self.report = report if report is not None else PredictionReport()
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.report.seconds[stage] += time.perf_counter() - start
+            self.report.cpu_seconds[stage] += time.process_time() - cpu_start
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (bytes; Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def progress_bar(
+    progress: bool | Callable[[int, int], None], total: int, unit: str
+) -> Callable[[int | None], None]:
+    """``update(done)``, ``update(None)`` closes: a tqdm bar counting ``unit`` s (``"atom range"``,
+    ``"chunk"``) for True, the callback ``(done, total)``, or nothing."""
+    if callable(progress):
+        return lambda done: None if done is None else progress(done, total)
+    if not progress:
+        return lambda done: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"{unit}s", unit=unit)
+
+    def update(done: int | None) -> None:
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - bar.n)
+
+    return update
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Torch's intra-op threads for a prediction, yielded, and restored after.
+
+    None: one thread where the machine is oversubscribed (1-minute load average at least the
+    cores), else torch's setting: torch's threads meet at a barrier in every op, so that with
+    other jobs on the cores a descheduled thread stalls each of the pair pass's many small ops
+    (measured in docs/measurements.md).  Numba's kernels keep their threads (one parallel region per call).
+    """
+    before = torch.get_num_threads()
+    if threads is None:
+        cores = os.cpu_count() or 1
+        threads = 1 if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores else before
+    torch.set_num_threads(int(threads))
+    try:
+        yield int(threads)
+    finally:
+        torch.set_num_threads(before)
