@@ -123,6 +123,8 @@ class BlockLoss(torch.nn.Module):
         kind, reduction: as in :func:`block_loss`.
         h_weight, s_weight: weights of the H and S terms.
         shift_invariant: remove each structure's best shift ``c S_ref`` from the H errors.
+        normalize: divide by the per-block-type standard deviations (else errors in physical units).
+        onsite_weight: weight of the entries of onsite blocks (block types of the onsite half).
 
     ``forward(h_pred, h_ref, types, s_pred=None, s_ref=None, batch=None)`` returns a dict with
     ``loss`` (the weighted sum) and the terms ``h`` and ``s`` (when S is given).
@@ -137,10 +139,17 @@ class BlockLoss(torch.nn.Module):
         h_weight: float = 1.0,
         s_weight: float = 1.0,
         shift_invariant: bool = False,
+        normalize: bool = True,
+        onsite_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.register_buffer("h_scale", torch.as_tensor(normalization_scales(statistics, "h")))
-        self.register_buffer("s_scale", torch.as_tensor(normalization_scales(statistics, "s")))
+        h_scale, s_scale = normalization_scales(statistics, "h"), normalization_scales(statistics, "s")
+        if not normalize:
+            h_scale, s_scale = np.ones_like(h_scale), np.ones_like(s_scale)
+        # types of the onsite half (block_type_shape: onsite or not first) weigh onsite_weight: scale / sqrt(weight)
+        h_scale[len(h_scale) // 2 :] /= np.sqrt(onsite_weight)
+        self.register_buffer("h_scale", torch.as_tensor(h_scale))
+        self.register_buffer("s_scale", torch.as_tensor(s_scale))
         self.kind, self.reduction = kind, reduction
         self.h_weight, self.s_weight = h_weight, s_weight
         self.shift_invariant = shift_invariant

@@ -365,10 +365,8 @@ class Trainer:
         self.loss_fn = BlockLoss(
             self.data.store.statistics, kind=config.loss.kind, reduction=config.loss.reduction,
             h_weight=config.loss.h_weight, s_weight=config.loss.s_weight, shift_invariant=config.loss.shift_invariant,
+            normalize=config.loss.normalize, onsite_weight=config.loss.onsite_weight,
         ).to(self.device)
-        if not config.loss.normalize:
-            for scale in (self.loss_fn.h_scale, self.loss_fn.s_scale):
-                scale.fill_(1.0)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best: float = math.inf
         self.elapsed_s = 0.0
