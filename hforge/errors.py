@@ -8,6 +8,7 @@ of SIESTA runs knows which one is broken::
     ├── InputError (also ValueError)        bad input from the user
     │   ├── FileFormatError                 malformed, truncated or unreadable file
     │   ├── BasisMismatchError              basis and matrices/geometry disagree
+    │   │   └── OverlapMismatchError        S computed from the basis differs from a file's S
     │   ├── UnknownSpeciesError             species absent from a basis or a model
     │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
     │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
@@ -33,6 +34,7 @@ __all__ = [
     "InputError",
     "FileFormatError",
     "BasisMismatchError",
+    "OverlapMismatchError",
     "UnknownSpeciesError",
     "GeometryError",
     "InvalidMatrixError",
@@ -71,6 +73,11 @@ class FileFormatError(InputError):
 
 class BasisMismatchError(InputError):
     """A basis that does not match the matrices, geometry or model it is used with."""
+
+
+class OverlapMismatchError(BasisMismatchError):
+    """S computed from the basis (two-centre integrals) that differs from the S a SIESTA run wrote:
+    the basis is not the run's, or the geometry is not the one the run used."""
 
 
 class UnknownSpeciesError(InputError):
