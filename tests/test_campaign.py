@@ -171,10 +171,10 @@ def test_campaign_runs_retries_records_and_keeps_unconverged_runs_out_of_the_sto
     monkeypatch.setenv("FAKE_SIESTA_FAIL", "abn_8_1_d220_fast:1,abn_8_0_T300_1:9")
     monkeypatch.setenv("FAKE_SIESTA_UNCONVERGED", "abn_8_0_T300_0")
     path = write_campaign(tmp_path / "camp.yaml", abn_dir, siesta=FAKE)
-    result = CliRunner().invoke(app, ["data", "campaign", str(path)])
+    out = tmp_path / "camp"
+    result = CliRunner().invoke(app, ["data", "campaign", str(path), "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert "2 run(s) not converged, kept out of any store: abn_8_0_T300_0, abn_8_0_T300_1" in result.output.replace("\n", "")
-    out = tmp_path / "camp"
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     by_name = {r["name"]: r for r in records}
     assert list(by_name) == ["abn_8_0", "abn_8_0_T300_0", "abn_8_0_T300_1", "abn_8_1_d220_fast"]
@@ -194,12 +194,12 @@ def test_campaign_runs_retries_records_and_keeps_unconverged_runs_out_of_the_sto
     assert store.provenance("abn_8_0")["record"]["name"] == "abn_8_0"
     # a second call finds everything finished: no SIESTA call, the same records
     calls = fake.read_text().split()
-    again = run_campaign(path, progress=False)
+    again = run_campaign(path, out, progress=False)
     assert fake.read_text().split() == calls and again.records == records
     # more attempts allowed: only the given-up run runs again
     write_campaign(path, abn_dir, siesta=FAKE, max_attempts=3)
     monkeypatch.setenv("FAKE_SIESTA_FAIL", "")
-    again = run_campaign(path, progress=False)
+    again = run_campaign(path, out, progress=False)
     assert fake.read_text().split() == calls + ["abn_8_0_T300_1"]
     assert again.names("converged") == ["abn_8_0", "abn_8_0_T300_1", "abn_8_1_d220_fast"]
 
@@ -372,3 +372,11 @@ def test_real_siesta_campaign_killed_mid_scf_ends_like_an_uninterrupted_one(abn_
     print(f"\nreal SIESTA: uninterrupted {whole_seconds:.0f} s, killed twice and resumed {killed_seconds:.0f} s; "
           f"SCF steps {[r['scf_iterations'] for r in whole.records]} vs (before the kill, after) {steps}")
     assert set(PROCESS_FIELDS) <= set(killed[0])
+
+
+def test_the_shipped_example_campaign_plans(tmp_path):
+    campaign = load_campaign(HERE.parent / "configs" / "campaign-abn.yaml")
+    plan = campaign.plan()
+    assert len(plan) == 2 * 4 * (1 + 2 * 3) + 2
+    assert {r.split for r in plan if r.n_atoms >= 216} == {"test"} and {r.split for r in plan if r.n_atoms <= 32} == {"train"}
+    assert campaign.store == Path("abn-campaign.h5") and campaign.template is None

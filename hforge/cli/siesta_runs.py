@@ -59,7 +59,7 @@ def _number(value: object, digits: int) -> str:
 
 def campaign_command(
     campaign: Path = typer.Argument(..., help="Campaign file (YAML): cells, snapshots, SIESTA settings (README)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Campaign folder (default: beside the file, named after it)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Campaign folder (the same folder resumes the campaign)."),
     workers: int | None = typer.Option(None, "--workers", help="SIESTA runs at once (default: the file's, else free cores)."),
     siesta: str | None = typer.Option(None, "--siesta", help="SIESTA command (default: the file's, $SIESTA, else `siesta`)."),
 ) -> None:

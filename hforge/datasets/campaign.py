@@ -468,7 +468,7 @@ def _record(run: PlannedRun, folder: Path, state: RunState) -> dict[str, Any]:
 
 def run_campaign(
     campaign: Campaign | str | os.PathLike,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike,
     *,
     workers: int | None = None,
     siesta: str | None = None,
@@ -478,7 +478,7 @@ def run_campaign(
 
     Args:
         campaign: a :class:`Campaign` or the path of a campaign file.
-        out: the campaign folder (default: beside the campaign file, named after it).
+        out: the campaign folder (the same folder resumes the campaign).
         workers: SIESTA runs at once (default: the campaign's, else free cores // threads).
         siesta: the SIESTA command (default: the campaign's, else ``$SIESTA`` / ``siesta`` on PATH).
         progress: show progress bars (structures; SIESTA runs with an ETA).
@@ -490,12 +490,7 @@ def run_campaign(
         ConfigError: an invalid campaign.  InputError: another campaign runs in ``out``, or a run
         folder there holds another input.  BackendUnavailableError: runs to do and no SIESTA.
     """
-    if not isinstance(campaign, Campaign):
-        path = Path(campaign)
-        campaign = load_campaign(path)
-        out = out if out is not None else path.with_suffix("")
-    if out is None:
-        raise ConfigError("give the campaign folder (out)")
+    campaign = campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = campaign.plan()
@@ -516,8 +511,11 @@ def run_campaign(
         def finished(job: Job, state: RunState) -> None:
             path = job.folder / f"{job.name}.record.json"
             old = json.loads(path.read_text()) if path.is_file() else None
-            record = _record(by_name[job.name], job.folder, state)
-            if old is None or record != old:
+            if old is not None and (old["state"], old["failures"]) == (state.state, state.failures):
+                record = {**old, **by_name[job.name].fields()}  # the run's numbers are kept: a large cell's cost minutes
+            else:
+                record = _record(by_name[job.name], job.folder, state)
+            if record != old:
                 write_json(path, record)
             records[job.name] = record
             with atomic_write(out / "records.jsonl", "w") as f:

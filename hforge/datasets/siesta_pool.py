@@ -341,6 +341,7 @@ class SiestaPool:
         total = len(todo)
         bar = tqdm(total=sum(job.weight for job in todo), desc="SIESTA", disable=not progress or not todo,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+        shown, shown_at = "", 0.0
         try:
             while todo or running:
                 unfinished = {job.folder for job in todo} | {a.job.folder for a in running.values()}
@@ -373,7 +374,10 @@ class SiestaPool:
                         on_finish(job, state)
                     bar.update(job.weight)
                 done = total - len(todo) - len(running)
-                bar.set_postfix_str(f"{done}/{total} runs" + (f", running {', '.join(running)}" if running else ""))
+                status = f"{done}/{total} runs" + (f", running {', '.join(running)}" if running else "")
+                if status != shown or time.monotonic() - shown_at > 10:  # the clock and ETA every 10 s
+                    bar.set_postfix_str(status)
+                    shown, shown_at = status, time.monotonic()
                 if running or todo:
                     time.sleep(self.poll)
         except BaseException:
