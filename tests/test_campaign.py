@@ -114,6 +114,7 @@ def test_campaign_file_plans_cells_snapshots_and_files(abn_dir, tmp_path):
         ({"cells": [{"sizes": [8], "protocol": "slow"}]}, "protocol"),
         ({"cells": [{"sizes": [8], "snapshots": {"temperatures": [-1]}}]}, "positive temperatures"),
         ({"cells": [{"sizes": [8], "snapshots": {"temperatures": [300], "count": 0}}]}, "count"),
+        ({"cells": [{"sizes": [8], "snapshots": [300]}]}, "snapshots=.*must be a mapping"),
         ({"cells": [{"sizes": [8], "colour": "red"}]}, r"unknown fields \['colour'\]"),
         ({"cells": [{"sizes": [8]}, {"sizes": [8]}]}, "listed more than once: abn_8_0_d220"),
         ({"cells": [{"sizes": [8], "files": ["x.xyz"]}]}, "either sizes"),

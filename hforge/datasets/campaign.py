@@ -121,10 +121,10 @@ def _build(cls: type, where: str, data: Any) -> Any:
 
 
 def _numbers(where: str, value: Any, kind: type) -> tuple:
+    """``value`` (a number or a list of them) as a tuple of ``kind`` (int, or float accepting ints too)."""
     values = value if isinstance(value, (list, tuple)) else [value]
-    ok = all(isinstance(v, kind) and not isinstance(v, bool) or (kind is float and isinstance(v, int) and not isinstance(v, bool))
-             for v in values)
-    if not ok:
+    accepted = (int, float) if kind is float else (int,)
+    if not all(isinstance(v, accepted) and not isinstance(v, bool) for v in values):
         _fail(where, f"must be a list of {kind.__name__}s", value)
     return tuple(kind(v) for v in values)
 
@@ -200,7 +200,7 @@ class CellGroup:
             _fail("cells.protocol", f"one of {sorted(PROTOCOLS)}", self.protocol)
         if self.split not in (None, "train", "val", "test"):
             _fail("cells.split", "train, val, test or null", self.split)
-        if isinstance(self.snapshots, Mapping):
+        if self.snapshots is not None and not isinstance(self.snapshots, Snapshots):
             object.__setattr__(self, "snapshots", _build(Snapshots, "cells.snapshots", self.snapshots))
 
 
