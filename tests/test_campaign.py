@@ -205,6 +205,16 @@ def test_campaign_runs_retries_records_and_keeps_unconverged_runs_out_of_the_sto
     assert again.names("converged") == ["abn_8_0", "abn_8_0_T300_1", "abn_8_1_d220_fast"]
 
 
+def test_a_campaign_without_converged_runs_writes_records_and_no_store(abn_dir, tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SIESTA_UNCONVERGED", "abn_8_0")
+    path = write_campaign(tmp_path / "camp.yaml", abn_dir, siesta=FAKE,
+                          cells=[{"files": [str(abn_dir / "structures" / "8" / "abn_8_0.xyz")]}])
+    report = run_campaign(path, tmp_path / "camp", progress=False)
+    assert report.names("unconverged") == ["abn_8_0"] and report.store is None and report.conversion is None
+    assert not (tmp_path / "camp" / "store.h5").exists()
+    assert json.loads((tmp_path / "camp" / "records.jsonl").read_text())["state"] == "unconverged"
+
+
 @pytest.fixture
 def run_folder(abn_dir, tmp_path):
     """One input folder as a campaign writes it, and a helper that writes a log of the fake SIESTA."""

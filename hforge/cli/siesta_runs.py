@@ -81,9 +81,12 @@ def campaign_command(
     console.print(f"records: {report.folder / 'records.jsonl'}", markup=False)
     if report.store is not None:
         console.print(f"compact store of the converged runs: {report.store}", markup=False)
+    for run, reason in report.conversion.skipped if report.conversion is not None else ():
+        console.print(f"[yellow]not in the store[/yellow] {escape(run)}: {escape(reason)}", soft_wrap=True)
     bad = report.names("unconverged") + report.names("failed")
     if bad:
         console.print(f"[red]{len(bad)} run(s) not converged, kept out of any store:[/red] {escape(', '.join(bad))}")
+    if bad or (report.conversion is not None and report.conversion.skipped):
         raise typer.Exit(1)
 
 

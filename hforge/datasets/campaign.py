@@ -412,8 +412,8 @@ class CampaignReport:
     Attributes:
         folder: the campaign folder.
         records: the record of every finished run, in campaign order.
-        store: the compact store written, or None.
-        conversion: the store conversion's report, or None.
+        store: the compact store written, or None (none asked for, or no run converged).
+        conversion: the store conversion's report (runs it skipped, e.g. an S that is not the basis'), or None.
     """
 
     folder: Path
@@ -528,9 +528,9 @@ def run_campaign(
         logger.info("campaign %s: %d runs, %d to do, %d workers", out, len(plan), len(todo), n_workers)
         pool.run(jobs, on_finish=finished, progress=progress)
         report = CampaignReport(out, [records[r.name] for r in plan])
-        if campaign.store is not None:
+        converged = [folder_of[name] for name in report.names("converged")]
+        if campaign.store is not None and converged:
             report.store = campaign.store if campaign.store.is_absolute() else out / campaign.store
-            converged = [folder_of[name] for name in report.names("converged")]
             splits = {r.name: r.split for r in plan if r.split is not None}
             report.conversion = convert(converged, report.store, basis=campaign.basis, overlap=overlap_blocks,
                                         splits=splits, split_rule=SplitRule(), progress=progress)

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 from hforge.datasets.siesta_runs import run_status
 from hforge.errors import FileFormatError
+from hforge.files import atomic_write
 from hforge.io.density_matrix import check_dm_file
 from hforge.io.runs import log_failure, log_text
 from hforge.io.siesta_log import read_siesta_log
@@ -203,29 +204,31 @@ def settle(folder: str | os.PathLike, max_attempts: int) -> RunState:
         lock.close()
 
 
-def _usable_dm(path: Path) -> bool:
-    """Whether ``path`` is a complete SIESTA density matrix; a truncated one is removed."""
+def _complete_dm(path: Path) -> bool:
+    """Whether ``path`` is a complete SIESTA density matrix (:func:`~hforge.io.density_matrix.check_dm_file`)."""
     if not path.is_file():
         return False
     try:
         check_dm_file(path)
     except FileFormatError as error:
-        logger.warning("%s; removed, the run starts without it", error)
-        path.unlink()
+        logger.warning("%s; not used", error)
         return False
     return True
 
 
 def _prepare_dm(job: Job) -> None:
-    """Leave in the folder the density matrix this attempt starts from: its own, else a copy of ``job.after``'s."""
+    """Leave in the folder the density matrix this attempt starts from: its own (an incomplete one is
+    removed), else a copy of ``job.after``'s."""
     own = job.folder / f"{job.name}.DM"
-    if _usable_dm(own) or job.after is None:
+    if _complete_dm(own):
         return
-    parent = job.after / f"{job.after.name}.DM"
-    if parent.is_file() and _usable_dm(parent):
+    own.unlink(missing_ok=True)
+    parent = None if job.after is None else job.after / f"{job.after.name}.DM"
+    if parent is not None and _complete_dm(parent):
         staging = job.folder / f".{job.name}.DM.copy"
         shutil.copyfile(parent, staging)
-        (job.folder / f"{job.name}.DM.parent").write_text(job.after.name + "\n")
+        with atomic_write(job.folder / f"{job.name}.DM.parent", "w") as marker:
+            marker.write(job.after.name + "\n")
         _replace(staging, own)
 
 
