@@ -281,16 +281,21 @@ def test_a_folder_locked_by_a_siesta_of_an_earlier_campaign_is_waited_for(run_fo
     assert not fake.exists()  # the orphan's result was taken, no SIESTA started
 
 
-def _running_in(folder: Path) -> list[int]:
-    """Processes whose working directory is inside ``folder`` (a SIESTA outliving its campaign)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+def _running_in(folder: Path, wait: float = 5.0) -> list[int]:
+    """Processes whose working directory is inside ``folder`` (a SIESTA outliving its campaign) after up to
+    ``wait`` s (the kernel delivers a dead parent's PR_SET_PDEATHSIG signal asynchronously)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def _kill_campaign_when(command: list[str], condition, delay: float, rng: random.Random) -> None:
@@ -325,7 +330,6 @@ def test_a_campaign_killed_at_any_moment_ends_like_an_uninterrupted_one(abn_dir,
     for _ in range(3):
         _kill_campaign_when(command, _new_scf(out), 0.3, rng)
     _kill_campaign_when(command, lambda: (out / "store.h5.parts").exists(), 0.5, rng)
-    time.sleep(0.2)
     assert _running_in(out) == []  # no SIESTA outlives its campaign
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
