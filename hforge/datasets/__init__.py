@@ -6,6 +6,10 @@ cell, made by ``scripts/make_abn_small.py`` from ``../shared/abn`` with hforge's
 ``load(path)`` opens any store written by ``hforge data convert``; a compact store (S not stored)
 gets its S from the basis (:func:`hforge.ops.two_centre.overlap_blocks`, exact), which is why this
 package sits above :mod:`hforge.ops`.
+
+SIESTA data of your own: :mod:`.siesta_runs` (inputs from a template run, running them),
+:mod:`.campaign` (whole resumable campaigns: structures, a pool of SIESTA runs, :mod:`.siesta_pool`,
+one record per run, :mod:`.run_records`, and a compact store).
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ __all__ = [
     "SplitRule",
     "ConversionReport",
     "OverlapFunction",
+    "check_overlap",
+    "computed_overlap",
     "convert",
     "write_store",
     "file_sha256",
