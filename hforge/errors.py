@@ -8,7 +8,8 @@ of SIESTA runs knows which one is broken::
     ├── InputError (also ValueError)        bad input from the user
     │   ├── FileFormatError                 malformed, truncated or unreadable file
     │   ├── BasisMismatchError              basis and matrices/geometry disagree
-    │   │   └── MissingBasisError           a file that carries no basis, and none found or given
+    │   │   ├── MissingBasisError           a file that carries no basis, and none found or given
+    │   │   └── OverlapMismatchError        S computed from the basis differs from a file's S
     │   ├── UnknownSpeciesError             species absent from a basis or a model
     │   ├── GeometryError                   NaN positions, overlapping atoms, empty cell
     │   ├── InvalidMatrixError              NaN/inf H or S entries, S not positive definite
@@ -37,6 +38,7 @@ __all__ = [
     "FileFormatError",
     "BasisMismatchError",
     "MissingBasisError",
+    "OverlapMismatchError",
     "UnknownSpeciesError",
     "GeometryError",
     "InvalidMatrixError",
@@ -82,6 +84,11 @@ class BasisMismatchError(InputError):
 class MissingBasisError(BasisMismatchError):
     """An H/S file that carries no basis (a bare TSHS, HForge's own among them) when no basis is
     given and no ion files are found beside it."""
+
+
+class OverlapMismatchError(BasisMismatchError):
+    """S computed from the basis (two-centre integrals) that differs from the S a SIESTA run wrote:
+    the basis is not the run's, or the geometry is not the one the run used."""
 
 
 class UnknownSpeciesError(InputError):

@@ -23,9 +23,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hforge",),  # the package root: version, errors, lazy re-exports
     ("hforge.basis",),
     ("hforge.io", "hforge.structures"),
-    ("hforge.graph", "hforge.datasets"),
+    ("hforge.graph",),
     ("hforge.ops",),
-    ("hforge.metrics",),
+    ("hforge.metrics", "hforge.datasets"),
     ("hforge.models", "hforge.analysis"),
     ("hforge.train", "hforge.infer"),
     ("hforge.cli",),

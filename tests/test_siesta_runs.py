@@ -245,3 +245,16 @@ def test_included_files_are_copied(abn_dir, tmp_path):
     (folder,) = write_siesta_inputs([structure], template, tmp_path / "out", basis=abn_dir / "basis")
     assert (folder / "extra.fdf").read_text() == "SCF.DM.Tolerance 1.e-6\n"
     assert (folder / "abn_8_0.fdf").read_text().endswith("%include extra.fdf\n")
+
+
+def test_settings_replace_the_templates_lines_in_place_or_are_added(abn_dir, tmp_path):
+    structure = abn_dir / "structures" / "8" / "abn_8_0.xyz"
+    settings = {"meshcutoff": "100 Ry", "DM.UseSaveDM": "T"}
+    (folder,) = write_siesta_inputs([structure], abn_dir / "runs" / "abn_8_0", tmp_path, settings=settings)
+    ours = (folder / "abn_8_0.fdf").read_text().splitlines()
+    shared = (abn_dir / "runs" / "abn_8_0" / "abn_8_0.fdf").read_text().splitlines()
+    assert ours[: len(shared)] == [("meshcutoff 100 Ry" if line == "MeshCutoff 400 Ry" else line) for line in shared]
+    assert ours[len(shared):] == ["DM.UseSaveDM T"]
+    for refused in ({"SystemLabel": "x"}, {"LatticeVectors": "1"}, {"ChemicalSpeciesLabel": "1 5 B"}):
+        with pytest.raises(InputError, match="cannot replace the geometry"):
+            write_siesta_inputs([structure], abn_dir / "runs" / "abn_8_0", tmp_path / "other", settings=refused)

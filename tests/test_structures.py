@@ -19,6 +19,7 @@ from hforge.structures import (
     random_bn_cell,
     structure_statistics,
     tersoff_bn_potential,
+    thermal_snapshots,
     validate_structure,
 )
 
@@ -289,3 +290,46 @@ def test_the_training_domain_names_structures_far_outside_it():
     assert boron[0] == "100% of the atoms are B (training structures: 50%-50%)" and boron[1].startswith("0% of the atoms are N")
     alone = domain.departures(np.zeros((1, 3)), 0.6 * np.eye(3), np.ones(3, bool), ["B"])
     assert any("B-B pairs 0.60 Å apart" in text for text in alone)
+
+
+# ---- thermal snapshots --------------------------------------------------------------------------
+
+
+def test_thermal_snapshots_sample_the_temperature_and_keep_the_cell(small_cells):
+    """Equipartition is the oracle: a Langevin thermostat's mean kinetic temperature is its target; the
+    atoms vibrate about the quenched cell (further at 1000 K than at 300 K) in the same order and cell."""
+    cell = small_cells[(32, 0)]
+    kwargs = {"count": 20, "interval": 0.1, "equilibration": 0.5, "seed": 7, "progress": False}
+    warm, hot = (thermal_snapshots(cell, temperature=t, **kwargs) for t in (300.0, 1000.0))
+    for target, snapshots in ((300.0, warm), (1000.0, hot)):
+        assert np.mean([s.info["md_temperature_K"] for s in snapshots]) == pytest.approx(target, rel=0.2)
+        assert [s.info["time_ps"] for s in snapshots] == pytest.approx([0.5 + 0.1 * k for k in range(20)])
+        for snapshot in snapshots:
+            assert snapshot.get_chemical_symbols() == cell.get_chemical_symbols()
+            np.testing.assert_array_equal(snapshot.cell.array, cell.cell.array)
+            validate_structure(snapshot, min_distance=1.0)
+    # positions continue the input's (no jump by a lattice vector), so displacements are small
+    msd = [np.mean([((s.positions - cell.positions) ** 2).sum(axis=1).mean() for s in snaps]) for snaps in (warm, hot)]
+    assert 0.001 < msd[0] < msd[1] < 0.5
+    again = thermal_snapshots(cell, temperature=300.0, **kwargs)
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(warm, again))
+    other = thermal_snapshots(cell, temperature=300.0, **{**kwargs, "seed": 8})
+    assert not np.allclose(other[0].positions, warm[0].positions)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"temperature": -5.0}, "temperature"),
+        ({"count": 0}, "count"),
+        ({"interval": 0.0}, "interval"),
+        ({"atoms": Atoms("BC", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[5, 5, 5], pbc=True)}, "no parameters for C"),
+        ({"atoms": Atoms("BN", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[[5, 0, 0], [1, 5, 0], [0, 0, 5]], pbc=True)},
+         "orthogonal"),
+    ],
+)
+def test_thermal_snapshots_refuse_bad_requests(change, message):
+    kwargs = {"atoms": Atoms("BN", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[5, 5, 5], pbc=True), "temperature": 300.0,
+              "count": 1, "progress": False, **change}
+    with pytest.raises(InputError, match=message):
+        thermal_snapshots(kwargs.pop("atoms"), **kwargs)

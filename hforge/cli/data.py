@@ -1,4 +1,4 @@
-"""``hforge data``: convert SIESTA runs into a store, inspect an H/S file, store statistics."""
+"""``hforge data``: convert SIESTA runs into a store, export a structure of it, inspect an H/S file, store statistics."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def convert_command(
     basis: Optional[Path] = typer.Option(None, "--basis", help="Folder of .ion/.ion.nc/.ion.xml files for every run."),
     float32: bool = typer.Option(False, "--float32", help="Store H and S as float32 (half the size)."),
     half: bool = typer.Option(False, "--half", help="Store only the canonical half of the pairs."),
+    compact: bool = typer.Option(
+        False, "--compact", help="Compact store: H only (canonical half, fixed point 2^-20 eV), S computed from the basis "
+        "on reading and checked against each run's at conversion (<= 1e-6).",
+    ),
     train_max_atoms: int = typer.Option(32, help="Structures with at most this many atoms go to 'train'."),
     val_max_atoms: int = typer.Option(64, help="Larger ones up to this many go to 'val', the rest to 'test'."),
     append: bool = typer.Option(False, "--append", help="Add the runs to an existing store (its structures kept)."),
@@ -35,6 +39,7 @@ def convert_command(
     import numpy as np
 
     from hforge.io import HSStore, SplitRule, convert
+    from hforge.ops.two_centre import overlap_blocks
 
     def report_skip(run: str, exc: Exception) -> None:
         _console.print(f"[yellow]skipped[/yellow] {escape(run)}: {escape(exc)}", soft_wrap=True)
@@ -50,6 +55,7 @@ def convert_command(
             on_skip=report_skip,
             append=append,
             overwrite=overwrite,
+            overlap=overlap_blocks if compact else None,
         )
         store = HSStore(report.store)
     _console.print(
@@ -60,6 +66,25 @@ def convert_command(
     )
     if report.skipped:
         raise typer.Exit(2)
+
+
+@data_app.command("export")
+def export_command(
+    store: Path = typer.Argument(..., help="A store written by 'hforge data convert' (any layout)."),
+    name: str = typer.Argument(..., help="The structure to export (its name in the store)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output file: .TSHS (sisl, TBtrans) or .nc."),
+) -> None:
+    """Write one structure of a store as a SIESTA TSHS (or .nc) file: H as stored, S (of a compact store computed) exact."""
+    from hforge.datasets import open_store
+    from hforge.errors import InputError
+    from hforge.io import write_hs
+
+    with user_errors():
+        opened = open_store(store)
+        if name not in opened.names:
+            raise InputError(f"no structure {name!r} in the store; it holds {', '.join(opened.names[:20])}", path=store)
+        path = write_hs(opened.read(name), out)
+    _console.print(f"wrote {path}", markup=False)
 
 
 @data_app.command("inspect")
@@ -108,11 +133,11 @@ def stats_command(
     structure: Optional[str] = typer.Option(None, help="Structure of the H heatmap (default: the smallest)."),
 ) -> None:
     """Statistics of a store: numbers, and PNG figures (onsite energies, decay with distance, H heatmap)."""
+    from hforge.datasets import open_store
     from hforge.datasets.store_overview import plot_store, store_summary
-    from hforge.io import HSStore
 
     with user_errors():
-        opened = HSStore(store)
+        opened = open_store(store)
         summary = store_summary(opened)
         written = plot_store(opened, out, structure=structure)
     _console.print(f"[bold]{escape(store)}[/bold]: {summary['structures']} structures, species {escape(summary['species'])}")

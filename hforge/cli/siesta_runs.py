@@ -1,4 +1,5 @@
-"""``hforge data siesta-inputs`` and ``hforge data run``: SIESTA inputs from a template run, and running them."""
+"""``hforge data siesta-inputs``, ``hforge data run`` and ``hforge data campaign``: SIESTA inputs from a
+template run, running them, and whole resumable campaigns of them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from hforge.cli._errors import escape, user_errors
 
-__all__ = ["register", "run_command", "siesta_inputs_command"]
+__all__ = ["campaign_command", "register", "run_command", "siesta_inputs_command"]
 
 
 def siesta_inputs_command(
@@ -52,7 +53,45 @@ def run_command(
         raise typer.Exit(1)
 
 
+def _number(value: object, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def campaign_command(
+    campaign: Path = typer.Argument(..., help="Campaign file (YAML): cells, snapshots, SIESTA settings (README)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Campaign folder (the same folder resumes the campaign)."),
+    workers: int | None = typer.Option(None, "--workers", help="SIESTA runs at once (default: the file's, else free cores)."),
+    siesta: str | None = typer.Option(None, "--siesta", help="SIESTA command (default: the file's, $SIESTA, else `siesta`)."),
+) -> None:
+    """Make a campaign's structures and SIESTA runs (resumable: run it again after a kill); one record per run."""
+    from hforge.datasets.campaign import run_campaign
+
+    with user_errors():
+        report = run_campaign(campaign, out, workers=workers, siesta=siesta)
+    table = Table("run", "split", "state", "SCF it.", "wall s", "Γ gap eV", "min eig S(Γ)", "detail")
+    colours = {"converged": "green", "unconverged": "yellow", "failed": "red"}
+    for record in report.records:
+        table.add_row(
+            escape(record["name"]), escape(record.get("split") or ""), f"[{colours[record['state']]}]{record['state']}[/]",
+            _number(record.get("scf_iterations"), 0), _number(record.get("wall_s"), 0), _number(record.get("gap_gamma_eV"), 3),
+            "" if record.get("S_min_eig_gamma") is None else f"{record['S_min_eig_gamma']:.1e}", escape(record.get("detail", "")),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"records: {report.folder / 'records.jsonl'}", markup=False)
+    if report.store is not None:
+        console.print(f"compact store of the converged runs: {report.store}", markup=False)
+    for run, reason in report.conversion.skipped if report.conversion is not None else ():
+        console.print(f"[yellow]not in the store[/yellow] {escape(run)}: {escape(reason)}", soft_wrap=True)
+    bad = report.names("unconverged") + report.names("failed")
+    if bad:
+        console.print(f"[red]{len(bad)} run(s) not converged, kept out of any store:[/red] {escape(', '.join(bad))}")
+    if bad or (report.conversion is not None and report.conversion.skipped):
+        raise typer.Exit(1)
+
+
 def register(data_app: typer.Typer) -> None:
-    """Add ``siesta-inputs`` and ``run`` to the ``hforge data`` sub-app."""
+    """Add ``siesta-inputs``, ``run`` and ``campaign`` to the ``hforge data`` sub-app."""
     data_app.command("siesta-inputs")(siesta_inputs_command)
     data_app.command("run")(run_command)
+    data_app.command("campaign")(campaign_command)

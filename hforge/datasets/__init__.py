@@ -3,7 +3,13 @@
 ``load("abn-small")`` opens the aBN sample shipped with HForge (3.5 MiB, gzip-compressed float32,
 canonical half of the pairs: two 8-atom and one 16-atom training cells and one 24-atom validation
 cell, made by ``scripts/make_abn_small.py`` from ``../shared/abn`` with hforge's own converter);
-``load(path)`` opens any store written by ``hforge data convert``.
+``load(path)`` opens any store written by ``hforge data convert``; a compact store (S not stored)
+gets its S from the basis (:func:`hforge.ops.two_centre.overlap_blocks`, exact), which is why this
+package sits above :mod:`hforge.ops`.
+
+SIESTA data of your own: :mod:`.siesta_runs` (inputs from a template run, running them),
+:mod:`.campaign` (whole resumable campaigns: structures, a pool of SIESTA runs, :mod:`.siesta_pool`,
+one record per run, :mod:`.run_records`, and a compact store).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import torch
 
 from hforge.errors import ConfigError
 from hforge.io import HSData, HSStore
+from hforge.ops.two_centre import overlap_blocks
 
-__all__ = ["HSDataset", "load", "bundled_path", "shared_data_dir", "BUNDLED"]
+__all__ = ["HSDataset", "load", "open_store", "bundled_path", "shared_data_dir", "BUNDLED"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 
@@ -48,6 +55,15 @@ def bundled_path(name: str) -> Path:
         raise ConfigError(f"no bundled dataset {name!r}; bundled: {sorted(BUNDLED)}") from None
 
 
+def open_store(store: HSStore | str | os.PathLike) -> HSStore:
+    """A store that reads every layout: a compact store's S is computed from its basis
+    (:func:`~hforge.ops.two_centre.overlap_blocks`).  An open :class:`HSStore` without that
+    function is opened again with it."""
+    if isinstance(store, HSStore):
+        return store if store.overlap is not None or not store.compact else HSStore(store.path, overlap=overlap_blocks)
+    return HSStore(store, overlap=overlap_blocks)
+
+
 class HSDataset(torch.utils.data.Dataset):
     """Structures of a store (optionally one split) as a torch ``Dataset`` of :class:`HSData`.
 
@@ -55,7 +71,7 @@ class HSDataset(torch.utils.data.Dataset):
     each.  The store is reopened in each ``DataLoader`` worker.
 
     Args:
-        store: an :class:`HSStore` or the path of one.
+        store: an :class:`HSStore` or the path of one (any layout: :func:`open_store`).
         split: ``train``, ``val``, ``test`` or None for all structures.
         transform: called on every item.
     """
@@ -63,7 +79,7 @@ class HSDataset(torch.utils.data.Dataset):
     def __init__(
         self, store: HSStore | str | os.PathLike, split: str | None = None, transform: Callable[[HSData], Any] | None = None
     ) -> None:
-        self.store = store if isinstance(store, HSStore) else HSStore(store)
+        self.store = open_store(store)
         if split is not None and split not in ("train", "val", "test"):
             raise ConfigError(f"split {split!r}: expected train, val or test")
         self.indices = list(range(len(self.store))) if split is None else self.store.split(split)

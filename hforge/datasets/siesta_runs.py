@@ -5,8 +5,9 @@ run: the template's ``fdf`` is copied line by line (functional, mesh cut-off, k-
 tolerances, ``User.Basis``, ``SaveHS``, ``TS.HS.Save``, ``ForceAuxCell``, comments, everything) and
 only the geometry is replaced in place (``SystemName``, ``SystemLabel``, ``NumberOfAtoms``,
 ``LatticeConstant``, the ``LatticeVectors``/``LatticeParameters`` block, ``AtomicCoordinatesFormat``
-and the ``AtomicCoordinatesAndAtomicSpecies`` block; ``AtomicCoordinatesOrigin`` is dropped). The
-basis files the template uses (``<label>.ion`` with ``User.Basis``, else ``<label>.psf``/``.psml``)
+and the ``AtomicCoordinatesAndAtomicSpecies`` block; ``AtomicCoordinatesOrigin`` is dropped), and
+``settings`` given by the caller replace the template's line of the same label in place (or are
+appended). The basis files the template uses (``<label>.ion`` with ``User.Basis``, else ``<label>.psf``/``.psml``)
 and files it includes are copied next to each input.
 
 :func:`run_siesta` runs every folder that has not finished, one by one (``siesta < label.fdf >
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from hforge.structures.validate import validate_structure
 __all__ = [
     "RunStatus",
     "SiestaTemplate",
+    "fdf_key",
     "find_runs",
     "find_siesta",
     "read_structures",
@@ -65,7 +67,8 @@ _UNSUPPORTED = ("zmatrix",)
 _TRUE = {"t", "true", "yes", "y", "1"}
 
 
-def _normalise(label: str) -> str:
+def fdf_key(label: str) -> str:
+    """An fdf label as SIESTA compares them: case and the characters ``-``, ``_``, ``.`` ignored."""
     return re.sub(r"[-_.]", "", label).lower()
 
 
@@ -112,12 +115,12 @@ def _parse_fdf(path: Path) -> list[_Item]:
                 if end is None:
                     raise FileFormatError(f"%block {words[1]} has no %endblock", path=path)
                 closing = lines[end].split()[1:2]
-                if closing and _normalise(closing[0]) != _normalise(words[1]):
+                if closing and fdf_key(closing[0]) != fdf_key(words[1]):
                     raise FileFormatError(f"%block {words[1]} has no %endblock (next: {lines[end].strip()})", path=path)
-            items.append(_Item("block", _normalise(words[1]), words, tuple(lines[k : end + 1])))
+            items.append(_Item("block", fdf_key(words[1]), words, tuple(lines[k : end + 1])))
             k = end
         else:
-            items.append(_Item("key", _normalise(words[0]), words, (lines[k],)))
+            items.append(_Item("key", fdf_key(words[0]), words, (lines[k],)))
         k += 1
     return items
 
@@ -213,10 +216,25 @@ class SiestaTemplate:
             index[atoms.numbers == z] = matches[0]
         return index
 
-    def render(self, atoms: Atoms, name: str, *, path: str | os.PathLike | None = None) -> str:
-        """The template's fdf text with the geometry of ``atoms`` and the system name/label ``name``."""
+    def render(
+        self, atoms: Atoms, name: str, *, settings: Mapping[str, str] | None = None, path: str | os.PathLike | None = None
+    ) -> str:
+        """The template's fdf text with the geometry of ``atoms``, the system name/label ``name`` and
+        ``settings`` (fdf label -> value, e.g. ``{"DM.UseSaveDM": "T"}``) in place of the template's lines.
+
+        Raises:
+            GeometryError: a cell that is not periodic in three directions.
+            InputError: a setting of the geometry, or one naming a block of the template.
+        """
         if not atoms.pbc.all():
             raise GeometryError("SIESTA needs a cell periodic in all three directions (give one)", path=path)
+        items = _parse_fdf(self.fdf)
+        wanted = {fdf_key(label): f"{label} {value}" for label, value in (settings or {}).items()}
+        geometry = set(_GEOMETRY_KEYS) | set(_GEOMETRY_BLOCKS) | {"numberofspecies", "chemicalspecieslabel"}
+        blocks = {item.key for item in items if item.kind == "block"}
+        refused = sorted(label for label in (settings or {}) if fdf_key(label) in geometry | blocks)
+        if refused:
+            raise InputError(f"settings cannot replace the geometry, species or a %block: {', '.join(refused)}", path=self.fdf)
         species = self.species_index(atoms, path=path)
         cell = atoms.cell.array
         replacements = {
@@ -233,16 +251,19 @@ class SiestaTemplate:
             ],
         }
         out: list[str] = []
-        for item in _parse_fdf(self.fdf):
+        for item in items:
             group = _GEOMETRY_BLOCKS.get(item.key) if item.kind == "block" else None
             if item.kind == "key" and item.key in _GEOMETRY_KEYS:
                 group = item.key
             if group is not None:
                 out.extend(replacements.pop(group, []))
+            elif item.kind == "key" and item.key in wanted:
+                out.append(wanted.pop(item.key))
             elif item.key not in _DROPPED:
                 out.extend(item.lines)
         for lines in replacements.values():  # geometry items the template lacked
             out.extend(lines)
+        out.extend(wanted.values())  # settings the template lacked
         return "\n".join(out) + "\n"
 
 
@@ -286,6 +307,7 @@ def write_siesta_inputs(
     *,
     basis: str | os.PathLike | None = None,
     overwrite: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write ``out/<name>/<name>.fdf`` (+ basis files) for each structure, with the template's settings.
 
@@ -296,6 +318,7 @@ def write_siesta_inputs(
         basis: folder of the ``.ion`` (or pseudopotential) files, when not beside the template.
         overwrite: replace a run folder whose input differs; without it such a folder is an error.
             A folder whose input is identical is left alone (its results are kept).
+        settings: fdf label -> value replacing (or added to) the template's (:meth:`SiestaTemplate.render`).
 
     Returns:
         The run folders, in the order of ``structures``.
@@ -307,7 +330,7 @@ def write_siesta_inputs(
     for name, atoms, path in read_structures(structures):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
             raise InputError(f"{name!r} cannot be a SIESTA SystemLabel (letters, digits, _ . + - only)", path=path)
-        text = recipe.render(atoms, name, path=path)
+        text = recipe.render(atoms, name, settings=settings, path=path)
         folder = out / name
         existing = folder / f"{name}.fdf"
         if existing.is_file() and existing.read_text() == text:

@@ -11,7 +11,7 @@ from typing import Iterable
 from hforge.errors import ConvergenceError, FileFormatError
 from hforge.io.siesta import find_hs_file, hs_label, is_hs_file_name
 
-__all__ = ["find_runs", "run_output", "check_log", "find_log", "log_failure", "natural_key", "run_state"]
+__all__ = ["find_runs", "run_output", "check_log", "find_log", "log_failure", "log_text", "natural_key", "run_state"]
 
 _NOT_CONVERGED = ("SCF_NOT_CONV", "SCF did not converge")
 _ABNORMAL = "ABNORMAL_TERMINATION"
@@ -69,7 +69,12 @@ def log_failure(text: str) -> tuple[str, str] | None:
     return None
 
 
-def _log_text(log: Path) -> str:
+def log_text(log: Path) -> str:
+    """The text of a SIESTA log (``.out`` or ``.out.gz``).
+
+    Raises:
+        FileFormatError: an unreadable log.
+    """
     opener = gzip.open if log.name.endswith(".gz") else open
     try:
         with opener(log, "rt", errors="replace") as f:
@@ -81,7 +86,7 @@ def _log_text(log: Path) -> str:
 def check_log(log: Path) -> None:
     """Raise :class:`ConvergenceError` if a SIESTA log (``.out`` or ``.out.gz``) shows a failed run
     (:func:`log_failure`)."""
-    failure = log_failure(_log_text(log))
+    failure = log_failure(log_text(log))
     if failure is not None:
         raise ConvergenceError(failure[1], path=log)
 
@@ -106,7 +111,7 @@ def run_state(path: str | os.PathLike) -> tuple[Path, str, str] | None:
     log = find_log(path.parent, hs_label(path))
     if log is None:
         return None
-    failure = log_failure(_log_text(log))
+    failure = log_failure(log_text(log))
     return (log, "converged", "SIESTA finished and converged") if failure is None else (log, *failure)
 
 

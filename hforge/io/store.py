@@ -15,6 +15,19 @@ written with ``compression`` is read through h5py.  With ``half=True`` only the 
 of the pairs is stored and the partners are rebuilt as transposes on reading (H's asymmetry,
 ~1e-8 eV in SIESTA output, is then dropped).
 
+*Compact* stores (``overlap=`` given to :func:`write_store` / :func:`convert`; root attributes
+``overlap = "computed"``, ``h_quantum``, version 2) keep the structure, its pairs, H and the
+provenance only: the canonical half, H as integers in units of :data:`H_QUANTUM` (2^-20 eV, so
+within 2^-21 eV = 4.8e-7 eV of the file's; float32 errs by up to 9.4e-7 eV on the aBN cells'
+largest entries and compresses to 1.6x the size), every array gzip-compressed.  S is not
+stored: every write checks that the S the basis gives (the ``overlap`` function, e.g.
+:func:`hforge.ops.two_centre.overlap_blocks`, which lives above this layer) equals the
+structure's S within :data:`S_TOLERANCE` (:class:`~hforge.errors.OverlapMismatchError`
+otherwise), and reading computes it again (:class:`HSStore` opened with ``overlap``;
+:func:`hforge.datasets.open_store` passes it).  Every structure of a converted store also
+carries its provenance (``provenance`` attribute, JSON): the run's fdf, the SIESTA version of
+its log, and the campaign record beside the run (``<label>.record.json``) when there is one.
+
 Conversion (:func:`convert`) writes every structure to its own part file first (temp + rename,
 named by the SHA-256 of its source file), so a killed conversion resumes where it stopped;
 the store itself is assembled in a temp file and renamed, so a half-written store never
@@ -31,26 +44,73 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from hforge.basis import BasisSet
 from hforge.basis.radial import SpeciesRadials
-from hforge.errors import BasisMismatchError, ConfigError, FileFormatError, FoldedMatrixError, HForgeError, InputError
+from hforge.errors import (
+    BasisMismatchError,
+    ConfigError,
+    FileFormatError,
+    FoldedMatrixError,
+    HForgeError,
+    InputError,
+    OverlapMismatchError,
+)
 from hforge.files import atomic_write
 from hforge.io.block_statistics import StatisticsAccumulator, StoreStatistics
 from hforge.io.hsdata import HSData
-from hforge.io.runs import find_runs, run_output
+from hforge.io.runs import find_log, find_runs, log_text, run_output
 from hforge.io.siesta import hs_label, read_hs
+from hforge.io.siesta_log import read_siesta_log
 
-__all__ = ["HSStore", "SplitRule", "ConversionReport", "convert", "write_store", "file_sha256", "FORMAT", "VERSION"]
+__all__ = [
+    "HSStore",
+    "SplitRule",
+    "ConversionReport",
+    "OverlapFunction",
+    "check_overlap",
+    "computed_overlap",
+    "convert",
+    "write_store",
+    "file_sha256",
+    "run_provenance",
+    "FORMAT",
+    "VERSION",
+    "H_QUANTUM",
+    "S_TOLERANCE",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "hforge-hsstore"
 VERSION = 1
+#: Version of compact stores (S computed on reading): readers of version 1 cannot read them.
+COMPACT_VERSION = 2
+#: eV per integer step of a compact store's H.
+H_QUANTUM = 2.0**-20
+#: Largest ``|S_computed - S_file|`` a compact store accepts (the two-centre S matches SIESTA's to ~1e-8).
+S_TOLERANCE = 1e-6
 _ARRAYS = ("cell", "positions", "species", "pbc", "nsc", "edge_index", "cell_shift", "block_ptr")
+
+
+class OverlapFunction(Protocol):
+    """S of the pairs of a structure from its basis, flat on ``block_ptr`` (float64): the signature of
+    :func:`hforge.ops.two_centre.overlap_blocks`."""
+
+    def __call__(
+        self,
+        basis: BasisSet,
+        species: np.ndarray,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        edge_index: np.ndarray,
+        cell_shift: np.ndarray,
+        *,
+        block_ptr: np.ndarray,
+    ) -> np.ndarray: ...
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -79,24 +139,72 @@ class SplitRule:
 # ---------------------------------------------------------------------------------------
 # writing one structure
 # ---------------------------------------------------------------------------------------
-def _write_structure(group: Any, data: HSData, dtype: np.dtype, half: bool, compression: str | None) -> None:
+def computed_overlap(data: HSData, overlap: OverlapFunction) -> np.ndarray:
+    """``(n_values,)`` float64 S of ``data``'s pairs from the basis, 0 outside ``data.mask`` (as a file's S)."""
+    s = overlap(data.basis, data.species, data.positions, data.cell, data.edge_index, data.cell_shift, block_ptr=data.block_ptr)
+    s[~data.mask] = 0.0
+    return s
+
+
+def check_overlap(data: HSData, computed: np.ndarray, tolerance: float = S_TOLERANCE) -> float:
+    """``max |computed - data.s|`` over the stored entries; raises when it exceeds ``tolerance``.
+
+    Raises:
+        OverlapMismatchError: naming the source, the largest difference and its pair.
+    """
+    difference = np.abs(computed - data.s)[data.mask] if data.nnz else np.zeros(1)
+    worst = float(difference.max())
+    if not worst <= tolerance:  # NaN fails too
+        flat = int(np.flatnonzero(data.mask)[int(np.argmax(difference))])
+        e = int(data.value_pair[flat])
+        (i, j), n = data.edge_index[:, e].tolist(), data.cell_shift[e].tolist()
+        symbols = data.basis.symbols
+        raise OverlapMismatchError(
+            f"S computed from the basis differs from the file's by {worst:.3e} (> {tolerance:.0e}), largest in the block "
+            f"of atoms {i} ({symbols[data.species[i]]}) and {j} ({symbols[data.species[j]]}), cell {tuple(n)}, "
+            f"{data.pair_distances()[e]:.4f} Å apart: the basis is not the run's (give its ion files) or the geometry moved",
+            path=data.source,
+        )
+    return worst
+
+
+def _write_structure(
+    group: Any,
+    data: HSData,
+    dtype: np.dtype,
+    half: bool,
+    compression: str | None,
+    overlap: OverlapFunction | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> None:
+    """One structure into ``group``; compact (S checked, not stored; H fixed point) when ``overlap`` is given."""
     if data.folded:
         raise FoldedMatrixError(
             "its H and S are a Γ-only run's, folded into the unit cell with periodic images that cannot be told "
             "apart (hforge.io.reach): a store holds the blocks of every periodic pair, which this file does not give",
             path=data.source,
         )
-    data = data.canonical_half() if half else data
+    if overlap is not None:
+        check_overlap(data, computed_overlap(data, overlap))  # every pair, the partners too
+        compression = compression or "gzip"
+    data = data.canonical_half() if half or overlap is not None else data
     options = {"compression": compression, "shuffle": True} if compression else {}
     for name in _ARRAYS:
-        group.create_dataset(name, data=getattr(data, name))
-    group.create_dataset("h", data=data.h[:, data.mask].astype(dtype), **options)
-    group.create_dataset("s", data=data.s[data.mask].astype(dtype), **options)
+        group.create_dataset(name, data=getattr(data, name), **(options if overlap is not None else {}))
+    if overlap is None:
+        group.create_dataset("h", data=data.h[:, data.mask].astype(dtype), **options)
+        group.create_dataset("s", data=data.s[data.mask].astype(dtype), **options)
+    else:
+        steps = np.rint(data.h[:, data.mask] / H_QUANTUM)
+        fits = steps.size == 0 or np.abs(steps).max() < 2**31
+        group.create_dataset("h", data=steps.astype(np.int32 if fits else np.int64), **options)
     group.create_dataset("mask", data=np.packbits(data.mask), **options)
     group.attrs["n_values"] = data.n_values
     group.attrs["fermi_level"] = data.fermi_level
     group.attrs["source"] = data.source or ""
     group.attrs["gamma_only"] = data.gamma_only
+    if provenance:
+        group.attrs["provenance"] = json.dumps(provenance)
 
 
 def _array(dataset: Any, filename: str) -> np.ndarray:
@@ -107,14 +215,26 @@ def _array(dataset: Any, filename: str) -> np.ndarray:
     return np.memmap(filename, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
 
 
-def _read_structure(group: Any, basis: BasisSet, half: bool, filename: str) -> HSData:
+def _read_structure(
+    group: Any, basis: BasisSet, half: bool, filename: str, overlap: OverlapFunction | None = None
+) -> HSData:
     arrays = {name: _array(group[name], filename) for name in _ARRAYS}
     mask = np.unpackbits(group["mask"][()], count=int(group.attrs["n_values"])).astype(bool)
-    h_packed, s_packed = _array(group["h"], filename), _array(group["s"], filename)
-    h = np.zeros((h_packed.shape[0], len(mask)), dtype=h_packed.dtype)
-    h[:, mask] = h_packed
-    s = np.zeros(len(mask), dtype=s_packed.dtype)
-    s[mask] = s_packed
+    h_packed = _array(group["h"], filename)
+    compact = "s" not in group
+    h = np.zeros((h_packed.shape[0], len(mask)), dtype=np.float64 if compact else h_packed.dtype)
+    h[:, mask] = h_packed * H_QUANTUM if compact else h_packed
+    if compact:
+        if overlap is None:
+            raise InputError(
+                "a compact store (S not stored): open it with hforge.datasets.open_store / HSDataset / load, "
+                "which compute S from the basis", path=filename,
+            )
+        s = np.zeros(len(mask))
+    else:
+        s_packed = _array(group["s"], filename)
+        s = np.zeros(len(mask), dtype=s_packed.dtype)
+        s[mask] = s_packed
     data = HSData(
         basis=basis,
         h=h,
@@ -125,6 +245,8 @@ def _read_structure(group: Any, basis: BasisSet, half: bool, filename: str) -> H
         gamma_only=bool(group.attrs.get("gamma_only", False)),
         **arrays,
     )
+    if compact:
+        data.s = computed_overlap(data, overlap)
     return data.expand_half() if half else data
 
 
@@ -182,15 +304,28 @@ def write_store(
     compression: str | None = None,
     split_rule: SplitRule = SplitRule(),
     splits: dict[str, str] | None = None,
+    overlap: OverlapFunction | None = None,
+    provenance: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``(name, data, source_sha256)`` structures into a store at ``path``, atomically.
 
     Every structure must use ``basis`` (same species indices).  Statistics and the manifest are
     computed while writing.  ``splits`` overrides the split of named structures.
+
+    Args:
+        overlap: write a compact store (module docstring): S is checked against this function's
+            and not stored; ``dtype``, ``half`` and ``compression`` are then those of the layout.
+        provenance: per structure name, what is recorded with it (JSON-ready mapping).
+
+    Raises:
+        BasisMismatchError: a structure of another basis.
+        OverlapMismatchError: (compact) a structure whose S is not the basis' S.
     """
     import h5py
 
     path = Path(path)
+    if overlap is not None:
+        dtype, half = np.float64, True
     manifest = []
     accumulator = StatisticsAccumulator(basis)
     with atomic_write(path, None) as tmp:
@@ -199,7 +334,9 @@ def write_store(
             for name, data, sha in structures:
                 if data.basis.hash != basis.hash:
                     raise BasisMismatchError(f"structure {name!r} uses another basis than the store", path=data.source)
-                _write_structure(root.create_group(name), data, np.dtype(dtype), half, compression)
+                _write_structure(
+                    root.create_group(name), data, np.dtype(dtype), half, compression, overlap, (provenance or {}).get(name)
+                )
                 accumulator.add(data)
                 entry = _manifest_entry(name, data, sha)
                 entry["split"] = (splits or {}).get(name) or split_rule(data.n_atoms)
@@ -207,13 +344,15 @@ def write_store(
             h5.attrs.update(
                 {
                     "format": FORMAT,
-                    "version": VERSION,
+                    "version": VERSION if overlap is None else COMPACT_VERSION,
                     "basis_hash": basis.hash,
                     "dtype": np.dtype(dtype).name,
                     "half": half,
                     "split_rule": json.dumps(vars(split_rule)),
                 }
             )
+            if overlap is not None:
+                h5.attrs.update({"overlap": "computed", "h_quantum": H_QUANTUM})
             write_basis(h5, basis)
             h5.create_dataset("manifest", data=json.dumps(manifest))
             _save_statistics(h5, accumulator.result())
@@ -229,14 +368,20 @@ class HSStore:
     The HDF5 file is opened lazily in each process, so a store can be shared by the workers of
     a torch ``DataLoader``.
 
+    Args:
+        path: the store file.
+        overlap: how S is computed for a compact store (:class:`OverlapFunction`); reading a
+            compact store without it raises :class:`~hforge.errors.InputError`.
+
     Raises:
-        FileFormatError: the file is missing or not an HForge store.
+        FileFormatError: the file is missing or not an HForge store (or of a newer version).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, overlap: OverlapFunction | None = None) -> None:
         import h5py
 
         self.path = Path(path)
+        self.overlap = overlap
         if not self.path.is_file():
             raise FileFormatError("no such store", path=self.path)
         try:
@@ -244,6 +389,11 @@ class HSStore:
                 if h5.attrs.get("format") != FORMAT:
                     raise FileFormatError("not an HForge store (no format attribute)", path=self.path)
                 self.version = int(h5.attrs["version"])
+                if self.version > COMPACT_VERSION:
+                    raise FileFormatError(
+                        f"store version {self.version}: this HForge reads up to {COMPACT_VERSION}", path=self.path
+                    )
+                self.compact = h5.attrs.get("overlap") == "computed"
                 self.basis = read_basis(h5)
                 self.dtype = np.dtype(h5.attrs["dtype"])
                 self.half = bool(h5.attrs["half"])
@@ -278,9 +428,14 @@ class HSStore:
         return [k for k, entry in enumerate(self.manifest) if entry["split"] == split]
 
     def read(self, key: int | str) -> HSData:
-        """One structure as :class:`HSData` (H, S in the store's dtype)."""
+        """One structure as :class:`HSData` (H, S in the store's dtype; of a compact store S computed from the basis)."""
         name = self.manifest[key]["name"] if isinstance(key, (int, np.integer)) else key
-        return _read_structure(self._file()["structures"][name], self.basis, self.half, str(self.path))
+        return _read_structure(self._file()["structures"][name], self.basis, self.half, str(self.path), self.overlap)
+
+    def provenance(self, key: int | str) -> dict[str, Any]:
+        """What the store records of a structure's origin (:func:`run_provenance`; empty for stores without)."""
+        name = self.manifest[key]["name"] if isinstance(key, (int, np.integer)) else key
+        return json.loads(self._file()["structures"][name].attrs.get("provenance", "{}"))
 
     def __getitem__(self, key: int | str) -> HSData:
         return self.read(key)
@@ -300,7 +455,8 @@ class HSStore:
 
     def __repr__(self) -> str:
         splits = {s: len(self.split(s)) for s in ("train", "val", "test")}
-        return f"HSStore({str(self.path)!r}, {len(self)} structures {splits}, species {self.basis.symbols})"
+        layout = ", compact" if self.compact else ""
+        return f"HSStore({str(self.path)!r}, {len(self)} structures {splits}, species {self.basis.symbols}{layout})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,6 +523,7 @@ def convert(
     relative_to: str | os.PathLike | None = None,
     append: bool = False,
     overwrite: bool = False,
+    overlap: OverlapFunction | None = None,
 ) -> ConversionReport:
     """Convert SIESTA runs (files or folders, searched recursively) into a store.
 
@@ -386,6 +543,9 @@ def convert(
             (same dtype and ``half``; a run whose file it holds already is counted as reused).
         overwrite: replace the existing store by the converted runs (its structures whose source
             files are among them are reused rather than read again).
+        overlap: write a compact store (module docstring; ``dtype``, ``half``, ``compression``
+            are then the layout's): each run's S is checked against this function's, and a run
+            whose S differs is skipped with an :class:`~hforge.errors.OverlapMismatchError`.
 
     Returns:
         A :class:`ConversionReport`; runs that failed are in ``skipped`` with the reason.
@@ -409,7 +569,7 @@ def convert(
         raise FileFormatError("the output is a folder: give the store's file name, e.g. store.h5", path=store)
     if store.exists():
         try:
-            old = HSStore(store)
+            old = HSStore(store, overlap=overlap)
         except FileFormatError as exc:
             raise FileFormatError(
                 f"the output exists and is not a readable HForge store ({exc.message}); it is not replaced: "
@@ -432,8 +592,10 @@ def convert(
     parts = store.with_name(store.name + ".parts")
     created = not parts.exists()
     parts.mkdir(parents=True, exist_ok=True)
-    options = f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
-    same_options = old is not None and old.dtype == np.dtype(dtype) and old.half == half
+    if overlap is not None:
+        dtype, half, compression = np.float64, True, None
+    options = "compact" if overlap is not None else f"{np.dtype(dtype).name}-{'half' if half else 'full'}"
+    same_options = old is not None and old.compact == (overlap is not None) and old.dtype == np.dtype(dtype) and old.half == half
     old_by_sha = {e["source_sha256"]: e["name"] for e in old.manifest} if same_options else {}
 
     report = ConversionReport(store)
@@ -456,10 +618,10 @@ def convert(
             if part.is_file() and (basis is None or _part_basis(part).hash == basis.hash):
                 report.reused.append(name)
             elif sha in old_by_sha and (basis is None or old.basis.hash == basis.hash):
-                _save_part(part, old.read(old_by_sha[sha]), dtype, half, source, sha)
+                _save_part(part, old.read(old_by_sha[sha]), dtype, half, source, sha, overlap)
                 report.reused.append(name)
             else:
-                _save_part(part, read_hs(source, basis=basis), dtype, half, source, sha)
+                _save_part(part, read_hs(source, basis=basis), dtype, half, source, sha, overlap)
                 report.converted.append(name)
             part_basis = _part_basis(part)
             merged = _merge_basis(merged, part_basis, str(source))
@@ -483,6 +645,8 @@ def convert(
     for k in kept:  # an appended store keeps the splits it had
         splits.setdefault(old.manifest[k]["name"], old.manifest[k]["split"])
 
+    provenance: dict[str, dict[str, Any]] = {}
+
     def structures() -> Iterable[tuple[str, HSData, str]]:
         for k in kept:
             entry = old.manifest[k]
@@ -490,9 +654,10 @@ def convert(
         for name, part in tqdm(done, desc="writing store", unit="structure", disable=not progress):
             try:
                 with h5py.File(part, "r") as h5:
-                    data = _read_structure(h5["structure"], read_basis(h5), half, str(part))
+                    data = _read_structure(h5["structure"], read_basis(h5), half, str(part), overlap)
                     source = Path(str(h5.attrs["source_path"]))
                     sha = str(h5.attrs["source_sha256"])
+                    provenance[name] = json.loads(h5["structure"].attrs.get("provenance", "{}"))
             except (OSError, KeyError) as exc:
                 raise FileFormatError(
                     f"cannot read this converted part (delete it to convert its run again): {exc}", path=part
@@ -509,16 +674,39 @@ def convert(
     finally:
         if old is not None:
             old.close()
+    write_store(
+        store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
+        split_rule=split_rule, splits=splits, overlap=overlap, provenance=provenance,
+    )
     shutil.rmtree(parts)
     return report
 
 
-def _save_part(part: Path, data: HSData, dtype: Any, half: bool, source: Path, sha: str) -> None:
+def run_provenance(source: str | os.PathLike) -> dict[str, Any]:
+    """Where an H/S file came from, read from its run folder: ``fdf`` (the input's text), ``siesta``
+    (the version line of the log) and ``record`` (the campaign's ``<label>.record.json``), each
+    None when the folder lacks it."""
+    source = Path(source)
+    label = hs_label(source)
+    fdf = source.parent / f"{label}.fdf"
+    record = source.parent / f"{label}.record.json"
+    log = find_log(source.parent, label)
+    return {
+        "fdf": fdf.read_text(errors="replace") if fdf.is_file() else None,
+        "siesta": None if log is None else read_siesta_log(log_text(log)).version,
+        "record": json.loads(record.read_text()) if record.is_file() else None,
+    }
+
+
+def _save_part(
+    part: Path, data: HSData, dtype: Any, half: bool, source: Path, sha: str, overlap: OverlapFunction | None = None
+) -> None:
     """One structure (read from the file ``source``) in its own file, atomically."""
     import h5py
 
     with atomic_write(part, None) as tmp, h5py.File(tmp, "w") as h5:
-        _write_structure(h5.create_group("structure"), data, np.dtype(dtype), half, None)
+        group = h5.create_group("structure")
+        _write_structure(group, data, np.dtype(dtype), half, None, overlap, run_provenance(source))
         write_basis(h5, data.basis)
         h5.attrs["source_path"] = str(source)
         h5.attrs["source_sha256"] = sha

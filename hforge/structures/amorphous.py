@@ -12,6 +12,10 @@ The protocol is the one that made ``shared/abn/structures`` (the project's SIEST
 The shared cells themselves cannot be regenerated bit for bit (their random numbers came from
 another script, and their densities were drawn from 2.15-2.25 g/cm³); their statistics are matched.
 
+:func:`thermal_snapshots` takes a quenched cell back into thermal motion (Langevin thermostat at a
+chosen temperature, fixed cell, same potential and time step) and returns snapshots of it: many
+distinct training structures per melt-quench.
+
 The potential is :func:`~hforge.structures.lammps.tersoff_bn_potential`. The result is deterministic
 for a seed (and a number of threads): the same cell, bit for bit. The full protocol is 770k MD
 steps; :data:`PROTOCOLS` ``"fast"`` (20.8k steps: 2 ps melt, quench at 500 K/ps, 1 ps anneal) is
@@ -37,7 +41,7 @@ from hforge.errors import GeometryError, InputError
 from hforge.structures.lammps import TERSOFF_BN_CITATION, open_lammps, tersoff_bn_potential
 from hforge.structures.validate import validate_structure
 
-__all__ = ["DENSITY_RANGE", "PROTOCOLS", "MeltQuenchProtocol", "amorphous_bn", "random_bn_cell"]
+__all__ = ["DENSITY_RANGE", "PROTOCOLS", "MeltQuenchProtocol", "amorphous_bn", "random_bn_cell", "thermal_snapshots"]
 
 DENSITY_RANGE = (1.5, 3.5)
 """Accepted densities, g/cm³ (aBN films: ~1.7-2.3; h-BN 2.28; c-BN 3.48)."""
@@ -323,14 +327,15 @@ def amorphous_bn(
 
 
 def _setup(lmp, start: Atoms, potential: Path) -> None:
-    edge = float(start.cell.array[0, 0])
+    """Box, atoms (ids 1..N in ``start``'s order) and the potential; ``start`` in an orthogonal cell, wrapped."""
+    a, b, c = (float(x) for x in np.diag(start.cell.array))
     lmp.commands_list(
         [
             "units metal",
             "atom_style atomic",
             "atom_modify map array",
             "boundary p p p",
-            f"region box block 0 {edge!r} 0 {edge!r} 0 {edge!r}",
+            f"region box block 0 {a!r} 0 {b!r} 0 {c!r}",
             f"create_box {len(_SPECIES)} box",
             *(f"mass {k + 1} {m!r}" for k, m in enumerate(_MASSES)),
         ]
@@ -365,3 +370,113 @@ def _extract(lmp, cell: np.ndarray) -> tuple[Atoms, float]:
     atoms = Atoms(symbols=symbols, positions=positions[order], cell=cell, pbc=True)
     atoms.wrap()
     return atoms, float(np.linalg.norm(forces, axis=1).max())
+
+
+def _snapshot_start(atoms: Atoms) -> Atoms:
+    """A wrapped copy of ``atoms`` after the checks LAMMPS' orthogonal box needs."""
+    cell = atoms.cell.array
+    if not atoms.pbc.all() or np.abs(cell - np.diag(np.diag(cell))).max() > 1e-9:
+        raise InputError("thermal snapshots need an orthogonal cell periodic in all three directions")
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(_SPECIES))
+    if unknown:
+        raise InputError(f"thermal snapshots run the B-N Tersoff potential: no parameters for {', '.join(unknown)}")
+    start = Atoms(symbols=atoms.get_chemical_symbols(), positions=atoms.positions, cell=cell, pbc=True)
+    start.wrap()
+    return validate_structure(start)
+
+
+def thermal_snapshots(
+    atoms: Atoms,
+    *,
+    temperature: float,
+    count: int,
+    interval: float = 0.5,
+    equilibration: float = 1.0,
+    seed: int = 0,
+    timestep: float = 0.5,
+    damping: float = 0.1,
+    threads: int = 1,
+    progress: bool = True,
+) -> list[Atoms]:
+    """Snapshots of a cell in thermal motion: Langevin MD at ``temperature`` (fixed cell, B-N Tersoff).
+
+    Velocities are drawn at ``temperature``; after ``equilibration`` ps a snapshot is taken every
+    ``interval`` ps.  The cell and the atom order of ``atoms`` are kept, and every atom's position
+    is continuous from its input position (not wrapped into the cell), so that a SIESTA density
+    matrix of the input cell, indexed by orbital and cell image, can start the SCF of a snapshot.
+
+    Args:
+        atoms: a B/N cell, orthogonal and periodic (e.g. from :func:`amorphous_bn`).
+        temperature: K.
+        count: number of snapshots.
+        interval: ps between snapshots.
+        equilibration: ps before the first snapshot.
+        seed: seed of the velocities and the thermostat; the result is deterministic for a seed
+            (and a number of ``threads``).
+        timestep: fs. damping: Langevin damping time, ps.
+        threads: OpenMP threads of LAMMPS.
+        progress: show a progress bar over the MD steps.
+
+    Returns:
+        ``count`` copies of ``atoms`` at the snapshot times; ``info`` holds ``seed``,
+        ``temperature_K`` (target), ``md_temperature_K`` (instantaneous), ``time_ps``,
+        ``epot_eV_per_atom`` and ``potential``.
+
+    Raises:
+        InputError: a non-orthogonal or non-periodic cell, species other than B and N, or a
+            non-positive temperature, count, interval, time step or damping.
+        BackendUnavailableError: LAMMPS cannot run here.
+    """
+    values = {"temperature": temperature, "interval": interval, "timestep": timestep, "damping": damping}
+    bad = [k for k, v in values.items() if not (math.isfinite(v) and v > 0)]
+    bad += [] if math.isfinite(equilibration) and equilibration >= 0 else ["equilibration"]
+    bad += [] if isinstance(count, (int, np.integer)) and count >= 1 else ["count"]
+    if bad:
+        raise InputError(f"invalid thermal snapshots: {', '.join(bad)} out of range")
+    start = _snapshot_start(atoms)
+    edges = np.diag(start.cell.array)
+    velocity_seed, thermostat_seed = (int(s) for s in np.random.default_rng(seed).integers(1, 900_000_000, size=2))
+    per_ps = 1000.0 / timestep
+    first, every = round(equilibration * per_ps), max(1, round(interval * per_ps))
+    bar = _Progress(first + every * (count - 1), len(start), progress)
+    bar.phase(f"{temperature:g} K")
+    snapshots = []
+    lmp = open_lammps(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hforge-lammps-") as tmp:
+            potential = Path(tmp) / "BN.tersoff"
+            potential.write_text(tersoff_bn_potential())
+            _setup(lmp, start, potential)
+            lmp.commands_list(
+                [
+                    f"velocity all create {temperature:g} {velocity_seed} mom yes rot no dist gaussian loop geom",
+                    "fix nve all nve",
+                    f"fix bath all langevin {temperature:g} {temperature:g} {damping:g} {thermostat_seed} zero yes",
+                    f"timestep {timestep * 1e-3:g}",
+                ]
+            )
+            steps = 0
+            for k in range(count):
+                chunk = first if k == 0 else every
+                _run_chunked(lmp, chunk, bar)
+                steps += chunk
+                n = lmp.get_natoms()
+                ids = np.array(lmp.numpy.extract_atom("id")[:n])
+                wrapped = np.array(lmp.numpy.extract_atom("x")[:n], dtype=np.float64)[np.argsort(ids)]
+                step = wrapped - atoms.positions  # continuous from the input: no atom jumps by a lattice vector
+                step -= np.rint(step / edges) * edges
+                symbols = start.get_chemical_symbols()
+                snapshot = Atoms(symbols=symbols, positions=atoms.positions + step, cell=start.cell, pbc=True)
+                snapshot.info.update(
+                    seed=seed,
+                    temperature_K=float(temperature),
+                    md_temperature_K=float(lmp.get_thermo("temp")),
+                    time_ps=steps / per_ps,
+                    epot_eV_per_atom=float(lmp.get_thermo("pe")) / n,
+                    potential=TERSOFF_BN_CITATION,
+                )
+                snapshots.append(validate_structure(snapshot))
+    finally:
+        lmp.close()
+        bar.close()
+    return snapshots
