@@ -138,10 +138,6 @@ class HSModel(torch.nn.Module):
         the S head (None without one); sums over the interaction edges taken ``chunk`` edges at a time."""
         raise NotImplementedError
 
-    def operator_inputs(self, features: torch.Tensor, inputs: Any) -> Any:
-        """What the separable operator's ``D_env`` head reads: from the trunk's ``features`` or the
-        H head's ``inputs`` (subclasses with ``config.separable``)."""
-        raise NotImplementedError
 
     # ---- shared ---------------------------------------------------------------------------------
     @property
@@ -229,7 +225,10 @@ class HSModel(torch.nn.Module):
         named += [(self.s_head, s_inputs, "s")] if self.learns_overlap else []
         operators = None
         if self.separable is not None:
-            operators = self.separable(self.operator_inputs(features, h_inputs), species)
+            from hforge.models.separable import OperatorInputs
+
+            onsite = getattr(h_inputs, "onsite", None) if self.config.kind == "invariant" else None
+            operators = self.separable(OperatorInputs(features, edge_index, vectors, chunk, onsite), species)
         return NodeState(
             positions=positions, cell=cell, species=species, graph_of_atom=graph_of_atom,
             heads=tuple((head, inputs) for head, inputs, _ in named),

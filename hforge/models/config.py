@@ -126,6 +126,8 @@ class ModelConfig:
         projector_radius, projector_l_max, projector_radial: its projector set
             (:class:`~hforge.ops.two_centre.projectors.ProjectorSet`: radius Å, largest degree,
             radial functions per degree).
+        operator_environment: the equivariant ``D_env`` also sums two-centre-like blocks over the
+            interaction edges (the crystal-field term of the orbital onsite blocks; equivariant only).
         free_blocks: the onsite and hopping heads that fill H's blocks entry by entry (the
             architecture before the separable operator); off, H is ``H0`` plus the separable
             operator alone (needs ``separable``).
@@ -161,6 +163,7 @@ class ModelConfig:
     projector_radius: float = 1.2
     projector_l_max: int = 2
     projector_radial: int = 3
+    operator_environment: bool = False
     free_blocks: bool = True
     pair_chunk: int = 65536
     dtype: str = "float32"
@@ -201,7 +204,7 @@ class ModelConfig:
             raise bad("avg_num_neighbors", "must be positive")
         if not isinstance(self.slot_gains, int) or isinstance(self.slot_gains, bool) or not 0 <= self.slot_gains <= 8:
             raise bad("slot_gains", "must be an integer in 0..8")
-        for name in ("pair_orientation", "two_centre", "include_kb", "separable", "free_blocks"):
+        for name in ("pair_orientation", "two_centre", "include_kb", "separable", "free_blocks", "operator_environment"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.overlap not in OVERLAPS:

@@ -77,8 +77,13 @@ def _irreps_string(channels: int, spec: list[tuple[int, int]]) -> str:
     return "+".join(f"{channels}x{l}{'e' if p == 1 else 'o'}" for l, p in spec)
 
 
-def _descriptor(basis: BasisSet, node_spec: list[tuple[int, int]], l_sh: int | None) -> CGDescriptor:
-    shells = [[shell.l for shell in sp.shells] for sp in basis]
+def species_shells(basis: BasisSet) -> list[list[int]]:
+    """Per species, the degree ``l`` of every shell in orbital order (the CG descriptors' input)."""
+    return [[shell.l for shell in sp.shells] for sp in basis]
+
+
+def _descriptor(shells: list[list[int]], node_spec: list[tuple[int, int]], l_sh: int | None) -> CGDescriptor:
+    """The CG descriptor of ``shells`` (:func:`species_shells`, or a projector set's) in SIESTA's harmonic order."""
     max_l = max(l for ls in shells for l in ls)
     return cg_descriptor(shells, node_irreps=node_spec, l_sh=l_sh, conventions={l: change_of_basis(l) for l in range(max_l + 1)})
 
@@ -165,7 +170,7 @@ class CGPairBlocks(torch.nn.Module):
     pair's Bessel basis and both atoms' scalars (see the module docstring).
 
     Args:
-        basis: the model's basis.
+        shells: per species the degree of every shell (:func:`species_shells`): the blocks' rows and columns.
         node_spec: ``(l, parity)`` of the channel-wise node features.
         channels: their channels.
         scalar_dim: width of the per-atom scalars feeding the radial MLP.
@@ -177,7 +182,7 @@ class CGPairBlocks(torch.nn.Module):
 
     def __init__(
         self,
-        basis: BasisSet,
+        shells: list[list[int]],
         node_spec: list[tuple[int, int]],
         channels: int,
         scalar_dim: int,
@@ -189,7 +194,7 @@ class CGPairBlocks(torch.nn.Module):
         super().__init__()
         self.backend = config.backend
         self.channels = channels
-        self.desc = _descriptor(basis, node_spec, config.pair_l_max)
+        self.desc = _descriptor(shells, node_spec, config.pair_l_max)
         self.weight = _mixing_weights(self.desc.mix_ptr, channels)
         self.radial = PairRadial(cutoffs, config.pair_num_basis, config.num_polynomial_cutoff)
         oriented = config.pair_orientation and any(l > 0 for l, _ in node_spec)
@@ -455,10 +460,10 @@ class EnvironmentOnsite(torch.nn.Module):
     neither ``3o`` p-d nor, in planar sites, much else).
     """
 
-    def __init__(self, basis: BasisSet, channels: int, r_max: float, config: ModelConfig) -> None:
+    def __init__(self, shells: list[list[int]], channels: int, r_max: float, config: ModelConfig) -> None:
         super().__init__()
-        n_species = len(basis)
-        self.pairs = CGPairBlocks(basis, [(0, 1)], channels, channels, np.full((n_species, n_species), r_max), config)
+        n_species = len(shells)
+        self.pairs = CGPairBlocks(shells, [(0, 1)], channels, channels, np.full((n_species, n_species), r_max), config)
 
     def forward(
         self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
@@ -506,10 +511,10 @@ class EquivariantHead(torch.nn.Module):
         super().__init__()
         self.matrix = matrix
         self.pairs = CGPairBlocks(
-            basis, node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre,
+            species_shells(basis), node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre,
             slot_gains=config.slot_gains if matrix == "h" else 0,
         )
-        self.onsite_desc = _descriptor(basis, onsite_spec, None)
+        self.onsite_desc = _descriptor(species_shells(basis), onsite_spec, None)
         self.onsite_weight = _mixing_weights(self.onsite_desc.onsite_ptr, onsite_channels)
 
     def hopping_scale(self, scaling: BlockScaling) -> torch.Tensor:
@@ -541,7 +546,7 @@ class EquivariantHSModel(HSModel):
         super().__init__(config, basis, statistics)
         irreps = self.trunk.irreps_out
         node_spec = [(ir.l, ir.p) for _, ir in irreps]
-        keys = [(int(l), int(p)) for l, p in _descriptor(self.basis, (), None).keys]
+        keys = [(int(l), int(p)) for l, p in _descriptor(species_shells(self.basis), (), None).keys]
         channels = config.channels
         self.onsite_features = self.h_head = self.environment = None
         if config.free_blocks:
@@ -550,11 +555,11 @@ class EquivariantHSModel(HSModel):
                 "h", self.basis, node_spec, channels, keys, channels, channels,
                 self.basis.pair_cutoffs(include_kb=config.include_kb), config,
             )
-            self.environment = EnvironmentOnsite(self.basis, channels, config.r_max, config)
+            self.environment = EnvironmentOnsite(species_shells(self.basis), channels, config.r_max, config)
         if config.separable:
             from hforge.models.separable import EquivariantOperatorHead
 
-            self._build_separable(EquivariantOperatorHead(irreps, config.projectors, channels, len(self.basis)))
+            self._build_separable(EquivariantOperatorHead(irreps, config.projectors, config, len(self.basis)))
         scalar = [(0, 1)]
         if self.learns_overlap:
             self.s_head = EquivariantHead(
@@ -579,7 +584,3 @@ class EquivariantHSModel(HSModel):
         scalars = x[:, :, 0]
         environment = self.environment(scalars, species, edge_index, vectors, self.n_orb, chunk)
         return EquivariantInputs(x, onsite, scalars, environment), s_inputs
-
-    def operator_inputs(self, features: torch.Tensor, inputs: EquivariantInputs | None) -> torch.Tensor:
-        """The trunk's features (e3nn layout): the separable operator's head makes its own irreps."""
-        return features

@@ -338,7 +338,3 @@ class InvariantHSModel(HSModel):
             embedding = self.s_embedding(species)
             s_inputs = InvariantInputs(embedding, embedding)
         return InvariantInputs(nodes, torch.cat([nodes, summed / self.config.avg_num_neighbors], dim=1), x), s_inputs
-
-    def operator_inputs(self, features: torch.Tensor, inputs: InvariantInputs) -> torch.Tensor:
-        """The onsite MLP's inputs: invariant node features and the directional environment sum."""
-        return inputs.onsite

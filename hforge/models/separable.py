@@ -23,16 +23,32 @@ projectors' frame bound): no direction of the basis can get a large energy from 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import numpy as np
 import torch
 from e3nn import o3
 
-from hforge.basis.conventions import change_of_basis
-from hforge.ops.cg_blocks import cg_descriptor, channelwise_from_e3nn, onsite_blocks
+from hforge.ops.cg_blocks import channelwise_from_e3nn, onsite_blocks
 from hforge.ops.cg_blocks.descriptor import MAX_L
 from hforge.ops.two_centre.projectors import ProjectorSet
 
-__all__ = ["EquivariantOperatorHead", "InvariantOperatorHead", "SeparableTerm", "mean_operator_matrix"]
+if TYPE_CHECKING:
+    from hforge.models.config import ModelConfig
+
+__all__ = ["EquivariantOperatorHead", "InvariantOperatorHead", "OperatorInputs", "SeparableTerm", "mean_operator_matrix"]
+
+
+class OperatorInputs(NamedTuple):
+    """What a ``D_env`` head reads: the trunk's ``features`` (e3nn layout), the interaction graph
+    (``edge_index (2, E)``, ``vectors (E, 3)`` Å), the edge step ``chunk`` of environment sums, and
+    ``onsite`` (the invariant model's onsite MLP inputs, or None)."""
+
+    features: torch.Tensor
+    edge_index: torch.Tensor
+    vectors: torch.Tensor
+    chunk: int | None
+    onsite: torch.Tensor | None = None
 
 
 def mean_operator_matrix(projectors: ProjectorSet, blocks: torch.Tensor) -> torch.Tensor:
@@ -81,30 +97,41 @@ class SeparableTerm(torch.nn.Module):
 
 class EquivariantOperatorHead(torch.nn.Module):
     """``D_env``: onsite blocks of the projector shells, linear in node features holding every irrep
-    they need (``[x, x (x) x]`` mixed, as the orbital onsite blocks; degrees above 4 are left out).
+    they need (``[x, x (x) x]`` mixed, as the orbital onsite blocks; degrees above 4 are left out),
+    plus, with ``environment``, a sum over the interaction edges of two-centre-like blocks of the
+    neighbour's direction (the crystal-field form of the orbital onsite blocks,
+    :class:`~hforge.models.equivariant.EnvironmentOnsite`).  Both start at zero.
 
     Args:
-        irreps_in: the trunk's output irreps (e3nn layout of ``inputs``).
+        irreps_in: the trunk's output irreps (e3nn layout of the features).
         projectors: the projector set.
-        channels: channels of the mixed features.
+        config: the model config (``channels``, ``r_max``, ``operator_environment``, radial sizes).
         n_species: species of the model.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, projectors: ProjectorSet, channels: int, n_species: int) -> None:
+    def __init__(self, irreps_in: o3.Irreps, projectors: ProjectorSet, config: "ModelConfig", n_species: int) -> None:
         super().__init__()
-        from hforge.models.equivariant import OnsiteFeatures  # the orbital heads' feature maker
+        from hforge.models.equivariant import EnvironmentOnsite, OnsiteFeatures, _descriptor
 
         shells = [projectors.shells] * n_species
-        conventions = {l: change_of_basis(l) for l in range(projectors.l_max + 1)}
-        keys = [(int(l), int(p)) for l, p in cg_descriptor(shells, conventions=conventions).keys if l <= MAX_L]
-        self.desc = cg_descriptor(shells, node_irreps=keys, conventions=conventions)
-        self.features = OnsiteFeatures(irreps_in, keys, channels)
-        self.weight = torch.nn.Parameter(torch.zeros(self.desc.n_onsite, channels))
+        keys = [(int(l), int(p)) for l, p in _descriptor(shells, (), None).keys if l <= MAX_L]
+        self.desc = _descriptor(shells, keys, None)
+        self.features = OnsiteFeatures(irreps_in, keys, config.channels)
+        self.weight = torch.nn.Parameter(torch.zeros(self.desc.n_onsite, config.channels))
         self.n_proj = projectors.n_functions
+        self.environment = None
+        if config.operator_environment:
+            self.environment = EnvironmentOnsite(shells, config.channels, config.r_max, config)
+            torch.nn.init.zeros_(self.environment.pairs.weight)
+            self.register_buffer("n_functions", torch.full((n_species,), self.n_proj), persistent=False)
 
-    def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        x = channelwise_from_e3nn(self.features(features), self.features.irreps_out)
-        return onsite_blocks(x, self.weight, species, self.desc).view(-1, self.n_proj, self.n_proj)
+    def forward(self, inputs: "OperatorInputs", species: torch.Tensor) -> torch.Tensor:
+        x = channelwise_from_e3nn(self.features(inputs.features), self.features.irreps_out)
+        out = onsite_blocks(x, self.weight, species, self.desc)
+        if self.environment is not None:
+            scalars = channelwise_from_e3nn(inputs.features, self.features.left.irreps_in)[:, :, 0]
+            out = out + self.environment(scalars, species, inputs.edge_index, inputs.vectors, self.n_functions, inputs.chunk)
+        return out.view(-1, self.n_proj, self.n_proj)
 
 
 class InvariantOperatorHead(torch.nn.Module):
@@ -127,8 +154,8 @@ class InvariantOperatorHead(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(n_species, hidden[-1], n * n))
         self.bias = torch.nn.Parameter(torch.zeros(n_species, n * n))
 
-    def forward(self, inputs: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        hidden = self.mlp(inputs)
+    def forward(self, inputs: OperatorInputs, species: torch.Tensor) -> torch.Tensor:
+        hidden = self.mlp(inputs.onsite)
         out = torch.einsum("nh,nho->no", hidden, self.weight[species]) + self.bias[species]
         square = out.view(-1, self.n_proj, self.n_proj)
         return 0.5 * (square + square.transpose(1, 2))
