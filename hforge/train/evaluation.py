@@ -39,6 +39,7 @@ from hforge.metrics import (
     EVALUATION_THRESHOLDS,
     BlockMetrics,
     align_reference,
+    best_shift,
     compare_blocks,
     compare_full_spectra,
     compare_spectra,
@@ -211,9 +212,12 @@ def spectra_of(
 ) -> dict[str, Any]:
     """The thresholded eigenvalue metrics of one structure (the secondary view; the raw generalized
     problem is the full-S headline): per threshold the canonically orthogonalized spectra with each
-    side's own S and with the reference S for both."""
-    ref_s = align_reference(reference, prediction.edge_index, prediction.cell_shift).s
-    with_ref_s = replace(prediction, s=ref_s)
+    side's own S and with the reference S for both, after removing the best uniform c·S (as the
+    headline: SIESTA's energy zero is arbitrary)."""
+    ref = align_reference(reference, prediction.edge_index, prediction.cell_shift)
+    c = best_shift(prediction.h_unshifted[0] - ref.h_unshifted[0], ref.s)
+    prediction = replace(prediction, h=prediction.h - c * ref.s[None, :])
+    with_ref_s = replace(prediction, s=ref.s)
     per_threshold = {}
     for threshold in thresholds:
         own = compare_spectra(prediction, reference, n_occupied=n_occupied, window=window, threshold=threshold).to_dict()

@@ -572,7 +572,21 @@ class Trainer:
             model, (self.data.read(k) for k in self.data.val), eigenvalues=self.config.training.val_eigenvalues,
         )
         model.train(model is self.model)
-        return validation_record(evaluation)
+        record = validation_record(evaluation)
+        shifts = [entry["blocks"].get("shift_eV") for entry in evaluation.structures]
+        record["energy_zero_shift_eV"] = float(np.mean(shifts)) if shifts and None not in shifts else None
+        return record
+
+    def _calibrate_energy_zero(self, shift: float | None) -> None:
+        """With a shift-invariant loss nothing pins the model's energy zero to SIESTA's: move the
+        baseline's ``c S`` by the validation structures' mean best shift (the prediction minus it is
+        closest to DFT), in the raw model (the EMA copies its buffers every step) and the EMA."""
+        if shift is None or not self.config.loss.shift_invariant or getattr(self.model, "baseline_coef", None) is None:
+            return
+        with torch.no_grad():
+            for model in (self.model, self.ema):
+                if model is not None:
+                    model.baseline_coef[3] -= shift  # the overlap part's coefficients (eV), every block type
 
     # ---- loop ---------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -583,6 +597,7 @@ class Trainer:
         if self.dist.is_main:
             self.last_validation = self.validate()
             self._log({"step": self.step, "epoch": self.epoch, "val": self.last_validation})
+            self._calibrate_energy_zero(self.last_validation.get("energy_zero_shift_eV"))
             # a shift-invariant loss leaves each structure's energy zero free: select on the error without it
             key = "h_mae_shifted_meV" if self.config.loss.shift_invariant else "h_mae_meV"
             score = self.last_validation["mean"][key]
