@@ -249,6 +249,37 @@ def test_shift_invariant_loss_ignores_c_s_per_structure(sample):
         loss(pred, h_ref, types)
 
 
+def test_onsite_weight_weighs_only_onsite_entries(sample):
+    """An error on onsite entries alone costs onsite_weight times more; one on hopping entries the same."""
+    a = sample[0]
+    h_ref = torch.as_tensor(a.h_unshifted[0], dtype=torch.float64)
+    types = torch.as_tensor(BlockTypes.from_hsdata(a).index)
+    onsite = torch.zeros_like(h_ref, dtype=torch.bool)
+    for e in np.flatnonzero((a.edge_index[0] == a.edge_index[1]) & ~a.cell_shift.any(axis=1)):
+        onsite[a.block_ptr[e] : a.block_ptr[e + 1]] = True
+    plain, weighed = (BlockLoss(sample.statistics, normalize=False, onsite_weight=w) for w in (1.0, 30.0))
+    for where, factor in ((onsite, 30.0), (~onsite, 1.0)):
+        pred = h_ref + 0.01 * where
+        assert weighed(pred, h_ref, types)["h"].item() == pytest.approx(factor * plain(pred, h_ref, types)["h"].item(), rel=1e-12)
+
+
+def test_null_loss_is_zero_for_dft_and_its_shift_and_sees_per_entry_noise(sample):
+    """Along S(Γ)'s near-null directions: DFT's own H and DFT's H + a S (shift a given) cost nothing; 1 meV of
+    per-entry noise costs (eV)^2 there, since the quotient divides by S's eigenvalue."""
+    from hforge.train.losses import null_loss, null_target
+
+    a = sample[2]
+    target = null_target(a, 8)
+    assert target.eigenvalues.max() < 1e-2
+    h = torch.as_tensor(a.h_unshifted[0], dtype=torch.float64)
+    s = torch.as_tensor(a.s, dtype=torch.float64)
+    assert null_loss(h, target).item() < 1e-16
+    assert null_loss(h + 0.8 * s, target, 0.8).item() < 1e-16
+    assert null_loss(h + 0.8 * s, target).item() == pytest.approx(0.64, rel=1e-9)
+    noise = torch.from_numpy(np.random.default_rng(0).normal(scale=1e-3, size=len(h)))
+    assert null_loss(h + noise * (s != 0), target).item() > 1.0
+
+
 # ---------------------------------------------------------------------------------------
 # Γ matrices and eigenvalues
 # ---------------------------------------------------------------------------------------

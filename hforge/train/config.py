@@ -159,6 +159,9 @@ class LossConfig:
     onsite_weight: weight of the onsite blocks' entries (1: every entry alike).  Onsite blocks are
         ~2 % of a 32-atom aBN cell's entries, yet their per-atom mean is the potential each atom's
         states sit in: the spectra's largest error (issue 24).
+    null_weight, null_directions: weight of the near-null loss (eV²; :func:`hforge.train.losses.null_loss`:
+        Rayleigh quotients along the ``null_directions`` eigenvectors of S(Γ) with the smallest
+        eigenvalues, which hold the top of the full-S spectrum).
     eigen_weight: weight of the Γ eigenvalue loss (eV², canonically orthogonalized with the
         reference S; states within ``eigen_window`` eV of the gap centre and the occupied ones).
     eigen_window, eigen_threshold: its window (eV) and orthogonalization threshold.
@@ -171,6 +174,8 @@ class LossConfig:
     normalize: bool = False
     shift_invariant: bool = False
     onsite_weight: float = 1.0
+    null_weight: float = 0.0
+    null_directions: int = 32
     eigen_weight: float = 0.0
     eigen_window: float = 2.0
     eigen_threshold: float = 1e-2
@@ -178,7 +183,9 @@ class LossConfig:
     def __post_init__(self) -> None:
         _check("loss", "onsite_weight", isinstance(self.onsite_weight, (int, float)) and self.onsite_weight > 0,
                "a positive number", self.onsite_weight)
-        for name in ("h_weight", "s_weight", "eigen_weight"):
+        _check("loss", "null_directions", isinstance(self.null_directions, int) and self.null_directions >= 1,
+               "a positive integer", self.null_directions)
+        for name in ("h_weight", "s_weight", "eigen_weight", "null_weight"):
             value = getattr(self, name)
             _check("loss", name, isinstance(value, (int, float)) and value >= 0, "a non-negative number", value)
         _check("loss", "kind", self.kind in ("mse", "mae"), "mse or mae", self.kind)
@@ -417,6 +424,8 @@ loss:
   reduction: entries       # entries, or types (each block type weighs the same; single process)
   normalize: false         # true: errors / std of their block type; false: H in eV, S unitless
   onsite_weight: 1.0       # weight of the onsite blocks' entries (their per-atom mean: each atom's potential)
+  null_weight: 0.0         # Rayleigh quotients along S(Γ)'s near-null directions (eV², the top of the spectrum)
+  null_directions: 32      # how many of those directions per structure
   shift_invariant: false   # ignore a uniform shift c*S of H (SIESTA's energy zero is arbitrary)
   eigen_weight: 0.0        # Γ eigenvalue loss (eV^2), canonically orthogonalized with the reference S
   eigen_window: 2.0        # eV around the gap centre (plus the occupied states)

@@ -8,6 +8,12 @@ removed per structure (as the shift-removed metrics of :mod:`hforge.metrics.bloc
 Eigenvalue loss (:func:`eigenvalue_loss`): the selected canonically orthogonalized Γ eigenvalues
 of the predicted H against the reference's (:mod:`hforge.metrics.spectra`); see
 :class:`EigenvalueTarget`.
+
+Near-null loss (:func:`null_loss`): the Rayleigh quotients ``v^T H v / v^T S v`` along the
+eigenvectors ``v`` of S(Γ) with the smallest eigenvalues, predicted against DFT's (eV), after the
+structure's best uniform shift.  Along those directions an error is divided by S's eigenvalue in
+``H c = E S c``: they hold the top of the spectrum (the kinetic energy of small functions) and,
+for a matrix filled entry by entry, its ghost states (:class:`NullTarget`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ __all__ = [
     "block_loss",
     "eigenvalue_loss",
     "eigenvalue_target",
+    "NullTarget",
     "normalization_scales",
+    "null_loss",
+    "null_target",
     "remove_shift",
 ]
 
@@ -279,3 +288,46 @@ def eigenvalue_loss(
     evals = torch.linalg.eigvalsh(x.T @ h @ x)
     err = evals[target.states.to(h.device)] - target.target.to(h.device)
     return (err * err).mean() if kind == "mse" else err.abs().mean()
+
+
+# ---------------------------------------------------------------------------------------
+# near-null loss
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class NullTarget:
+    """What :func:`null_loss` compares a predicted H with along S's near-null directions, built once
+    per structure.
+
+    Attributes:
+        layout: folds the predicted flat values into the Γ matrix.
+        vectors: ``(n, k)`` float64 eigenvectors of the reference S(Γ) with the ``k`` smallest eigenvalues.
+        eigenvalues: ``(k,)`` those eigenvalues.
+        quotients: ``(k,)`` DFT's Rayleigh quotients ``v^T H v / v^T S v`` (eV).
+    """
+
+    layout: GammaLayout
+    vectors: torch.Tensor
+    eigenvalues: torch.Tensor
+    quotients: torch.Tensor
+
+
+def null_target(reference: HSData, n_directions: int, *, layout: GammaLayout | None = None, spin: int = 0) -> NullTarget:
+    """The near-null target of one structure (``layout``: of the predicted pair list; default the reference's)."""
+    ref_layout = GammaLayout.from_hsdata(reference)
+    w, u = np.linalg.eigh(ref_layout.dense(reference.s))
+    k = min(int(n_directions), len(w))
+    vectors = u[:, :k]
+    h = ref_layout.dense(reference.h_unshifted[spin])
+    quotients = np.einsum("iv,ij,jv->v", vectors, h, vectors) / w[:k]
+    return NullTarget(layout if layout is not None else ref_layout, torch.as_tensor(vectors), torch.as_tensor(w[:k]),
+                      torch.as_tensor(quotients))
+
+
+def null_loss(h_pred: torch.Tensor, target: NullTarget, shift: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Mean squared error (eV²) of the Rayleigh quotients along ``target``'s directions of the
+    predicted H (``(n_values,)`` on ``target.layout``'s pairs, differentiable) minus ``shift`` (the
+    structure's best uniform shift, eV: the quotient of ``c S`` is ``c``)."""
+    h = target.layout.dense(h_pred)
+    v = target.vectors.to(h)
+    quotients = torch.einsum("iv,ij,jv->v", v, h, v) / target.eigenvalues.to(h)
+    return ((quotients - shift - target.quotients.to(h)) ** 2).mean()

@@ -76,7 +76,7 @@ from hforge.train.loop import (
     update_ema,
     validation_record,
 )
-from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target
+from hforge.train.losses import BlockLoss, eigenvalue_loss, eigenvalue_target, null_loss, null_target
 
 __all__ = [
     "TrainResult", "Trainer", "TrainingData", "calibrate_norms", "distributed_context", "norm_layers", "share_of_batch",
@@ -103,6 +103,7 @@ class _Item:
     graph: Any
     types: torch.Tensor
     eigen: Any = None
+    null: Any = None
 
 
 class TrainingData:
@@ -327,8 +328,11 @@ class Trainer:
                 "or replace it with --overwrite",
                 path=out_dir,
             )
-        if config.loss.eigen_weight > 0 and config.augment:
-            raise ConfigError("config: loss.eigen_weight > 0 needs training.augment_rotations: false (its targets are unrotated)")
+        if (config.loss.eigen_weight > 0 or config.loss.null_weight > 0) and config.augment:
+            raise ConfigError(
+                "config: loss.eigen_weight or loss.null_weight > 0 needs training.augment_rotations: false (their targets "
+                "are unrotated)"
+            )
         self.out_dir = Path(out_dir)
         self.progress = progress
         training = config.training
@@ -430,7 +434,11 @@ class Trainer:
                 eigen = eigenvalue_target(
                     data, layout=layout, window=self.config.loss.eigen_window, threshold=self.config.loss.eigen_threshold
                 )
-            items.append(_Item(self.data.name(k), data.n_atoms, graph, types, eigen))
+            null = None
+            if self.config.loss.null_weight > 0:
+                layout = GammaLayout.of(edge, shift, ptr, data.orbital_offsets)
+                null = null_target(data, self.config.loss.null_directions, layout=layout)
+            items.append(_Item(self.data.name(k), data.n_atoms, graph, types, eigen, null))
         return items
 
     def _checkpoint_extra(self) -> dict[str, Any]:
@@ -532,6 +540,14 @@ class Trainer:
         )
         loss = terms["loss"] * fraction
         logged = {name: float(value.detach()) * fraction for name, value in terms.items() if name != "loss"}
+        if self.config.loss.null_weight > 0:
+            h_pieces, ref_pieces, s_pieces = (graph.split_values(v) for v in (out.h, graph.h.to(device, dtype), graph.s))
+            shifts = [float(((h - r).detach().double() * s.double()).sum() / (s.double() ** 2).sum())
+                      for h, r, s in zip(h_pieces, ref_pieces, s_pieces)]
+            null = sum(null_loss(h, item.null, c) for h, item, c in zip(h_pieces, items, shifts))
+            null = null * (weight_scale / float(totals[1]))
+            loss = loss + self.config.loss.null_weight * null.to(loss.dtype)
+            logged["null"] = float(null.detach())
         if self.config.loss.eigen_weight > 0:
             pieces = graph.split_values(out.h)
             eig = sum(eigenvalue_loss(h, item.eigen) for h, item in zip(pieces, items)) * (weight_scale / float(totals[1]))
