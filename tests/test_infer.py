@@ -193,12 +193,72 @@ def test_device_is_cuda_when_usable_else_the_cpu(model):
             hforge.load("abn-dzp", device="cuda")
 
 
-def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64):
+def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64, monkeypatch):
     before = torch.get_num_threads()
     reference = predictor.predict(cell64, threads=before)
     one = predictor.predict(cell64, threads=1)
     assert predictor.last_report.torch_threads == 1 and torch.get_num_threads() == before
     assert_same(one, reference, tol=1e-12)
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 100.0, 100.0))  # the machine's load plays no part
+    predictor.predict(cell64)
+    assert predictor.last_report.torch_threads == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InputError, match="threads="):
+            predictor.predict(cell64, threads=bad)
+
+
+# A child process predicting a structure with the default model (float32) and default threads: the
+# SHA-256 of H's and S's values.  argv: checkpoint, structure, the load average it sees, and "threads"
+# to print first the hashes of one and of two torch threads.
+LOAD_CHILD = """
+import hashlib, os, sys
+checkpoint, structure, load, what = sys.argv[1:5]
+os.getloadavg = lambda: (float(load),) * 3  # what a policy reading the machine's load would see
+import hforge
+
+predictor = hforge.load(checkpoint, device="cpu")
+
+def digest(**options):
+    H = predictor.predict(structure, **options)
+    return hashlib.sha256(H.tocsr(0).data.tobytes() + H.tocsr(1).data.tobytes()).hexdigest()
+
+print(" ".join(([digest(threads=1), digest(threads=2)] if what == "threads" else []) + [digest()]))
+"""
+
+
+def test_predicted_bits_do_not_depend_on_the_machine_load(bundled, tmp_path):
+    """The same input gives the same bits on a quiet machine and on one whose cores all spin (busy
+    loops, and a load average of 1000 where the quiet run sees 0), with the default threads.  The
+    cell is one whose bits do depend on torch's thread count (checked first), so that a thread policy
+    following the load would fail here."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    checkpoint = save_model(build_model(ModelConfig(), bundled.basis), tmp_path / "model.pt")
+    atoms = as_atoms(bundled[3], bundled.basis).repeat((2, 2, 1))  # the 24-atom cell, 96 atoms, shaken
+    atoms.positions += np.random.default_rng(0).normal(scale=0.02, size=atoms.positions.shape)
+    structure = tmp_path / "cell.extxyz"
+    atoms.write(structure)
+
+    def child(load: float, what: str = "default") -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_CHILD, str(checkpoint), str(structure), str(load), what],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    one, two, quiet = child(0.0, "threads")
+    assert one != two, "premise: this cell's predicted bits depend on torch's thread count"
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        busy = child(1000.0)
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+    assert busy == [quiet] == [two]
 
 
 def test_populated_buffers_are_plain_writable_arrays():

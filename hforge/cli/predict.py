@@ -50,6 +50,10 @@ def predict_command(
     distributed: bool = typer.Option(
         False, "--distributed", help="Spread chunks over torch.distributed ranks (launch with torchrun)."
     ),
+    threads: int = typer.Option(
+        None, "--threads", help="Torch threads (default: torch's, i.e. OMP_NUM_THREADS or the cores; 1 can be faster "
+        "on a machine busy with other jobs). The predicted values do not depend on the machine's load.",
+    ),
 ) -> None:
     """Predict H and S of every frame of STRUCTURE with MODEL; write them (SIESTA TSHS or sisl NetCDF) atomically."""
     import numpy as np
@@ -75,7 +79,7 @@ def predict_command(
             with _naming(structure, k, len(frames)):
                 _predict_one(
                     predictor, atoms, path, label, source, console, max_memory=budget, mode=mode.value, parts=parts,
-                    dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed,
+                    dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed, threads=threads,
                 )
 
 
@@ -95,7 +99,7 @@ def _naming(structure: Path, frame: int, n_frames: int) -> Iterator[None]:
 
 def _predict_one(
     predictor: Any, atoms: Any, out: Path, label: str, source: str, console: Console, *, max_memory: int | None,
-    mode: str, parts: int | None, dtype: Any, backend: str, distributed: bool,
+    mode: str, parts: int | None, dtype: Any, backend: str, distributed: bool, threads: int | None,
 ) -> None:
     """Predict one structure, write it and print its summary line (rank 0 only when distributed);
     ``source`` (the structure file, and frame) is named in warnings."""
@@ -107,7 +111,7 @@ def _predict_one(
 
         hamiltonian = predict_distributed(
             predictor, atoms, out.with_name(f".{out.name}.parts"), parts=parts, max_memory=max_memory,
-            dtype=dtype, backend=backend, progress=True,
+            dtype=dtype, backend=backend, progress=True, threads=threads,
         )
         if hamiltonian is None:  # not rank 0: its part is merged there
             return
@@ -117,7 +121,7 @@ def _predict_one(
     else:
         hamiltonian = predictor.predict(
             atoms, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
-            source=source,
+            source=source, threads=threads,
         )
     write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start

@@ -39,7 +39,7 @@ from hforge.infer.overlap import check_learned_overlap
 from hforge.infer.passes import Passes, on_host, torch_dtype
 from hforge.infer.plan import Plan, check_parts, memory_budget, output_dtype, plan_prediction
 from hforge.infer.problem import Problem, make_problem, read_structure
-from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, torch_threads
+from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
 from hforge.models.base import HSModel
 from hforge.ops.assemble import AssembledCSR
 from hforge.structures.domain import TrainingDomain
@@ -202,8 +202,8 @@ class Predictor:
             nsc: supercells of the result (odd, at least the pairs' reach; default: their reach).
             progress: a tqdm bar over ranges/chunks (True), or a callback ``(done, total)``.
             threads: torch's intra-op threads during the prediction (restored after); None:
-                one where the machine is oversubscribed, else torch's setting
-                (:func:`~hforge.infer.report.torch_threads`).
+                torch's setting (the caller's, by default the cores; never the machine's load:
+                :func:`~hforge.infer.report.thread_count`).
             source: what is predicted, named in warnings (default: ``structure`` when it is a path).
 
         Returns:
@@ -215,7 +215,7 @@ class Predictor:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
             InputError: a ``dtype`` other than float64/float32, a ``max_memory`` that is not a
-                finite positive size, ``parts`` not a whole number >= 1, an unknown ``mode``.
+                finite positive size, ``parts`` or ``threads`` not a whole number >= 1, an unknown ``mode``.
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
 
         Warns:
@@ -262,6 +262,7 @@ class Predictor:
         timer = StageTimer(report)
         dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)  # options checked before any work
         check_parts(parts, mode)
+        threads = thread_count(threads)
         problem = self.prepare(structure, species=species, nsc=nsc, timer=timer)
         report.n_atoms, report.nnz = problem.n_atoms, problem.nnz
         plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
@@ -280,7 +281,8 @@ class Predictor:
         return csr, problem
 
     def predict_many(
-        self, structures: Iterable[Any], *, batch_atoms: int = 2048, backend: str = "auto", dtype: Any = np.float64
+        self, structures: Iterable[Any], *, batch_atoms: int = 2048, backend: str = "auto", dtype: Any = np.float64,
+        threads: int | None = None,
     ) -> list[Any]:
         """H and S of many small structures (whole cells), batched through the model.
 
@@ -288,7 +290,7 @@ class Predictor:
             structures: as :meth:`predict`; all are checked before the first model pass (an error
                 names the structure at fault: ``structure k``, counted from 0).
             batch_atoms: atoms per model pass (a larger structure gets a pass of its own).
-            backend, dtype: as :meth:`predict`.
+            backend, dtype, threads: as :meth:`predict`.
 
         Returns:
             One ``sisl.Hamiltonian`` per structure, in order.
@@ -296,7 +298,7 @@ class Predictor:
         from hforge.graph.model_graph import collate
         from hforge.models.predict import assemble_prediction
 
-        dtype = output_dtype(dtype)
+        dtype, threads = output_dtype(dtype), thread_count(threads)
         graphs = []
         for k, structure in enumerate(structures):
             try:
@@ -313,7 +315,7 @@ class Predictor:
             graph = collate(batch)
             # no_grad, not inference_mode: per-basis tables cached during a prediction (CG
             # descriptors) must stay usable by autograd when the same process trains later.
-            with torch.no_grad():
+            with torch.no_grad(), torch_threads(threads):
                 blocks = self.model(graph)
             blocks = type(blocks)(h=blocks.h.to(torch_dtype(dtype)), s=blocks.s.to(torch_dtype(dtype)))
             results.extend(assemble_prediction(self.model, graph, blocks, b, backend=backend) for b in range(graph.n_graphs))

@@ -1,9 +1,9 @@
-"""What a prediction did: :class:`PredictionReport`, the stage timer, the progress bar, and the
-policy for torch's threads during a prediction."""
+"""What a prediction did: :class:`PredictionReport`, the stage timer, the progress bar, and torch's
+threads during a prediction (the caller's choice, never the machine's load)."""
 
 from __future__ import annotations
 
-import os
+import operator
 import resource
 import time
 from contextlib import contextmanager
@@ -12,7 +12,11 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "torch_threads"]
+from hforge.errors import InputError
+
+__all__ = [
+    "PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "thread_count", "torch_threads",
+]
 
 #: Stages timed in :attr:`PredictionReport.seconds`: the neighbour lists and model graphs; the
 #: model's node pass (trunk, head inputs, onsite blocks); its pair pass (hopping blocks of the
@@ -96,21 +100,37 @@ def progress_bar(
     return update
 
 
+def thread_count(threads: int | None) -> int:
+    """Torch's intra-op threads for a prediction: ``threads`` (the caller's number), or None: torch's
+    setting (the caller's ``torch.set_num_threads`` / ``OMP_NUM_THREADS``, by default the cores).
+
+    Never the machine's load: the thread count fixes how torch's parallel ops split their sums, so
+    the predicted bits would otherwise depend on what else runs (tests/test_infer.py checks they do
+    not).  On a machine shared with other jobs one thread can be faster (docs/measurements.md): the
+    caller says so (``threads=1``, ``hforge predict --threads 1``).  Numba's kernels keep their
+    threads; their results do not depend on them (one writer per output value).
+
+    Raises:
+        InputError: ``threads`` not a whole number >= 1.
+    """
+    if threads is None:
+        return torch.get_num_threads()
+    try:
+        count = None if isinstance(threads, bool) else operator.index(threads)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise InputError(f"threads={threads!r}: give a whole number >= 1 of torch threads, or None (torch's setting)")
+    return count
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[int]:
-    """Torch's intra-op threads for a prediction, yielded, and restored after.
-
-    None: one thread where the machine is oversubscribed (1-minute load average at least the
-    cores), else torch's setting: torch's threads meet at a barrier in every op, so that with
-    other jobs on the cores a descheduled thread stalls each of the pair pass's many small ops
-    (measured in docs/measurements.md).  Numba's kernels keep their threads (one parallel region per call).
-    """
-    before = torch.get_num_threads()
-    if threads is None:
-        cores = os.cpu_count() or 1
-        threads = 1 if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores else before
-    torch.set_num_threads(int(threads))
+    """Torch's intra-op threads set to :func:`thread_count` of ``threads`` for a prediction, yielded,
+    and restored after."""
+    count, before = thread_count(threads), torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        yield int(threads)
+        yield count
     finally:
         torch.set_num_threads(before)
