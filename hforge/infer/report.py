@@ -15,13 +15,16 @@ import torch
 from hforge.errors import InputError
 
 __all__ = [
-    "PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "thread_count", "torch_threads",
+    "PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "thread_count", "timed_module",
+    "torch_threads",
 ]
 
 #: Stages timed in :attr:`PredictionReport.seconds`: the neighbour lists and model graphs; the
-#: model's node pass (trunk, head inputs, onsite blocks); its pair pass (hopping blocks of the
-#: learned heads); the exact overlap S; the baseline H0; CSR planning, filling and the hand-over to sisl.
-PREDICTION_STAGES = ("graphs", "trunk", "heads", "S", "H0", "assembly")
+#: model's node pass (trunk, head inputs, onsite blocks); the learned heads (the pair pass's hopping
+#: blocks; a separable operator's ``D_k``, taken out of the node pass); the separable operator's
+#: contraction (with the Kleinman-Bylander part of H when it joins it, hforge.infer.passes.Physics);
+#: the exact overlap S; the baseline H0 (the rest of it); CSR planning, filling and the hand-over to sisl.
+PREDICTION_STAGES = ("graphs", "trunk", "heads", "separable", "S", "H0", "assembly")
 
 
 @dataclass
@@ -71,6 +74,34 @@ class StageTimer:
         finally:
             self.report.seconds[stage] += time.perf_counter() - start
             self.report.cpu_seconds[stage] += time.process_time() - cpu_start
+
+
+@contextmanager
+def timed_module(timer: StageTimer, module: torch.nn.Module | None, stage: str, within: str) -> Iterator[None]:
+    """Inside the block, the time spent in ``module``'s forward calls (None: no module) is moved from
+    stage ``within`` (which times the whole block) to ``stage``: e.g. a separable operator's ``D_k``
+    head, which runs inside the node pass, counted as a head (torch's forward hooks)."""
+    if module is None:
+        yield
+        return
+    starts: list[tuple[float, float]] = []
+
+    def before(*_: object) -> None:
+        starts.append((time.perf_counter(), time.process_time()))
+
+    def after(*_: object) -> None:
+        wall, cpu = starts.pop()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        for seconds, value in ((timer.report.seconds, wall), (timer.report.cpu_seconds, cpu)):
+            seconds[stage] += value
+            seconds[within] -= value
+
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def peak_rss_bytes() -> int:
