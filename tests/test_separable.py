@@ -255,7 +255,9 @@ def random_packed_problem(rng, n_atoms, n_species, n_op, width):
     entry_rows = np.minimum(2 * rng.integers(0, rows_pad // 2 + 1, size=len(owner)), full)
     entry_row = np.concatenate([[0], np.cumsum(entry_rows)[:-1]]).astype(np.int64)
     packed = rng.normal(size=(int(entry_rows.sum()), width))
-    for a in range(len(owner)):  # padding rows (beyond the atom's orbitals) hold zeros, as packing leaves them
+    entry_cols = np.where(rng.random(len(owner)) < 0.5, width, rng.integers(n_op, width + 1, size=len(owner)))
+    for a in range(len(owner)):  # padding rows (beyond the atom's orbitals) and columns beyond entry_cols hold zeros
+        packed[entry_row[a] : entry_row[a] + entry_rows[a], entry_cols[a] :] = 0.0
         for r in range(entry_rows[a]):
             if order[species[owner[a]], r] < 0:
                 packed[entry_row[a] + r] = 0.0
@@ -267,15 +269,16 @@ def random_packed_problem(rng, n_atoms, n_species, n_op, width):
     pair_shifts[:4] = 0
     block_ptr = np.concatenate([[0], np.cumsum(n_orb[species[pairs[0]]] * n_orb[species[pairs[1]]])]).astype(np.int64)
     swap = rng.random(12) < 0.5
-    return (pairs, pair_shifts, swap, species, proj_atoms, proj_shifts, proj_ptr, entry_row, entry_rows, packed, D, energies,
-            order, n_orb, block_ptr)
+    return (pairs, pair_shifts, swap, species, proj_atoms, proj_shifts, proj_ptr, entry_row, entry_rows, entry_cols, packed,
+            D, energies, order, n_orb, block_ptr)
 
 
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**16), n_op=st.integers(1, 5), extra=st.integers(0, 3))
 def test_operator_contract_kernel_equals_the_reference_on_random_inputs(seed, n_op, extra):
-    """The numba contraction of packed projections (owners' P D_k, 2x2 blocks, either side) equals
-    the reference (unpacked, summed by separable_contract) on random inputs, float64 and float32."""
+    """The numba contraction of packed projections (owners' P D_k, 2x2 blocks, either side, columns
+    beyond an entry's entry_cols skipped) equals the reference (unpacked, summed by
+    separable_contract) on random inputs, float64 and float32."""
     from hforge.ops.two_centre import numba as kernels
 
     args = random_packed_problem(np.random.default_rng(seed), 5, 2, n_op, n_op + extra)
@@ -283,13 +286,14 @@ def test_operator_contract_kernel_equals_the_reference_on_random_inputs(seed, n_
     scale = max(np.abs(expected).max(), 1.0)
     np.testing.assert_allclose(kernels.operator_contract(*args), expected, atol=1e-12 * scale, rtol=0)
     single = list(args)
-    single[9], single[10], single[11] = (a.astype(np.float32) for a in args[9:12])
+    single[10], single[11], single[12] = (a.astype(np.float32) for a in args[10:13])
     np.testing.assert_allclose(kernels.operator_contract(*single), expected, atol=2e-5 * scale, rtol=0)
 
 
-def test_pack_kernel_equals_the_reference(cell16):
-    """The numba packing of projection blocks into reach-ordered rows equals the reference's, values and
-    padding (the rows an entry keeps: those that reach its projector atom, a prefix in reach order)."""
+def test_pack_kernels_equal_the_reference(cell16):
+    """The numba packing of projection blocks into reach-ordered rows, and the program evaluated straight
+    into them (only the rows an entry keeps), equal the reference's, values and padding; the rows left
+    out (those that do not reach the entry's projector atom, a suffix in reach order) are zero."""
     from hforge.ops.two_centre import numba as kernels
     from hforge.ops.two_centre.separable import reach_order
 
@@ -305,7 +309,15 @@ def test_pack_kernel_equals_the_reference(cell16):
     got = np.zeros_like(packed.values)
     kernels.pack_projections(values, ptr, n_cols, 0, data.species[i], order, packed.entry_row, packed.entry_rows, got)
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(packed.values, expected)
+    np.testing.assert_allclose(packed.values, expected, atol=1e-14, rtol=0)  # program_packed, numba (pack's own)
+    rank = np.argsort(order[:, : data.basis.n_orbitals.max()], axis=1)
+    from_reference = np.zeros_like(packed.values)
+    reference.program_packed(
+        context.desc.projection, context.desc.tables, data.species[i] * len(data.basis) + data.species[packed.proj_atoms],
+        _pair_vectors(data.positions, data.cell, np.stack([i, packed.proj_atoms]), packed.proj_shifts), data.species[i], rank,
+        0, packed.entry_row, packed.entry_rows, from_reference,
+    )
+    np.testing.assert_allclose(from_reference, expected, atol=1e-14, rtol=0)
     # every nonzero projection kept: the rows left out are zero in the program layout
     kept = sum(np.abs(values[ptr[a] : ptr[a + 1]]).sum() for a in range(len(rows)))
     assert np.abs(expected).sum() == pytest.approx(kept, rel=1e-12)

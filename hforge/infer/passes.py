@@ -32,7 +32,7 @@ from hforge.models.base import HSModel, NodeState
 from hforge.ops.assemble import AssembledCSR, plan_csr_assembly
 from hforge.ops.two_centre.baseline import BASELINE_PARTS
 
-__all__ = ["DEVICE_EDGE_BATCH", "EDGE_BATCH", "PAIR_BATCH", "Passes", "Physics", "on_host", "torch_dtype"]
+__all__ = ["DEVICE_EDGE_BATCH", "EDGE_BATCH", "PAIR_BATCH", "Passes", "Physics", "Scratch", "on_host", "torch_dtype"]
 
 #: Block pairs per step of the model's pair pass in inference on the CPU: its temporaries (the
 #: radial weights, a few KB per pair) stay below glibc's mmap threshold (32 MB), so that every step
@@ -109,22 +109,21 @@ class Passes:
                 raise AssertionError("assembly planned with another nnz than the pair list's row pointer")
             indices, data = problem.allocate(dtype, on_gpu=self.on_gpu)
 
-        block_size = np.diff(problem.block_ptr)
+        scratch = None if self.on_gpu else Scratch(PAIR_BATCH * int(problem.n_orb.max()) ** 2, physics.dtype)
         bar = progress_bar(progress, n_ranges, "atom range")
         for k, pairs in enumerate(problem.ranges(n_ranges)):
-            exact = self._physics(problem, physics, pairs, timer, swap=problem.flipped[pairs])
-            value = np.zeros(len(pairs) + 1, dtype=np.int64)
-            np.cumsum(block_size[pairs], out=value[1:])
+            with timer("separable"):
+                physics.prepare(problem.edge_index[:, pairs])
             step = PAIR_BATCH if not self.on_gpu else max(len(pairs), 1)
             for lo in range(0, len(pairs), step):
                 batch = pairs[lo : lo + step]
+                exact = self._physics(problem, physics, batch, timer, swap=problem.flipped[batch], scratch=scratch)
                 with timer("heads"), torch.no_grad():
                     learned = self._learned(problem, state, batch)
                 with timer("assembly"), torch.no_grad():
-                    window = slice(value[lo], value[lo + len(batch)])
-                    blocks = self._output_blocks(learned, *(None if x is None else x[window] for x in exact), dtype)
+                    blocks = self._output_blocks(learned, *exact, dtype)
                     plan.fill(blocks, pairs=xp.asarray(batch), indices_out=indices, data_out=data)
-            del exact
+            physics.prepare(None)
             bar(k + 1)
         bar(None)
         return problem.csr(indices, data)
@@ -161,18 +160,21 @@ class Passes:
 
     def _physics(
         self, problem: Problem, physics: Physics, pairs: np.ndarray, timer: StageTimer, swap: np.ndarray | None = None,
+        scratch: Scratch | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """``(H0, exact S, separable operator)`` of the canonical ``pairs`` of ``problem`` (flat in
         their order; None where the model does not use them); ``swap``: the pairs built from their
-        column atom's side (:meth:`Physics.separable`)."""
+        column atom's side (:meth:`Physics.separable`); ``scratch``: buffers to write them into."""
         edges, shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
         ptr = block_pointer(problem.n_orb, edges)
+        n = int(ptr[-1])
+        views = (None, None, None) if scratch is None else scratch.views(n)
         with timer("H0"):
-            baseline = physics.baseline(edges, shifts, ptr)
+            baseline = physics.baseline(edges, shifts, ptr, out=views[0])
         with timer("S"):
-            overlap = physics.overlap(edges, shifts, ptr)
+            overlap = physics.overlap(edges, shifts, ptr, out=views[1])
         with timer("separable"):
-            separable = physics.separable(edges, shifts, ptr, swap)
+            separable = physics.separable(edges, shifts, ptr, swap, out=views[2])
         return baseline, overlap, separable
 
     def _output_blocks(
@@ -249,7 +251,10 @@ class Passes:
             hopping_blocks = self.model.pair_pass(state, torch.from_numpy(cluster_pairs), zeros, chunk=PAIR_BATCH)
             core_end = int(np.sum(n_orb[core] ** 2))  # the core atoms come first in the cluster
             learned = [torch.cat([on[:core_end], hop]) for on, hop in zip(state.onsite, hopping_blocks)]
+        with timer("separable"):
+            physics.prepare(problem.edge_index[:, pairs])
         exact = self._physics(problem, physics, pairs, timer)
+        physics.prepare(None)
         with timer("assembly"), torch.no_grad():
             values = self._output_blocks(learned, *exact, dtype)
             edges, edge_shifts = problem.edge_index[:, pairs], problem.cell_shift[pairs]
@@ -307,6 +312,7 @@ class Physics:
         self.model, self.arrays = model, arrays
         self.operators: np.ndarray | None = None
         self.dtype = np.dtype(str(model.dtype).removeprefix("torch."))
+        self._packed: Any = None
 
     @functools.cached_property
     def kb_scale(self) -> float | None:
@@ -351,31 +357,63 @@ class Physics:
             self.operators = np.zeros((len(self.arrays.species),) + values.shape[1:], dtype=self.dtype)
         self.operators[atoms] = values
 
-    def overlap(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
-        """The exact S (float64) of the pairs, or None for a model that learns S."""
+    def prepare(self, edges: np.ndarray | None) -> None:
+        """Pack the projections of the atoms that the pairs ``edges (2, E)`` touch (a range's), for the
+        separable blocks of any of these pairs; None drops them."""
+        self._packed = None
+        if edges is None or self.model.separable is None:
+            return
+        touched = np.zeros(len(self.arrays.species), dtype=bool)
+        touched[np.asarray(edges).reshape(-1)] = True
+        self._packed = self._separable.pack(touched, self.dtype)
+
+    def overlap(
+        self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """The exact S (float64) of the pairs (into ``out`` when given), or None for a model that learns S."""
         if self.model.learns_overlap:
             return None
         from hforge.ops.two_centre import overlap_blocks
 
         a = self.arrays
-        return overlap_blocks(self.model.basis, a.species, a.positions, a.cell, edges, shifts, block_ptr=block_ptr)
+        return overlap_blocks(self.model.basis, a.species, a.positions, a.cell, edges, shifts, block_ptr=block_ptr, out=out)
 
-    def baseline(self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray) -> np.ndarray | None:
-        """H0 (eV, float64) of the pairs without the V_KB that the separable contraction holds, or None."""
+    def baseline(
+        self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """H0 (eV, float64; into ``out`` when given) of the pairs without the V_KB that the separable
+        contraction holds, or None."""
         context = self._baseline
-        return None if context is None else context.blocks(edges, shifts, block_ptr)
+        return None if context is None else context.blocks(edges, shifts, block_ptr, out=out)
 
     def separable(
-        self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray, swap: np.ndarray | None = None
+        self, edges: np.ndarray, shifts: np.ndarray, block_ptr: np.ndarray, swap: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """The separable operator's blocks (plus ``c V_KB``, :attr:`kb_scale`) of the pairs in the model's
-        dtype, or None without one; ``swap``: pairs built from their column atom's side
-        (:meth:`~hforge.ops.two_centre.separable.SeparableContext.operator_blocks`)."""
+        dtype (into ``out`` when given), or None without one; ``swap``: pairs built from their column
+        atom's side (:meth:`~hforge.ops.two_centre.separable.SeparableContext.operator_blocks`); the
+        projections :meth:`prepare` packed, when it did."""
         if self.model.separable is None:
             return None
         if self.operators is None:
             raise AssertionError("separable blocks asked for before the node pass handed over its operators")
-        return self._separable.operator_blocks(edges, shifts, block_ptr, self.operators, swap=swap, dtype=self.dtype)
+        return self._separable.operator_blocks(
+            edges, shifts, block_ptr, self.operators, swap=swap, dtype=self.dtype, out=out, packed=self._packed
+        )
+
+
+class Scratch:
+    """Reused flat buffers of a batch's exact blocks (H0 and S float64, the separable operator in the
+    model's dtype): below glibc's mmap threshold they come from the heap's reused pages, so that no
+    batch faults fresh memory (docs/measurements.md)."""
+
+    def __init__(self, capacity: int, dtype: np.dtype) -> None:
+        self.buffers = (np.empty(capacity), np.empty(capacity), np.empty(capacity, dtype=dtype))
+
+    def views(self, n: int) -> tuple[np.ndarray, ...]:
+        """The first ``n`` values of every buffer."""
+        return tuple(buffer[:n] for buffer in self.buffers)
 
 
 def near_core(positions: np.ndarray, n_core: int, reach: float) -> np.ndarray:

@@ -50,6 +50,7 @@ __all__ = [
     "separable_contract",
     "operator_contract",
     "pack_projections",
+    "program_packed",
     "overlap_blocks",
     "baseline_blocks",
     "baseline_parts",
@@ -181,6 +182,20 @@ def operator_contract(*args: Any, backend: str = "auto", out: np.ndarray | None 
     from hforge.ops.two_centre import reference
 
     return _into(out, reference.operator_contract(*args), False)
+
+
+def program_packed(*args: Any, backend: str = "auto") -> None:
+    """Blocks of a program straight into the packed layout of :func:`operator_contract`, only the rows
+    each entry keeps (arguments of :func:`hforge.ops.two_centre.reference.program_packed`)."""
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    if name == "numba":
+        from hforge.ops.two_centre import numba as kernels
+
+        kernels.program_packed(*args)
+        return
+    from hforge.ops.two_centre import reference
+
+    reference.program_packed(*args)
 
 
 def pack_projections(*args: Any, backend: str = "auto") -> None:

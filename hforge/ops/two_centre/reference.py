@@ -19,7 +19,7 @@ import torch
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
 __all__ = [
-    "operator_contract", "pack_projections", "program_blocks", "program_block_sums", "real_harmonics_torch",
+    "operator_contract", "pack_projections", "program_block_sums", "program_blocks", "program_packed", "real_harmonics_torch",
     "separable_blocks", "separable_contract",
 ]
 
@@ -206,6 +206,24 @@ def separable_blocks(
     return summed[keep.expand_as(summed)] if int(block_ptr[-1]) else summed.new_zeros(0)
 
 
+def program_packed(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, entry_species: np.ndarray,
+    rank: np.ndarray, col0: int, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
+) -> None:
+    """The blocks of ``program`` for the entries ``(pair_type, vectors)`` (Bohr) into the packed rows of
+    ``out`` (:func:`pack_projections`' layout; ``rank[s, orbital]`` an orbital's row in reach order, its
+    inverse ``order``): :func:`program_blocks`, then :func:`pack_projections`."""
+    ptr = np.zeros(len(pair_type) + 1, dtype=np.int64)
+    np.cumsum(program.block_size[pair_type], out=ptr[1:])
+    blocks = program_blocks(program, tables, torch.from_numpy(pair_type), torch.from_numpy(vectors), torch.from_numpy(ptr))
+    order = np.full((rank.shape[0], rank.shape[1] + rank.shape[1] % 2), -1, dtype=np.int64)
+    for s in range(rank.shape[0]):
+        for orbital, row in enumerate(rank[s]):
+            if row >= 0:
+                order[s, row] = orbital
+    pack_projections(blocks.numpy(), ptr, program.cols[pair_type], col0, entry_species, order, entry_row, entry_rows, out)
+
+
 def pack_projections(
     values: np.ndarray, value_ptr: np.ndarray, n_cols: np.ndarray, col0: int, entry_species: np.ndarray,
     order: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
@@ -225,8 +243,9 @@ def pack_projections(
 
 def operator_contract(
     pairs: np.ndarray, shifts: np.ndarray, swap: np.ndarray, species: np.ndarray, proj_atoms: np.ndarray,
-    proj_shifts: np.ndarray, proj_ptr: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, packed: np.ndarray,
-    operators: np.ndarray, energies: np.ndarray, order: np.ndarray, n_orb: np.ndarray, block_ptr: np.ndarray,
+    proj_shifts: np.ndarray, proj_ptr: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, entry_cols: np.ndarray,
+    packed: np.ndarray, operators: np.ndarray, energies: np.ndarray, order: np.ndarray, n_orb: np.ndarray,
+    block_ptr: np.ndarray,
 ) -> np.ndarray:
     """``O(i, j, n) = sum_{(k, m)} P(i; k, m) D'_k P(j; k, m - n)^T`` from packed projections (float64).
 
@@ -234,10 +253,13 @@ def operator_contract(
     ``P(i; k, m)`` in reach order (:func:`pack_projections`; ``order[s, r]`` the orbital of row ``r``);
     its first ``n_op = operators.shape[1]`` columns are the functions of ``D_k = operators[k]``, the
     others (if any) more projectors of atom ``k`` with the diagonal ``energies[s_k]`` (e.g. the
-    Kleinman-Bylander ones): ``D'_k = blockdiag(D_k, diag(energies[s_k]))``.  Every entry is unpacked
-    to its block in the orbitals' order and summed by :func:`separable_contract`; ``swap`` (which atom
-    a kernel starts from) does not change the value.  Returns the flat blocks on ``block_ptr``."""
+    Kleinman-Bylander ones): ``D'_k = blockdiag(D_k, diag(energies[s_k]))``; an entry's values beyond
+    its ``entry_cols`` columns are zero (kernels may skip them).  Every entry is unpacked to its block
+    in the orbitals' order and summed by :func:`separable_contract`; ``swap`` (which atom a kernel
+    starts from) does not change the value.  Returns the flat blocks on ``block_ptr``."""
     del swap
+    if any(np.any(packed[entry_row[a] : entry_row[a] + entry_rows[a], entry_cols[a] :]) for a in range(len(entry_row))):
+        raise ValueError("operator_contract: nonzero packed values beyond an entry's entry_cols")
     width, n_op = packed.shape[1], operators.shape[1]
     atom_of = np.repeat(np.arange(len(proj_ptr) - 1), np.diff(proj_ptr))
     entry_species = species[atom_of]

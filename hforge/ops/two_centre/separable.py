@@ -36,8 +36,8 @@ from hforge.ops.two_centre import (
     _pair_vectors,
     block_pointer,
     operator_contract,
-    pack_projections,
     program_blocks,
+    program_packed,
     separable_contract,
     two_centre_descriptor,
 )
@@ -76,25 +76,31 @@ class PackedProjections:
 
     Attributes:
         rows: ``(A,)`` positions of the entries in :attr:`SeparableContext.pairs`.
+        proj_atoms, proj_shifts: ``(A,)`` and ``(A, 3)`` int64: every entry's projector atom and its image.
         proj_ptr: ``(N + 1,)`` entries of atom ``i``: ``proj_ptr[i]:proj_ptr[i + 1]`` (atoms not
             touched have none).
         entry_row: ``(A,)`` first row of every entry in :attr:`values`.
         entry_rows: ``(A,)`` rows of every entry: its orbitals that reach the entry's projector atom,
             in reach order (:func:`reach_order`), rounded up to even (padding rows zero).
+        entry_cols: ``(A,)`` columns that may be nonzero: all, or the learned projectors' alone for
+            an entry beyond the reach of its projector atom's KB projectors.
         values: ``(sum entry_rows, width)`` float32 or float64: per entry its rows of
-            ``[<phi|chi_k> (n_p columns), <phi|chi_KB,k> (the KB projectors of atom k, with kb_scale), 0]``;
-            ``width`` a multiple of 4.
+            ``[<phi|chi_k> (n_p columns), 0, <phi|chi_KB,k> (the KB projectors of atom k), 0]``, the
+            KB part from column :attr:`SeparableContext.sep_width` on.
     """
 
     rows: np.ndarray
+    proj_atoms: np.ndarray
+    proj_shifts: np.ndarray
     proj_ptr: np.ndarray
     entry_row: np.ndarray
     entry_rows: np.ndarray
+    entry_cols: np.ndarray
     values: np.ndarray
 
     @property
     def nbytes(self) -> int:
-        return int(self.values.nbytes + 3 * self.rows.nbytes + self.proj_ptr.nbytes)
+        return int(self.values.nbytes + 7 * self.rows.nbytes + self.proj_shifts.nbytes + self.proj_ptr.nbytes)
 
 
 class SeparableContext:
@@ -244,18 +250,24 @@ class SeparableContext:
         return n_kb, energies
 
     @property
+    def sep_width(self) -> int:
+        """Columns of the learned projectors in :attr:`PackedProjections.values`: ``n_p`` rounded up to 4."""
+        return -(-self.n_proj // 4) * 4
+
+    @property
     def width(self) -> int:
-        """Columns of :attr:`PackedProjections.values`: ``n_p`` plus the most KB functions, rounded up to 4."""
-        n = self.n_proj + int(self._kb_columns[0].max(initial=0))
-        return -(-n // 4) * 4
+        """Columns of :attr:`PackedProjections.values`: :attr:`sep_width`, then the most KB functions
+        of a species rounded up to 4."""
+        return self.sep_width + -(-int(self._kb_columns[0].max(initial=0)) // 4) * 4
 
     def pack(self, atoms_touched: np.ndarray, dtype: Any = np.float64) -> PackedProjections:
         """The :class:`PackedProjections` of the atoms flagged in ``atoms_touched (N,) bool``, ``dtype``
-        float32 or float64 (the projections are computed in float64, :data:`PACK_BATCH` entries a step)."""
+        float32 or float64 (the projections are computed in float64, straight into the packed rows,
+        only those an entry keeps, :data:`PACK_BATCH` entries a step)."""
         i, k = self.pairs.edge_index
         rows = np.flatnonzero(atoms_touched[i])
         i, k = i[rows].astype(np.int64), k[rows].astype(np.int64)
-        shift = self.pairs.cell_shift[rows]
+        shift = self.pairs.cell_shift[rows].astype(np.int64)
         si, sk = self.species[i], self.species[k]
         vectors = _pair_vectors(self.positions, self.cell, np.stack([i, k]), shift)
         distance = np.linalg.norm(vectors, axis=1)
@@ -265,28 +277,34 @@ class SeparableContext:
         entry_rows += entry_rows % 2
         entry_row = np.zeros(len(rows), dtype=np.int64)
         np.cumsum(entry_rows[:-1], out=entry_row[1:])
+        entry_cols = np.full(len(rows), self.sep_width, dtype=np.int64)
         values = np.zeros((int(entry_rows.sum()), self.width), dtype=dtype)
-        n_species = len(self.basis)
-        programs = [(self.desc.projection, self.desc.tables, 0)]
+        rank = np.full((len(self.basis), int(self.basis.n_orbitals.max())), -1, dtype=np.int64)
+        for s in range(len(self.basis)):
+            rank[s, order[s][order[s] >= 0]] = np.arange(int((order[s] >= 0).sum()))
+        programs = [(self.desc.projection, self.desc.tables, 0, np.arange(len(rows)))]
         if self.kb_scale is not None:
             kb = two_centre_descriptor(self.basis)
-            programs.append((kb.program("projection"), kb.tables, self.n_proj))
-        for start in range(0, len(rows), PACK_BATCH):
-            step = slice(start, start + PACK_BATCH)
-            pair_type = si[step] * n_species + sk[step]
-            for program, tables, col0 in programs:
-                ptr = block_pointer(program, pair_type)
-                blocks = program_blocks(program, tables, pair_type, vectors[step], ptr, backend=self.backend)
-                pack_projections(
-                    blocks, ptr, program.cols[pair_type], col0, si[step], order, entry_row[step], entry_rows[step], values,
-                    backend=self.backend,
+            kb_reach = cutoffs[si, 0] + kb.projector_reach[sk] + 1e-6  # the longest orbital reaches the KB projectors
+            entry_cols[kb_reach > distance] = self.width
+            programs.append((kb.program("projection"), kb.tables, self.sep_width, np.flatnonzero(entry_cols == self.width)))
+        for program, tables, col0, entries in programs:
+            for start in range(0, len(entries), PACK_BATCH):
+                step = entries[start : start + PACK_BATCH]
+                program_packed(
+                    program, tables, si[step] * len(self.basis) + sk[step], vectors[step], si[step], rank, col0,
+                    entry_row[step], entry_rows[step], values, backend=self.backend,
                 )
         proj_ptr = np.searchsorted(i, np.arange(len(self.positions) + 1)).astype(np.int64)
-        return PackedProjections(rows=rows, proj_ptr=proj_ptr, entry_row=entry_row, entry_rows=entry_rows, values=values)
+        return PackedProjections(
+            rows=rows, proj_atoms=k, proj_shifts=shift, proj_ptr=proj_ptr, entry_row=entry_row, entry_rows=entry_rows,
+            entry_cols=entry_cols, values=values,
+        )
 
     def operator_blocks(
         self, edge_index: np.ndarray, cell_shift: np.ndarray, block_ptr: np.ndarray, operators: np.ndarray, *,
         swap: np.ndarray | None = None, dtype: Any = np.float64, out: np.ndarray | None = None,
+        packed: PackedProjections | None = None,
     ) -> np.ndarray:
         """Blocks of ``sum_k |chi_k> D_k <chi_k|`` (plus ``kb_scale V_KB``) on the pairs ``(i, j, n)``
         (eV, flat on ``block_ptr``, ``dtype`` float32 or float64), for ``operators (N, n_p, n_p)``.
@@ -294,17 +312,21 @@ class SeparableContext:
         ``swap (E,) bool``: the pairs whose block the kernel builds from the column atom's side (its
         ``P D_k`` rows; the value is the same to rounding, :meth:`~hforge.infer.problem.Problem.ranges`
         chooses the atom behind along a sweep); pairs that share that atom are best consecutive (its
-        ``P D_k`` is computed once for them).  ``out``: written into (a view: no copy)."""
+        ``P D_k`` is computed once for them).  ``out``: written into (a view: no copy).  ``packed``:
+        the :meth:`pack` of (at least) the atoms these pairs touch, in ``dtype``, shared by calls on
+        subsets of a range of pairs (default: packed here)."""
         edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
         cell_shift = np.asarray(cell_shift, dtype=np.int64).reshape(-1, 3)
         swap = np.zeros(edge_index.shape[1], dtype=bool) if swap is None else np.asarray(swap, dtype=bool)
-        packed = self.pack(self._touched(edge_index), dtype)
+        if packed is None:
+            packed = self.pack(self._touched(edge_index), dtype)
         order, _ = reach_order(self.basis)
         _, energies = self._kb_columns
-        energies = np.pad(energies, ((0, 0), (0, self.width - self.n_proj - energies.shape[1])))
+        energies = np.pad(energies, ((0, 0), (self.sep_width - self.n_proj, self.width - self.sep_width - energies.shape[1])))
         return operator_contract(
-            edge_index, cell_shift, swap, self.species, self.pairs.edge_index[1, packed.rows],
-            self.pairs.cell_shift[packed.rows], packed.proj_ptr, packed.entry_row, packed.entry_rows, packed.values,
-            np.asarray(operators, dtype=dtype), energies.astype(dtype), order, self.basis.n_orbitals,
+            edge_index, cell_shift, swap, self.species, packed.proj_atoms, packed.proj_shifts, packed.proj_ptr,
+            packed.entry_row, packed.entry_rows, packed.entry_cols, packed.values, np.asarray(operators, dtype=dtype),
+            energies.astype(dtype),
+            order, self.basis.n_orbitals,
             np.asarray(block_ptr, dtype=np.int64), backend=self.backend, out=out,
         )
