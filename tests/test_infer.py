@@ -132,7 +132,7 @@ def assert_same(a, b, tol=1e-12):
 
 
 def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
-    hamiltonian = predictor.predict(cell64)
+    hamiltonian = predictor.predict(cell64, dtype=np.float64)
     assert_same(hamiltonian, predict_hamiltonian(model, cell64), tol=0)
     assert not hamiltonian.orthogonal and hamiltonian.no == 64 * 13
     report = predictor.last_report
@@ -141,15 +141,15 @@ def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
 
 
 def test_chunked_equals_whole_cell(predictor, cell256):
-    whole = predictor.predict(cell256)
-    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True)
+    whole = predictor.predict(cell256, dtype=np.float64)
+    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True, dtype=np.float64)
     assert predictor.last_report.mode == "chunked" and predictor.last_report.grid == (2, 2, 1)
     assert_same(chunked, whole, tol=1e-12)
 
 
 def test_streamed_equals_whole_cell(predictor, cell256):
-    whole = predictor.predict(cell256)
-    streamed = predictor.predict(cell256, mode="streamed", parts=3)
+    whole = predictor.predict(cell256, dtype=np.float64)
+    streamed = predictor.predict(cell256, mode="streamed", parts=3, dtype=np.float64)
     assert predictor.last_report.mode == "streamed" and predictor.last_report.n_parts == 3
     assert_same(streamed, whole, tol=1e-12)
 
@@ -159,12 +159,12 @@ def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeyp
     evaluated once and written into its rows and its partner's: the same matrices."""
     import hforge.infer.passes as module
 
-    whole = predictor.predict(cell256, mode="whole")
+    whole = predictor.predict(cell256, mode="whole", dtype=np.float64)
     monkeypatch.setattr(module, "PAIR_BATCH", 37)
     calls = []
     original = predictor.model.pair_pass
     monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))
-    batched = predictor.predict(cell256, mode="streamed", parts=2)
+    batched = predictor.predict(cell256, mode="streamed", parts=2, dtype=np.float64)
     assert max(calls) <= 37 and sum(calls) == len(predictor.prepare(cell256).cell_shift) - 256  # every hopping pair once
     assert min(calls) < 37 < max(calls) + 256 // 2  # batches mix onsite pairs (from the node pass) with hopping ones
     assert_same(batched, whole, tol=1e-12)
@@ -196,8 +196,8 @@ def test_device_is_cuda_when_usable_else_the_cpu(model):
 
 def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64, monkeypatch):
     before = torch.get_num_threads()
-    reference = predictor.predict(cell64, threads=before)
-    one = predictor.predict(cell64, threads=1)
+    reference = predictor.predict(cell64, threads=before, dtype=np.float64)
+    one = predictor.predict(cell64, threads=1, dtype=np.float64)
     assert predictor.last_report.torch_threads == 1 and torch.get_num_threads() == before
     assert_same(one, reference, tol=1e-12)
     monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 100.0, 100.0))  # the machine's load plays no part
@@ -376,7 +376,7 @@ def test_load_checkpoint_and_names(model, predictor, cell64, tmp_path):
     path = save_model(model, tmp_path / "tiny.pt")
     loaded = hforge.load(path)
     assert isinstance(loaded, Predictor)
-    assert_same(loaded.predict(cell64), predictor.predict(cell64), tol=0)
+    assert_same(loaded.predict(cell64), predictor.predict(cell64), tol=0)  # float32 output, both
     with pytest.raises(FileFormatError, match="no bundled model"):
         hforge.load("no-such-model")
 
@@ -433,7 +433,7 @@ def test_a_learned_overlap_that_is_not_positive_definite_is_reported(abn_dir, bu
     exact = Predictor(build_model(TINY, bundled.basis).eval())  # exact S (the default): never warned
     with warnings.catch_warnings():
         warnings.simplefilter("error", OverlapWarning)
-        s = exact.predict(data).Sk(format="array")
+        s = exact.predict(data, dtype=np.float64).Sk(format="array")
     np.testing.assert_allclose(s, data.matrix_at_k(which="s"), atol=1e-7)  # SIESTA's S: positive definite
     assert np.linalg.eigvalsh(s)[0] > 0
 
@@ -449,6 +449,42 @@ def test_written_files_read_back(predictor, cell64, tmp_path, suffix):
     assert list(back.nsc) == list(hamiltonian.nsc) and back.no == hamiltonian.no
     for k in (0, 1):
         np.testing.assert_allclose(back.tocsr(k).toarray(), hamiltonian.tocsr(k).toarray(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("suffix", [".TSHS", ".nc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_files_are_what_sisl_writes(operator_predictor, cell256, tmp_path, suffix, dtype):
+    """predict_to_file streams the output buffers (a range of rows at a time, onsite blocks transposed,
+    SIESTA's supercell order) into the file sisl's own writer makes of the same prediction: a TSHS
+    byte for byte, a NetCDF file read back to the same matrices, geometry and supercells."""
+    import sisl
+
+    from hforge.io import csr_files
+
+    csr_files.CHUNK_VALUES, chunk = 5000, csr_files.CHUNK_VALUES  # many steps on a small cell
+    try:
+        streamed = operator_predictor.predict_to_file(cell256, tmp_path / f"streamed{suffix}", dtype=dtype, threads=1)
+    finally:
+        csr_files.CHUNK_VALUES = chunk
+    assert operator_predictor.last_report.seconds["write"] > 0
+    reference = write_hamiltonian(operator_predictor.predict(cell256, dtype=dtype, threads=1), tmp_path / f"sisl{suffix}")
+    if suffix == ".TSHS":
+        assert streamed.read_bytes() == reference.read_bytes()
+    with sisl.get_sile(streamed) as a, sisl.get_sile(reference) as b:
+        got, expected = a.read_hamiltonian(), b.read_hamiltonian()
+    assert list(got.nsc) == list(expected.nsc) and np.array_equal(got.geometry.xyz, expected.geometry.xyz)
+    for k in (0, 1):
+        assert (got.tocsr(k) != expected.tocsr(k)).nnz == 0 and got.tocsr(k).nnz == expected.tocsr(k).nnz
+
+
+def test_output_is_float32_by_default_the_float64_output_rounded(predictor, cell64):
+    """The default output dtype is float32: the float64 output's values, rounded once."""
+    default, full = predictor.predict(cell64), predictor.predict(cell64, dtype=np.float64)
+    assert predictor.last_report.csr_bytes > predictor.prepare(cell64).csr_bytes(np.float32)
+    for k in (0, 1):
+        x, y = default.tocsr(k), full.tocsr(k)
+        assert x.dtype == np.float32 and np.array_equal(x.indices, y.indices)
+        np.testing.assert_array_equal(x.data, y.data.astype(np.float32))
 
 
 def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64, tmp_path, monkeypatch):
@@ -500,10 +536,10 @@ def test_stale_temporary_files_of_dead_processes_are_removed(predictor, cell64, 
 
 def test_predict_many_equals_predict(predictor, cell64, bundled):
     structures = [as_atoms(bundled[k], bundled.basis) for k in (0, 2, 3)] + [cell64]
-    many = predictor.predict_many(structures, batch_atoms=40)
+    many = predictor.predict_many(structures, batch_atoms=40, dtype=np.float64)
     assert len(many) == 4
     for one, structure in zip(many, structures):
-        assert_same(one, predictor.predict(structure), tol=1e-12)
+        assert_same(one, predictor.predict(structure, dtype=np.float64), tol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -531,8 +567,8 @@ def test_operator_model_predictions_equal_the_model_pipeline(operator_predictor,
     operator's contraction and its D_k head apart from the trunk."""
     from hforge.infer.passes import Physics
 
-    reference = operator_predictor.predict_many([cell256])[0]
-    got = operator_predictor.predict(cell256, mode=mode, parts=parts)
+    reference = operator_predictor.predict_many([cell256], dtype=np.float64)[0]
+    got = operator_predictor.predict(cell256, mode=mode, parts=parts, dtype=np.float64)
     assert_same(got, reference, tol=1e-10)
     assert (got.tocsr(0) != 0).nnz > 0
     report = operator_predictor.last_report

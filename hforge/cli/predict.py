@@ -40,7 +40,9 @@ def predict_command(
         "auto", "--mode", help="whole cell, streamed (atom ranges), chunked (spatial chunks with halo), or auto."
     ),
     parts: int = typer.Option(None, "--parts", help="Atom ranges or spatial chunks (default: the fewest that fit)."),
-    dtype: Dtype = typer.Option("float64", "--dtype", help="Output precision."),
+    dtype: Dtype = typer.Option(
+        "float32", "--dtype", help="Output precision (float32: a float32 model's H as computed, S rounded to 7 digits).",
+    ),
     backend: AssemblyBackend = typer.Option(
         "auto", "--backend", help="CSR assembly backend (torch: its reference, scipy's COO -> CSR)."
     ),
@@ -118,17 +120,17 @@ def _predict_one(
         from hforge.infer.overlap import check_learned_overlap
 
         check_learned_overlap(predictor.model, hamiltonian, source=source)
-    else:
-        hamiltonian = predictor.predict(
-            atoms, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
+        write_hamiltonian(hamiltonian, out)
+    else:  # the output buffers streamed into the file (no copy of the matrix)
+        predictor.predict_to_file(
+            atoms, out, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
             source=source, threads=threads,
         )
-    write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start
     report = predictor.last_report
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
-        f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
+        f"{label}: {report.n_atoms} atoms, {report.n_orbitals} orbitals, nnz {report.nnz:,} on {report.device} "
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_parts} {_parts_unit(report)}), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,

@@ -22,7 +22,7 @@ import numpy as np
 from hforge.errors import FileFormatError
 from hforge.files import atomic_write
 from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
-from hforge.infer.plan import memory_budget, output_dtype
+from hforge.infer.plan import DEFAULT_OUTPUT_DTYPE, memory_budget, output_dtype
 from hforge.infer.predictor import Predictor
 from hforge.infer.problem import Problem
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
@@ -42,7 +42,7 @@ def predict_part(
     rank: int,
     world: int,
     *,
-    dtype: Any = np.float64,
+    dtype: Any = DEFAULT_OUTPUT_DTYPE,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
 ) -> Path:
@@ -112,7 +112,7 @@ def predict_distributed(
     *,
     parts: int | None = None,
     max_memory: int | str | None = None,
-    dtype: Any = np.float64,
+    dtype: Any = DEFAULT_OUTPUT_DTYPE,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
     threads: int | None = None,
@@ -136,6 +136,7 @@ def predict_distributed(
     plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
     grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)
     report.n_atoms, report.nnz, report.grid, report.n_parts = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
+    report.n_orbitals = int(problem.n_orb.sum())
     report.csr_bytes = problem.csr_bytes(dtype)
     with torch_threads(threads) as report.torch_threads:
         predict_part(

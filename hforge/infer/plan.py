@@ -18,6 +18,7 @@ from hforge.infer.problem import Problem
 __all__ = [
     "BYTES_PER_GRAPH_ATOM",
     "BYTES_PER_VALUE",
+    "DEFAULT_OUTPUT_DTYPE",
     "DEFAULT_WORKING_BYTES",
     "MODES",
     "OUTPUT_DTYPES",
@@ -36,6 +37,12 @@ MODES = ("whole", "streamed", "chunked")
 
 #: Dtypes of a prediction's output values.
 OUTPUT_DTYPES = ("float64", "float32")
+
+#: The output dtype of a prediction unless asked otherwise: float32.  A float32 model's H is float32
+#: already; S rounded to float32 moves the full-S spectrum's states within ±2 eV of the gap by < 1 µeV
+#: and the highest states (100-200 eV, along S's near-null directions) by ~10 meV (real aBN cells,
+#: benchmarks/results/float32_output/, docs/measurements.md), for two thirds of float64's bytes.
+DEFAULT_OUTPUT_DTYPE = "float32"
 
 #: Units of :func:`memory_budget` (upper case).
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,

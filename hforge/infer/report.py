@@ -23,8 +23,9 @@ __all__ = [
 #: model's node pass (trunk, head inputs, onsite blocks); the learned heads (the pair pass's hopping
 #: blocks; a separable operator's ``D_k``, taken out of the node pass); the separable operator's
 #: contraction (with the Kleinman-Bylander part of H when it joins it, hforge.infer.passes.Physics);
-#: the exact overlap S; the baseline H0 (the rest of it); CSR planning, filling and the hand-over to sisl.
-PREDICTION_STAGES = ("graphs", "trunk", "heads", "separable", "S", "H0", "assembly")
+#: the exact overlap S; the baseline H0 (the rest of it); CSR planning, filling and the hand-over to
+#: sisl; the output file (:meth:`~hforge.infer.Predictor.predict_to_file`).
+PREDICTION_STAGES = ("graphs", "trunk", "heads", "separable", "S", "H0", "assembly", "write")
 
 
 @dataclass
@@ -32,7 +33,7 @@ class PredictionReport:
     """What the last prediction did.
 
     Attributes:
-        n_atoms, nnz: atoms of the structure, stored entries of H (and of S).
+        n_atoms, n_orbitals, nnz: atoms and orbitals of the structure, stored entries of H (and of S).
         device: where the model ran.
         mode: ``whole``, ``streamed``, ``chunked`` (or ``distributed``).
         n_parts: atom ranges (``whole``: 1, ``streamed``) or occupied spatial chunks (``chunked``).
@@ -46,6 +47,7 @@ class PredictionReport:
     """
 
     n_atoms: int = 0
+    n_orbitals: int = 0
     device: str = "cpu"
     nnz: int = 0
     mode: str = "whole"
