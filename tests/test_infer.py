@@ -170,15 +170,23 @@ def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeyp
     assert_same(batched, whole, tol=1e-12)
 
 
-def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
+def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, operator_predictor, cell256):
+    """The whole cell when it fits; slabs ("streamed") where they need less (a separable operator's
+    projections are packed per slab: fewer atoms touched); spatial chunks below that; below the
+    smallest part, an error naming the minimum.  Without a separable operator slabs need what the
+    whole cell does (its exact blocks go in batches either way): chunks come next."""
+    problem = operator_predictor.prepare(cell256)
+    whole = operator_predictor.plan(problem)
+    assert whole.mode == "whole"
+    streamed = operator_predictor.plan(problem, max_memory=whole.total_bytes - 1)
+    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
+    smallest = operator_predictor.plan(problem, mode="streamed", parts=4096).total_bytes
+    chunked = operator_predictor.plan(problem, max_memory=smallest - 1)
+    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
     problem = predictor.prepare(cell256)
     whole = predictor.plan(problem)
-    assert whole.mode == "whole"
-    streamed = predictor.plan(problem, max_memory=whole.total_bytes - 1)
-    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
-    smallest = predictor.plan(problem, mode="streamed", parts=4096).total_bytes
-    chunked = predictor.plan(problem, max_memory=smallest - 1)
-    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
+    assert predictor.plan(problem, mode="streamed", parts=64).total_bytes == whole.total_bytes
+    assert predictor.plan(problem, max_memory=whole.total_bytes - 1).mode == "chunked"
     with pytest.raises(ResourceLimitError, match=r"at least \d+\.\d\d GB \(output CSR"):
         predictor.predict(cell256, max_memory=problem.csr_bytes(np.float64))
 

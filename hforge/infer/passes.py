@@ -77,8 +77,10 @@ class Passes:
         backend: str = "auto",
         timer: StageTimer | None = None,
         progress: bool | Callable[[int, int], None] = False,
+        physics: "Physics | None" = None,
     ) -> AssembledCSR:
-        """The whole matrices by ranges of pairs ("whole": one range; "streamed").
+        """The whole matrices by ranges of pairs ("whole": one range; "streamed"); ``physics``: the
+        problem's :class:`Physics` when the caller has it (its neighbour lists), else made here.
 
         The model's node pass over the whole cell once; then per slab of the cell along its sweep
         axis (:meth:`~hforge.infer.problem.Problem.ranges`: the canonical pairs whose rear atom lies
@@ -93,7 +95,7 @@ class Passes:
         timer = timer or StageTimer()
         arrays, model, dtype = problem.arrays, self.model, np.dtype(dtype)
         xp = _array_module(self.on_gpu)
-        physics = Physics(model, arrays)
+        physics = physics or Physics(model, arrays)
         with timer("graphs"):
             graph = self._graph(arrays, arrays.positions, problem.edge_index, problem.cell_shift, arrays.pbc)
         with timer("trunk"), timed_module(timer, model.separable, "heads", "trunk"), torch.no_grad():
@@ -277,13 +279,15 @@ class Passes:
         backend: str = "auto",
         timer: StageTimer | None = None,
         progress: bool | Callable[[int, int], None] = False,
+        physics: "Physics | None" = None,
     ) -> None:
         """Predict the chunks ``chunk_ids`` of ``grid`` and write their atoms' rows into the
-        whole-matrix buffers ``indices (nnz,)`` and ``data (nnz, 2)`` (host arrays or memory maps)."""
+        whole-matrix buffers ``indices (nnz,)`` and ``data (nnz, 2)`` (host arrays or memory maps);
+        ``physics`` as :meth:`fill_ranges`."""
         timer = timer or StageTimer()
         frac = problem.frac
         chunk = chunk_of_atoms(frac, grid)
-        physics = Physics(self.model, problem.arrays)
+        physics = physics or Physics(self.model, problem.arrays)
         bar = progress_bar(progress, len(chunk_ids), "chunk")
         for done, index in enumerate(chunk_ids, start=1):
             cluster = cluster_of_chunk(frac, chunk, int(index), grid, problem.arrays.cell, self.halo)
@@ -356,6 +360,13 @@ class Physics:
         if self.operators is None:
             self.operators = np.zeros((len(self.arrays.species),) + values.shape[1:], dtype=self.dtype)
         self.operators[atoms] = values
+
+    def pack_bytes_per_atom(self) -> float:
+        """Bytes per atom of the separable operator's packed projections of the whole cell (0 without one)."""
+        if self.model.separable is None:
+            return 0.0
+        every = np.ones(len(self.arrays.species), dtype=bool)
+        return self._separable.pack_nbytes(every, self.dtype) / len(every)
 
     def prepare(self, edges: np.ndarray | None) -> None:
         """Pack the projections of the atoms that the pairs ``edges (2, E)`` touch (a range's), for the

@@ -37,7 +37,7 @@ from hforge.graph.model_graph import GraphBatch, StructureArrays, structure_arra
 from hforge.infer.chunks import receptive_field
 from hforge.infer.output import check_output_path, write_prediction
 from hforge.infer.overlap import check_learned_overlap
-from hforge.infer.passes import Passes, on_host, torch_dtype
+from hforge.infer.passes import Passes, Physics, on_host, torch_dtype
 from hforge.infer.plan import DEFAULT_OUTPUT_DTYPE, Plan, check_parts, memory_budget, output_dtype, plan_prediction
 from hforge.infer.problem import Problem, make_problem, read_structure
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
@@ -162,13 +162,14 @@ class Predictor:
 
     def plan(
         self, problem: Problem, *, dtype: Any = DEFAULT_OUTPUT_DTYPE, max_memory: int | str | None = None, mode: str = "auto",
-        parts: int | None = None,
+        parts: int | None = None, physics: Physics | None = None,
     ) -> Plan:
         """How to predict ``problem`` on this predictor's device (:func:`~hforge.infer.plan.plan_prediction`;
-        ``dtype`` and ``max_memory`` as :meth:`predict`)."""
+        ``dtype`` and ``max_memory`` as :meth:`predict`; ``physics``: the problem's, when the caller has it)."""
+        physics = physics or Physics(self.model, problem.arrays)
         return plan_prediction(
             problem, halo=self.passes.halo, device=self.device, dtype=output_dtype(dtype),
-            max_memory=memory_budget(max_memory), mode=mode, parts=parts,
+            max_memory=memory_budget(max_memory), mode=mode, parts=parts, pack_bytes_per_atom=physics.pack_bytes_per_atom(),
         )
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -296,17 +297,21 @@ class Predictor:
         threads = thread_count(threads)
         problem = self.prepare(structure, species=species, nsc=nsc, timer=timer)
         report.n_atoms, report.n_orbitals, report.nnz = problem.n_atoms, int(problem.n_orb.sum()), problem.nnz
-        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
+        physics = Physics(self.model, problem.arrays)  # the cell's neighbour lists, for the plan and the passes
+        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts, physics=physics)
         report.mode, report.grid, report.n_parts = plan.mode, plan.grid, plan.parts
         report.csr_bytes, report.estimated_bytes = plan.csr_bytes, plan.total_bytes
         with torch_threads(threads) as report.torch_threads:
             if plan.mode in ("whole", "streamed"):
-                csr = self.passes.fill_ranges(problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress)
+                csr = self.passes.fill_ranges(
+                    problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress, physics=physics
+                )
             else:
                 indices, data = problem.allocate(dtype)
                 occupied = problem.occupied_chunks(plan.grid)
                 self.passes.fill_chunks(
-                    problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress
+                    problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress,
+                    physics=physics,
                 )
                 csr = problem.csr(indices, data)
         return csr, problem

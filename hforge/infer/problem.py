@@ -172,6 +172,15 @@ class Problem:
         return self._wrapped[1]
 
     @functools.cached_property
+    def pair_reach(self) -> float:
+        """Å: the longest block pair (the largest pair cut-off the pairs were found with)."""
+        i, j = self.edge_index
+        if i.size == 0:
+            return 0.0
+        vectors = self.arrays.positions[j] + self.cell_shift @ self.arrays.cell - self.arrays.positions[i]
+        return float(np.sqrt((vectors**2).sum(axis=1).max()))
+
+    @functools.cached_property
     def sweep_axis(self) -> int:
         """The lattice direction of the widest spacing between lattice planes: the sweep of :meth:`ranges`."""
         return int(np.argmax(interplanar_spacings(self.cell)))

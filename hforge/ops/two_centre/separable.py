@@ -260,10 +260,9 @@ class SeparableContext:
         of a species rounded up to 4."""
         return self.sep_width + -(-int(self._kb_columns[0].max(initial=0)) // 4) * 4
 
-    def pack(self, atoms_touched: np.ndarray, dtype: Any = np.float64) -> PackedProjections:
-        """The :class:`PackedProjections` of the atoms flagged in ``atoms_touched (N,) bool``, ``dtype``
-        float32 or float64 (the projections are computed in float64, straight into the packed rows,
-        only those an entry keeps, :data:`PACK_BATCH` entries a step)."""
+    def _layout(self, atoms_touched: np.ndarray) -> dict[str, np.ndarray]:
+        """The entries of the atoms flagged in ``atoms_touched`` and their packed rows and columns
+        (:class:`PackedProjections`' fields without the values), with their species and vectors (Bohr)."""
         i, k = self.pairs.edge_index
         rows = np.flatnonzero(atoms_touched[i])
         i, k = i[rows].astype(np.int64), k[rows].astype(np.int64)
@@ -271,13 +270,34 @@ class SeparableContext:
         si, sk = self.species[i], self.species[k]
         vectors = _pair_vectors(self.positions, self.cell, np.stack([i, k]), shift)
         distance = np.linalg.norm(vectors, axis=1)
-        order, cutoffs = reach_order(self.basis)
+        _, cutoffs = reach_order(self.basis)
         reached = cutoffs[si] + (self.reach[sk] + 1e-6)[:, None] > distance[:, None]  # a prefix of every row
         entry_rows = reached.sum(axis=1)
         entry_rows += entry_rows % 2
         entry_row = np.zeros(len(rows), dtype=np.int64)
         np.cumsum(entry_rows[:-1], out=entry_row[1:])
         entry_cols = np.full(len(rows), self.sep_width, dtype=np.int64)
+        if self.kb_scale is not None:  # the longest orbital reaches the KB projectors
+            kb_reach = cutoffs[si, 0] + two_centre_descriptor(self.basis).projector_reach[sk] + 1e-6
+            entry_cols[kb_reach > distance] = self.width
+        return {"rows": rows, "i": i, "k": k, "shift": shift, "si": si, "sk": sk, "vectors": vectors,
+                "entry_rows": entry_rows, "entry_row": entry_row, "entry_cols": entry_cols}
+
+    def pack_nbytes(self, atoms_touched: np.ndarray, dtype: Any = np.float64) -> int:
+        """Bytes of :meth:`pack` of the same atoms (its layout computed, not its values)."""
+        layout = self._layout(atoms_touched)
+        n = len(layout["rows"])
+        return int(layout["entry_rows"].sum()) * self.width * np.dtype(dtype).itemsize + n * 80 + 8 * (len(self.positions) + 1)
+
+    def pack(self, atoms_touched: np.ndarray, dtype: Any = np.float64) -> PackedProjections:
+        """The :class:`PackedProjections` of the atoms flagged in ``atoms_touched (N,) bool``, ``dtype``
+        float32 or float64 (the projections are computed in float64, straight into the packed rows,
+        only those an entry keeps, :data:`PACK_BATCH` entries a step)."""
+        layout = self._layout(atoms_touched)
+        rows, i, k, shift = layout["rows"], layout["i"], layout["k"], layout["shift"]
+        si, sk, vectors = layout["si"], layout["sk"], layout["vectors"]
+        entry_rows, entry_row, entry_cols = layout["entry_rows"], layout["entry_row"], layout["entry_cols"]
+        order, _ = reach_order(self.basis)
         values = np.zeros((int(entry_rows.sum()), self.width), dtype=dtype)
         rank = np.full((len(self.basis), int(self.basis.n_orbitals.max())), -1, dtype=np.int64)
         for s in range(len(self.basis)):
@@ -285,8 +305,6 @@ class SeparableContext:
         programs = [(self.desc.projection, self.desc.tables, 0, np.arange(len(rows)))]
         if self.kb_scale is not None:
             kb = two_centre_descriptor(self.basis)
-            kb_reach = cutoffs[si, 0] + kb.projector_reach[sk] + 1e-6  # the longest orbital reaches the KB projectors
-            entry_cols[kb_reach > distance] = self.width
             programs.append((kb.program("projection"), kb.tables, self.sep_width, np.flatnonzero(entry_cols == self.width)))
         for program, tables, col0, entries in programs:
             for start in range(0, len(entries), PACK_BATCH):
