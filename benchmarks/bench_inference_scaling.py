@@ -2,15 +2,18 @@
 10^3 to 2x10^4 atoms (DZP basis), wall and CPU time per stage, peak RSS, nnz, a log-log fit, the
 goals of issue 19 checked, and graph2mat on the same 1000-atom cell in the same run.
 
-Models (``HFORGE_BENCH_MODELS``, comma-separated; default ``default,abn-dzp``): the default
-:class:`~hforge.models.ModelConfig` (random weights; exact S and baseline H0, what ships) and the
-bundled ``abn-dzp`` checkpoint (the shipped model), or checkpoint paths.  Cells (named in
+Models (``HFORGE_BENCH_MODELS``, comma-separated; default ``operator,default``): the operator model
+(``configs/abn-operator.yaml``, what the project ships) and the default
+:class:`~hforge.models.ModelConfig` (per-entry heads), both with random weights
+(:func:`benchmarks.scaling.scaling_model`), the bundled ``abn-dzp`` checkpoint, or checkpoint paths.  Cells (named in
 :mod:`benchmarks.scaling`): ``amorphous_bn`` fast-protocol 100- (warm-up) and 1000-atom cells;
 larger ones tile the 1000-atom cell (a x b x c, atoms displaced by N(0, 0.02 Å)).  Every round
 runs in a fresh process that warms up on the 100-atom cell, with the default ``predict`` arguments
 (its plan keeps peak RSS within the output CSR + 2 GB; ``HFORGE_BENCH_MAX_MEMORY=goal`` or bytes to
-give a budget instead); 3 rounds per size (``extra_info["wall_s_rounds"]``; the other fields are
-the last round's, whose peak RSS is the process's).
+give a budget instead), float32 output (``HFORGE_BENCH_DTYPE``), torch and numba on
+``HFORGE_BENCH_THREADS`` threads (default: the cores); 3 rounds per size
+(``extra_info["wall_s_rounds"]``; the other fields are the last round's, whose peak RSS is the
+process's), each beside the output floor of the same run (``output_floor_s``, ``floor_ratio``).
 
 Checked before anything is timed, for each model on the 100-atom cell: every mode (whole,
 streamed, chunked) gives the model pipeline's matrices (:func:`hforge.infer.predict_hamiltonian`,
@@ -43,18 +46,22 @@ from benchmarks._bench import interleaved, sizes, timed
 from benchmarks.scaling import (
     GOAL,
     GOALS,
+    code_label,
     fit_loglog,
     graph2mat_seconds,
     measure_size,
+    model_path,
+    output_floor_seconds,
     scaling_cell,
-    scaling_model,
     scaling_tables,
     write_results,
 )
 
 DEFAULT_SIZES = sizes([1000], [1000, 2000, 4000, 8000, 10000, 20000])
 SIZES = tuple(int(s) for s in os.environ.get("HFORGE_BENCH_SIZES", ",".join(map(str, DEFAULT_SIZES))).split(","))
-MODELS = tuple(m for m in os.environ.get("HFORGE_BENCH_MODELS", "default,abn-dzp").split(",") if m)
+MODELS = tuple(m for m in os.environ.get("HFORGE_BENCH_MODELS", "operator,default").split(",") if m)
+DTYPE = os.environ.get("HFORGE_BENCH_DTYPE", "float32")
+THREADS = int(os.environ["HFORGE_BENCH_THREADS"]) if os.environ.get("HFORGE_BENCH_THREADS") else None
 DEVICE = os.environ.get("HFORGE_BENCH_DEVICE", "cpu")
 _BUDGET = os.environ.get("HFORGE_BENCH_MAX_MEMORY", "none")
 MAX_MEMORY = None if _BUDGET == "none" else GOAL if _BUDGET == GOAL else int(float(_BUDGET))
@@ -63,11 +70,6 @@ CACHE = Path(os.environ.get("HFORGE_BENCH_CACHE", Path.home() / ".cache" / "hfor
 ROUNDS = 3  # each a fresh process with its own warm-up: no warm-up round here
 ROWS: dict[str, dict[int, dict]] = {}
 BASELINE: dict[str, dict] = {}
-
-
-def model_path(model: str, cache: str | os.PathLike = CACHE) -> str:
-    """What :func:`hforge.infer.load` takes for ``model`` (``"default"``: the cached default config)."""
-    return str(scaling_model(cache)) if model == "default" else model
 
 
 def check_modes(model: str, cache: str, device: str) -> None:
@@ -93,7 +95,7 @@ def expected_nnz(model: str, n_atoms: int) -> int:
 
     from hforge.infer import load
 
-    basis = load(model_path(model), device="cpu").model.basis
+    basis = load(model_path(model, CACHE), device="cpu").model.basis
     atoms = scaling_cell(n_atoms, CACHE)[0]
     n_orb = dict(zip(basis.symbols, basis.n_orbitals.tolist()))
     cutoffs = {(a, b): basis[a].cutoff + basis[b].cutoff for a in basis.symbols for b in basis.symbols}
@@ -124,13 +126,16 @@ def test_inference_scaling(benchmark, model, n_atoms):
     walls = []
 
     def run():
-        row = measure_size(model, n_atoms, CACHE, max_memory=MAX_MEMORY, device=DEVICE)
+        row = measure_size(model, n_atoms, CACHE, max_memory=MAX_MEMORY, device=DEVICE, dtype=DTYPE, threads=THREADS)
         assert "error" not in row, row["error"]
         walls.append(row["wall_s"])
         return row
 
     row = timed(benchmark, run, rounds=ROUNDS, warmup=0)
     assert row["nnz"] == expected_nnz(model, n_atoms)
+    if DEVICE == "cpu":
+        row["output_floor_s"] = output_floor_seconds(row["csr_bytes"])
+        row["floor_ratio"] = row["wall_s"] / row["output_floor_s"]
     benchmark.extra_info.update(
         {k: v for k, v in row.items() if not k.startswith("stages")}, **{f"{k} s": v for k, v in row["stages_s"].items()},
         **{f"{k} cpu s": v for k, v in row["stages_cpu_s"].items()},
@@ -149,12 +154,14 @@ def test_graph2mat_1000_atoms(benchmark):
     rows = []
 
     def run():
-        row = graph2mat_seconds(CACHE, 1000)
+        row = graph2mat_seconds(CACHE, 1000, threads=THREADS)
         assert "error" not in row, row["error"]
         assert row["nnz"] > 0
         rows.append(row)
 
-    hforge = lambda: measure_size(model, 1000, CACHE, max_memory=MAX_MEMORY, device=DEVICE)  # noqa: E731
+    def hforge() -> dict:
+        return measure_size(model, 1000, CACHE, max_memory=MAX_MEMORY, device=DEVICE, dtype=DTYPE, threads=THREADS)
+
     ratio = interleaved(benchmark, run, hforge, rounds=ROUNDS, warmup=0)
     benchmark.extra_info.update(rows[-1])
     BASELINE["graph2mat"] = {**rows[-1], "ratio": None if ratio is None else vars(ratio)}
@@ -167,8 +174,9 @@ def teardown_module() -> None:
     for model, by_size in ROWS.items():
         rows = [by_size[n] for n in sorted(by_size)]
         fits = {"fit": fit_loglog(rows), "fit_cpu": fit_loglog(rows, key="cpu_s")}
-        runs.append({"model": model, "device": DEVICE, "rows": rows, **fits})
-    results = {"runs": runs, "goals": GOALS, "cpu_count": os.cpu_count()}
+        runs.append({"model": model, "device": DEVICE, "code": code_label(), "rows": rows, **fits})
+    results = {"runs": runs, "goals": GOALS, "cpu_count": os.cpu_count(), "threads": THREADS, "dtype": DTYPE,
+               "commit": code_label()}
     first = runs[0]["rows"]
     if "graph2mat" in BASELINE and any(r["n_atoms"] == 1000 for r in first):
         results["graph2mat"] = BASELINE["graph2mat"]

@@ -153,28 +153,17 @@ def hforge_case(kind: str, backend: str) -> Case:
 
 
 def graph2mat_case() -> Case:
+    """graph2mat's MatrixMACE as the transfer study builds it (:func:`hforge.train.graph2mat.graph2mat_model`)."""
     import sisl
-    from e3nn import o3
-    from graph2mat import MatrixDataProcessor
     from graph2mat.bindings.torch import TorchBasisMatrixData
-    from graph2mat.core.data.table import AtomicTableWithEdges
-    from graph2mat.models import MatrixMACE
-    from mace.modules import MACE, RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
+
+    from hforge.train.graph2mat import graph2mat_model
 
     basis = dataset().basis
     sisl_atoms = basis.to_sisl()
-    table = AtomicTableWithEdges(sisl_atoms)
-    processor = MatrixDataProcessor(basis_table=table, symmetric_matrix=True, sub_point_matrix=False)
     torch.manual_seed(0)
-    hidden = o3.Irreps(f"{CHANNELS}x0e+{CHANNELS}x1o+{CHANNELS}x2e")
-    mace = MACE(
-        r_max=float(basis.pair_cutoffs().max()), num_bessel=8, num_polynomial_cutoff=5, max_ell=2,
-        interaction_cls=RealAgnosticResidualInteractionBlock, interaction_cls_first=RealAgnosticInteractionBlock,
-        num_interactions=2, num_elements=len(basis), hidden_irreps=hidden, MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.zeros(len(basis)), avg_num_neighbors=40.0, atomic_numbers=list(range(len(basis))),
-        correlation=2, gate=torch.nn.functional.silu, radial_MLP=[32, 32],
-    )
-    model = MatrixMACE(mace, unique_basis=table, symmetric=True, edge_hidden_irreps=hidden).float().eval()
+    model, processor = graph2mat_model(basis)
+    model = model.float().eval()
 
     def prepare(atoms):
         species = [basis.index(symbol) for symbol in atoms.get_chemical_symbols()]

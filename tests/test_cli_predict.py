@@ -140,14 +140,14 @@ def test_frame_outputs_sort_in_frame_order():
 #: ``hforge predict`` whose TSHS write hangs after its first bytes (the temp file exists), for a SIGTERM to hit it.
 HANGING_WRITE = """
 import sys, time
-import sisl.io.siesta.binaries as binaries
+import hforge.io.csr_files as writers
 
-def hang(self, *args, **kwargs):
-    with open(self.file, "wb") as handle:
+def hang(path, *args, **kwargs):
+    with open(path, "wb") as handle:
         handle.write(b"partial")
     time.sleep(300)
 
-binaries.tshsSileSiesta.write_hamiltonian = hang
+writers._write_tshs = hang
 from hforge.cli.main import app
 sys.argv = ["hforge", *sys.argv[1:]]
 app()

@@ -132,7 +132,7 @@ def assert_same(a, b, tol=1e-12):
 
 
 def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
-    hamiltonian = predictor.predict(cell64)
+    hamiltonian = predictor.predict(cell64, dtype=np.float64)
     assert_same(hamiltonian, predict_hamiltonian(model, cell64), tol=0)
     assert not hamiltonian.orthogonal and hamiltonian.no == 64 * 13
     report = predictor.last_report
@@ -141,43 +141,52 @@ def test_whole_cell_matches_the_model_pipeline(model, predictor, cell64):
 
 
 def test_chunked_equals_whole_cell(predictor, cell256):
-    whole = predictor.predict(cell256)
-    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True)
+    whole = predictor.predict(cell256, dtype=np.float64)
+    chunked = predictor.predict(cell256, mode="chunked", parts=4, progress=True, dtype=np.float64)
     assert predictor.last_report.mode == "chunked" and predictor.last_report.grid == (2, 2, 1)
     assert_same(chunked, whole, tol=1e-12)
 
 
 def test_streamed_equals_whole_cell(predictor, cell256):
-    whole = predictor.predict(cell256)
-    streamed = predictor.predict(cell256, mode="streamed", parts=3)
+    whole = predictor.predict(cell256, dtype=np.float64)
+    streamed = predictor.predict(cell256, mode="streamed", parts=3, dtype=np.float64)
     assert predictor.last_report.mode == "streamed" and predictor.last_report.n_parts == 3
     assert_same(streamed, whole, tol=1e-12)
 
 
 def test_pairs_in_small_batches_equal_the_whole_cell(predictor, cell256, monkeypatch):
-    """Ranges split into batches of pairs (onsite and hopping), each pair evaluated once and
-    written into its rows and its partner's: the same matrices."""
+    """Ranges split into batches of pairs (an atom's onsite and hopping pairs together), each pair
+    evaluated once and written into its rows and its partner's: the same matrices."""
     import hforge.infer.passes as module
 
-    whole = predictor.predict(cell256, mode="whole")
+    whole = predictor.predict(cell256, mode="whole", dtype=np.float64)
     monkeypatch.setattr(module, "PAIR_BATCH", 37)
     calls = []
     original = predictor.model.pair_pass
     monkeypatch.setattr(predictor.model, "pair_pass", lambda *a, **k: calls.append(a[1].shape[1]) or original(*a, **k))
-    batched = predictor.predict(cell256, mode="streamed", parts=2)
-    assert max(calls) == 37 and sum(calls) == len(predictor.prepare(cell256).cell_shift) - 256  # every hopping pair once
+    batched = predictor.predict(cell256, mode="streamed", parts=2, dtype=np.float64)
+    assert max(calls) <= 37 and sum(calls) == len(predictor.prepare(cell256).cell_shift) - 256  # every hopping pair once
+    assert min(calls) < 37 < max(calls) + 256 // 2  # batches mix onsite pairs (from the node pass) with hopping ones
     assert_same(batched, whole, tol=1e-12)
 
 
-def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, cell256):
+def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, operator_predictor, cell256):
+    """The whole cell when it fits; slabs ("streamed") where they need less (a separable operator's
+    projections are packed per slab: fewer atoms touched); spatial chunks below that; below the
+    smallest part, an error naming the minimum.  Without a separable operator slabs need what the
+    whole cell does (its exact blocks go in batches either way): chunks come next."""
+    problem = operator_predictor.prepare(cell256)
+    whole = operator_predictor.plan(problem)
+    assert whole.mode == "whole"
+    streamed = operator_predictor.plan(problem, max_memory=whole.total_bytes - 1)
+    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
+    smallest = operator_predictor.plan(problem, mode="streamed", parts=4096).total_bytes
+    chunked = operator_predictor.plan(problem, max_memory=smallest - 1)
+    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
     problem = predictor.prepare(cell256)
     whole = predictor.plan(problem)
-    assert whole.mode == "whole"
-    streamed = predictor.plan(problem, max_memory=whole.total_bytes - 1)
-    assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
-    smallest = predictor.plan(problem, mode="streamed", parts=4096).total_bytes
-    chunked = predictor.plan(problem, max_memory=smallest - 1)
-    assert chunked.mode == "chunked" and chunked.total_bytes < smallest
+    assert predictor.plan(problem, mode="streamed", parts=64).total_bytes == whole.total_bytes
+    assert predictor.plan(problem, max_memory=whole.total_bytes - 1).mode == "chunked"
     with pytest.raises(ResourceLimitError, match=r"at least \d+\.\d\d GB \(output CSR"):
         predictor.predict(cell256, max_memory=problem.csr_bytes(np.float64))
 
@@ -193,12 +202,72 @@ def test_device_is_cuda_when_usable_else_the_cpu(model):
             hforge.load("abn-dzp", device="cuda")
 
 
-def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64):
+def test_torch_threads_are_set_for_the_prediction_and_restored(predictor, cell64, monkeypatch):
     before = torch.get_num_threads()
-    reference = predictor.predict(cell64, threads=before)
-    one = predictor.predict(cell64, threads=1)
+    reference = predictor.predict(cell64, threads=before, dtype=np.float64)
+    one = predictor.predict(cell64, threads=1, dtype=np.float64)
     assert predictor.last_report.torch_threads == 1 and torch.get_num_threads() == before
     assert_same(one, reference, tol=1e-12)
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 100.0, 100.0))  # the machine's load plays no part
+    predictor.predict(cell64)
+    assert predictor.last_report.torch_threads == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InputError, match="threads="):
+            predictor.predict(cell64, threads=bad)
+
+
+# A child process predicting a structure with the default model (float32) and default threads: the
+# SHA-256 of H's and S's values.  argv: checkpoint, structure, the load average it sees, and "threads"
+# to print first the hashes of one and of two torch threads.
+LOAD_CHILD = """
+import hashlib, os, sys
+checkpoint, structure, load, what = sys.argv[1:5]
+os.getloadavg = lambda: (float(load),) * 3  # what a policy reading the machine's load would see
+import hforge
+
+predictor = hforge.load(checkpoint, device="cpu")
+
+def digest(**options):
+    H = predictor.predict(structure, **options)
+    return hashlib.sha256(H.tocsr(0).data.tobytes() + H.tocsr(1).data.tobytes()).hexdigest()
+
+print(" ".join(([digest(threads=1), digest(threads=2)] if what == "threads" else []) + [digest()]))
+"""
+
+
+def test_predicted_bits_do_not_depend_on_the_machine_load(bundled, tmp_path):
+    """The same input gives the same bits on a quiet machine and on one whose cores all spin (busy
+    loops, and a load average of 1000 where the quiet run sees 0), with the default threads.  The
+    cell is one whose bits do depend on torch's thread count (checked first), so that a thread policy
+    following the load would fail here."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    checkpoint = save_model(build_model(ModelConfig(), bundled.basis), tmp_path / "model.pt")
+    atoms = as_atoms(bundled[3], bundled.basis).repeat((2, 2, 1))  # the 24-atom cell, 96 atoms, shaken
+    atoms.positions += np.random.default_rng(0).normal(scale=0.02, size=atoms.positions.shape)
+    structure = tmp_path / "cell.extxyz"
+    atoms.write(structure)
+
+    def child(load: float, what: str = "default") -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_CHILD, str(checkpoint), str(structure), str(load), what],
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    one, two, quiet = child(0.0, "threads")
+    assert one != two, "premise: this cell's predicted bits depend on torch's thread count"
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        busy = child(1000.0)
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+    assert busy == [quiet] == [two]
 
 
 def test_populated_buffers_are_plain_writable_arrays():
@@ -315,7 +384,7 @@ def test_load_checkpoint_and_names(model, predictor, cell64, tmp_path):
     path = save_model(model, tmp_path / "tiny.pt")
     loaded = hforge.load(path)
     assert isinstance(loaded, Predictor)
-    assert_same(loaded.predict(cell64), predictor.predict(cell64), tol=0)
+    assert_same(loaded.predict(cell64), predictor.predict(cell64), tol=0)  # float32 output, both
     with pytest.raises(FileFormatError, match="no bundled model"):
         hforge.load("no-such-model")
 
@@ -372,7 +441,7 @@ def test_a_learned_overlap_that_is_not_positive_definite_is_reported(abn_dir, bu
     exact = Predictor(build_model(TINY, bundled.basis).eval())  # exact S (the default): never warned
     with warnings.catch_warnings():
         warnings.simplefilter("error", OverlapWarning)
-        s = exact.predict(data).Sk(format="array")
+        s = exact.predict(data, dtype=np.float64).Sk(format="array")
     np.testing.assert_allclose(s, data.matrix_at_k(which="s"), atol=1e-7)  # SIESTA's S: positive definite
     assert np.linalg.eigvalsh(s)[0] > 0
 
@@ -388,6 +457,42 @@ def test_written_files_read_back(predictor, cell64, tmp_path, suffix):
     assert list(back.nsc) == list(hamiltonian.nsc) and back.no == hamiltonian.no
     for k in (0, 1):
         np.testing.assert_allclose(back.tocsr(k).toarray(), hamiltonian.tocsr(k).toarray(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("suffix", [".TSHS", ".nc"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_files_are_what_sisl_writes(operator_predictor, cell256, tmp_path, suffix, dtype):
+    """predict_to_file streams the output buffers (a range of rows at a time, onsite blocks transposed,
+    SIESTA's supercell order) into the file sisl's own writer makes of the same prediction: a TSHS
+    byte for byte, a NetCDF file read back to the same matrices, geometry and supercells."""
+    import sisl
+
+    from hforge.io import csr_files
+
+    csr_files.CHUNK_VALUES, chunk = 5000, csr_files.CHUNK_VALUES  # many steps on a small cell
+    try:
+        streamed = operator_predictor.predict_to_file(cell256, tmp_path / f"streamed{suffix}", dtype=dtype, threads=1)
+    finally:
+        csr_files.CHUNK_VALUES = chunk
+    assert operator_predictor.last_report.seconds["write"] > 0
+    reference = write_hamiltonian(operator_predictor.predict(cell256, dtype=dtype, threads=1), tmp_path / f"sisl{suffix}")
+    if suffix == ".TSHS":
+        assert streamed.read_bytes() == reference.read_bytes()
+    with sisl.get_sile(streamed) as a, sisl.get_sile(reference) as b:
+        got, expected = a.read_hamiltonian(), b.read_hamiltonian()
+    assert list(got.nsc) == list(expected.nsc) and np.array_equal(got.geometry.xyz, expected.geometry.xyz)
+    for k in (0, 1):
+        assert (got.tocsr(k) != expected.tocsr(k)).nnz == 0 and got.tocsr(k).nnz == expected.tocsr(k).nnz
+
+
+def test_output_is_float32_by_default_the_float64_output_rounded(predictor, cell64):
+    """The default output dtype is float32: the float64 output's values, rounded once."""
+    default, full = predictor.predict(cell64), predictor.predict(cell64, dtype=np.float64)
+    assert predictor.last_report.csr_bytes > predictor.prepare(cell64).csr_bytes(np.float32)
+    for k in (0, 1):
+        x, y = default.tocsr(k), full.tocsr(k)
+        assert x.dtype == np.float32 and np.array_equal(x.indices, y.indices)
+        np.testing.assert_array_equal(x.data, y.data.astype(np.float32))
 
 
 def test_output_paths_checked_and_failed_writes_leave_nothing(predictor, cell64, tmp_path, monkeypatch):
@@ -439,10 +544,45 @@ def test_stale_temporary_files_of_dead_processes_are_removed(predictor, cell64, 
 
 def test_predict_many_equals_predict(predictor, cell64, bundled):
     structures = [as_atoms(bundled[k], bundled.basis) for k in (0, 2, 3)] + [cell64]
-    many = predictor.predict_many(structures, batch_atoms=40)
+    many = predictor.predict_many(structures, batch_atoms=40, dtype=np.float64)
     assert len(many) == 4
     for one, structure in zip(many, structures):
-        assert_same(one, predictor.predict(structure), tol=1e-12)
+        assert_same(one, predictor.predict(structure, dtype=np.float64), tol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def operator_predictor(bundled):
+    """The operator model (T + V_KB + c0 S + a separable operator, no free blocks) on the small-radius
+    basis, float64, with random D weights (a new model's D_env head starts at zero)."""
+    config = dataclasses.replace(
+        TINY, baseline="operator", separable=True, free_blocks=False, projector_radius=0.6, projector_l_max=1,
+        projector_radial=2,
+    )
+    torch.manual_seed(3)
+    model = build_model(config, small_radii(bundled.basis)).eval()
+    with torch.no_grad():
+        model.baseline_coef[3] = -0.2  # c0 S
+        for parameter in model.separable.parameters():
+            parameter.normal_(0.0, 0.3)
+    return Predictor(model)
+
+
+@pytest.mark.parametrize("mode, parts", [("whole", None), ("streamed", 3), ("chunked", 4)])
+def test_operator_model_predictions_equal_the_model_pipeline(operator_predictor, cell256, mode, parts):
+    """Every mode of the operator model (V_KB in the separable contraction, packed projections, slabs
+    of pairs built from their rear atom) gives the model's own forward pass (torch separable blocks,
+    V_KB by the baseline's path: predict_many) to float64 rounding; the report times the separable
+    operator's contraction and its D_k head apart from the trunk."""
+    from hforge.infer.passes import Physics
+
+    reference = operator_predictor.predict_many([cell256], dtype=np.float64)[0]
+    got = operator_predictor.predict(cell256, mode=mode, parts=parts, dtype=np.float64)
+    assert_same(got, reference, tol=1e-10)
+    assert (got.tocsr(0) != 0).nnz > 0
+    report = operator_predictor.last_report
+    assert report.seconds["separable"] > 0 and report.seconds["heads"] > 0
+    physics = Physics(operator_predictor.model, operator_predictor.arrays(cell256))
+    assert physics.kb_scale == 1.0 and physics.separable is not None
 
 
 @pytest.fixture(scope="module")

@@ -186,3 +186,154 @@ def test_no_state_leaves_the_dft_spectrum(cell16, context16):
     noise = np.where(H != 0, (noise + noise.T) / 2, 0.0)
     noisy = sla.eigh(H + noise, S, eigvals_only=True)
     assert ((noisy < low) | (noisy > high)).sum() > 0
+
+
+# ---- inference's path: packed projections, one contraction (V_KB joining it) --------------------
+def program_layout_reference(context, half, D, kb_scale):
+    """The separable blocks of ``half``'s pairs, and ``kb_scale V_KB``, by the readable reference:
+    projections in the program layout (not packed), ``left = P D_k``, reference.separable_contract,
+    plus V_KB from the baseline's own path (its projections, its contraction)."""
+    from hforge.ops.two_centre import kb_blocks
+
+    rows, proj_ptr, ptr, values = context.projections(np.ones(len(half.positions), dtype=bool))
+    k = context.pairs.edge_index[1, rows]
+    n_p = context.n_proj
+    entry_k = np.repeat(k, np.diff(ptr) // n_p)
+    left = np.einsum("rp,rpq->rq", values.reshape(-1, n_p), D[entry_k]).reshape(-1)
+    out = reference.separable_contract(
+        half.edge_index, half.cell_shift, k, context.pairs.cell_shift[rows], proj_ptr, ptr, left, values,
+        half.basis.n_orbitals, context.desc.n_proj, half.species, half.block_ptr,
+    )
+    if kb_scale:
+        out = out + kb_scale * kb_blocks(
+            half.basis, half.species, half.positions, half.cell, half.pbc, half.edge_index, half.cell_shift, half.block_ptr,
+            backend="torch",
+        )
+    return out
+
+
+@pytest.mark.parametrize("kb_scale", [None, 0.7])
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_packed_contraction_equals_the_reference_on_a_real_cell(cell16, kb_scale, dtype, tol):
+    """operator_blocks (packed projections in reach order, P D_k per owner inside the kernel, 2x2
+    blocked; V_KB in the same sum) equals the readable reference on every pair of a real cell, with
+    pairs built from either side (random ``swap``), in float64 and float32 (to its rounding)."""
+    data, half = cell16
+    context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc, kb_scale=kb_scale)
+    D = random_operators(len(data.positions), context.n_proj, 0.5, 11)
+    expected = program_layout_reference(context, half, D, kb_scale)
+    swap = np.random.default_rng(12).random(half.n_pairs) < 0.5
+    got = context.operator_blocks(half.edge_index, half.cell_shift, half.block_ptr, D, swap=swap, dtype=dtype)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, atol=tol * np.abs(expected).max(), rtol=0)
+    unswapped = context.operator_blocks(half.edge_index, half.cell_shift, half.block_ptr, D, dtype=dtype)
+    np.testing.assert_allclose(unswapped, got, atol=tol * np.abs(expected).max(), rtol=0)
+
+
+def random_packed_problem(rng, n_atoms, n_species, n_op, width):
+    """Random inputs of operator_contract: atoms with random species and orbital counts, every atom's
+    projector entries (random atoms and images, sorted by (atom, image)) with random packed rows
+    (an even prefix in a random reach order), random symmetric D, energies and output pairs (some of
+    them sharing projector atoms and images by construction: every atom sees atom 0 at image 0)."""
+    n_orb = rng.integers(1, 6, size=n_species)
+    rows_pad = int(n_orb.max()) + int(n_orb.max()) % 2
+    order = np.full((n_species, rows_pad), -1, dtype=np.int64)
+    for s in range(n_species):
+        order[s, : n_orb[s]] = rng.permutation(n_orb[s])
+    species = rng.integers(0, n_species, size=n_atoms)
+    atoms, shifts, counts = [], [], []
+    for _ in range(n_atoms):
+        seen = {(0, 0, 0, 0)} | {(int(rng.integers(n_atoms)), *map(int, rng.integers(-1, 2, size=3))) for _ in range(5)}
+        entries = sorted(seen)
+        counts.append(len(entries))
+        atoms += [e[0] for e in entries]
+        shifts += [e[1:] for e in entries]
+    proj_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    proj_atoms, proj_shifts = np.array(atoms, dtype=np.int64), np.array(shifts, dtype=np.int64)
+    owner = np.repeat(np.arange(n_atoms), counts)
+    full = n_orb[species[owner]] + n_orb[species[owner]] % 2
+    entry_rows = np.minimum(2 * rng.integers(0, rows_pad // 2 + 1, size=len(owner)), full)
+    entry_row = np.concatenate([[0], np.cumsum(entry_rows)[:-1]]).astype(np.int64)
+    packed = rng.normal(size=(int(entry_rows.sum()), width))
+    entry_cols = np.where(rng.random(len(owner)) < 0.5, width, rng.integers(n_op, width + 1, size=len(owner)))
+    for a in range(len(owner)):  # padding rows (beyond the atom's orbitals) and columns beyond entry_cols hold zeros
+        packed[entry_row[a] : entry_row[a] + entry_rows[a], entry_cols[a] :] = 0.0
+        for r in range(entry_rows[a]):
+            if order[species[owner[a]], r] < 0:
+                packed[entry_row[a] + r] = 0.0
+    D = rng.normal(size=(n_atoms, n_op, n_op))
+    D = (D + D.transpose(0, 2, 1)) / 2
+    energies = rng.normal(size=(n_species, width - n_op))
+    pairs = np.stack([rng.integers(0, n_atoms, size=12), rng.integers(0, n_atoms, size=12)])
+    pair_shifts = rng.integers(-1, 2, size=(12, 3))
+    pair_shifts[:4] = 0
+    block_ptr = np.concatenate([[0], np.cumsum(n_orb[species[pairs[0]]] * n_orb[species[pairs[1]]])]).astype(np.int64)
+    swap = rng.random(12) < 0.5
+    return (pairs, pair_shifts, swap, species, proj_atoms, proj_shifts, proj_ptr, entry_row, entry_rows, entry_cols, packed,
+            D, energies, order, n_orb, block_ptr)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), n_op=st.integers(1, 5), extra=st.integers(0, 3))
+def test_operator_contract_kernel_equals_the_reference_on_random_inputs(seed, n_op, extra):
+    """The numba contraction of packed projections (owners' P D_k, 2x2 blocks, either side, columns
+    beyond an entry's entry_cols skipped) equals the reference (unpacked, summed by
+    separable_contract) on random inputs, float64 and float32."""
+    from hforge.ops.two_centre import numba as kernels
+
+    args = random_packed_problem(np.random.default_rng(seed), 5, 2, n_op, n_op + extra)
+    expected = reference.operator_contract(*args)
+    scale = max(np.abs(expected).max(), 1.0)
+    np.testing.assert_allclose(kernels.operator_contract(*args), expected, atol=1e-12 * scale, rtol=0)
+    single = list(args)
+    single[10], single[11], single[12] = (a.astype(np.float32) for a in args[10:13])
+    np.testing.assert_allclose(kernels.operator_contract(*single), expected, atol=2e-5 * scale, rtol=0)
+
+
+def test_pack_kernels_equal_the_reference(cell16):
+    """The numba packing of projection blocks into reach-ordered rows, and the program evaluated straight
+    into them (only the rows an entry keeps), equal the reference's, values and padding; the rows left
+    out (those that do not reach the entry's projector atom, a suffix in reach order) are zero."""
+    from hforge.ops.two_centre import numba as kernels
+    from hforge.ops.two_centre.separable import reach_order
+
+    data, _ = cell16
+    context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc)
+    rows, proj_ptr, ptr, values = context.projections(np.ones(len(data.positions), dtype=bool))
+    packed = context.pack(np.ones(len(data.positions), dtype=bool))
+    i = context.pairs.edge_index[0, rows].astype(np.int64)
+    order, _ = reach_order(data.basis)
+    n_cols = np.full(len(rows), context.n_proj)
+    expected = np.zeros_like(packed.values)
+    reference.pack_projections(values, ptr, n_cols, 0, data.species[i], order, packed.entry_row, packed.entry_rows, expected)
+    got = np.zeros_like(packed.values)
+    kernels.pack_projections(values, ptr, n_cols, 0, data.species[i], order, packed.entry_row, packed.entry_rows, got)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(packed.values, expected, atol=1e-14, rtol=0)  # program_packed, numba (pack's own)
+    rank = np.argsort(order[:, : data.basis.n_orbitals.max()], axis=1)
+    from_reference = np.zeros_like(packed.values)
+    reference.program_packed(
+        context.desc.projection, context.desc.tables, data.species[i] * len(data.basis) + data.species[packed.proj_atoms],
+        _pair_vectors(data.positions, data.cell, np.stack([i, packed.proj_atoms]), packed.proj_shifts), data.species[i], rank,
+        0, packed.entry_row, packed.entry_rows, from_reference,
+    )
+    np.testing.assert_allclose(from_reference, expected, atol=1e-14, rtol=0)
+    # every nonzero projection kept: the rows left out are zero in the program layout
+    kept = sum(np.abs(values[ptr[a] : ptr[a + 1]]).sum() for a in range(len(rows)))
+    assert np.abs(expected).sum() == pytest.approx(kept, rel=1e-12)
+
+
+def test_torch_training_path_forward_and_backward_equal_the_reference(cell16, context16):
+    """separable_blocks (torch, training): its blocks equal the reference's, and its gradient is the
+    reference's adjoint: <grad, step> = <W, reference blocks of D = step> (the blocks are linear in D)."""
+    _, half = cell16
+    n, n_p = len(half.positions), context16.n_proj
+    D = torch.from_numpy(random_operators(n, n_p, 1.0, 21)).requires_grad_(True)
+    blocks = context16.torch_blocks(half.edge_index, half.cell_shift, half.block_ptr, D)
+    expected = program_layout_reference(context16, half, D.detach().numpy(), None)
+    np.testing.assert_allclose(blocks.detach().numpy(), expected, atol=1e-12 * np.abs(expected).max(), rtol=0)
+    W = np.random.default_rng(22).normal(size=len(expected))
+    (grad,) = torch.autograd.grad((torch.from_numpy(W) * blocks).sum(), D)
+    step = random_operators(n, n_p, 1.0, 23)
+    directional = float(W @ program_layout_reference(context16, half, step, None))
+    assert float((grad * torch.from_numpy(step)).sum()) == pytest.approx(directional, rel=1e-10)

@@ -40,7 +40,9 @@ def predict_command(
         "auto", "--mode", help="whole cell, streamed (atom ranges), chunked (spatial chunks with halo), or auto."
     ),
     parts: int = typer.Option(None, "--parts", help="Atom ranges or spatial chunks (default: the fewest that fit)."),
-    dtype: Dtype = typer.Option("float64", "--dtype", help="Output precision."),
+    dtype: Dtype = typer.Option(
+        "float32", "--dtype", help="Output precision (float32: a float32 model's H as computed, S rounded to 7 digits).",
+    ),
     backend: AssemblyBackend = typer.Option(
         "auto", "--backend", help="CSR assembly backend (torch: its reference, scipy's COO -> CSR)."
     ),
@@ -49,6 +51,10 @@ def predict_command(
     ),
     distributed: bool = typer.Option(
         False, "--distributed", help="Spread chunks over torch.distributed ranks (launch with torchrun)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="Torch threads (default: torch's, i.e. OMP_NUM_THREADS or the cores; 1 can be faster "
+        "on a machine busy with other jobs). The predicted values do not depend on the machine's load.",
     ),
 ) -> None:
     """Predict H and S of every frame of STRUCTURE with MODEL; write them (SIESTA TSHS or sisl NetCDF) atomically."""
@@ -75,7 +81,7 @@ def predict_command(
             with _naming(structure, k, len(frames)):
                 _predict_one(
                     predictor, atoms, path, label, source, console, max_memory=budget, mode=mode.value, parts=parts,
-                    dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed,
+                    dtype=np.dtype(dtype.value), backend=backend.value, distributed=distributed, threads=threads,
                 )
 
 
@@ -95,7 +101,7 @@ def _naming(structure: Path, frame: int, n_frames: int) -> Iterator[None]:
 
 def _predict_one(
     predictor: Any, atoms: Any, out: Path, label: str, source: str, console: Console, *, max_memory: int | None,
-    mode: str, parts: int | None, dtype: Any, backend: str, distributed: bool,
+    mode: str, parts: int | None, dtype: Any, backend: str, distributed: bool, threads: int | None,
 ) -> None:
     """Predict one structure, write it and print its summary line (rank 0 only when distributed);
     ``source`` (the structure file, and frame) is named in warnings."""
@@ -107,24 +113,24 @@ def _predict_one(
 
         hamiltonian = predict_distributed(
             predictor, atoms, out.with_name(f".{out.name}.parts"), parts=parts, max_memory=max_memory,
-            dtype=dtype, backend=backend, progress=True,
+            dtype=dtype, backend=backend, progress=True, threads=threads,
         )
         if hamiltonian is None:  # not rank 0: its part is merged there
             return
         from hforge.infer.overlap import check_learned_overlap
 
         check_learned_overlap(predictor.model, hamiltonian, source=source)
-    else:
-        hamiltonian = predictor.predict(
-            atoms, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
-            source=source,
+        write_hamiltonian(hamiltonian, out)
+    else:  # the output buffers streamed into the file (no copy of the matrix)
+        predictor.predict_to_file(
+            atoms, out, max_memory=max_memory, mode=mode, parts=parts, dtype=dtype, backend=backend, progress=True,
+            source=source, threads=threads,
         )
-    write_hamiltonian(hamiltonian, out)
     seconds = time.perf_counter() - start
     report = predictor.last_report
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     console.print(
-        f"{label}: {report.n_atoms} atoms, {hamiltonian.no} orbitals, nnz {report.nnz:,} on {report.device} "
+        f"{label}: {report.n_atoms} atoms, {report.n_orbitals} orbitals, nnz {report.nnz:,} on {report.device} "
         f"({report.csr_bytes / 1e9:.2f} GB CSR), {report.mode} ({report.n_parts} {_parts_unit(report)}), {seconds:.1f} s "
         f"({stages}), peak memory {peak_rss_bytes() / 1e9:.2f} GB",
         highlight=False,

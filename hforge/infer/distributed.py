@@ -22,10 +22,10 @@ import numpy as np
 from hforge.errors import FileFormatError
 from hforge.files import atomic_write
 from hforge.infer.chunks import chunk_grid, chunk_of_atoms, copy_atom_rows
-from hforge.infer.plan import memory_budget, output_dtype
+from hforge.infer.plan import DEFAULT_OUTPUT_DTYPE, memory_budget, output_dtype
 from hforge.infer.predictor import Predictor
 from hforge.infer.problem import Problem
-from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes
+from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
 
 __all__ = ["merge_parts", "predict_distributed", "predict_part"]
 
@@ -42,7 +42,7 @@ def predict_part(
     rank: int,
     world: int,
     *,
-    dtype: Any = np.float64,
+    dtype: Any = DEFAULT_OUTPUT_DTYPE,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
 ) -> Path:
@@ -112,16 +112,17 @@ def predict_distributed(
     *,
     parts: int | None = None,
     max_memory: int | str | None = None,
-    dtype: Any = np.float64,
+    dtype: Any = DEFAULT_OUTPUT_DTYPE,
     backend: str = "auto",
     progress: bool | Callable[[int, int], None] = False,
+    threads: int | None = None,
 ) -> Any:
     """Predict ``structure`` over the ranks of the default process group (initialised here from
     torchrun's environment if needed, gloo backend); rank 0 returns the ``sisl.Hamiltonian``,
     the others None.  ``parts_dir`` is removed after the merge.
 
     Spatial chunks ("chunked" mode): ``parts`` of them, or the fewest that fit ``max_memory``, and
-    at least ``world``.
+    at least ``world``; ``threads``: torch's threads per rank (:func:`~hforge.infer.report.thread_count`).
     """
     import torch.distributed as dist
 
@@ -130,13 +131,17 @@ def predict_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     report = PredictionReport(mode="distributed", device=str(predictor.device))
     predictor.last_report = report
-    dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)
+    dtype, max_memory, threads = output_dtype(dtype), memory_budget(max_memory), thread_count(threads)
     problem = predictor.prepare(structure, timer=StageTimer(report))
     plan = predictor.plan(problem, dtype=dtype, max_memory=max_memory, mode="chunked", parts=parts)
     grid = plan.grid if int(np.prod(plan.grid)) >= world else chunk_grid(problem.arrays.cell, world)
     report.n_atoms, report.nnz, report.grid, report.n_parts = problem.n_atoms, problem.nnz, grid, int(np.prod(grid))
+    report.n_orbitals = int(problem.n_orb.sum())
     report.csr_bytes = problem.csr_bytes(dtype)
-    predict_part(predictor, problem, grid, parts_dir, rank, world, dtype=dtype, backend=backend, progress=progress and rank == 0)
+    with torch_threads(threads) as report.torch_threads:
+        predict_part(
+            predictor, problem, grid, parts_dir, rank, world, dtype=dtype, backend=backend, progress=progress and rank == 0
+        )
     dist.barrier()
     if rank != 0:
         return None

@@ -1,4 +1,7 @@
-"""Predicted H and S to SIESTA files (``.TSHS``, sisl's ``.nc``), checked early and written atomically."""
+"""Predicted H and S to SIESTA files (``.TSHS``, sisl's ``.nc``), checked early and written atomically:
+any ``sisl.Hamiltonian`` through sisl's writers (:func:`write_hamiltonian`), a prediction's CSR
+buffers streamed (:func:`write_prediction`, :mod:`hforge.io.csr_files`: the same file, without
+sisl's copies of the matrix)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from typing import Any, Sequence
 
 from hforge.errors import FileFormatError, InputError
 from hforge.files import atomic_write
+from hforge.io.csr_files import write_csr_hamiltonian
 from hforge.io.siesta import check_written_tshs, create_fortran_output
+from hforge.ops.assemble import AssembledCSR
 
-__all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian"]
+__all__ = ["OUTPUT_SUFFIXES", "check_output_path", "write_hamiltonian", "write_prediction"]
 
 #: Output formats: SIESTA's binary TSHS and sisl's NetCDF Hamiltonian.
 OUTPUT_SUFFIXES = (".TSHS", ".nc")
@@ -63,4 +68,25 @@ def write_hamiltonian(hamiltonian: Any, path: str | os.PathLike) -> Path:
         sisl.get_sile(str(tmp), mode="w").write_hamiltonian(hamiltonian)
         if path.suffix == ".TSHS":
             check_written_tshs(tmp, path)  # sisl's Fortran writer can miss a failed write
+    return path
+
+
+def write_prediction(csr: AssembledCSR, geometry: Any, path: str | os.PathLike) -> Path:
+    """Write a prediction's CSR buffers (host memory; ``data[:, -1]`` S, H before it) as ``.TSHS`` or
+    ``.nc``, atomically, streamed a range of rows at a time (:func:`hforge.io.write_csr_hamiltonian`:
+    the file sisl's writer makes of the same matrix, byte for byte for a TSHS, without its copies of
+    the matrix).  ``geometry``: the prediction's ``sisl.Geometry`` (its ``nsc`` is the CSR's).
+    Returns the path.
+
+    Raises:
+        FileFormatError, InputError: as :func:`check_output_path`.
+        OutputError: the write failed (full disk, a folder like ``/proc``), naming the path.
+    """
+    path = check_output_path(path)
+    geometry = geometry.copy()
+    geometry.set_nsc(csr.nsc)
+    with atomic_write(path, None) as tmp:
+        write_csr_hamiltonian(tmp, geometry, csr.indptr, csr.indices, csr.data)
+        if path.suffix == ".TSHS":
+            check_written_tshs(tmp, path)
     return path

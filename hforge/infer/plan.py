@@ -16,8 +16,10 @@ from hforge.infer.chunks import chunk_grid, interplanar_spacings
 from hforge.infer.problem import Problem
 
 __all__ = [
+    "BATCH_BYTES",
     "BYTES_PER_GRAPH_ATOM",
     "BYTES_PER_VALUE",
+    "DEFAULT_OUTPUT_DTYPE",
     "DEFAULT_WORKING_BYTES",
     "MODES",
     "OUTPUT_DTYPES",
@@ -37,16 +39,24 @@ MODES = ("whole", "streamed", "chunked")
 #: Dtypes of a prediction's output values.
 OUTPUT_DTYPES = ("float64", "float32")
 
+#: The output dtype of a prediction unless asked otherwise: float32.  A float32 model's H is float32
+#: already; S rounded to float32 moves the full-S spectrum's states within ±2 eV of the gap by < 1 µeV
+#: and the highest states (100-200 eV, along S's near-null directions) by ~10 meV (real aBN cells,
+#: benchmarks/results/float32_output/, docs/measurements.md), for two thirds of float64's bytes.
+DEFAULT_OUTPUT_DTYPE = "float32"
+
 #: Units of :func:`memory_budget` (upper case).
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "TIB": 2**40}
 
-#: Working memory model (bytes), fitted to the peak RSS of aBN/DZP cells with the default config
-#: (benchmarks/results/inference_scaling): per atom of a graph (interaction edges, trunk
-#: activations, head inputs) and per predicted block value (model output and temporaries, before
-#: the output dtype).
-BYTES_PER_GRAPH_ATOM = 25_000
+#: Working memory model (bytes), fitted to the peak RSS of aBN/DZP cells (docs/measurements.md): per
+#: atom of a graph (interaction edges, trunk activations, head inputs, the node state the pair
+#: ranges read) and per predicted block value of a chunk (model output and temporaries, before the
+#: output dtype); the batches of pairs of whole and streamed predictions take :data:`BATCH_BYTES`
+#: (reused), a separable operator's packed projections their exact size per touched atom.
+BYTES_PER_GRAPH_ATOM = 75_000
 BYTES_PER_VALUE = 16
+BATCH_BYTES = 2 * 10**8
 
 #: Working memory (bytes beyond the output) a prediction without ``max_memory`` may use: the
 #: memory goal is peak RSS <= output CSR + 2 GB, the process itself (Python, torch, numba, the
@@ -132,22 +142,31 @@ def check_parts(parts: Any, mode: str) -> None:
         raise InputError(f"parts={parts}: mode 'whole' is one part; atom ranges are mode 'streamed', spatial chunks 'chunked'")
 
 
-def estimate(problem: Problem, mode: str, parts: int, dtype: np.dtype, *, halo: float, on_gpu: bool) -> Plan:
+def estimate(
+    problem: Problem, mode: str, parts: int, dtype: np.dtype, *, halo: float, on_gpu: bool, pack_bytes_per_atom: float = 0.0,
+) -> Plan:
     """The plan of ``mode`` in ``parts`` with its estimated working bytes beyond the output
-    (:data:`BYTES_PER_GRAPH_ATOM`, :data:`BYTES_PER_VALUE`); ``halo`` (Å) is the depth of a
-    chunk's cluster around it (the model's receptive field)."""
+    (:data:`BYTES_PER_GRAPH_ATOM`, :data:`BATCH_BYTES`, :data:`BYTES_PER_VALUE`); ``halo`` (Å) is
+    the depth of a chunk's cluster around it (the model's receptive field), ``pack_bytes_per_atom``
+    a separable operator's packed projections per atom (:meth:`~hforge.infer.passes.Physics.pack_bytes_per_atom`).
+
+    Whole and streamed: the node state of the whole cell, the reused batches, and the projections
+    of a range's touched atoms: a slab of ``1 / parts`` of the cell and the atoms up to one pair
+    cut-off ahead of it (:meth:`~hforge.infer.problem.Problem.ranges`)."""
     per_value = BYTES_PER_VALUE + 2 * dtype.itemsize
     n_atoms, n_values = problem.n_atoms, problem.n_values
     grid = (1, 1, 1)
-    if mode in ("whole", "streamed"):  # every pair once, in the range of its first atom
-        working = n_atoms * BYTES_PER_GRAPH_ATOM + min(1.2 * n_values / parts, n_values) * per_value
+    if mode in ("whole", "streamed"):
+        spacing = float(interplanar_spacings(problem.cell)[problem.sweep_axis])
+        touched = min(1.0, 1.0 / parts + problem.pair_reach / spacing)
+        working = n_atoms * (BYTES_PER_GRAPH_ATOM + touched * pack_bytes_per_atom) + BATCH_BYTES
     else:
         grid = chunk_grid(problem.arrays.cell, parts)
         spacing = interplanar_spacings(problem.arrays.cell)
         cluster = float(np.prod((spacing / np.asarray(grid) + 2 * halo) / spacing))
         core_values = min(2 * n_values / int(np.prod(grid)), n_values)  # pairs touching the core
         local_csr = 2 * core_values * (2 * dtype.itemsize + 8)
-        working = n_atoms * cluster * BYTES_PER_GRAPH_ATOM + core_values * per_value + local_csr
+        working = n_atoms * cluster * (BYTES_PER_GRAPH_ATOM + pack_bytes_per_atom) + core_values * per_value + local_csr
     on_device = not (on_gpu and mode == "chunked")
     return Plan(
         mode, int(np.prod(grid)) if mode == "chunked" else parts, grid, problem.csr_bytes(dtype), int(working), on_device
@@ -163,8 +182,9 @@ def plan_prediction(
     max_memory: int | None = None,
     mode: str = "auto",
     parts: int | None = None,
+    pack_bytes_per_atom: float = 0.0,
 ) -> Plan:
-    """Choose how to predict ``problem``.
+    """Choose how to predict ``problem`` (``pack_bytes_per_atom``: as :func:`estimate`).
 
     ``mode="auto"``: the whole cell when it fits the budget, else the fewest atom ranges
     ("streamed") that fit, else the fewest spatial chunks ("chunked").  The budget is
@@ -194,7 +214,7 @@ def plan_prediction(
     for name in modes:
         counts = [1] if name == "whole" else [parts] if parts else [c for c in PART_COUNTS if c <= max(problem.n_atoms, 2)]
         for count in counts:
-            plan = estimate(problem, name, count, dtype, halo=halo, on_gpu=on_gpu)
+            plan = estimate(problem, name, count, dtype, halo=halo, on_gpu=on_gpu, pack_bytes_per_atom=pack_bytes_per_atom)
             if plan.device_bytes <= budget:
                 return plan
             candidates.append(plan)

@@ -35,11 +35,12 @@ import torch
 from hforge.errors import BackendUnavailableError, InputError, OutOfDomainWarning
 from hforge.graph.model_graph import GraphBatch, StructureArrays, structure_arrays
 from hforge.infer.chunks import receptive_field
+from hforge.infer.output import check_output_path, write_prediction
 from hforge.infer.overlap import check_learned_overlap
-from hforge.infer.passes import Passes, on_host, torch_dtype
-from hforge.infer.plan import Plan, check_parts, memory_budget, output_dtype, plan_prediction
+from hforge.infer.passes import Passes, Physics, on_host, torch_dtype
+from hforge.infer.plan import DEFAULT_OUTPUT_DTYPE, Plan, check_parts, memory_budget, output_dtype, plan_prediction
 from hforge.infer.problem import Problem, make_problem, read_structure
-from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, torch_threads
+from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
 from hforge.models.base import HSModel
 from hforge.ops.assemble import AssembledCSR
 from hforge.structures.domain import TrainingDomain
@@ -160,14 +161,15 @@ class Predictor:
             return make_problem(arrays, self.pair_cutoffs, self.model.basis.n_orbitals, nsc)
 
     def plan(
-        self, problem: Problem, *, dtype: Any = np.float64, max_memory: int | str | None = None, mode: str = "auto",
-        parts: int | None = None,
+        self, problem: Problem, *, dtype: Any = DEFAULT_OUTPUT_DTYPE, max_memory: int | str | None = None, mode: str = "auto",
+        parts: int | None = None, physics: Physics | None = None,
     ) -> Plan:
         """How to predict ``problem`` on this predictor's device (:func:`~hforge.infer.plan.plan_prediction`;
-        ``dtype`` and ``max_memory`` as :meth:`predict`)."""
+        ``dtype`` and ``max_memory`` as :meth:`predict`; ``physics``: the problem's, when the caller has it)."""
+        physics = physics or Physics(self.model, problem.arrays)
         return plan_prediction(
             problem, halo=self.passes.halo, device=self.device, dtype=output_dtype(dtype),
-            max_memory=memory_budget(max_memory), mode=mode, parts=parts,
+            max_memory=memory_budget(max_memory), mode=mode, parts=parts, pack_bytes_per_atom=physics.pack_bytes_per_atom(),
         )
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class Predictor:
         structure: Any,
         *,
         backend: str = "auto",
-        dtype: Any = np.float64,
+        dtype: Any = DEFAULT_OUTPUT_DTYPE,
         max_memory: int | str | None = None,
         mode: str = "auto",
         parts: int | None = None,
@@ -192,7 +194,8 @@ class Predictor:
             structure: ``ase.Atoms``, ``sisl.Geometry``, :class:`~hforge.io.HSData` or a path to a
                 file ASE reads.
             backend: CSR assembly backend (``"auto"``: numba on the CPU, cupy on CUDA; ``"torch"``).
-            dtype: dtype of the output values, float64 or float32 (the model computes in its own precision).
+            dtype: dtype of the output values, float32 (default: :data:`~hforge.infer.plan.DEFAULT_OUTPUT_DTYPE`)
+                or float64 (the model computes in its own precision).
             max_memory: bytes the prediction may allocate (output CSR included, the process's
                 baseline not; device memory on CUDA), or a size such as ``"8GB"``
                 (:func:`~hforge.infer.plan.memory_budget`); None: the memory goal (see :meth:`plan`).
@@ -202,8 +205,8 @@ class Predictor:
             nsc: supercells of the result (odd, at least the pairs' reach; default: their reach).
             progress: a tqdm bar over ranges/chunks (True), or a callback ``(done, total)``.
             threads: torch's intra-op threads during the prediction (restored after); None:
-                one where the machine is oversubscribed, else torch's setting
-                (:func:`~hforge.infer.report.torch_threads`).
+                torch's setting (the caller's, by default the cores; never the machine's load:
+                :func:`~hforge.infer.report.thread_count`).
             source: what is predicted, named in warnings (default: ``structure`` when it is a path).
 
         Returns:
@@ -215,7 +218,7 @@ class Predictor:
             UnknownSpeciesError, GeometryError, FileFormatError: bad input (see :meth:`arrays`),
                 before any heavy work.
             InputError: a ``dtype`` other than float64/float32, a ``max_memory`` that is not a
-                finite positive size, ``parts`` not a whole number >= 1, an unknown ``mode``.
+                finite positive size, ``parts`` or ``threads`` not a whole number >= 1, an unknown ``mode``.
             ResourceLimitError: ``max_memory`` below the output plus the smallest part.
 
         Warns:
@@ -233,6 +236,11 @@ class Predictor:
         if source is None and isinstance(structure, (str, os.PathLike)):
             source = str(structure)
         check_learned_overlap(self.model, hamiltonian, source=source)
+        self._finish_report(source)
+        return hamiltonian
+
+    def _finish_report(self, source: str | None) -> None:
+        """The report's peak RSS, and its INFO log line."""
         report = self.last_report
         report.peak_rss_bytes = peak_rss_bytes()
         logger.info(
@@ -240,7 +248,31 @@ class Predictor:
             report.n_atoms, report.nnz, report.mode, report.n_parts, report.device, sum(report.seconds.values()),
             ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()), report.peak_rss_bytes / 1e9,
         )
-        return hamiltonian
+
+    def predict_to_file(self, structure: Any, path: str | os.PathLike, *, source: str | None = None, **options: Any) -> Any:
+        """Predict ``structure`` and write its H and S to ``path`` (``.TSHS`` or ``.nc``, atomically),
+        streamed from the output buffers (:func:`~hforge.infer.output.write_prediction`: sisl's
+        writers copy the matrix several times first).  Options as :meth:`predict`; the write is the
+        report's stage ``write``.  Returns the path.
+
+        Raises:
+            as :meth:`predict`; FileFormatError, InputError: a bad output path (checked before any
+            work); OutputError: the write failed, naming the path.
+        """
+        path = check_output_path(path, inputs=[structure] if isinstance(structure, (str, os.PathLike)) else [])
+        csr, problem = self._predict(structure, **options)
+        report = self.last_report
+        with StageTimer(report)("assembly"):
+            csr = on_host(csr)
+            geometry = problem.geometry(self.model.basis)
+        if source is None and isinstance(structure, (str, os.PathLike)):
+            source = str(structure)
+        if self.model.learns_overlap:
+            check_learned_overlap(self.model, csr.to_sisl(geometry), source=source)
+        with StageTimer(report)("write"):
+            write_prediction(csr, geometry, path)
+        self._finish_report(source)
+        return path
 
     def predict_csr(self, structure: Any, **options: Any) -> AssembledCSR:
         """H and S of ``structure`` as an :class:`~hforge.ops.assemble.AssembledCSR` (``data[:, 0]``
@@ -252,7 +284,7 @@ class Predictor:
         return csr
 
     def _predict(
-        self, structure: Any, *, backend: str = "auto", dtype: Any = np.float64, max_memory: int | str | None = None,
+        self, structure: Any, *, backend: str = "auto", dtype: Any = DEFAULT_OUTPUT_DTYPE, max_memory: int | str | None = None,
         mode: str = "auto", parts: int | None = None, species: Sequence[str] | None = None,
         nsc: Sequence[int] | None = None, progress: bool | Callable[[int, int], None] = False,
         threads: int | None = None,
@@ -262,25 +294,31 @@ class Predictor:
         timer = StageTimer(report)
         dtype, max_memory = output_dtype(dtype), memory_budget(max_memory)  # options checked before any work
         check_parts(parts, mode)
+        threads = thread_count(threads)
         problem = self.prepare(structure, species=species, nsc=nsc, timer=timer)
-        report.n_atoms, report.nnz = problem.n_atoms, problem.nnz
-        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts)
+        report.n_atoms, report.n_orbitals, report.nnz = problem.n_atoms, int(problem.n_orb.sum()), problem.nnz
+        physics = Physics(self.model, problem.arrays)  # the cell's neighbour lists, for the plan and the passes
+        plan = self.plan(problem, dtype=dtype, max_memory=max_memory, mode=mode, parts=parts, physics=physics)
         report.mode, report.grid, report.n_parts = plan.mode, plan.grid, plan.parts
         report.csr_bytes, report.estimated_bytes = plan.csr_bytes, plan.total_bytes
         with torch_threads(threads) as report.torch_threads:
             if plan.mode in ("whole", "streamed"):
-                csr = self.passes.fill_ranges(problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress)
+                csr = self.passes.fill_ranges(
+                    problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress, physics=physics
+                )
             else:
                 indices, data = problem.allocate(dtype)
                 occupied = problem.occupied_chunks(plan.grid)
                 self.passes.fill_chunks(
-                    problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress
+                    problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress,
+                    physics=physics,
                 )
                 csr = problem.csr(indices, data)
         return csr, problem
 
     def predict_many(
-        self, structures: Iterable[Any], *, batch_atoms: int = 2048, backend: str = "auto", dtype: Any = np.float64
+        self, structures: Iterable[Any], *, batch_atoms: int = 2048, backend: str = "auto", dtype: Any = DEFAULT_OUTPUT_DTYPE,
+        threads: int | None = None,
     ) -> list[Any]:
         """H and S of many small structures (whole cells), batched through the model.
 
@@ -288,7 +326,7 @@ class Predictor:
             structures: as :meth:`predict`; all are checked before the first model pass (an error
                 names the structure at fault: ``structure k``, counted from 0).
             batch_atoms: atoms per model pass (a larger structure gets a pass of its own).
-            backend, dtype: as :meth:`predict`.
+            backend, dtype, threads: as :meth:`predict`.
 
         Returns:
             One ``sisl.Hamiltonian`` per structure, in order.
@@ -296,7 +334,7 @@ class Predictor:
         from hforge.graph.model_graph import collate
         from hforge.models.predict import assemble_prediction
 
-        dtype = output_dtype(dtype)
+        dtype, threads = output_dtype(dtype), thread_count(threads)
         graphs = []
         for k, structure in enumerate(structures):
             try:
@@ -313,7 +351,7 @@ class Predictor:
             graph = collate(batch)
             # no_grad, not inference_mode: per-basis tables cached during a prediction (CG
             # descriptors) must stay usable by autograd when the same process trains later.
-            with torch.no_grad():
+            with torch.no_grad(), torch_threads(threads):
                 blocks = self.model(graph)
             blocks = type(blocks)(h=blocks.h.to(torch_dtype(dtype)), s=blocks.s.to(torch_dtype(dtype)))
             results.extend(assemble_prediction(self.model, graph, blocks, b, backend=backend) for b in range(graph.n_graphs))
@@ -359,6 +397,6 @@ def predict_hamiltonian(
     training = model.training
     try:
         predictor = Predictor(model, device=model.device)
-        return predictor.predict(structure, species=species, backend=backend, nsc=nsc, mode="whole")
+        return predictor.predict(structure, species=species, backend=backend, nsc=nsc, mode="whole", dtype=np.float64)
     finally:
         model.train(training)

@@ -1,6 +1,7 @@
 """A structure ready to predict: structure files read (:func:`read_frames`, :func:`read_structure`),
-then its canonical block pairs, the output's supercells and CSR row pointer (:class:`Problem`,
-:func:`make_problem`), and the output buffers (:func:`populated_empty`)."""
+then its canonical block pairs, the output's supercells and CSR row pointer, the pairs' ranges of
+a sweep through the cell (:class:`Problem`, :func:`make_problem`), and the output buffers
+(:func:`populated_empty`)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import numpy as np
 from hforge.errors import FileFormatError, InputError
 from hforge.graph.model_graph import StructureArrays
 from hforge.graph.neighbours import neighbour_list
-from hforge.infer.chunks import chunk_of_atoms, csr_row_pointer, fractional
+from hforge.infer.chunks import chunk_of_atoms, csr_row_pointer, fractional, interplanar_spacings
 from hforge.io.pairs import block_pointer
 from hforge.models.predict import sisl_geometry
 from hforge.ops.assemble import AssembledCSR
 from hforge.ops.assemble.layout import array_module, default_index_dtype
+from hforge.structures.validate import open_cell
 
 __all__ = ["POPULATE_BYTES", "Problem", "make_problem", "populated_empty", "read_frames", "read_structure"]
 
@@ -150,18 +152,62 @@ class Problem:
         return self.nnz * (2 * np.dtype(dtype).itemsize + self.index_dtype.itemsize) + self.indptr.nbytes
 
     @functools.cached_property
+    def cell(self) -> np.ndarray:
+        """``(3, 3)`` Å: the structure's cell, with a vector along every non-periodic direction that
+        lacks one (:func:`~hforge.structures.open_cell`, the output's cell)."""
+        return open_cell(self.arrays.positions, self.arrays.cell, self.arrays.pbc)
+
+    @functools.cached_property
     def _wrapped(self) -> tuple[np.ndarray, np.ndarray]:
-        return fractional(self.arrays.positions, self.arrays.cell)
+        return fractional(self.arrays.positions, self.cell)
 
     @property
     def frac(self) -> np.ndarray:
-        """``(N, 3)`` fractional coordinates wrapped into ``[0, 1)``."""
+        """``(N, 3)`` fractional coordinates (in :attr:`cell`) wrapped into ``[0, 1)``."""
         return self._wrapped[0]
 
     @property
     def wrap(self) -> np.ndarray:
         """``(N, 3)`` int64 lattice translation taken off by the wrapping."""
         return self._wrapped[1]
+
+    @functools.cached_property
+    def pair_reach(self) -> float:
+        """Å: the longest block pair (the largest pair cut-off the pairs were found with)."""
+        i, j = self.edge_index
+        if i.size == 0:
+            return 0.0
+        vectors = self.arrays.positions[j] + self.cell_shift @ self.arrays.cell - self.arrays.positions[i]
+        return float(np.sqrt((vectors**2).sum(axis=1).max()))
+
+    @functools.cached_property
+    def sweep_axis(self) -> int:
+        """The lattice direction of the widest spacing between lattice planes: the sweep of :meth:`ranges`."""
+        return int(np.argmax(interplanar_spacings(self.cell)))
+
+    @functools.cached_property
+    def flipped(self) -> np.ndarray:
+        """``(E,) bool``: canonical pairs ``(i, j, n)`` whose *owner* is ``j``: the pair's atom behind the
+        other along :attr:`sweep_axis` (``j``'s image at ``n`` lies before ``i``; ties and onsite
+        pairs: ``i``).  A pair's blocks are computed from its owner's side (:meth:`ranges`)."""
+        i, j = self.edge_index
+        axis = self.sweep_axis
+        x = self.frac[:, axis]
+        image = x[j] + (self.cell_shift[:, axis] + self.wrap[j, axis] - self.wrap[i, axis])
+        return image < x[i]
+
+    def ranges(self, n_ranges: int) -> list[np.ndarray]:
+        """Indices of the canonical pairs of each of ``n_ranges`` slabs of the cell along
+        :attr:`sweep_axis` (fractional coordinate ``[r / n, (r + 1) / n)``): the pairs whose owner
+        (:attr:`flipped`) lies in the slab, sorted by owner, then by index.  Every pair is in one
+        range, and the other atoms of a range's pairs lie ahead of its slab within the pair cut-off,
+        so that what is computed per atom for a range (projections) reaches one pair cut-off beyond
+        the slab, on one side."""
+        owner = np.where(self.flipped, self.edge_index[1], self.edge_index[0])
+        slab = np.minimum((self.frac[owner, self.sweep_axis] * n_ranges).astype(np.int64), n_ranges - 1)
+        order = np.lexsort((np.arange(len(owner)), owner, slab))
+        bounds = np.searchsorted(slab[order], np.arange(n_ranges + 1))
+        return [order[bounds[r] : bounds[r + 1]] for r in range(n_ranges)]
 
     def occupied_chunks(self, grid: tuple[int, int, int]) -> np.ndarray:
         """Flat indices of the chunks of ``grid`` holding atoms."""

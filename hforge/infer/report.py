@@ -1,9 +1,9 @@
-"""What a prediction did: :class:`PredictionReport`, the stage timer, the progress bar, and the
-policy for torch's threads during a prediction."""
+"""What a prediction did: :class:`PredictionReport`, the stage timer, the progress bar, and torch's
+threads during a prediction (the caller's choice, never the machine's load)."""
 
 from __future__ import annotations
 
-import os
+import operator
 import resource
 import time
 from contextlib import contextmanager
@@ -12,12 +12,20 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "torch_threads"]
+from hforge.errors import InputError
+
+__all__ = [
+    "PREDICTION_STAGES", "PredictionReport", "StageTimer", "peak_rss_bytes", "progress_bar", "thread_count", "timed_module",
+    "torch_threads",
+]
 
 #: Stages timed in :attr:`PredictionReport.seconds`: the neighbour lists and model graphs; the
-#: model's node pass (trunk, head inputs, onsite blocks); its pair pass (hopping blocks of the
-#: learned heads); the exact overlap S; the baseline H0; CSR planning, filling and the hand-over to sisl.
-PREDICTION_STAGES = ("graphs", "trunk", "heads", "S", "H0", "assembly")
+#: model's node pass (trunk, head inputs, onsite blocks); the learned heads (the pair pass's hopping
+#: blocks; a separable operator's ``D_k``, taken out of the node pass); the separable operator's
+#: contraction (with the Kleinman-Bylander part of H when it joins it, hforge.infer.passes.Physics);
+#: the exact overlap S; the baseline H0 (the rest of it); CSR planning, filling and the hand-over to
+#: sisl; the output file (:meth:`~hforge.infer.Predictor.predict_to_file`).
+PREDICTION_STAGES = ("graphs", "trunk", "heads", "separable", "S", "H0", "assembly", "write")
 
 
 @dataclass
@@ -25,7 +33,7 @@ class PredictionReport:
     """What the last prediction did.
 
     Attributes:
-        n_atoms, nnz: atoms of the structure, stored entries of H (and of S).
+        n_atoms, n_orbitals, nnz: atoms and orbitals of the structure, stored entries of H (and of S).
         device: where the model ran.
         mode: ``whole``, ``streamed``, ``chunked`` (or ``distributed``).
         n_parts: atom ranges (``whole``: 1, ``streamed``) or occupied spatial chunks (``chunked``).
@@ -39,6 +47,7 @@ class PredictionReport:
     """
 
     n_atoms: int = 0
+    n_orbitals: int = 0
     device: str = "cpu"
     nnz: int = 0
     mode: str = "whole"
@@ -69,6 +78,34 @@ class StageTimer:
             self.report.cpu_seconds[stage] += time.process_time() - cpu_start
 
 
+@contextmanager
+def timed_module(timer: StageTimer, module: torch.nn.Module | None, stage: str, within: str) -> Iterator[None]:
+    """Inside the block, the time spent in ``module``'s forward calls (None: no module) is moved from
+    stage ``within`` (which times the whole block) to ``stage``: e.g. a separable operator's ``D_k``
+    head, which runs inside the node pass, counted as a head (torch's forward hooks)."""
+    if module is None:
+        yield
+        return
+    starts: list[tuple[float, float]] = []
+
+    def before(*_: object) -> None:
+        starts.append((time.perf_counter(), time.process_time()))
+
+    def after(*_: object) -> None:
+        wall, cpu = starts.pop()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        for seconds, value in ((timer.report.seconds, wall), (timer.report.cpu_seconds, cpu)):
+            seconds[stage] += value
+            seconds[within] -= value
+
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (bytes; Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -96,21 +133,37 @@ def progress_bar(
     return update
 
 
+def thread_count(threads: int | None) -> int:
+    """Torch's intra-op threads for a prediction: ``threads`` (the caller's number), or None: torch's
+    setting (the caller's ``torch.set_num_threads`` / ``OMP_NUM_THREADS``, by default the cores).
+
+    Never the machine's load: the thread count fixes how torch's parallel ops split their sums, so
+    the predicted bits would otherwise depend on what else runs (tests/test_infer.py checks they do
+    not).  On a machine shared with other jobs one thread can be faster (docs/measurements.md): the
+    caller says so (``threads=1``, ``hforge predict --threads 1``).  Numba's kernels keep their
+    threads; their results do not depend on them (one writer per output value).
+
+    Raises:
+        InputError: ``threads`` not a whole number >= 1.
+    """
+    if threads is None:
+        return torch.get_num_threads()
+    try:
+        count = None if isinstance(threads, bool) else operator.index(threads)
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise InputError(f"threads={threads!r}: give a whole number >= 1 of torch threads, or None (torch's setting)")
+    return count
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[int]:
-    """Torch's intra-op threads for a prediction, yielded, and restored after.
-
-    None: one thread where the machine is oversubscribed (1-minute load average at least the
-    cores), else torch's setting: torch's threads meet at a barrier in every op, so that with
-    other jobs on the cores a descheduled thread stalls each of the pair pass's many small ops
-    (measured in docs/measurements.md).  Numba's kernels keep their threads (one parallel region per call).
-    """
-    before = torch.get_num_threads()
-    if threads is None:
-        cores = os.cpu_count() or 1
-        threads = 1 if hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores else before
-    torch.set_num_threads(int(threads))
+    """Torch's intra-op threads set to :func:`thread_count` of ``threads`` for a prediction, yielded,
+    and restored after."""
+    count, before = thread_count(threads), torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        yield int(threads)
+        yield count
     finally:
         torch.set_num_threads(before)

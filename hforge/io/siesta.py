@@ -660,6 +660,28 @@ def _write_rows(f: Any, values: np.ndarray, ncol: np.ndarray) -> None:
         f.write(_record_bytes(values[start:end]))
 
 
+def write_tshs_header(
+    f: Any, nsc: Sequence[int], cell_bohr: np.ndarray, xyz_bohr: np.ndarray, orbital_offsets: np.ndarray, n_spin: int,
+    nnz: int, fermi_ry: float,
+) -> None:
+    """The records of a TSHS file (version 1, the layout of sisl's Fortran writer and SIESTA's) up to
+    the matrix: sizes, ``nsc``, cell and positions (Bohr), flags, k-grid, E_F (Ry) with sisl's Qtot
+    and temperature, and ``lasto`` (``orbital_offsets``, ``(n_atoms + 1,)``)."""
+    nsc = np.asarray(nsc, dtype=np.int32)
+    n_orbitals = int(orbital_offsets[-1])
+    i4 = lambda *values: np.asarray(values, dtype="<i4")  # noqa: E731
+    f8 = lambda *values: np.asarray(values, dtype="<f8")  # noqa: E731
+    f.write(_record_bytes(i4(1)))  # version
+    f.write(_record_bytes(i4(len(orbital_offsets) - 1, n_orbitals, n_orbitals * int(np.prod(nsc)), n_spin, nnz)))
+    f.write(_record_bytes(nsc.astype("<i4")))
+    f.write(_record_bytes(np.asarray(cell_bohr).astype("<f8"), np.asarray(xyz_bohr).astype("<f8")))  # cell, xa: Fortran order
+    f.write(_record_bytes(i4(0, 0, 0)))  # Gamma, TSGamma, onlyS: .false.
+    f.write(_record_bytes(i4(2, 0, 0, 0, 2, 0, 0, 0, 2), f8(0, 0, 0)))  # k-grid, its displacement
+    f.write(_record_bytes(f8(fermi_ry, 1.0, 0.001)))  # E_F (Ry), Qtot, Temp
+    f.write(_record_bytes(i4(0, 0)))  # istep, ia1
+    f.write(_record_bytes(np.asarray(orbital_offsets).astype("<i4")))  # lasto(0:na_u)
+
+
 def _write_tshs(data: HSData, path: Path) -> None:
     """The TSHS layout of version 1, record by record as sisl's writer (``tshs_write.f90``) and SIESTA
     write it, with the stored values chosen to read back exactly and the E_F record set."""
@@ -672,19 +694,8 @@ def _write_tshs(data: HSData, path: Path) -> None:
     h = data.h[:, flat].T.astype(np.float64)
     h_ry = _preimage(h, lambda x: (x - shift[:, None]) * RY_TO_EV, h / RY_TO_EV + shift[:, None])
     cell, xyz = _geometry_bohr(data)
-    nsc = data.nsc.astype(np.int32)
-    i4 = lambda *values: np.asarray(values, dtype="<i4")  # noqa: E731
-    f8 = lambda *values: np.asarray(values, dtype="<f8")  # noqa: E731
     with open(path, "wb") as f:
-        f.write(_record_bytes(i4(1)))  # version
-        f.write(_record_bytes(i4(data.n_atoms, data.n_orbitals, data.n_orbitals * int(np.prod(nsc)), data.n_spin, len(flat))))
-        f.write(_record_bytes(nsc.astype("<i4")))
-        f.write(_record_bytes(cell.astype("<f8"), xyz.astype("<f8")))  # cell(3, 3), xa(3, na) in Fortran order
-        f.write(_record_bytes(i4(0, 0, 0)))  # Gamma, TSGamma, onlyS: .false.
-        f.write(_record_bytes(i4(2, 0, 0, 0, 2, 0, 0, 0, 2), f8(0, 0, 0)))  # k-grid, its displacement
-        f.write(_record_bytes(f8(ef, 1.0, 0.001)))  # E_F (Ry), Qtot, Temp
-        f.write(_record_bytes(i4(0, 0)))  # istep, ia1
-        f.write(_record_bytes(data.orbital_offsets.astype("<i4")))  # lasto(0:na_u)
+        write_tshs_header(f, data.nsc, cell, xyz, data.orbital_offsets, data.n_spin, len(flat), ef)
         f.write(_record_bytes(ncol.astype("<i4")))
         _write_rows(f, layout["list_col"].astype("<i4"), ncol)
         _write_rows(f, s.astype("<f8"), ncol)

@@ -69,6 +69,7 @@ __all__ = [
     "Graph2MatSettings",
     "evaluate_graph2mat",
     "from_graph2mat",
+    "graph2mat_model",
     "load_graph2mat",
     "predict_graph2mat",
     "require_graph2mat",
@@ -388,6 +389,31 @@ def _build_model(settings: Graph2MatSettings, processor: Any, r_max: float, avg_
         edge_hidden_irreps=o3.Irreps(settings.edge_hidden_irreps),
         preprocessing_edges=E3nnEdgeMessageBlock if settings.preprocessing_edges == "E3nnEdgeMessageBlock" else None,
     )
+
+
+def graph2mat_model(
+    basis: "BasisSet", settings: Graph2MatSettings = Graph2MatSettings(), *, avg_num_neighbors: float | None = None,
+) -> tuple["torch.nn.Module", Any]:
+    """``(model, processor)``: graph2mat's ``MatrixMACE`` as the transfer study builds it
+    (:func:`train_graph2mat` with ``settings``; MACE's cut-off ``settings.r_max``, or twice the basis'
+    largest orbital radius), untrained and in evaluation mode, with its ``MatrixDataProcessor``: the
+    one graph2mat baseline that the study and every benchmark use.  ``avg_num_neighbors``: the
+    settings', else this value, else the mean number of graph edges per atom of ``basis``' pairs on
+    aBN at 2.2 g/cm^3 (:data:`ABN_GRAPH2MAT_NEIGHBOURS`; training measures its own).
+
+    Raises:
+        BackendUnavailableError: graph2mat is not installed.
+    """
+    require_graph2mat()
+    processor = _processor(basis)
+    r_max = settings.r_max if settings.r_max is not None else 2.0 * float(processor.basis_table.maxR())
+    avg = settings.avg_num_neighbors or avg_num_neighbors or ABN_GRAPH2MAT_NEIGHBOURS
+    return _build_model(settings, processor, r_max, float(avg)).eval(), processor
+
+
+#: Directed graph edges per atom of graph2mat's graph (every pair within ``r_i + r_j``) on the DZP aBN
+#: cells at 2.2 g/cm^3 (127 on the 1000-atom scaling cell of benchmarks/scaling.py).
+ABN_GRAPH2MAT_NEIGHBOURS = 127.0
 
 
 def _loss(kind: str, out: Mapping[str, Any], batch: Any) -> "torch.Tensor":

@@ -48,6 +48,9 @@ __all__ = [
     "two_centre_descriptor",
     "program_blocks",
     "separable_contract",
+    "operator_contract",
+    "pack_projections",
+    "program_packed",
     "overlap_blocks",
     "baseline_blocks",
     "baseline_parts",
@@ -165,6 +168,48 @@ def separable_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.n
 
     out, accumulate = kwargs.pop("out", None), kwargs.pop("accumulate", False)
     return _into(out, reference.separable_contract(*args, **kwargs), accumulate)
+
+
+def operator_contract(*args: Any, backend: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+    """The separable operator ``sum_k P D'_k P^T`` on packed projections (arguments of
+    :func:`hforge.ops.two_centre.reference.operator_contract`), in the dtype of ``packed`` (numba;
+    float64 for the reference), written into ``out`` when given."""
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    if name == "numba":
+        from hforge.ops.two_centre import numba as kernels
+
+        return kernels.operator_contract(*args, out=out)
+    from hforge.ops.two_centre import reference
+
+    return _into(out, reference.operator_contract(*args), False)
+
+
+def program_packed(*args: Any, backend: str = "auto") -> None:
+    """Blocks of a program straight into the packed layout of :func:`operator_contract`, only the rows
+    each entry keeps (arguments of :func:`hforge.ops.two_centre.reference.program_packed`)."""
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    if name == "numba":
+        from hforge.ops.two_centre import numba as kernels
+
+        kernels.program_packed(*args)
+        return
+    from hforge.ops.two_centre import reference
+
+    reference.program_packed(*args)
+
+
+def pack_projections(*args: Any, backend: str = "auto") -> None:
+    """Projection blocks into the packed layout of :func:`operator_contract` (arguments of
+    :func:`hforge.ops.two_centre.reference.pack_projections`)."""
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    if name == "numba":
+        from hforge.ops.two_centre import numba as kernels
+
+        kernels.pack_projections(*args)
+        return
+    from hforge.ops.two_centre import reference
+
+    reference.pack_projections(*args)
 
 
 def _pair_vectors(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, cell_shift: np.ndarray) -> np.ndarray:

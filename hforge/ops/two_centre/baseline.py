@@ -161,8 +161,12 @@ class BaselineContext:
         return program_blocks(program, tables, np.arange(n_species) * (n_species + 1), np.zeros((n_species, 3)), backend="torch")
 
     # ---- evaluation -------------------------------------------------------------------------
-    def blocks(self, edge_index: np.ndarray, cell_shift: np.ndarray, block_ptr: np.ndarray | None = None) -> np.ndarray:
-        """H0 (eV) of the pairs ``(i, j, n)``: flat float64 blocks on ``block_ptr`` (onsite pairs are ``(i, i, 0)``)."""
+    def blocks(
+        self, edge_index: np.ndarray, cell_shift: np.ndarray, block_ptr: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """H0 (eV) of the pairs ``(i, j, n)``: flat float64 blocks on ``block_ptr`` (onsite pairs are
+        ``(i, i, 0)``), written into ``out`` (float64, ``block_ptr[-1]`` values) when given."""
         desc, species = self.desc, self.species
         edge_index = np.asarray(edge_index, dtype=np.int64).reshape(2, -1)
         cell_shift = np.asarray(cell_shift, dtype=np.int64).reshape(-1, 3)
@@ -173,7 +177,7 @@ class BaselineContext:
         # every pair as a pair (onsite ones too, in place), then the onsite blocks replaced
         program, tables = self._pair_program
         vectors = _pair_vectors(self.positions, self.cell, edge_index, cell_shift)
-        out = program_blocks(program, tables, pair_type, vectors, block_ptr, backend=self.backend)
+        out = program_blocks(program, tables, pair_type, vectors, block_ptr, backend=self.backend, out=out)
         sites = np.flatnonzero((edge_index[0] == edge_index[1]) & ~cell_shift.any(axis=1))
         if len(sites):
             _scatter(out, block_ptr, sites, self.onsite(edge_index[0, sites]))

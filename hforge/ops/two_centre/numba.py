@@ -21,7 +21,10 @@ import numpy as np
 from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "program_block_sums", "separable_contract", "separable_matches"]
+__all__ = [
+    "operator_contract", "pack_projections", "program_block_sums", "program_blocks", "program_packed", "separable_contract",
+    "separable_matches",
+]
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 
@@ -66,12 +69,11 @@ def _harmonics(x, y, z, lmax, norms, dfact, out):  # pragma: no cover
 
 
 @numba.njit(inline="always")
-def _pair_block(
-    t, vx, vy, vz, lmax, norms, dfact, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm, term_coef,
-    values, reach, step, y, radial, out, base, accumulate,
+def _pair_terms(
+    t, vx, vy, vz, lmax, norms, dfact, slot_ptr, slot_table, values, reach, step, y, radial,
 ):  # pragma: no cover
-    """The block of one pair of type ``t`` at ``(vx, vy, vz)`` (Bohr) into ``out[base:]`` (added when
-    ``accumulate``); ``y`` and ``radial`` are scratch."""
+    """The harmonics ``y`` of ``R^`` and the slot values ``radial`` at ``|R|`` of a pair of type ``t``
+    at ``(vx, vy, vz)`` (Bohr): what every entry of its block sums over (both are scratch)."""
     r = math.sqrt(vx * vx + vy * vy + vz * vz)
     if r > 0.0:
         _harmonics(vx / r, vy / r, vz / r, lmax, norms, dfact, y)
@@ -95,11 +97,28 @@ def _pair_block(
             )
         else:
             radial[s] = 0.0
+
+
+@numba.njit(inline="always")
+def _entry(e, term_ptr, term_slot, term_lm, term_coef, y, radial):  # pragma: no cover
+    """Block entry ``e`` (flat, ``entry_ptr`` layout): the sum of its terms."""
+    acc = 0.0
+    for term in range(term_ptr[e], term_ptr[e + 1]):
+        acc += term_coef[term] * radial[term_slot[term]] * y[term_lm[term]]
+    return acc
+
+
+@numba.njit(inline="always")
+def _pair_block(
+    t, vx, vy, vz, lmax, norms, dfact, slot_ptr, slot_table, entry_ptr, term_ptr, term_slot, term_lm, term_coef,
+    values, reach, step, y, radial, out, base, accumulate,
+):  # pragma: no cover
+    """The block of one pair of type ``t`` at ``(vx, vy, vz)`` (Bohr) into ``out[base:]`` (added when
+    ``accumulate``); ``y`` and ``radial`` are scratch."""
+    _pair_terms(t, vx, vy, vz, lmax, norms, dfact, slot_ptr, slot_table, values, reach, step, y, radial)
     e0 = entry_ptr[t]
     for q in range(entry_ptr[t + 1] - e0):
-        acc = 0.0
-        for term in range(term_ptr[e0 + q], term_ptr[e0 + q + 1]):
-            acc += term_coef[term] * radial[term_slot[term]] * y[term_lm[term]]
+        acc = _entry(e0 + q, term_ptr, term_slot, term_lm, term_coef, y, radial)
         if accumulate:
             out[base + q] += acc
         else:
@@ -312,3 +331,193 @@ def separable_matches(
     triplets = np.empty((3, n), dtype=np.int64)
     _separable_matches(*args, False, triplets)
     return triplets
+
+
+# ---- the separable operator of inference: packed projections, 2x2-blocked contraction ----------
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _program_packed(
+    pair_type, vectors, entry_species, rank, col0, entry_row, entry_rows, lmax, slot_ptr, slot_table, entry_ptr,
+    term_ptr, term_slot, term_lm, term_coef, cols, values, reach, step, max_slots, n_chunks, out,
+):  # pragma: no cover
+    n_pairs = pair_type.shape[0]
+    norms, dfact = _legendre_norms(lmax)
+    for chunk in numba.prange(n_chunks):
+        y = np.zeros((lmax + 1) ** 2)
+        radial = np.zeros(max(max_slots, 1))
+        for a in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+            t = pair_type[a]
+            _pair_terms(
+                t, vectors[a, 0], vectors[a, 1], vectors[a, 2], lmax, norms, dfact, slot_ptr, slot_table, values, reach,
+                step, y, radial,
+            )
+            e0, n_cols, s = entry_ptr[t], cols[t], entry_species[a]
+            for orbital in range((entry_ptr[t + 1] - e0) // n_cols):
+                row = rank[s, orbital]
+                if row < entry_rows[a]:  # the orbital reaches the projector atom
+                    first = e0 + orbital * n_cols
+                    for c in range(n_cols):
+                        out[entry_row[a] + row, col0 + c] = _entry(first + c, term_ptr, term_slot, term_lm, term_coef, y, radial)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_projections(
+    values, value_ptr, n_cols, col0, entry_species, order, entry_row, entry_rows, n_chunks, out,
+):  # pragma: no cover
+    """Rows ``order[s_a, r]`` (``r < entry_rows[a]``, the orbitals in reach order) of every entry's flat
+    block ``values[value_ptr[a]:]`` (``n_cols[a]`` columns) into ``out[entry_row[a] + r, col0:]``."""
+    n_entries = value_ptr.shape[0] - 1
+    for chunk in numba.prange(n_chunks):
+        for a in range(chunk * n_entries // n_chunks, (chunk + 1) * n_entries // n_chunks):
+            base, cols, s = value_ptr[a], n_cols[a], entry_species[a]
+            for r in range(entry_rows[a]):
+                orbital = order[s, r]
+                if orbital < 0:  # a padding row
+                    continue
+                for c in range(cols):
+                    out[entry_row[a] + r, col0 + c] = values[base + orbital * cols + c]
+
+
+@numba.njit(inline="always")
+def _owner_left(
+    owner, proj_ptr, proj_atoms, species, entry_row, entry_rows, packed, operators, energies, left,
+):  # pragma: no cover
+    """``left`` rows of the owner atom's entries, one after the other: ``[P D_k, P_KB E_k]`` of every
+    entry (columns ``< n_op`` times ``operators[k]``, the others times ``energies[s_k]``)."""
+    n_op, width = operators.shape[1], packed.shape[1]
+    local = 0
+    for a in range(proj_ptr[owner], proj_ptr[owner + 1]):
+        k, r0 = proj_atoms[a], entry_row[a]
+        s = species[k]
+        for u in range(entry_rows[a]):
+            for q in range(width):
+                left[local + u, q] = 0.0
+            for p in range(n_op):
+                w = packed[r0 + u, p]
+                if w != 0.0:
+                    for q in range(n_op):
+                        left[local + u, q] += w * operators[k, p, q]
+            for q in range(n_op, width):
+                left[local + u, q] = packed[r0 + u, q] * energies[s, q - n_op]
+        local += entry_rows[a]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _operator_contract(
+    pairs, shifts, swap, species, proj_atoms, proj_shifts, proj_ptr, entry_row, entry_rows, entry_cols, packed, operators,
+    energies, order, n_orb, block_ptr, n_chunks, out,
+):  # pragma: no cover
+    n_pairs, width = pairs.shape[1], packed.shape[1]
+    rows_pad = order.shape[1]
+    max_entries = 1
+    for atom in range(proj_ptr.shape[0] - 1):
+        max_entries = max(max_entries, proj_ptr[atom + 1] - proj_ptr[atom])
+    for chunk in numba.prange(n_chunks):
+        left = np.zeros((max_entries * rows_pad, width), dtype=packed.dtype)
+        local = np.zeros(max_entries + 1, dtype=np.int64)
+        block = np.zeros((rows_pad, rows_pad), dtype=packed.dtype)
+        shift = np.zeros(3, dtype=np.int64)
+        zero = np.zeros(1, dtype=packed.dtype)[0]  # accumulators in the packed dtype (float32: 8 lanes)
+        current = -1
+        for e in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+            flip = swap[e]
+            owner, other = (pairs[1, e], pairs[0, e]) if flip else (pairs[0, e], pairs[1, e])
+            for d in range(3):
+                shift[d] = -shifts[e, d] if flip else shifts[e, d]
+            if owner != current:  # P D_k of the owner's entries, once for its consecutive pairs
+                _owner_left(owner, proj_ptr, proj_atoms, species, entry_row, entry_rows, packed, operators, energies, left)
+                for a in range(proj_ptr[owner], proj_ptr[owner + 1]):
+                    local[a - proj_ptr[owner] + 1] = local[a - proj_ptr[owner]] + entry_rows[a]
+                current = owner
+            block[:, :] = 0.0
+            a, a_end = proj_ptr[owner], proj_ptr[owner + 1]
+            b, b_end = proj_ptr[other], proj_ptr[other + 1]
+            while a < a_end and b < b_end:
+                o = _order(proj_atoms, proj_shifts, a, b, shift)
+                if o < 0:
+                    a += 1
+                elif o > 0:
+                    b += 1
+                else:
+                    la, rb = local[a - proj_ptr[owner]], entry_row[b]
+                    cols = min(entry_cols[a], entry_cols[b])  # beyond an entry's columns its values are zero
+                    for u in range(0, entry_rows[a], 2):  # rows padded to even: 2 x 2 dot products at once
+                        l0, l1 = left[la + u], left[la + u + 1]
+                        for v in range(0, entry_rows[b], 2):
+                            r0, r1 = packed[rb + v], packed[rb + v + 1]
+                            s00 = s01 = s10 = s11 = zero
+                            for p in range(cols):
+                                s00 += l0[p] * r0[p]
+                                s01 += l0[p] * r1[p]
+                                s10 += l1[p] * r0[p]
+                                s11 += l1[p] * r1[p]
+                            block[u, v] += s00
+                            block[u, v + 1] += s01
+                            block[u + 1, v] += s10
+                            block[u + 1, v + 1] += s11
+                    a += 1
+                    b += 1
+            s_own, s_oth = species[owner], species[other]
+            n_own, n_oth = n_orb[s_own], n_orb[s_oth]
+            base = block_ptr[e]
+            for u in range(n_own):  # reach order -> the orbitals' order; the canonical pair's orientation
+                ou = order[s_own, u]
+                for v in range(n_oth):
+                    ov = order[s_oth, v]
+                    if ou >= 0 and ov >= 0:
+                        if flip:
+                            out[base + ov * n_own + ou] = block[u, v]
+                        else:
+                            out[base + ou * n_oth + ov] = block[u, v]
+
+
+def program_packed(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, entry_species: np.ndarray,
+    rank: np.ndarray, col0: int, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
+) -> None:
+    """The blocks of ``program`` for the entries ``(pair_type, vectors)`` written straight into the
+    packed rows of ``out`` (:func:`pack_projections`' layout; ``rank[s, orbital]`` the row of an
+    orbital in reach order): only the entries of the rows an entry keeps are computed."""
+    with numba.parallel_chunksize(1):
+        _program_packed(
+            _i64(pair_type), np.ascontiguousarray(vectors, dtype=np.float64), _i64(entry_species), _i64(rank), int(col0),
+            _i64(entry_row), _i64(entry_rows), program.lmax, program.slot_ptr, program.slot_table, program.entry_ptr,
+            program.term_ptr, program.term_slot, program.term_lm, program.term_coef, _i64(program.cols), tables.values,
+            tables.reach, tables.step, program.max_slots, _n_chunks(len(pair_type)), out,
+        )
+
+
+def pack_projections(
+    values: np.ndarray, value_ptr: np.ndarray, n_cols: np.ndarray, col0: int, entry_species: np.ndarray,
+    order: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
+) -> None:
+    """Write flat projection blocks into the packed rows of ``out`` (see
+    :func:`hforge.ops.two_centre.reference.pack_projections`)."""
+    with numba.parallel_chunksize(1):
+        _pack_projections(
+            np.ascontiguousarray(values), _i64(value_ptr), _i64(n_cols), int(col0), _i64(entry_species), _i64(order),
+            _i64(entry_row), _i64(entry_rows), _n_chunks(len(value_ptr) - 1), out,
+        )
+
+
+def operator_contract(
+    pairs: np.ndarray, shifts: np.ndarray, swap: np.ndarray, species: np.ndarray, proj_atoms: np.ndarray,
+    proj_shifts: np.ndarray, proj_ptr: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, entry_cols: np.ndarray,
+    packed: np.ndarray, operators: np.ndarray, energies: np.ndarray, order: np.ndarray, n_orb: np.ndarray,
+    block_ptr: np.ndarray, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """As :func:`hforge.ops.two_centre.reference.operator_contract`, in the dtype of ``packed``
+    (float32 or float64): parallel over pairs, each pair's block from the 2 x 2-blocked dot products
+    of its owner's ``P D_k`` rows (computed once per owner and thread) with the other atom's packed
+    rows, over their common projector atoms (merge of the sorted entry lists); written into ``out``
+    (a view of a larger buffer: no copy) when given."""
+    dtype = packed.dtype
+    if out is None:
+        out = np.empty(int(block_ptr[-1]), dtype=dtype)
+    with numba.parallel_chunksize(1):
+        _operator_contract(
+            _i64(pairs), _i64(shifts), np.ascontiguousarray(swap, dtype=np.bool_), _i64(species), _i64(proj_atoms),
+            _i64(proj_shifts), _i64(proj_ptr), _i64(entry_row), _i64(entry_rows), _i64(entry_cols), np.ascontiguousarray(packed),
+            np.ascontiguousarray(operators, dtype=dtype), np.ascontiguousarray(energies, dtype=dtype), _i64(order),
+            _i64(n_orb), _i64(block_ptr), _n_chunks(pairs.shape[1]), out,
+        )
+    return out

@@ -5,6 +5,8 @@ evaluate the real harmonics of ``R^`` and contract with the program's terms.
 ``separable_contract``: for every output pair, the projector atoms seen by both atoms (matched by
 atom and lattice image), ``sum_k L(i, k) R(j, k)^T`` (``P diag(E_k) P^T`` for the KB part).
 ``separable_blocks``: the same sum in torch for a learned ``D_k`` per atom, differentiable in ``D``.
+``pack_projections`` / ``operator_contract``: the packed layout of inference (every entry's rows in
+reach order, padded) and the separable operator on it, unpacked and summed by ``separable_contract``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 
 from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["program_blocks", "program_block_sums", "separable_contract", "separable_blocks", "real_harmonics_torch"]
+__all__ = [
+    "operator_contract", "pack_projections", "program_block_sums", "program_blocks", "program_packed", "real_harmonics_torch",
+    "separable_blocks", "separable_contract",
+]
 
 _CHUNK = 4096  # pairs per step of program_blocks (temporaries: chunk x terms of the pair type)
 
@@ -199,3 +204,81 @@ def separable_blocks(
     u = torch.arange(n_max, device=P.device)
     keep = (u[None, :, None] < pair_rows[:, None, None]) & (u[None, None, :] < pair_cols[:, None, None])
     return summed[keep.expand_as(summed)] if int(block_ptr[-1]) else summed.new_zeros(0)
+
+
+def program_packed(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, entry_species: np.ndarray,
+    rank: np.ndarray, col0: int, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
+) -> None:
+    """The blocks of ``program`` for the entries ``(pair_type, vectors)`` (Bohr) into the packed rows of
+    ``out`` (:func:`pack_projections`' layout; ``rank[s, orbital]`` an orbital's row in reach order, its
+    inverse ``order``): :func:`program_blocks`, then :func:`pack_projections`."""
+    ptr = np.zeros(len(pair_type) + 1, dtype=np.int64)
+    np.cumsum(program.block_size[pair_type], out=ptr[1:])
+    blocks = program_blocks(program, tables, torch.from_numpy(pair_type), torch.from_numpy(vectors), torch.from_numpy(ptr))
+    order = np.full((rank.shape[0], rank.shape[1] + rank.shape[1] % 2), -1, dtype=np.int64)
+    for s in range(rank.shape[0]):
+        for orbital, row in enumerate(rank[s]):
+            if row >= 0:
+                order[s, row] = orbital
+    pack_projections(blocks.numpy(), ptr, program.cols[pair_type], col0, entry_species, order, entry_row, entry_rows, out)
+
+
+def pack_projections(
+    values: np.ndarray, value_ptr: np.ndarray, n_cols: np.ndarray, col0: int, entry_species: np.ndarray,
+    order: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray,
+) -> None:
+    """Write projection blocks into the packed layout: entry ``a``'s flat block
+    ``values[value_ptr[a]:value_ptr[a+1]]`` (rows: the orbitals of its atom, species
+    ``entry_species[a]``; ``n_cols[a]`` columns) goes to ``out[entry_row[a] + r, col0:col0 + n_cols[a]]``
+    for its rows ``r < entry_rows[a]`` in reach order, row ``r`` holding orbital ``order[s, r]``
+    (``-1``: a padding row, left as it is)."""
+    for a in range(len(value_ptr) - 1):
+        block = values[value_ptr[a] : value_ptr[a + 1]].reshape(-1, n_cols[a])
+        for r in range(entry_rows[a]):
+            orbital = order[entry_species[a], r]
+            if orbital >= 0:
+                out[entry_row[a] + r, col0 : col0 + n_cols[a]] = block[orbital]
+
+
+def operator_contract(
+    pairs: np.ndarray, shifts: np.ndarray, swap: np.ndarray, species: np.ndarray, proj_atoms: np.ndarray,
+    proj_shifts: np.ndarray, proj_ptr: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, entry_cols: np.ndarray,
+    packed: np.ndarray, operators: np.ndarray, energies: np.ndarray, order: np.ndarray, n_orb: np.ndarray,
+    block_ptr: np.ndarray,
+) -> np.ndarray:
+    """``O(i, j, n) = sum_{(k, m)} P(i; k, m) D'_k P(j; k, m - n)^T`` from packed projections (float64).
+
+    ``packed`` rows ``entry_row[a]:entry_row[a] + entry_rows[a]`` hold entry ``a``'s projections
+    ``P(i; k, m)`` in reach order (:func:`pack_projections`; ``order[s, r]`` the orbital of row ``r``);
+    its first ``n_op = operators.shape[1]`` columns are the functions of ``D_k = operators[k]``, the
+    others (if any) more projectors of atom ``k`` with the diagonal ``energies[s_k]`` (e.g. the
+    Kleinman-Bylander ones): ``D'_k = blockdiag(D_k, diag(energies[s_k]))``; an entry's values beyond
+    its ``entry_cols`` columns are zero (kernels may skip them).  Every entry is unpacked to its block
+    in the orbitals' order and summed by :func:`separable_contract`; ``swap`` (which atom a kernel
+    starts from) does not change the value.  Returns the flat blocks on ``block_ptr``."""
+    del swap
+    if any(np.any(packed[entry_row[a] : entry_row[a] + entry_rows[a], entry_cols[a] :]) for a in range(len(entry_row))):
+        raise ValueError("operator_contract: nonzero packed values beyond an entry's entry_cols")
+    width, n_op = packed.shape[1], operators.shape[1]
+    atom_of = np.repeat(np.arange(len(proj_ptr) - 1), np.diff(proj_ptr))
+    entry_species = species[atom_of]
+    rows_of = n_orb[entry_species]
+    block_of = np.zeros(len(atom_of) + 1, dtype=np.int64)
+    np.cumsum(rows_of * width, out=block_of[1:])
+    right = np.zeros(int(block_of[-1]))
+    left = np.zeros(int(block_of[-1]))
+    for a in range(len(atom_of)):
+        block = np.zeros((rows_of[a], width))
+        for r in range(entry_rows[a]):
+            orbital = order[entry_species[a], r]
+            if orbital >= 0:
+                block[orbital] = packed[entry_row[a] + r]
+        k = proj_atoms[a]
+        weighed = np.concatenate([block[:, :n_op] @ operators[k], block[:, n_op:] * energies[species[k]]], axis=1)
+        right[block_of[a] : block_of[a + 1]] = block.reshape(-1)
+        left[block_of[a] : block_of[a + 1]] = weighed.reshape(-1)
+    n_proj = np.full(len(n_orb), width, dtype=np.int64)
+    return separable_contract(
+        pairs, shifts, proj_atoms, proj_shifts, proj_ptr, block_of, left, right, n_orb, n_proj, species, block_ptr
+    )
