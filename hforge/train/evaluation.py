@@ -215,7 +215,7 @@ def spectra_of(
     side's own S and with the reference S for both, after removing the best uniform c·S (as the
     headline: SIESTA's energy zero is arbitrary)."""
     ref = align_reference(reference, prediction.edge_index, prediction.cell_shift)
-    c = best_shift(prediction.h_unshifted[0] - ref.h_unshifted[0], ref.s)
+    c = best_shift(prediction.h_unshifted[0] - ref.h, ref.s)
     prediction = replace(prediction, h=prediction.h - c * ref.s[None, :])
     with_ref_s = replace(prediction, s=ref.s)
     per_threshold = {}
