@@ -72,7 +72,9 @@ def test_fits_say_when_they_are_not_determined():
     bare = fit_power_law(SIZES[:2], [2.0, 1.0])
     assert not bare.determined and "no uncertainty" in bare.note
     far = fit_power_law(SIZES, 100 * SIZES**-0.2).n_for(1.0)
-    assert far.n > 1e9 and "extrapolation" in far.note
+    assert far.n > 1e9 and "far beyond the data" in far.note
+    barely = fit_power_law(SIZES, 5 * SIZES**-1e-3).n_for(1.0)
+    assert barely.n is None and "barely falls" in barely.note
     with pytest.raises(InputError, match="finite and positive"):
         fit_power_law([100, 200, 400], [1.0, 0.0, 0.5])
     with pytest.raises(InputError, match="at least two"):

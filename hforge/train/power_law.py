@@ -19,7 +19,7 @@ import numpy as np
 
 from hforge.errors import InputError
 
-__all__ = ["FLOOR_MIN_SIZES", "MIN_SIZES", "GoalEstimate", "PowerLawFit", "fit_power_law"]
+__all__ = ["EXTRAPOLATION_LIMIT", "FLOOR_MIN_SIZES", "MIN_SIZES", "GoalEstimate", "PowerLawFit", "fit_power_law"]
 
 #: Distinct data sizes a fit needs before it claims an exponent (two sizes fit any power law exactly).
 MIN_SIZES = 3
@@ -30,6 +30,10 @@ FLOOR_MIN_SIZES = 4
 FLOOR_P_VALUE = 0.05
 #: Squared ``ln err`` residual per point below which two fits are the same (float64 rounding of exact data).
 _RSS_ROUNDING = 1e-20
+#: Beyond this many times the largest size fitted, a goal's size is reported as far outside the data.
+EXTRAPOLATION_LIMIT = 100.0
+#: ``ln N`` above which a size is not a number worth reporting (float64 overflows at ~709).
+_LN_N_MAX = math.log(1e100)
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,21 @@ class PowerLawFit:
         ln_n = (math.log(self.a) - math.log(reach)) / self.b
         gradient = [1.0 / self.b, -ln_n / self.b] + ([1.0 / (self.b * reach)] if self.has_floor else [])
         variance = float(np.asarray(gradient) @ self.covariance @ np.asarray(gradient))
+        if ln_n > _LN_N_MAX:
+            return GoalEstimate(goal, None, None, None, f"beyond 1e100 (b = {self.b:.3g}): the error barely falls with N")
         n = math.exp(ln_n)
         low = high = None
         if np.isfinite(variance):
-            low, high = math.exp(ln_n - math.sqrt(variance)), math.exp(ln_n + math.sqrt(variance))
-        if n <= self.n_max:
+            spread = math.sqrt(variance)
+            low, high = math.exp(ln_n - spread), math.exp(min(ln_n + spread, _LN_N_MAX))
+        factor = n / self.n_max
+        if factor <= 1:
             note = "reached within the data fitted"
+        elif factor <= EXTRAPOLATION_LIMIT:
+            note = f"{factor:.3g}x the largest size fitted: an extrapolation of the fitted law"
         else:
-            note = f"{n / self.n_max:.3g}x the largest size fitted: an extrapolation of the fitted law"
+            note = (f"{factor:.3g}x the largest size fitted: far beyond the data (more than {EXTRAPOLATION_LIMIT:g}x), "
+                    "where the law is untested")
         return GoalEstimate(goal, n, low, high, note)
 
     def to_dict(self) -> dict[str, Any]:
