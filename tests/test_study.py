@@ -19,6 +19,7 @@ from hforge.models import load_checkpoint
 from hforge.train.evaluation import evaluate_structures
 from hforge.train.study import (
     FIGURES,
+    HeldOutCell,
     StudyPlan,
     error_by_distance,
     external_cells,
@@ -26,6 +27,7 @@ from hforge.train.study import (
     nested_subsets,
     quick_plan,
     run_study,
+    siesta_cost,
     study_markdown,
 )
 
@@ -251,3 +253,17 @@ def test_the_learning_curve_trains_nested_subsets_in_the_studys_folders(study_wi
     assert {f: (Path(f) / "last.pt").stat().st_mtime_ns for f in stamps} == stamps
     again = json.loads((out / "curve.json").read_text())
     assert [p["h_mae_shifted_meV"] for p in again["points"]] == [pytest.approx(p["h_mae_shifted_meV"]) for p in points]
+
+
+def test_siesta_cost_reads_the_log_beside_the_run_or_the_campaign_record(abn_dir, tmp_path):
+    trained = load("abn-small").store.read("abn_24_0")
+    logged = dataclasses.replace(trained, source=str(abn_dir / "runs" / "abn_24_0" / "abn_24_0.TSHS"))
+    cost = siesta_cost(HeldOutCell("abn_24_0", logged))
+    assert (cost["wall_s"], cost["cpu_s"], cost["processes"], cost["note"]) == (276.457, 185.495, 1, "")
+    record = {"siesta_elapsed_s": 5000.0, "siesta_version": "v", "attempts": 3, "interrupted": 2}
+    moved = dataclasses.replace(trained, source=str(tmp_path / "gone" / "abn_24_0.TSHS"))  # the run folder is elsewhere
+    cost = siesta_cost(HeldOutCell("abn_24_0", moved, "cells.h5", {"record": record}))
+    assert (cost["source"], cost["wall_s"], cost["cpu_s"], cost["siesta"]) == ("campaign record", 5000.0, None, "v")
+    assert "the last of 3 attempts (2 interrupted" in cost["note"]
+    cost = siesta_cost(HeldOutCell("abn_24_0", moved))
+    assert cost["wall_s"] is None and cost["note"] == "no SIESTA log or campaign record of this cell found"
