@@ -235,6 +235,8 @@ def test_the_learning_curve_trains_nested_subsets_in_the_studys_folders(study_wi
     assert study["structures"]["abn_24_0"]["h_mae_shifted_meV"] == pytest.approx(points[-1]["h_mae_shifted_meV"],
                                                                                    rel=1e-9)
     assert list(curve["held_out"]) == ["abn_24_0"]  # the plan's own test cells, not the test-only ones
+    assert list(points[-1]["per_cell"]) == ["abn_24_0"]
+    assert points[-1]["per_cell"]["abn_24_0"]["ghosts"] == points[-1]["ghosts"]
     for key in ("h_mae_shifted_meV", "onsite_atom_rmse_meV"):  # two sizes: no claim about the exponent
         fit = curve["fits"]["invariant"][key]
         assert (fit["n_points"], fit["n_sizes"], fit["determined"], fit["goal"]["n"]) == (2, 2, False, None)

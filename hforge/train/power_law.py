@@ -99,10 +99,6 @@ class PowerLawFit:
             return math.nan
         return math.sqrt(self.covariance[2, 2])
 
-    def __call__(self, n: Any) -> np.ndarray:
-        """The fitted error at sizes ``n``."""
-        return self.a * np.asarray(n, dtype=np.float64) ** -self.b + self.floor
-
     def n_for(self, goal: float) -> GoalEstimate:
         """The size ``N`` at which the fit reaches ``goal`` (:class:`GoalEstimate`).
 

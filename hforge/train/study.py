@@ -1040,13 +1040,20 @@ def _curve_folder(out: Path, kind: str, seed: int, subset: Sequence[str], train:
     return out / "runs" / name
 
 
-def _held_out_means(evaluation: Mapping[str, Any]) -> dict[str, float]:
-    """The curve's errors (:data:`CURVE_METRICS`): each the mean over the evaluated cells of its value."""
+def _curve_errors(summary: Mapping[str, float]) -> dict[str, float]:
+    """The curve's errors (:data:`CURVE_METRICS`) of one evaluated cell."""
+    errors = {key: summary.get(key, np.nan) for key in CURVE_METRICS if key != "ghosts"}
+    errors["ghosts"] = summary.get("ghosts_low", np.nan) + summary.get("ghosts_high", np.nan)
+    return errors
+
+
+def _held_out_means(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """The curve's errors, each the mean over the evaluated cells of its value, and ``per_cell`` (name -> errors)."""
     from hforge.train.evaluation import nan_mean
 
-    summaries = [e["summary"] for e in evaluation["structures"]]
-    means = {key: nan_mean(s.get(key, np.nan) for s in summaries) for key in CURVE_METRICS if key != "ghosts"}
-    means["ghosts"] = nan_mean(s.get("ghosts_low", np.nan) + s.get("ghosts_high", np.nan) for s in summaries)
+    per_cell = {e["name"]: _curve_errors(e["summary"]) for e in evaluation["structures"]}
+    means: dict[str, Any] = {key: nan_mean(c[key] for c in per_cell.values()) for key in CURVE_METRICS}
+    means["per_cell"] = per_cell
     return means
 
 
