@@ -153,6 +153,16 @@ def test_test_only_cells_that_the_plan_trains_on_are_refused(abn_dir, tmp_path):
         external_cells(quick_plan(external=[run, run]))
     cell, = external_cells(quick_plan(external=[run]))
     assert (cell.name, cell.data.n_atoms, cell.origin, cell.external) == ("abn_32_0", 32, str(run), True)
+    # a compact store of the same run (as a campaign writes): S computed, the run's log still found for its cost
+    from hforge.io import convert
+    from hforge.ops.two_centre import overlap_blocks
+
+    compact = tmp_path / "compact.h5"
+    convert([run], compact, basis=abn_dir / "basis", overlap=overlap_blocks, progress=False)
+    stored, = external_cells(quick_plan(external=[compact]))
+    assert (stored.name, stored.origin, stored.provenance["siesta"]) == ("abn_32_0", str(compact), "master-post-4.1-268")
+    np.testing.assert_allclose(stored.data.s, cell.data.s, atol=1e-6)
+    assert siesta_cost(stored)["wall_s"] == 526.174
 
 
 @pytest.fixture(scope="module")
