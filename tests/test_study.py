@@ -153,6 +153,14 @@ def test_test_only_cells_that_the_plan_trains_on_are_refused(abn_dir, tmp_path):
         external_cells(quick_plan(external=[run, run]))
     cell, = external_cells(quick_plan(external=[run]))
     assert (cell.name, cell.data.n_atoms, cell.origin, cell.external) == ("abn_32_0", 32, str(run), True)
+    # a folder whose finished training is on other cells is refused, never reused for another subset
+    from hforge.files import write_json
+    from hforge.train.study import _train
+
+    (tmp_path / "other").mkdir()
+    write_json(tmp_path / "other" / "trained.json", {"steps": 60, "checkpoint": "x", "train_s": 1, "train": ["abn_8_0"]})
+    with pytest.raises(ConfigError, match=r"holds a training on other cells \(with none more, without \['abn_16_0', "):
+        _train(quick_plan(), "invariant", 0, tmp_path / "other", False)
     # a compact store of the same run (as a campaign writes): S computed, the run's log still found for its cost
     from hforge.io import convert
     from hforge.ops.two_centre import overlap_blocks

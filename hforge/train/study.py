@@ -269,8 +269,9 @@ def _train(plan: StudyPlan, kind: str, seed: int, out: Path, progress: bool) -> 
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done.get("train", list(plan.train)) != list(plan.train):
-            raise ConfigError(f"study: {out} holds a training on other cells ({len(done['train'])} cells, not the plan's "
-                              f"{len(plan.train)}): use another working folder")
+            theirs, ours = sorted(set(done["train"]) - set(plan.train)), sorted(set(plan.train) - set(done["train"]))
+            raise ConfigError(f"study: {out} holds a training on other cells (with {theirs or 'none more'}, without "
+                              f"{ours or 'none more'} of the plan's): use another working folder")
         if done.get("steps") == plan.steps:
             return Path(done["checkpoint"]), float(done["train_s"])
     start = time.perf_counter()
