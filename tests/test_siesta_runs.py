@@ -258,3 +258,29 @@ def test_settings_replace_the_templates_lines_in_place_or_are_added(abn_dir, tmp
     for refused in ({"SystemLabel": "x"}, {"LatticeVectors": "1"}, {"ChemicalSpeciesLabel": "1 5 B"}):
         with pytest.raises(InputError, match="cannot replace the geometry"):
             write_siesta_inputs([structure], abn_dir / "runs" / "abn_8_0", tmp_path / "other", settings=refused)
+
+
+def test_log_cost_matches_every_shared_runs_summary(shared_dir):
+    """The wall time, CPU time and processes of every shared aBN log (``*.out.gz``); summary.jsonl's ``wall_s``
+    was timed around each SIESTA call by another script (rounded to 0.1 s): the oracle of the elapsed time."""
+    import gzip
+    import json
+
+    from hforge.io.siesta_log import read_siesta_log
+
+    checked = 0
+    for group in ("abn", "abn-extra"):
+        folder = shared_dir / group
+        if not folder.is_dir():
+            continue
+        for line in (folder / "summary.jsonl").read_text().splitlines():
+            expected = json.loads(line)
+            with gzip.open(folder / "runs" / expected["name"] / f"{expected['name']}.out.gz", "rt") as fh:
+                log = read_siesta_log(fh.read())
+            assert log.elapsed == pytest.approx(expected["wall_s"], abs=0.2), expected["name"]
+            assert 0 < log.cpu_time <= log.elapsed * expected["threads"], expected["name"]
+            assert log.processes == 1, expected["name"]  # SERIAL builds: "* Running in serial mode"
+            checked += 1
+    assert checked >= 22
+    log = read_siesta_log("* Running on    4 nodes in parallel\n")
+    assert (log.processes, log.elapsed, log.cpu_time) == (4, None, None)

@@ -32,11 +32,14 @@ __all__ = [
 ]
 
 
-def new_figure(ncols: int = 1, *, size: tuple[float, float] = (5.0, 4.0), **subplot_kw: Any) -> tuple[Figure, Any]:
-    """A Figure on the Agg canvas and its axes (an array when ``ncols > 1``)."""
-    fig = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+def new_figure(
+    ncols: int = 1, *, nrows: int = 1, size: tuple[float, float] = (5.0, 4.0), **subplot_kw: Any
+) -> tuple[Figure, Any]:
+    """A Figure on the Agg canvas and its axes (an array when ``ncols > 1`` or ``nrows > 1``), each ``size`` inches;
+    ``subplot_kw`` go to :meth:`~matplotlib.figure.Figure.subplots` (e.g. ``sharex=True``)."""
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, **subplot_kw)
+    axes = fig.subplots(nrows, ncols, **subplot_kw)
     return fig, axes
 
 

@@ -1,4 +1,4 @@
-"""The numbers of a SIESTA log (``<label>.out``): version, electrons, k-points, SCF history, energies.
+"""The numbers of a SIESTA log (``<label>.out``): version, electrons, k-points, SCF history, energies, cost.
 
 Read from the lines SIESTA (4.1 and later) prints; a number the log lacks is None.  Whether the
 run finished and converged is :func:`hforge.io.runs.log_failure`'s business; this module only
@@ -36,7 +36,11 @@ class SiestaLog:
         fermi_energy: final Fermi energy, eV.
         final_ddmax: last ``max |DM_out - DM_in|``.
         final_dhmax: last ``max |H_out - H_in|``, eV.
-        elapsed: ``Elapsed wall time``, s.
+        elapsed: ``Elapsed wall time``, s (of this run: an attempt restarted from a saved density
+            matrix counts only its own time).
+        cpu_time: the CPU time of the whole run (the ``siesta`` row of the timer's table of CPU
+            execution times), s.
+        processes: MPI processes (``* Running in serial mode``: 1; ``* Running on N nodes in parallel``: N).
     """
 
     version: str | None
@@ -50,6 +54,8 @@ class SiestaLog:
     final_ddmax: float | None
     final_dhmax: float | None
     elapsed: float | None
+    cpu_time: float | None
+    processes: int | None
 
 
 def read_siesta_log(text: str) -> SiestaLog:
@@ -57,6 +63,8 @@ def read_siesta_log(text: str) -> SiestaLog:
     version = re.search(r"^Siesta Version\s*:\s*(\S+)", text, flags=re.MULTILINE)
     kpoints = _last(r"k-grid: Number of k-points\s*=\s*(\d+)", text)
     converged = _last(r"SCF cycle converged after\s+(\d+)\s+iterations", text)
+    parallel = _last(r"^\* Running on\s+(\d+)\s+nodes in parallel", text)
+    serial = re.search(r"^\* Running in serial mode", text, flags=re.MULTILINE) is not None
     return SiestaLog(
         version=version.group(1) if version else None,
         electrons=_last(rf"Total number of electrons:\s*{_FLOAT}", text),
@@ -69,4 +77,6 @@ def read_siesta_log(text: str) -> SiestaLog:
         final_ddmax=_last(rf"max \|DM_out - DM_in\|\s*:\s*{_FLOAT}", text),
         final_dhmax=_last(rf"max \|H_out - H_in\|\s*\(eV\)\s*:\s*{_FLOAT}", text),
         elapsed=_last(rf"Elapsed wall time \(sec\)\s*=\s*{_FLOAT}", text),
+        cpu_time=_last(rf"^siesta\s+1\s+{_FLOAT}", text),
+        processes=int(parallel) if parallel is not None else (1 if serial else None),
     )

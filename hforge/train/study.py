@@ -21,36 +21,67 @@ in the tables.
 ``results.json``, ``results.md`` and the figures (:data:`FIGURES`) into one folder; the plans are
 :func:`quick_plan` (the bundled ``abn-small``, minutes: CI) and :func:`full_plan` (every shared aBN
 training cell of at most 32 atoms, held-out cells of 8 to 64 atoms, several seeds: hours).
+
+Test cells may also come from outside the training store (:attr:`StudyPlan.external`: SIESTA run
+folders, H/S files or stores, e.g. a campaign's 216- and 512-atom cells): test-only, never trained or
+validated on, refused when one is a training cell (by name or by its atoms), marked in the tables.
+HForge's models then predict through the inference API's :class:`~hforge.infer.Predictor` (the
+streamed, memory-bounded route a user gets from ``hforge.load``), which the caller hands over as
+``load_predictor`` (``hforge.infer.load``; this layer does not import its sibling ``hforge.infer``;
+the CLI does).  For the largest test cell the study times HForge's prediction against SIESTA's wall
+time (its log, or its campaign record) and compares their densities of states.
+
+:func:`learning_curve` trains the models on nested subsets of the training cells (fractions chosen
+deterministically with a seed, each keeping the size mix; the whole set is the study's own
+training, reused) and fits the held-out errors against the training atoms with a power law
+(:mod:`hforge.train.power_law`), saying how many atoms the 1 meV goal would need.
+
+:func:`write_report` writes ``results.md`` from the study's ``results.json`` and the curve's
+``curve.json``, whichever exist.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from hforge.errors import ConfigError
-from hforge.files import write_json
+from hforge.files import atomic_write, write_json
 from hforge.io import HSData
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONSTRUCTIONS",
+    "CURVE_FIGURE",
+    "CURVE_FRACTIONS",
+    "CURVE_METRICS",
     "FIGURES",
+    "GOAL_MEV",
     "MODELS",
     "TRANSFER_MIN_ATOMS",
+    "HeldOutCell",
     "StudyPlan",
+    "curve_markdown",
     "error_by_distance",
+    "external_cells",
     "full_plan",
+    "learning_curve",
+    "nested_subsets",
     "quick_plan",
     "run_study",
+    "siesta_cost",
     "study_markdown",
+    "write_report",
 ]
 
 #: The models of the study, in table order.
@@ -64,7 +95,26 @@ FIGURES = {
     "error_vs_distance": "H MAE (shift removed) against pair distance, largest test cell, per model",
     "heatmap": "DFT | ML | ML - DFT of H(Γ) of the largest test cell, best model",
     "spectrum": "full-S Γ eigenvalues near the gap and DOS of the largest test cell, DFT against each model",
+    "speed": "SIESTA's wall time against HForge's prediction time on the largest test cell, and the DOS of both "
+             "(written when the study predicts through the Predictor)",
 }
+#: The learning curve's figure (:func:`learning_curve`).
+CURVE_FIGURE = "held-out errors against the training atoms, per model (each seed a point), with the power-law fits"
+#: Fractions of the training cells :func:`learning_curve` trains on by default.
+CURVE_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
+#: The learning curve's errors, each the mean over the held-out cells: summary key -> label.  The first two
+#: get a power-law fit and the number of training atoms the goal (:data:`GOAL_MEV`) would need.
+CURVE_METRICS = {
+    "h_mae_shifted_meV": "H MAE, c·S removed (meV)",
+    "onsite_atom_rmse_meV": "per-atom onsite-energy RMSE (meV)",
+    "eig_window_fullS_meV": "Γ eig. ±2 eV, full S (meV)",
+    "ghosts": "ghost states, full S (below + above)",
+}
+CURVE_FITTED = ("h_mae_shifted_meV", "onsite_atom_rmse_meV")
+#: The accuracy goal of the learning curve's fits (meV).
+GOAL_MEV = 1.0
+#: Timed predictions of the largest cell per model, after one warm-up (the fastest counts).
+SPEED_REPEATS = 2
 #: How HForge's models build H in a study (:attr:`StudyPlan.construction`): the model-config fields of each.
 CONSTRUCTIONS = {
     "operator": {"baseline": "operator", "separable": True, "free_blocks": False},
@@ -91,6 +141,8 @@ COLUMNS = {
     "eig_window_refS_1e-2_meV": "secondary: Γ eig. ±2 eV, ref. S 1e-2 (meV)",
     "gap_error_refS_1e-2_meV": "secondary: gap error, ref. S 1e-2 (meV)",
 }
+#: The columns that need a dense eigensolve (skipped above :data:`~hforge.train.evaluation.MAX_EIGEN_ORBITALS` orbitals).
+SPECTRUM_COLUMNS = frozenset(k for k in COLUMNS if k.startswith(("ghosts", "eig_", "window_", "gap_")))
 
 
 @dataclass(frozen=True)
@@ -115,6 +167,11 @@ class StudyPlan:
             without each structure's best c·S) or ``"entries"`` (the fitted two-centre H0 plus blocks
             filled entry by entry, the construction before issue 24).  graph2mat's model always
             fills entries (H - H0).
+        external: test-only cells from outside ``source``: SIESTA run folders (or folders of them),
+            H/S files, or stores (every cell of one; e.g. a campaign's compact store).  Read with
+            the training store's basis; never trained or validated on (a training cell among them,
+            by name or by its atoms, is refused); HForge's models predict them through the
+            Predictor (``load_predictor`` of :func:`run_study`).
     """
 
     source: str
@@ -129,6 +186,7 @@ class StudyPlan:
     threads: int | None = None
     transfer_min_atoms: int = TRANSFER_MIN_ATOMS
     construction: str = "operator"
+    external: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.construction not in CONSTRUCTIONS:
@@ -152,12 +210,15 @@ def _store_names(source: str) -> dict[str, int]:
     return {e["name"]: int(e["n_atoms"]) for e in load(source).store.manifest}
 
 
-def quick_plan(source: str = "abn-small", *, steps: int = 60, seeds: Sequence[int] = (0,)) -> StudyPlan:
-    """The CI-sized study: the bundled store's training cells (8-16 atoms) and its 24-atom cell."""
+def quick_plan(source: str = "abn-small", *, steps: int = 60, seeds: Sequence[int] = (0,),
+               external: Sequence[str | os.PathLike] = ()) -> StudyPlan:
+    """The CI-sized study: the bundled store's training cells (8-16 atoms) and its 24-atom cell
+    (plus the test-only ``external`` cells, :attr:`StudyPlan.external`)."""
     names = _store_names(source)
     train = tuple(n for n, a in names.items() if a <= 16)
     test = tuple(n for n, a in names.items() if a > 16)
-    return StudyPlan(source, train, test, seeds=tuple(seeds), steps=steps, val_every=max(1, steps // 3))
+    return StudyPlan(source, train, test, seeds=tuple(seeds), steps=steps, val_every=max(1, steps // 3),
+                     external=tuple(map(os.fspath, external)))
 
 
 #: The held-out cells of the full study, one per size (the shared aBN data; abn_64_0 is its validation cell).
@@ -165,14 +226,16 @@ FULL_TEST = ("abn_8_7", "abn_16_5", "abn_24_3", "abn_32_2", "abn_64_0")
 
 
 def full_plan(source: str | os.PathLike, *, steps: int = 1500, seeds: Sequence[int] = (0, 1),
-              threads: int | None = None) -> StudyPlan:
-    """Every cell of ``source`` with at most 32 atoms trains except :data:`FULL_TEST`, which test."""
+              threads: int | None = None, external: Sequence[str | os.PathLike] = ()) -> StudyPlan:
+    """Every cell of ``source`` with at most 32 atoms trains except :data:`FULL_TEST`, which test, with
+    the test-only ``external`` cells (:attr:`StudyPlan.external`, e.g. 216- and 512-atom SIESTA runs)."""
     names = _store_names(os.fspath(source))
     missing = [n for n in FULL_TEST if n not in names]
     if missing:
         raise ConfigError(f"study: the store {source} lacks the test cells {missing}")
     train = tuple(sorted((n for n, a in names.items() if a <= 32 and n not in FULL_TEST), key=lambda n: (names[n], n)))
-    return StudyPlan(os.fspath(source), train, FULL_TEST, seeds=tuple(seeds), steps=steps, threads=threads)
+    return StudyPlan(os.fspath(source), train, FULL_TEST, seeds=tuple(seeds), steps=steps, threads=threads,
+                     external=tuple(map(os.fspath, external)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,18 +260,24 @@ def _train(plan: StudyPlan, kind: str, seed: int, out: Path, progress: bool) -> 
     """Train one model; returns ``last.pt`` and the training's wall time (s).
 
     A finished training (``out/trained.json`` of the same budget) is not repeated; a killed one
-    resumes from its ``last.pt``."""
-    import json
+    resumes from its ``last.pt``.
 
+    Raises:
+        ConfigError: ``out`` holds a finished training on other cells.
+    """
     marker = out / "trained.json"
     if marker.is_file():
         done = json.loads(marker.read_text())
+        if done.get("train", list(plan.train)) != list(plan.train):
+            theirs, ours = sorted(set(done["train"]) - set(plan.train)), sorted(set(plan.train) - set(done["train"]))
+            raise ConfigError(f"study: {out} holds a training on other cells (with {theirs or 'none more'}, without "
+                              f"{ours or 'none more'} of the plan's): use another working folder")
         if done.get("steps") == plan.steps:
             return Path(done["checkpoint"]), float(done["train_s"])
     start = time.perf_counter()
     last = _train_steps(plan, kind, seed, out, progress)
     train_s = time.perf_counter() - start
-    write_json(marker, {"steps": plan.steps, "checkpoint": str(last), "train_s": train_s})
+    write_json(marker, {"steps": plan.steps, "checkpoint": str(last), "train_s": train_s, "train": list(plan.train)})
     return last, train_s
 
 
@@ -241,17 +310,155 @@ def _train_steps(plan: StudyPlan, kind: str, seed: int, out: Path, progress: boo
         torch.set_num_threads(threads)
 
 
-def _predictor(kind: str, checkpoint: Path) -> Callable[[HSData], HSData]:
+#: ``hforge.infer.load`` or a wrapper of it: a checkpoint path -> a :class:`~hforge.infer.Predictor`.
+PredictorLoader = Callable[[Path], Any]
+
+
+def _predictor(kind: str, checkpoint: Path, load_predictor: PredictorLoader | None = None,
+               threads: int | None = None) -> Callable[[HSData], HSData]:
+    """One structure's prediction (an :class:`HSData` on the model's canonical pairs) by a trained model:
+    graph2mat's own route; HForge's through the Predictor when ``load_predictor`` is given (its default
+    plan: whole cell or streamed atom ranges within the memory goal), else one whole-cell model pass
+    (:func:`~hforge.train.evaluation.predict_blocks`)."""
     if kind == "graph2mat":
         from hforge.train.graph2mat import load_graph2mat
 
         return load_graph2mat(checkpoint).predict
+    if load_predictor is not None:
+        predictor = load_predictor(checkpoint)
+        return lambda reference: _predicted_hsdata(predictor.predict(reference, threads=threads), reference)
     from hforge.models import load_checkpoint
     from hforge.train.evaluation import predict_blocks
 
     model, _ = load_checkpoint(checkpoint)
     model.eval()
     return lambda reference: predict_blocks(model, reference)
+
+
+def _predicted_hsdata(hamiltonian: Any, reference: HSData) -> HSData:
+    """The Predictor's ``sisl.Hamiltonian`` of ``reference``'s structure as an :class:`HSData` on its canonical pairs
+    (the layout :func:`~hforge.train.evaluation.predict_blocks` gives)."""
+    return HSData.from_sisl(hamiltonian, reference.basis, species=reference.species, source=reference.source).canonical_half()
+
+
+# ---------------------------------------------------------------------------------------
+# test cells
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOutCell:
+    """A test cell of the study.
+
+    Attributes:
+        name: its name (the store's, or the run's label).
+        data: the SIESTA reference.
+        origin: ``"store"`` for the plan's own test cells (:attr:`StudyPlan.test`), else the path it
+            was read from (test-only: :attr:`StudyPlan.external`).
+        provenance: what a store records of its run (:meth:`~hforge.io.HSStore.provenance`: fdf, SIESTA
+            version, campaign record); empty for run folders, whose log sits beside ``data.source``.
+    """
+
+    name: str
+    data: HSData
+    origin: str = "store"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def external(self) -> bool:
+        return self.origin != "store"
+
+
+def _is_store(path: Path) -> bool:
+    return path.is_file() and path.suffix in (".h5", ".hdf5")
+
+
+def external_cells(plan: StudyPlan) -> list[HeldOutCell]:
+    """The test-only cells of ``plan`` (:attr:`StudyPlan.external`), read with the training store's basis.
+
+    Raises:
+        ConfigError: a cell that is a training cell (same name, or the same atoms under another name),
+            or a name given twice.
+        ConvergenceError: a run folder whose SIESTA log shows a run that did not finish or converge
+            (a run still going has no final log).
+        FileFormatError, BasisMismatchError: unreadable cells, or cells of another basis.
+    """
+    from hforge.datasets import load
+    from hforge.io import find_runs, read_hs, run_output
+    from hforge.io.siesta import hs_label
+    from hforge.train.evaluation import check_data_basis
+
+    training = load(plan.source).store
+    cells: list[HeldOutCell] = []
+    for item in plan.external:
+        path = Path(item)
+        if _is_store(path):
+            store = load(path).store
+            for name in store.names:
+                data = store.read(name)
+                check_data_basis(training.basis, data.basis, source=path)
+                cells.append(HeldOutCell(name, data, str(path), store.provenance(name)))
+            continue
+        for run in find_runs([path]):
+            hs_file = run_output(run)  # refuses a run whose log shows no converged end
+            cells.append(HeldOutCell(hs_label(hs_file), read_hs(hs_file, training.basis), str(run)))
+    _check_unseen(plan, cells, training)
+    return cells
+
+
+def _check_unseen(plan: StudyPlan, cells: Sequence[HeldOutCell], training: Any) -> None:
+    """Refuse test-only cells that the plan trains on (by name, or by atoms: species, cell and positions
+    within 1e-6 Å of a training cell of the same size) or that repeat a name."""
+    seen: dict[str, str] = {name: "the plan's test cells" for name in plan.test}
+    sizes = {e["name"]: int(e["n_atoms"]) for e in training.manifest}
+    trained: dict[int, list[tuple[str, HSData]]] = {}
+    for cell in cells:
+        if cell.name in plan.train:
+            raise ConfigError(f"study: the test-only cell {cell.name} ({cell.origin}) is a training cell")
+        if cell.name in seen:
+            raise ConfigError(f"study: the test cell {cell.name} comes twice ({seen[cell.name]} and {cell.origin})")
+        seen[cell.name] = cell.origin
+        n = cell.data.n_atoms
+        if n not in trained:
+            trained[n] = [(name, training.read(name)) for name in plan.train if sizes.get(name) == n]
+        for name, data in trained[n]:
+            same_species = [data.basis.symbols[s] for s in data.species] == [
+                cell.data.basis.symbols[s] for s in cell.data.species]
+            if same_species and np.allclose(data.cell, cell.data.cell, atol=1e-6) and np.allclose(
+                    data.positions, cell.data.positions, atol=1e-6):
+                raise ConfigError(f"study: the test-only cell {cell.name} ({cell.origin}) is the training cell {name}")
+
+
+def siesta_cost(cell: HeldOutCell) -> dict[str, Any]:
+    """What SIESTA's run of a cell cost, as its log (beside the H/S file the cell was read from) or its
+    campaign record (a store's provenance) says.
+
+    Returns:
+        ``{"source", "wall_s", "cpu_s", "processes", "siesta", "attempts", "interrupted", "note"}``:
+        ``source`` the log or ``"campaign record"`` (None when neither is found: every number None);
+        ``wall_s`` SIESTA's ``Elapsed wall time`` of the run that finished (a run resumed from a saved
+        density matrix: that attempt alone; ``note`` says how many attempts it took); ``cpu_s`` the CPU
+        time of the run (its timer's ``siesta`` row); ``processes`` MPI processes (1: serial).
+    """
+    from hforge.io.runs import find_log, log_text
+    from hforge.io.siesta import hs_label
+    from hforge.io.siesta_log import read_siesta_log
+
+    record = dict(cell.provenance.get("record") or {})
+    cost: dict[str, Any] = dict.fromkeys(("source", "wall_s", "cpu_s", "processes", "siesta"))
+    cost.update(attempts=record.get("attempts"), interrupted=record.get("interrupted"), note="")
+    source = Path(cell.data.source) if cell.data.source else None
+    log = find_log(source.parent, hs_label(source)) if source is not None and source.parent.is_dir() else None
+    if log is not None:
+        parsed = read_siesta_log(log_text(log))
+        cost.update(source=str(log), wall_s=parsed.elapsed, cpu_s=parsed.cpu_time, processes=parsed.processes,
+                    siesta=parsed.version)
+    elif record.get("siesta_elapsed_s") is not None:
+        cost.update(source="campaign record", wall_s=record["siesta_elapsed_s"], siesta=record.get("siesta_version"))
+    else:
+        cost["note"] = "no SIESTA log or campaign record of this cell found"
+    if record.get("interrupted"):
+        cost["note"] = (f"the last of {record['attempts']} attempts ({record['interrupted']} interrupted and resumed from "
+                        "its saved density matrix; their time is not counted)")
+    return cost
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,6 +528,7 @@ def run_study(
     docs: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    load_predictor: PredictorLoader | None = None,
 ) -> dict[str, Any]:
     """Train every model and seed of ``plan``, test them, and write the results.
 
@@ -331,18 +539,32 @@ def run_study(
         docs: where ``results.md`` and ``figures/`` go (default ``out``).
         progress: progress bars of the trainings.
         log: called with one line per step of the study (default: this module's logger, INFO).
+        load_predictor: ``hforge.infer.load`` (or a wrapper choosing the device): HForge's models then
+            predict every test cell through the Predictor, and the largest test cell is timed against
+            SIESTA (:func:`siesta_cost`; figure ``speed``).  None: one whole-cell model pass per cell
+            (:func:`~hforge.train.evaluation.predict_blocks`), no timing; refused with test-only cells.
 
     Returns:
         The content of ``results.json``: the plan, per run its evaluation summaries and training
-        time, the table (model x size, mean and spread over seeds) and the figure paths.
+        time, the table (model x size, mean and spread over seeds), the test cells (``external_cells``:
+        the test-only ones and where they came from; ``skipped``: sizes whose spectra were not
+        computed, and why), ``speed`` (with ``load_predictor``) and the figure paths.
+
+    Raises:
+        ConfigError: test-only cells without ``load_predictor``, or that the plan trains on
+            (:func:`external_cells`).
     """
     from hforge.datasets import load
 
     log = log or logger.info
     out = Path(out)
     docs = Path(docs) if docs is not None else out
+    if plan.external and load_predictor is None:
+        raise ConfigError("study: test-only cells are predicted by the streamed Predictor: pass load_predictor "
+                          "(hforge.infer.load; the CLI does)")
     store = load(plan.source).store
-    references = [store.read(name) for name in plan.test]
+    cells = [HeldOutCell(name, store.read(name)) for name in plan.test] + external_cells(plan)
+    references = [c.data for c in cells]
     sizes = sorted({r.n_atoms for r in references})
     start = time.perf_counter()
     runs: list[_Run] = []
@@ -351,7 +573,7 @@ def run_study(
             run = _Run(kind, seed, out / "runs" / f"{kind}-s{seed}")
             log(f"{kind}, seed {seed}: training {plan.steps} steps on {len(plan.train)} cells -> {run.out}")
             run.checkpoint, run.train_s = _train(plan, kind, seed, run.out, progress)
-            run.evaluation = _evaluate(kind, run.checkpoint, references)
+            run.evaluation = _evaluate(kind, run.checkpoint, references, load_predictor, threads=plan.threads)
             largest = run.evaluation["groups"][str(sizes[-1])]["summary"]
             log(f"  {sizes[-1]} atoms: ghost states {largest['ghosts_low']:.3g} / {largest['ghosts_high']:.3g}, Γ "
                 f"eigenvalues {largest['eig_window_fullS_meV']:.1f} meV (full S), H MAE {largest['h_mae_shifted_meV']:.2f} "
@@ -360,48 +582,108 @@ def run_study(
     table = _aggregate(runs, sizes)
     names = _store_names(plan.source)
     train_sizes = sorted({names[t] for t in plan.train})
-    figures = _figures(plan, runs, references, table, train_sizes[-1], docs / "figures")
+    figures = _figures(plan, runs, cells, table, train_sizes[-1], docs / "figures", load_predictor)
+    speed = None
+    if load_predictor is not None:
+        largest_cell = max(cells, key=lambda c: c.data.n_atoms)
+        log(f"timing HForge's predictions of {largest_cell.name} ({largest_cell.data.n_atoms} atoms) against SIESTA")
+        speed, figures["speed"] = _speed(plan, runs, largest_cell, load_predictor, docs / "figures" / "speed.png")
     results = {
         "plan": plan.to_dict(),
         "sizes": sizes,
         "train_sizes": train_sizes,
-        "test_cells": {n: r.n_atoms for n, r in zip(plan.test, references)},
+        "test_cells": {c.name: c.data.n_atoms for c in cells},
+        "external_cells": {c.name: c.origin for c in cells if c.external},
+        "skipped": _skipped_sizes(runs),
         "table": table,
         "runs": [{"model": r.kind, "seed": r.seed, "checkpoint": str(r.checkpoint), "train_s": r.train_s,
                   "structures": {e["name"]: e["summary"] for e in r.evaluation["structures"]}} for r in runs],
+        "speed": speed,
         "wall_s": time.perf_counter() - start,
         "figures": {k: os.path.relpath(p, docs) for k, p in figures.items()},
     }
     write_json(out / "results.json", results)
-    from hforge.files import atomic_write
-
-    with atomic_write(docs / "results.md", "w") as fh:
-        fh.write(study_markdown(results))
-    log(f"wrote {out / 'results.json'} and {docs / 'results.md'}")
+    report = write_report(out, docs)
+    log(f"wrote {out / 'results.json'} and {report}")
     return results
 
 
-def _evaluate(kind: str, checkpoint: Path, references: Sequence[HSData]) -> dict[str, Any]:
+def _evaluate(kind: str, checkpoint: Path, references: Sequence[HSData], load_predictor: PredictorLoader | None = None,
+              *, thresholds: Sequence[float] = (THRESHOLD, 1e-3), threads: int | None = None) -> dict[str, Any]:
     from hforge.train.evaluation import evaluate_predictions
 
-    evaluation = evaluate_predictions(_predictor(kind, checkpoint), references, thresholds=(THRESHOLD, 1e-3))
-    return evaluation.to_dict()
+    predict = _predictor(kind, checkpoint, load_predictor, threads)
+    return evaluate_predictions(predict, references, thresholds=thresholds).to_dict()
+
+
+def _skipped_sizes(runs: Sequence[_Run]) -> dict[str, str]:
+    """Sizes (as strings) whose structures got no full-S spectrum in some run, with the reasons."""
+    reasons: dict[str, set[str]] = {}
+    for run in runs:
+        for entry in run.evaluation["structures"]:
+            if "full_spectrum_skipped" in entry:
+                reasons.setdefault(str(entry["n_atoms"]), set()).add(entry["full_spectrum_skipped"])
+    return {size: "; ".join(sorted(r)) for size, r in sorted(reasons.items(), key=lambda item: int(item[0]))}
+
+
+def _speed(plan: StudyPlan, runs: Sequence[_Run], cell: HeldOutCell, load_predictor: PredictorLoader,
+           path: Path) -> tuple[dict[str, Any], Path]:
+    """SIESTA's cost of ``cell`` (:func:`siesta_cost`) against each HForge model's prediction of it
+    (first seed): one warm-up prediction (numba compiled, caches filled), then the fastest of
+    :data:`SPEED_REPEATS` timed ones, in this process on this machine; and the figure."""
+    import torch
+
+    from hforge.datasets.run_records import GAMMA_MAX_ORBITALS
+    from hforge.metrics import compare_full_spectra
+
+    reference = cell.data
+    timed: dict[str, Any] = {}
+    spectra: dict[str, Any] = {}
+    for run in (r for r in runs if r.seed == plan.seeds[0] and r.kind != "graph2mat"):
+        predictor = load_predictor(run.checkpoint)
+        predictor.predict(reference, threads=plan.threads)
+        walls = []
+        for _ in range(SPEED_REPEATS):
+            began = time.perf_counter()
+            hamiltonian = predictor.predict(reference, threads=plan.threads)
+            walls.append(time.perf_counter() - began)
+        report = predictor.last_report
+        timed[run.kind] = {
+            "wall_s": min(walls), "walls_s": walls, "cpu_s": sum(report.cpu_seconds.values()), "mode": report.mode,
+            "parts": report.n_parts, "threads": report.torch_threads, "stages_s": dict(report.seconds),
+            "peak_rss_bytes": report.peak_rss_bytes, "device": report.device,
+        }
+        if reference.n_orbitals <= GAMMA_MAX_ORBITALS:
+            spectra[run.kind] = compare_full_spectra(_predicted_hsdata(hamiltonian, reference), reference)
+    siesta = siesta_cost(cell)
+    speed = {
+        "cell": cell.name, "n_atoms": reference.n_atoms, "n_orbitals": reference.n_orbitals, "origin": cell.origin,
+        "siesta": siesta, "hforge": timed,
+        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "speedup_wall": {k: siesta["wall_s"] / v["wall_s"] for k, v in timed.items()} if siesta["wall_s"] else {},
+        "dos": "Γ, full S, best c·S removed" if spectra else
+               f"not computed: {reference.n_orbitals} orbitals, above the dense limit of {GAMMA_MAX_ORBITALS}",
+    }
+    return speed, _speed_figure(speed, spectra, path)
 
 
 # ---------------------------------------------------------------------------------------
 # figures and the report
 # ---------------------------------------------------------------------------------------
-def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData],
-             table: Mapping[str, Any], train_max: int, folder: Path) -> dict[str, Path]:
+def _figures(plan: StudyPlan, runs: Sequence[_Run], cells: Sequence[HeldOutCell], table: Mapping[str, Any],
+             train_max: int, folder: Path, load_predictor: PredictorLoader | None = None) -> dict[str, Path]:
+    """Every figure of :data:`FIGURES` but ``speed``; those of one cell show the largest test cell whose
+    spectrum is computed (at most :data:`~hforge.train.evaluation.MAX_EIGEN_ORBITALS` orbitals)."""
     from hforge.analysis.plots import hamiltonian_heatmap, new_figure, save_figure
     from hforge.metrics import GammaLayout
     from hforge.metrics.blocks import align_reference
     from hforge.train.curves import plot_learning_curves
+    from hforge.train.evaluation import MAX_EIGEN_ORBITALS
     from hforge.train.loop import read_log
 
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    sizes = sorted({r.n_atoms for r in references})
+    sizes = sorted({c.data.n_atoms for c in cells})
     # transfer curve: the cells that can test transfer
     shown = [n for n in sizes if n >= plan.transfer_min_atoms] or sizes
     fig, axes = new_figure(3, size=(4.4, 3.8))
@@ -419,7 +701,10 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
     axes[2].set_ylabel("ghost states, full S\n(> 1 eV below / above DFT's spectrum)")
     for ax in axes:
         ax.set_xlabel("atoms in the test cell")
-        ax.set_xticks(shown)
+        if shown[-1] > 8 * shown[0]:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(shown, [str(n) for n in shown])
         ax.axvline(train_max, color="0.6", ls=":", lw=1)
         ax.legend(fontsize=7)
     left_out = [n for n in sizes if n not in shown]
@@ -432,10 +717,11 @@ def _figures(plan: StudyPlan, runs: Sequence[_Run], references: Sequence[HSData]
         {r.kind: read_log(r.out / "metrics.jsonl") for r in first}, folder / "learning_curves.png",
         title="validation: the test cells",
     )
-    # largest cell: parity, error against distance, heatmap, spectrum
-    largest = max(range(len(references)), key=lambda k: references[k].n_atoms)
-    reference, name = references[largest], plan.test[largest]
-    predictions = {r.kind: _predictor(r.kind, r.checkpoint)(reference) for r in first}
+    # largest cell with a spectrum: parity, error against distance, heatmap, spectrum
+    dense = [c for c in cells if c.data.n_orbitals <= MAX_EIGEN_ORBITALS] or list(cells)
+    largest = max(dense, key=lambda c: c.data.n_atoms)
+    reference, name = largest.data, largest.name
+    predictions = {r.kind: _predictor(r.kind, r.checkpoint, load_predictor, plan.threads)(reference) for r in first}
     fig, axes = new_figure(len(predictions), size=(4.2, 4.2))
     axes = np.atleast_1d(axes)
     for ax, (kind, pred) in zip(axes, predictions.items()):
@@ -501,10 +787,58 @@ def _spectrum_figure(predictions: Mapping[str, HSData], reference: HSData, name:
     return save_figure(fig, path)
 
 
-def _cell(stats: Mapping[str, Any], seeds: int) -> str:
-    if not np.isfinite(stats["mean"]):
-        return "–"
-    return f"{stats['mean']:.3g} ± {stats['std']:.2g}" if seeds > 1 else f"{stats['mean']:.3g}"
+def _speed_figure(speed: Mapping[str, Any], spectra: Mapping[str, Any], path: Path) -> Path:
+    """Left: SIESTA's wall (and CPU) time against each model's prediction; right: the Gaussian-broadened
+    (0.1 eV) Γ DOS of DFT and each model (full S, best c·S removed; when the cell is small enough)."""
+    from hforge.analysis.plots import new_figure, save_figure
+    from hforge.analysis.spectrum import broadened_dos
+
+    fig, (ax_time, ax_dos) = new_figure(2, size=(4.8, 4.0))
+    siesta = speed["siesta"]
+    bars = [(f"SIESTA wall ({siesta['processes'] or '?'} process)", siesta["wall_s"], "k"),
+            ("SIESTA CPU", siesta["cpu_s"], "0.5")]
+    for colour, (kind, timed) in enumerate(speed["hforge"].items()):
+        bars += [(f"{kind} wall ({timed['threads']} threads, {timed['mode']})", timed["wall_s"], f"C{colour}"),
+                 (f"{kind} CPU", timed["cpu_s"], f"C{colour}")]
+    bars = [b for b in bars if b[1]]
+    ax_time.barh(range(len(bars)), [b[1] for b in bars], color=[b[2] for b in bars])
+    for y, (_, seconds, _) in enumerate(bars):
+        ax_time.annotate(f" {seconds:.3g} s", (seconds, y), va="center", fontsize=7)
+    ax_time.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+    ax_time.invert_yaxis()
+    ax_time.set_xscale("log")
+    ax_time.set_xlabel("seconds")
+    ax_time.set_title(f"{speed['cell']} ({speed['n_atoms']} atoms): SIESTA SCF vs HForge H and S", fontsize=9)
+    energies = np.linspace(-8.0, 8.0, 1601)
+    sigma = 0.1
+    for colour, (kind, full) in enumerate(spectra.items()):
+        centre = full.errors.gap_centre_eV
+        if colour == 0:
+            ax_dos.plot(broadened_dos(full.eigenvalues["ref"][0] - centre, energies, broadening=sigma), energies,
+                        color="k", lw=1.5, label="DFT")
+        e = full.errors
+        ax_dos.plot(broadened_dos(full.eigenvalues["pred"][0] - centre, energies, broadening=sigma), energies,
+                    color=f"C{colour}", lw=1, label=f"{kind} (ghost states {e.ghosts_low}/{e.ghosts_high})")
+    if spectra:
+        ax_dos.legend(fontsize=7)
+    else:
+        ax_dos.text(0.5, 0.5, f"DOS {speed['dos']}", ha="center", va="center", wrap=True, fontsize=8,
+                    transform=ax_dos.transAxes)
+    ax_dos.set_xlabel(f"DOS (states/eV, σ = {sigma} eV), Γ, full S, best c·S removed")
+    ax_dos.set_ylabel("E - DFT gap centre (eV)")
+    return save_figure(fig, path)
+
+
+def _number(value: float | None) -> float:
+    """A number of a report read back from strict JSON, where NaN was written as null."""
+    return math.nan if value is None else float(value)
+
+
+def _cell(stats: Mapping[str, Any], seeds: int, skipped: bool = False) -> str:
+    mean = _number(stats["mean"])
+    if not np.isfinite(mean):
+        return "skipped§" if skipped else "–"
+    return f"{mean:.3g} ± {_number(stats['std']):.2g}" if seeds > 1 else f"{mean:.3g}"
 
 
 def _transfer_lines(results: Mapping[str, Any]) -> list[str]:
@@ -524,11 +858,12 @@ def _transfer_lines(results: Mapping[str, Any]) -> list[str]:
              "| model | H MAE, c·S removed | Γ eig. ±2 eV, full S | per-atom onsite RMSE | secondary: Γ eig. ±2 eV, "
              "ref. S 1e-2 |", "|---|---|---|---|---|"]
     for kind, per_size in table.items():
-        ratios = [per_size[big][k]["mean"] / per_size[small][k]["mean"] for k in keys]
-        lines.append(f"| {kind} | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+        ratios = [_number(per_size[big][k]["mean"]) / _number(per_size[small][k]["mean"]) for k in keys]
+        lines.append(f"| {kind} | " + " | ".join(f"{r:.2f}" if np.isfinite(r) else "–" for r in ratios) + " |")
     key = "h_mae_shifted_meV"
-    best = min(table, key=lambda k: table[k][big][key]["mean"])
-    everywhere = all(min(table, key=lambda k: table[k][str(n)][key]["mean"]) == best for n in sizes if n >= least)
+    best = min(table, key=lambda k: _number(table[k][big][key]["mean"]))
+    everywhere = all(min(table, key=lambda k: _number(table[k][str(n)][key]["mean"])) == best
+                     for n in sizes if n >= least)
     others = ", ".join(f"{k} {table[k][big][key]['mean'] / table[best][big][key]['mean']:.2f}x"
                        for k in table if k != best)
     lines += ["", f"On the {big}-atom cell the lowest H error is {best}'s ({others} of it)"
@@ -543,17 +878,18 @@ def study_markdown(results: Mapping[str, Any]) -> str:
     train_s = {}
     for run in results["runs"]:
         train_s.setdefault(run["model"], []).append(run["train_s"])
+    external = results.get("external_cells", {})
     lines = [
         "# Transfer study: equivariant vs non-equivariant vs graph2mat",
         "",
         "Made by `hforge study` (hforge/train/study.py); every number below is measured by that run.",
-        "Reproduce: `hforge study " + ("quick" if plan["source"] == "abn-small" else "full")
-        + f" --steps {plan['steps']} " + " ".join(f"--seed {s}" for s in plan["seeds"])
-        + " --docs docs` (full: the store is converted from `../shared/abn` and `../shared/abn-extra` when absent).",
+        f"Reproduce: `{_command(plan)} --docs docs` (full: the store is converted from `../shared/abn` and "
+        "`../shared/abn-extra` when absent).",
         "",
         f"- Data: `{plan['source']}`; training cells ({len(plan['train'])}): {', '.join(plan['train'])}.",
         "- Test cells (never trained on; the last step's weights, no selection on them): "
-        + ", ".join(f"{n} ({a} atoms)" for n, a in results["test_cells"].items()) + ".",
+        + ", ".join(f"{n} ({a} atoms{', test-only ‡' if n in external else ''})" for n, a in results["test_cells"].items())
+        + ".",
         f"- Budget per model and seed: {plan['steps']} optimizer steps of {plan['batch_atoms']} atoms, AdamW, "
         f"peak lr {plan['lr']:g}, cosine schedule; seeds {plan['seeds']}; all three learn H - H0 (the same "
         "fitted two-centre baseline) with the exact S.",
@@ -576,15 +912,360 @@ def study_markdown(results: Mapping[str, Any]) -> str:
         lines += [f"† cells of fewer than {least} atoms: no transfer test (the shared 8-atom aBN cells are one "
                   "ordered network at eight densities, every B alike and every N alike); left out of the transfer "
                   "figure.", ""]
-    for key, header in COLUMNS.items():
-        lines += [f"### {header}" + (" (mean ± std over seeds)" if seeds > 1 else ""), "",
-                  "| model | " + " | ".join(f"{n} atoms" + ("†" if n < least else "") for n in sizes) + " |",
-                  "|---" * (len(sizes) + 1) + "|"]
+    sizes_of = results["test_cells"]
+    outside = {sizes_of[n] for n in external}
+    if external:
+        lines += ["‡ test-only cells from outside the training store, never trained or validated on: "
+                  + ", ".join(f"{n} (`{origin}`)" for n, origin in external.items())
+                  + "; HForge's models predicted every test cell through the Predictor (`hforge.load`).", ""]
+    skipped = results.get("skipped", {})
+    for size, reason in skipped.items():
+        lines += [f"§ {size} atoms: full-S spectrum not computed ({reason}); its spectrum columns say `skipped`.", ""]
+
+    def header(n: int) -> str:
+        return f"{n} atoms" + ("†" if n < least else "") + ("‡" if n in outside else "") + ("§" if str(n) in skipped else "")
+
+    for key, title in COLUMNS.items():
+        lines += [f"### {title}" + (" (mean ± std over seeds)" if seeds > 1 else ""), "",
+                  "| model | " + " | ".join(header(n) for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
         for kind, per_size in table.items():
-            lines.append(f"| {kind} | " + " | ".join(_cell(per_size[str(n)][key], seeds) for n in sizes) + " |")
+            lines.append(f"| {kind} | " + " | ".join(
+                _cell(per_size[str(n)][key], seeds, key in SPECTRUM_COLUMNS and str(n) in skipped) for n in sizes) + " |")
         lines.append("")
     lines += _transfer_lines(results)
+    lines += _speed_lines(results.get("speed"), results["figures"].get("speed"))
     lines += ["## Figures", ""]
     for key, path in results["figures"].items():
-        lines += [f"- {FIGURES[key]}: `{path}`", "", f"![{key}]({path})", ""]
+        if key != "speed":
+            lines += [f"- {FIGURES[key]}: `{path}`", "", f"![{key}]({path})", ""]
     return "\n".join(lines)
+
+
+def _command(plan: Mapping[str, Any], *options: str, tests: bool = True) -> str:
+    """The ``hforge study`` command line of a plan (its budget, and its test-only cells with ``tests``) with ``options``."""
+    words = ["hforge study", "quick" if plan["source"] == "abn-small" else "full", f"--steps {plan['steps']}"]
+    words += [f"--seed {s}" for s in plan["seeds"]] + [f"--test {p}" for p in plan.get("external", ()) if tests]
+    return " ".join(words + list(options))
+
+
+def _seconds(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.4g} s"
+
+
+def _speed_lines(speed: Mapping[str, Any] | None, figure: str | None) -> list[str]:
+    """The section comparing SIESTA's cost of the largest test cell with HForge's prediction time."""
+    if not speed:
+        return []
+    siesta, machine = speed["siesta"], speed["machine"]
+    lines = [f"## SIESTA against HForge on the largest test cell: {speed['cell']} ({speed['n_atoms']} atoms, "
+             f"{speed['n_orbitals']} orbitals)", "",
+             f"- SIESTA ({siesta['siesta'] or 'version not recorded'}, {siesta['processes'] or '?'} MPI process(es)), "
+             f"the whole run to SCF convergence: wall {_seconds(siesta['wall_s'])}, CPU {_seconds(siesta['cpu_s'])}"
+             + (f" (`{siesta['source']}`)" if siesta["source"] else "") + (f"; {siesta['note']}" if siesta["note"] else "")
+             + ".",
+             f"- HForge: H and S of the same structure by `Predictor.predict` (default plan), on {machine['host']} "
+             f"({machine['cpus']} CPUs), the fastest of {SPEED_REPEATS} timed predictions after a warm-up, in the "
+             "study's process; SIESTA's time is its own run's (same machine only if it ran here).", "",
+             "| model | HForge wall (s) | HForge CPU (s) | torch threads | mode (parts) | SIESTA wall / HForge wall |",
+             "|---|---:|---:|---:|---|---:|"]
+    for kind, timed in speed["hforge"].items():
+        ratio = speed["speedup_wall"].get(kind)
+        lines.append(f"| {kind} | {timed['wall_s']:.3g} | {timed['cpu_s']:.3g} | {timed['threads']} | {timed['mode']} "
+                     f"({timed['parts']}) | {'–' if ratio is None else f'{ratio:.3g}x'} |")
+    lines += ["", f"DOS: {speed['dos']}.", ""]
+    if figure:
+        lines += [f"![speed]({figure})", ""]
+    return lines
+
+
+def write_report(out: str | os.PathLike, docs: str | os.PathLike | None = None) -> Path:
+    """Write ``docs/results.md`` (default ``out``) from ``out/results.json`` (:func:`run_study`) and
+    ``out/curve.json`` (:func:`learning_curve`), whichever exist; returns its path.
+
+    Raises:
+        ConfigError: neither file exists in ``out``.
+    """
+    out = Path(out)
+    docs = Path(docs) if docs is not None else out
+    parts = []
+    if (out / "results.json").is_file():
+        parts.append(study_markdown(json.loads((out / "results.json").read_text())))
+    if (out / "curve.json").is_file():
+        parts.append(curve_markdown(json.loads((out / "curve.json").read_text()), heading=2 if parts else 1))
+    if not parts:
+        raise ConfigError(f"study: {out} holds neither results.json nor curve.json")
+    path = docs / "results.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as fh:
+        fh.write("\n".join(parts))
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# the learning curve
+# ---------------------------------------------------------------------------------------
+def nested_subsets(sizes: Mapping[str, int], fractions: Sequence[float], seed: int = 0) -> list[tuple[str, ...]]:
+    """Nested subsets of the cells ``sizes`` (name -> atoms), one per fraction, each keeping the size mix.
+
+    The cells are put in one order: within each size a permutation drawn from ``seed``; the sizes
+    interleaved by largest deficit (the m-th cell comes from the size furthest below its share
+    ``m n_size / n``, ties broken by an order drawn from ``seed``), so that every prefix holds each size in
+    proportion to the prefix within one cell.  A fraction ``f`` takes the first ``round(f n)`` cells
+    (at least one): smaller fractions give subsets of larger ones, and the same seed the same subsets.
+
+    Raises:
+        ConfigError: no cells, or a fraction outside (0, 1].
+    """
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad or not sizes:
+        raise ConfigError(f"study: fractions must lie in (0, 1] and there must be cells (got fractions {list(fractions)}, "
+                          f"{len(sizes)} cells)")
+    rng = np.random.default_rng(seed)
+    groups = [sorted(n for n, a in sizes.items() if a == size) for size in sorted(set(sizes.values()))]
+    groups = [[names[i] for i in rng.permutation(len(names))] for names in groups]
+    ties = rng.permutation(len(groups))
+    taken = [0] * len(groups)
+    ordered: list[str] = []
+    for m in range(1, len(sizes) + 1):
+        deficit = [m * len(g) / len(sizes) - k if k < len(g) else -math.inf for g, k in zip(groups, taken)]
+        g = max(range(len(groups)), key=lambda j: (round(deficit[j], 9), -ties[j]))
+        ordered.append(groups[g][taken[g]])
+        taken[g] += 1
+    return [tuple(ordered[: max(1, math.floor(f * len(ordered) + 0.5))]) for f in fractions]
+
+
+def _curve_folder(out: Path, kind: str, seed: int, subset: Sequence[str], train: Sequence[str], pick_seed: int) -> Path:
+    """A curve training's folder: the study's own (``runs/<model>-s<seed>``) for the whole training set,
+    ``runs/<model>-s<seed>-<k>of<n>-pick<pick_seed>`` for a subset of ``k`` of its ``n`` cells."""
+    name = f"{kind}-s{seed}" if len(subset) == len(train) else f"{kind}-s{seed}-{len(subset)}of{len(train)}-pick{pick_seed}"
+    return out / "runs" / name
+
+
+def _curve_errors(summary: Mapping[str, float]) -> dict[str, float]:
+    """The curve's errors (:data:`CURVE_METRICS`) of one evaluated cell."""
+    errors = {key: summary.get(key, np.nan) for key in CURVE_METRICS if key != "ghosts"}
+    errors["ghosts"] = summary.get("ghosts_low", np.nan) + summary.get("ghosts_high", np.nan)
+    return errors
+
+
+def _held_out_means(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """The curve's errors, each the mean over the evaluated cells of its value, and ``per_cell`` (name -> errors)."""
+    from hforge.train.evaluation import nan_mean
+
+    per_cell = {e["name"]: _curve_errors(e["summary"]) for e in evaluation["structures"]}
+    means: dict[str, Any] = {key: nan_mean(c[key] for c in per_cell.values()) for key in CURVE_METRICS}
+    means["per_cell"] = per_cell
+    return means
+
+
+def _curve_fit(points: Sequence[Mapping[str, Any]], key: str, goal: float) -> dict[str, Any]:
+    """The power-law fit of one model's ``key`` against the training atoms, and the atoms ``goal`` needs."""
+    from hforge.errors import InputError
+    from hforge.train.power_law import fit_power_law
+
+    usable = [p for p in points if np.isfinite(p[key]) and p[key] > 0]
+    try:
+        fit = fit_power_law([p["atoms"] for p in usable], [p[key] for p in usable])
+    except InputError as error:
+        return {"determined": False, "note": error.message, "goal": {"goal": goal, "n": None, "low": None, "high": None,
+                                                                       "note": f"no fit: {error.message}"}}
+    return {**fit.to_dict(), "goal": fit.n_for(goal).to_dict()}
+
+
+def learning_curve(
+    plan: StudyPlan,
+    out: str | os.PathLike,
+    *,
+    fractions: Sequence[float] = CURVE_FRACTIONS,
+    models: Sequence[str] = ("equivariant", "invariant"),
+    pick_seed: int = 0,
+    goal: float = GOAL_MEV,
+    docs: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    load_predictor: PredictorLoader | None = None,
+) -> dict[str, Any]:
+    """Held-out error against the number of training atoms, and the atoms the goal would need.
+
+    Every model and seed of ``plan`` is trained with the plan's budget on each subset
+    :func:`nested_subsets` gives (subsets equal for two fractions are trained once), in the study's
+    folder layout (:func:`_curve_folder`: the whole training set is the study's own training, reused;
+    a killed curve resumes), and evaluated on the plan's test cells of at least
+    ``plan.transfer_min_atoms`` atoms (all of them where none is that large).  Each point's errors
+    (:data:`CURVE_METRICS`) are means over those cells; H MAE and the per-atom onsite RMSE get a
+    power-law fit per model over all seeds' points (:func:`~hforge.train.power_law.fit_power_law`)
+    with the atoms at which it reaches ``goal`` meV.
+
+    Args:
+        plan: the study's plan (its test-only cells are not used here).
+        out: the study's working folder; ``curve.json`` is written there.
+        fractions: fractions of ``plan.train``.
+        models: a subset of :data:`MODELS`.
+        pick_seed: the seed of the subsets.
+        goal: the error (meV) the fits are asked about.
+        docs, progress, log, load_predictor: as :func:`run_study`.
+
+    Returns:
+        The content of ``curve.json``: the settings, the subsets, one point per model, seed and
+        distinct subset (cells, atoms, training time, errors), the fits and the figure path.
+
+    Raises:
+        ConfigError: unknown models, fractions outside (0, 1], or a folder holding a training of
+            other cells.
+    """
+    from hforge.datasets import load
+
+    log = log or logger.info
+    out = Path(out)
+    docs = Path(docs) if docs is not None else out
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise ConfigError(f"study: learning-curve models {list(models)} (known: {list(MODELS)})")
+    store = load(plan.source).store
+    names = _store_names(plan.source)
+    subsets = nested_subsets({n: names[n] for n in plan.train}, fractions, pick_seed)
+    held_out = [n for n in plan.test if names[n] >= plan.transfer_min_atoms] or list(plan.test)
+    references = [store.read(n) for n in held_out]
+    start = time.perf_counter()
+    points: list[dict[str, Any]] = []
+    for seed in plan.seeds:
+        for kind in models:
+            done: dict[Path, dict[str, Any]] = {}
+            for fraction, subset in zip(fractions, subsets):
+                train = tuple(n for n in plan.train if n in subset)
+                folder = _curve_folder(out, kind, seed, train, plan.train, pick_seed)
+                if folder in done:
+                    done[folder]["fractions"].append(fraction)
+                    continue
+                atoms = sum(names[n] for n in train)
+                log(f"{kind}, seed {seed}, fraction {fraction:.3g}: {len(train)} cells, {atoms} atoms -> {folder}")
+                checkpoint, train_s = _train(replace(plan, train=train), kind, seed, folder, progress)
+                evaluation = _evaluate(kind, checkpoint, references, load_predictor, thresholds=(), threads=plan.threads)
+                point = {"model": kind, "seed": seed, "fractions": [fraction], "cells": len(train), "atoms": atoms,
+                         "train_s": train_s, "folder": str(folder), **_held_out_means(evaluation)}
+                log(f"  held out: H MAE {point['h_mae_shifted_meV']:.2f} meV (c·S removed), onsite RMSE "
+                    f"{point['onsite_atom_rmse_meV']:.1f} meV, ghost states {point['ghosts']:.3g}")
+                done[folder] = point
+                points.append(point)
+    fits = {kind: {key: _curve_fit([p for p in points if p["model"] == kind], key, goal) for key in CURVE_FITTED}
+            for kind in models}
+    curve = {
+        "plan": plan.to_dict(), "fractions": list(fractions), "models": list(models), "pick_seed": pick_seed,
+        "goal_meV": goal, "held_out": {n: names[n] for n in held_out},
+        "subsets": [{"fraction": f, "cells": list(s), "atoms": sum(names[n] for n in s)} for f, s in zip(fractions, subsets)],
+        "points": points, "fits": fits, "wall_s": time.perf_counter() - start,
+    }
+    figure = _curve_figure(curve, docs / "figures" / "learning_curve_atoms.png")
+    curve["figure"] = os.path.relpath(figure, docs)
+    write_json(out / "curve.json", curve)
+    report = write_report(out, docs)
+    log(f"wrote {out / 'curve.json'} and {report}")
+    return curve
+
+
+def _curve_figure(curve: Mapping[str, Any], path: Path) -> Path:
+    """One panel per :data:`CURVE_METRICS`, log-log against the training atoms: each point one seed, the
+    line the mean over seeds, the fits (solid where they hold, dashed beyond the data) and the goal."""
+    from hforge.analysis.plots import new_figure, save_figure
+
+    fig, axes = new_figure(2, nrows=2, size=(4.4, 3.4), sharex=True)
+    axes = axes.ravel()
+    for colour, kind in enumerate(curve["models"]):
+        points = [p for p in curve["points"] if p["model"] == kind]
+        atoms = sorted({p["atoms"] for p in points})
+        for ax, (key, label) in zip(axes, CURVE_METRICS.items()):
+            ax.plot([p["atoms"] for p in points], [p[key] for p in points], "o", ms=3, color=f"C{colour}", alpha=0.6)
+            mean = [np.nanmean([p[key] for p in points if p["atoms"] == n]) for n in atoms]
+            ax.plot(atoms, mean, "-", color=f"C{colour}", lw=1, label=kind)
+            fit = curve["fits"][kind].get(key)
+            if fit and "a" in fit and atoms:
+                reach = fit["goal"]["n"] if fit["determined"] and fit["goal"]["n"] else atoms[-1]
+                grid = np.geomspace(atoms[0], max(atoms[-1], min(reach, 1e3 * atoms[-1])), 100)
+                law = fit["a"] * grid ** -fit["b"] + fit["floor"]
+                inside = grid <= atoms[-1]
+                style = "-" if fit["determined"] else ":"
+                ax.plot(grid[inside], law[inside], style, color=f"C{colour}", lw=2, alpha=0.4,
+                        label=f"fit: b = {fit['b']:.2f} ± {_number(fit['sigma_b']):.2g}" + ("" if fit["determined"] else
+                                                                                   " (not determined)"))
+                ax.plot(grid[~inside], law[~inside], "--", color=f"C{colour}", lw=1, alpha=0.4)
+            ax.set_ylabel(label)
+    for ax, key in zip(axes, CURVE_METRICS):
+        ax.set_xscale("log")
+        if key != "ghosts":
+            ax.set_yscale("log")
+        if key in CURVE_FITTED:
+            ax.axhline(curve["goal_meV"], color="0.4", ls=":", lw=1, label=f"goal {curve['goal_meV']:g} meV")
+        ax.legend(fontsize=6)
+    for ax in axes[len(axes) // 2:]:
+        ax.set_xlabel("training atoms")
+    plan = curve["plan"]
+    fig.suptitle(f"held out: {', '.join(curve['held_out'])} (mean over cells); {plan['steps']} steps per training, "
+                 f"seeds {plan['seeds']}, subsets nested (pick seed {curve['pick_seed']})", fontsize=9)
+    return save_figure(fig, path)
+
+
+def _goal_text(fit: Mapping[str, Any], goal: float) -> str:
+    estimate = fit["goal"]
+    if estimate["n"] is None:
+        return f"{goal:g} meV: {estimate['note']}"
+    interval = "" if estimate["low"] is None else f" (one sigma {estimate['low']:.3g}-{estimate['high']:.3g})"
+    return f"{goal:g} meV at N ≈ {estimate['n']:.3g} training atoms{interval}; {estimate['note']}"
+
+
+def curve_markdown(curve: Mapping[str, Any], *, heading: int = 1) -> str:
+    """The learning curve's section of ``results.md``: settings, table, fits, figure."""
+    plan, goal = curve["plan"], curve["goal_meV"]
+    seeds = len(plan["seeds"])
+    h = "#" * heading
+    options = " ".join([f"--fraction {f:g}" for f in curve["fractions"]] + [f"--model {m}" for m in curve["models"]]
+                       + [f"--pick-seed {curve['pick_seed']}"])
+    lines = [
+        f"{h} Learning curve: held-out error against the training atoms", "",
+        f"Made by `{_command(plan, '--curve', options, tests=False)} --docs docs` (hforge/train/study.py, "
+        "`learning_curve`).", "",
+        "- Held out (never trained on; the mean over these cells of each cell's value): "
+        + ", ".join(f"{n} ({a} atoms)" for n, a in curve["held_out"].items()) + ".",
+        f"- Subsets: fractions {', '.join(f'{f:g}' for f in curve['fractions'])} of the {len(plan['train'])} training "
+        f"cells, nested (each contains the smaller ones) and keeping the size mix, drawn with pick seed "
+        f"{curve['pick_seed']}; the whole set is the transfer study's own training.",
+        f"- Budget of every training: {plan['steps']} optimizer steps of {plan['batch_atoms']} atoms, peak lr "
+        f"{plan['lr']:g}, seeds {plan['seeds']} (each seed a point), the last step's weights.",
+        f"- Fits: err = a N^-b (+ a floor where an F-test and its standard error support one), least squares of "
+        f"ln err over every seed's points; the training atoms at which the fit reaches the {goal:g} meV goal with its "
+        "one-sigma interval, or why the fit does not say.", "",
+        "| model | fractions | cells | training atoms | " + " | ".join(CURVE_METRICS.values())
+        + " | training (s) |", "|---" * (len(CURVE_METRICS) + 5) + "|",
+    ]
+    for kind in curve["models"]:
+        points = [p for p in curve["points"] if p["model"] == kind]
+        for atoms in sorted({p["atoms"] for p in points}):
+            group = [p for p in points if p["atoms"] == atoms]
+            cells = []
+            for key in CURVE_METRICS:
+                values = np.array([p[key] for p in group], dtype=float)
+                mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+                std = float(np.nanstd(values)) if np.isfinite(values).sum() > 1 else 0.0
+                cells.append("–" if not np.isfinite(mean) else (f"{mean:.3g} ± {std:.2g}" if seeds > 1 else f"{mean:.3g}"))
+            fractions = ", ".join(f"{f:g}" for f in group[0]["fractions"])
+            train_s = np.mean([p["train_s"] for p in group])
+            lines.append(f"| {kind} | {fractions} | {group[0]['cells']} | {atoms} | " + " | ".join(cells)
+                         + f" | {train_s:.0f} |")
+    lines += [""]
+    for kind in curve["models"]:
+        for key in CURVE_FITTED:
+            fit = curve["fits"][kind][key]
+            label = CURVE_METRICS[key]
+            if "a" not in fit:
+                lines.append(f"- {kind}, {label}: no fit ({fit['note']}).")
+                continue
+            law = f"{fit['a']:.3g} N^-({fit['b']:.3g} ± {_number(fit['sigma_b']):.2g})"
+            if fit["has_floor"]:
+                law += f" + {fit['floor']:.3g} ± {_number(fit['sigma_floor']):.2g}"
+            law = f"- {kind}, {label}: {law} over {fit['n_points']} points at {fit['n_sizes']} sizes"
+            if not fit["determined"]:
+                lines.append(f"{law}: **not determined**, no goal estimate ({fit['note']}).")
+                continue
+            lines.append(f"{law}; {_goal_text(fit, goal)}" + (f" ({fit['note']})" if fit["note"] else "") + ".")
+    lines += ["", f"![learning curve]({curve['figure']})", "", f"- {CURVE_FIGURE}: `{curve['figure']}`", ""]
+    return "\n".join(lines)
+
