@@ -1,6 +1,7 @@
 """The bundled model ``abn-dzp`` on the shared 64-atom SIESTA cell it never saw: its H no worse than
-shipped (hforge/infer/pretrained/abn-dzp.json, written by scripts/export_pretrained.py), and its S the
-exact two-centre overlap of SIESTA."""
+shipped (hforge/infer/pretrained/abn-dzp.json, written by scripts/export_pretrained.py), its full-S
+spectrum (H c = E S c in the whole basis, what a user diagonalises) without a state below DFT's
+spectrum and no more above it than shipped, and its S the exact two-centre overlap of SIESTA."""
 
 from __future__ import annotations
 
@@ -49,3 +50,21 @@ def test_predicted_overlap_is_siesta_s_and_positive_definite(abn64):
     smallest_pred, smallest_ref = np.linalg.eigvalsh(s_pred)[0], np.linalg.eigvalsh(s_ref)[0]
     assert smallest_pred > 0
     assert smallest_pred == pytest.approx(smallest_ref, rel=1e-3)
+
+
+def test_full_s_spectrum_of_abn_64_0_has_no_ghost_state_and_has_not_regressed(abn64):
+    """Through the user's route (hforge.load(...).predict, then the generalized problem with the returned S): no
+    state more than 1 eV below DFT's spectrum, no more above it than recorded (the top of the spectrum, ~200 eV,
+    where the kinetic energy of S's near-null directions sits), DFT's number of states within ±2 eV of its gap
+    centre, and the window's eigenvalue MAE and the gap error no worse than shipped (+10 %)."""
+    from hforge.metrics import compare_full_spectra
+
+    recorded = json.loads((PRETRAINED_DIR / "abn-dzp.json").read_text())["shipped"]["abn_64_0"]
+    predicted = hforge.load("abn-dzp").predict(abn64)
+    prediction = HSData.from_sisl(predicted, abn64.basis, species=abn64.species)
+    errors = compare_full_spectra(prediction, abn64).errors
+    assert errors.ghosts_low == 0
+    assert errors.ghosts_high <= recorded["ghosts_high"]
+    assert errors.n_window_pred == errors.n_window_ref == recorded["window_states_ref"]
+    assert errors.window_mae_meV <= REGRESSION * recorded["eig_window_fullS_meV"]
+    assert abs(errors.gap_error_meV) <= REGRESSION * abs(recorded["gap_error_fullS_meV"])

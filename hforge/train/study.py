@@ -318,7 +318,8 @@ def _predictor(kind: str, checkpoint: Path, load_predictor: PredictorLoader | No
                threads: int | None = None) -> Callable[[HSData], HSData]:
     """One structure's prediction (an :class:`HSData` on the model's canonical pairs) by a trained model:
     graph2mat's own route; HForge's through the Predictor when ``load_predictor`` is given (its default
-    plan: whole cell or streamed atom ranges within the memory goal), else one whole-cell model pass
+    plan: whole cell or streamed atom ranges within the memory goal; float64 output, as the other routes, so
+    that the errors compare at every digit), else one whole-cell model pass
     (:func:`~hforge.train.evaluation.predict_blocks`)."""
     if kind == "graph2mat":
         from hforge.train.graph2mat import load_graph2mat
@@ -326,7 +327,7 @@ def _predictor(kind: str, checkpoint: Path, load_predictor: PredictorLoader | No
         return load_graph2mat(checkpoint).predict
     if load_predictor is not None:
         predictor = load_predictor(checkpoint)
-        return lambda reference: _predicted_hsdata(predictor.predict(reference, threads=threads), reference)
+        return lambda reference: _predicted_hsdata(predictor.predict(reference, threads=threads, dtype=np.float64), reference)
     from hforge.models import load_checkpoint
     from hforge.train.evaluation import predict_blocks
 
