@@ -532,8 +532,9 @@ def run_campaign(
         if campaign.store is not None and converged:
             report.store = campaign.store if campaign.store.is_absolute() else out / campaign.store
             splits = {r.name: r.split for r in plan if r.split is not None}
+            # the store is the campaign's product, rebuilt from its converged runs on every pass (parts reused)
             report.conversion = convert(converged, report.store, basis=campaign.basis, overlap=overlap_blocks,
-                                        splits=splits, split_rule=SplitRule(), progress=progress)
+                                        splits=splits, split_rule=SplitRule(), progress=progress, overwrite=True)
     return report
 
 

@@ -603,6 +603,7 @@ def convert(
     kept = list(range(len(old))) if append and old is not None else []  # structures of the old store carried over
     used: set[str] = {old.manifest[k]["name"] for k in kept}
     held = {old.manifest[k]["source_sha256"]: old.manifest[k]["name"] for k in kept}
+    seen: set[Path] = set()
     merged: BasisSet | None = basis
     if kept:
         merged = _merge_basis(old.basis, basis, str(store)) if basis is not None else old.basis
@@ -613,7 +614,10 @@ def convert(
             if sha in held:  # appending a run the store holds already
                 report.reused.append(held[sha])
                 continue
-            name = held[sha] = _run_name(run, used)
+            if source.resolve() in seen:  # the same file named twice
+                continue
+            seen.add(source.resolve())
+            name = _run_name(run, used)  # another run with the same bytes is still its own run, under its name
             part = parts / f"{sha[:32]}-{options}.h5"
             if part.is_file() and (basis is None or _part_basis(part).hash == basis.hash):
                 report.reused.append(name)
@@ -669,15 +673,11 @@ def convert(
     try:
         write_store(
             store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
-            split_rule=split_rule, splits=splits,
+            split_rule=split_rule, splits=splits, overlap=overlap, provenance=provenance,
         )
     finally:
         if old is not None:
             old.close()
-    write_store(
-        store, structures(), basis=merged, dtype=dtype, half=half, compression=compression,
-        split_rule=split_rule, splits=splits, overlap=overlap, provenance=provenance,
-    )
     shutil.rmtree(parts)
     return report
 
