@@ -227,7 +227,7 @@ def _measure(
         "stages_s": report.seconds,
         "stages_cpu_s": report.cpu_seconds,
         "mode": report.mode,
-        "n_parts": report.n_parts,
+        "n_parts": getattr(report, "n_parts", getattr(report, "n_chunks", 1)),  # n_chunks in code before issue 27
         "nnz": report.nnz,
         "n_orbitals": int(hamiltonian.no),
         "csr_bytes": report.csr_bytes,

@@ -175,9 +175,15 @@ def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, operator_pr
     projections are packed per slab: fewer atoms touched); spatial chunks below that; below the
     smallest part, an error naming the minimum.  Without a separable operator slabs need what the
     whole cell does (its exact blocks go in batches either way): chunks come next."""
+    from hforge.infer.plan import BATCH_BYTES, BYTES_PER_OPERATOR_GRAPH_ATOM
+    from hforge.infer.passes import Physics
+
     problem = operator_predictor.prepare(cell256)
     whole = operator_predictor.plan(problem)
     assert whole.mode == "whole"
+    # a model without free blocks: its node state per atom, beside the packed projections of every atom
+    pack = Physics(operator_predictor.model, problem.arrays).pack_bytes_per_atom()
+    assert whole.working_bytes == int(problem.n_atoms * (BYTES_PER_OPERATOR_GRAPH_ATOM + pack) + BATCH_BYTES)
     streamed = operator_predictor.plan(problem, max_memory=whole.total_bytes - 1)
     assert streamed.mode == "streamed" and streamed.parts >= 2 and streamed.total_bytes < whole.total_bytes
     smallest = operator_predictor.plan(problem, mode="streamed", parts=4096).total_bytes

@@ -18,6 +18,7 @@ from hforge.infer.problem import Problem
 __all__ = [
     "BATCH_BYTES",
     "BYTES_PER_GRAPH_ATOM",
+    "BYTES_PER_OPERATOR_GRAPH_ATOM",
     "BYTES_PER_VALUE",
     "DEFAULT_OUTPUT_DTYPE",
     "DEFAULT_WORKING_BYTES",
@@ -55,6 +56,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 #: output dtype); the batches of pairs of whole and streamed predictions take :data:`BATCH_BYTES`
 #: (reused), a separable operator's packed projections their exact size per touched atom.
 BYTES_PER_GRAPH_ATOM = 75_000
+#: The same for a model without free blocks (H0 + separable operator only: no pair-head inputs),
+#: beside its packed projections (measured 18 kB per atom, docs/measurements.md).
+BYTES_PER_OPERATOR_GRAPH_ATOM = 20_000
 BYTES_PER_VALUE = 16
 BATCH_BYTES = 2 * 10**8
 
@@ -144,11 +148,13 @@ def check_parts(parts: Any, mode: str) -> None:
 
 def estimate(
     problem: Problem, mode: str, parts: int, dtype: np.dtype, *, halo: float, on_gpu: bool, pack_bytes_per_atom: float = 0.0,
+    graph_bytes_per_atom: float = BYTES_PER_GRAPH_ATOM,
 ) -> Plan:
     """The plan of ``mode`` in ``parts`` with its estimated working bytes beyond the output
-    (:data:`BYTES_PER_GRAPH_ATOM`, :data:`BATCH_BYTES`, :data:`BYTES_PER_VALUE`); ``halo`` (Å) is
-    the depth of a chunk's cluster around it (the model's receptive field), ``pack_bytes_per_atom``
-    a separable operator's packed projections per atom (:meth:`~hforge.infer.passes.Physics.pack_bytes_per_atom`).
+    (``graph_bytes_per_atom``: :data:`BYTES_PER_GRAPH_ATOM` or :data:`BYTES_PER_OPERATOR_GRAPH_ATOM`;
+    :data:`BATCH_BYTES`, :data:`BYTES_PER_VALUE`); ``halo`` (Å) is the depth of a chunk's cluster
+    around it (the model's receptive field), ``pack_bytes_per_atom`` a separable operator's packed
+    projections per atom (:meth:`~hforge.infer.passes.Physics.pack_bytes_per_atom`).
 
     Whole and streamed: the node state of the whole cell, the reused batches, and the projections
     of a range's touched atoms: a slab of ``1 / parts`` of the cell and the atoms up to one pair
@@ -159,14 +165,14 @@ def estimate(
     if mode in ("whole", "streamed"):
         spacing = float(interplanar_spacings(problem.cell)[problem.sweep_axis])
         touched = min(1.0, 1.0 / parts + problem.pair_reach / spacing)
-        working = n_atoms * (BYTES_PER_GRAPH_ATOM + touched * pack_bytes_per_atom) + BATCH_BYTES
+        working = n_atoms * (graph_bytes_per_atom + touched * pack_bytes_per_atom) + BATCH_BYTES
     else:
         grid = chunk_grid(problem.arrays.cell, parts)
         spacing = interplanar_spacings(problem.arrays.cell)
         cluster = float(np.prod((spacing / np.asarray(grid) + 2 * halo) / spacing))
         core_values = min(2 * n_values / int(np.prod(grid)), n_values)  # pairs touching the core
         local_csr = 2 * core_values * (2 * dtype.itemsize + 8)
-        working = n_atoms * cluster * (BYTES_PER_GRAPH_ATOM + pack_bytes_per_atom) + core_values * per_value + local_csr
+        working = n_atoms * cluster * (graph_bytes_per_atom + pack_bytes_per_atom) + core_values * per_value + local_csr
     on_device = not (on_gpu and mode == "chunked")
     return Plan(
         mode, int(np.prod(grid)) if mode == "chunked" else parts, grid, problem.csr_bytes(dtype), int(working), on_device
@@ -183,8 +189,9 @@ def plan_prediction(
     mode: str = "auto",
     parts: int | None = None,
     pack_bytes_per_atom: float = 0.0,
+    graph_bytes_per_atom: float = BYTES_PER_GRAPH_ATOM,
 ) -> Plan:
-    """Choose how to predict ``problem`` (``pack_bytes_per_atom``: as :func:`estimate`).
+    """Choose how to predict ``problem`` (``pack_bytes_per_atom``, ``graph_bytes_per_atom``: as :func:`estimate`).
 
     ``mode="auto"``: the whole cell when it fits the budget, else the fewest atom ranges
     ("streamed") that fit, else the fewest spatial chunks ("chunked").  The budget is
@@ -214,7 +221,8 @@ def plan_prediction(
     for name in modes:
         counts = [1] if name == "whole" else [parts] if parts else [c for c in PART_COUNTS if c <= max(problem.n_atoms, 2)]
         for count in counts:
-            plan = estimate(problem, name, count, dtype, halo=halo, on_gpu=on_gpu, pack_bytes_per_atom=pack_bytes_per_atom)
+            plan = estimate(problem, name, count, dtype, halo=halo, on_gpu=on_gpu, pack_bytes_per_atom=pack_bytes_per_atom,
+                            graph_bytes_per_atom=graph_bytes_per_atom)
             if plan.device_bytes <= budget:
                 return plan
             candidates.append(plan)

@@ -38,7 +38,16 @@ from hforge.infer.chunks import receptive_field
 from hforge.infer.output import check_output_path, write_prediction
 from hforge.infer.overlap import check_learned_overlap
 from hforge.infer.passes import Passes, Physics, on_host, torch_dtype
-from hforge.infer.plan import DEFAULT_OUTPUT_DTYPE, Plan, check_parts, memory_budget, output_dtype, plan_prediction
+from hforge.infer.plan import (
+    BYTES_PER_GRAPH_ATOM,
+    BYTES_PER_OPERATOR_GRAPH_ATOM,
+    DEFAULT_OUTPUT_DTYPE,
+    Plan,
+    check_parts,
+    memory_budget,
+    output_dtype,
+    plan_prediction,
+)
 from hforge.infer.problem import Problem, make_problem, read_structure
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
 from hforge.models.base import HSModel
@@ -170,6 +179,7 @@ class Predictor:
         return plan_prediction(
             problem, halo=self.passes.halo, device=self.device, dtype=output_dtype(dtype),
             max_memory=memory_budget(max_memory), mode=mode, parts=parts, pack_bytes_per_atom=physics.pack_bytes_per_atom(),
+            graph_bytes_per_atom=BYTES_PER_GRAPH_ATOM if self.model.config.free_blocks else BYTES_PER_OPERATOR_GRAPH_ATOM,
         )
 
     # ---- prediction -----------------------------------------------------------------------------
