@@ -175,8 +175,8 @@ def test_max_memory_chooses_the_mode_or_names_the_minimum(predictor, operator_pr
     projections are packed per slab: fewer atoms touched); spatial chunks below that; below the
     smallest part, an error naming the minimum.  Without a separable operator slabs need what the
     whole cell does (its exact blocks go in batches either way): chunks come next."""
-    from hforge.infer.plan import BATCH_BYTES, BYTES_PER_OPERATOR_GRAPH_ATOM
     from hforge.infer.passes import Physics
+    from hforge.infer.plan import BATCH_BYTES, BYTES_PER_OPERATOR_GRAPH_ATOM
 
     problem = operator_predictor.prepare(cell256)
     whole = operator_predictor.plan(problem)
