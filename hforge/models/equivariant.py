@@ -428,25 +428,33 @@ def _symmetric(blocks: torch.Tensor, n: int) -> torch.Tensor:
     return (0.5 * (square + square.transpose(1, 2))).reshape(-1, n * n)
 
 
-def sum_over_neighbours(blocks: torch.Tensor, centre: torch.Tensor, species: torch.Tensor, n_orb: torch.Tensor) -> torch.Tensor:
-    """Symmetrised per-atom sums of ``n_i x n_i`` blocks (one per edge, centre atom ``centre (E,)``),
-    flat in atom order."""
+def accumulate_over_neighbours(
+    total: torch.Tensor, blocks: torch.Tensor, centre: torch.Tensor, species: torch.Tensor, n_orb: torch.Tensor
+) -> torch.Tensor:
+    """Adds to ``total`` (flat ``n_i x n_i`` blocks in atom order, in place) the flat blocks ``blocks`` of
+    edges centred on ``centre (E,)``, each to its centre atom's block: O(E) work; returns ``total``."""
     sizes = n_orb[species] ** 2
-    if torch.unique(n_orb[torch.unique(species)]).numel() == 1:  # one block size: no per-entry index
-        n = int(n_orb[species[0]])
-        summed = blocks.new_zeros(species.shape[0], n * n).index_add(0, centre, blocks.view(-1, n * n))
-        return _symmetric(summed, n).reshape(-1)
+    atom_ptr = torch.cumsum(sizes, 0) - sizes
     edge_sizes = sizes[centre]
     edge_ptr = torch.cumsum(edge_sizes, 0) - edge_sizes
+    target = torch.arange(blocks.shape[0], device=blocks.device) + torch.repeat_interleave(
+        atom_ptr[centre] - edge_ptr, edge_sizes, output_size=blocks.shape[0]
+    )
+    return total.index_add_(0, target, blocks)
+
+
+def symmetrised_blocks(flat: torch.Tensor, species: torch.Tensor, n_orb: torch.Tensor) -> torch.Tensor:
+    """``(B + B^T) / 2`` of every atom's ``n_i x n_i`` block of ``flat`` (atom order), same layout."""
+    sizes = n_orb[species] ** 2
+    if torch.unique(n_orb[torch.unique(species)]).numel() == 1:  # one block size: no per-entry index
+        return _symmetric(flat, int(n_orb[species[0]])).reshape(-1)
     atom_ptr = torch.cumsum(sizes, 0) - sizes
-    out = blocks.new_zeros(int(sizes.sum()))
+    out = torch.zeros_like(flat)
     for s in torch.unique(species).tolist():
         n = int(n_orb[s])
-        local = torch.arange(n * n, device=blocks.device)
-        edges = torch.nonzero(species[centre] == s).squeeze(1)
         atoms = torch.nonzero(species == s).squeeze(1)
-        summed = blocks.new_zeros(species.shape[0], n * n).index_add(0, centre[edges], blocks[edge_ptr[edges][:, None] + local])
-        out = out.index_put(((atom_ptr[atoms][:, None] + local).reshape(-1),), _symmetric(summed[atoms], n).reshape(-1))
+        entries = (atom_ptr[atoms][:, None] + torch.arange(n * n, device=flat.device)).reshape(-1)
+        out = out.index_put((entries,), _symmetric(flat[entries], n).reshape(-1))
     return out
 
 
@@ -470,20 +478,21 @@ class EnvironmentOnsite(torch.nn.Module):
         n_orb: torch.Tensor, chunk: int | None = None,
     ) -> torch.Tensor:
         """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
-        ``chunk`` edges at a time (None: all at once; the same sum to float rounding)."""
-        total = None
+        ``chunk`` edges at a time (None: all at once; the same sum to float rounding).  Each chunk's
+        pairs see only its own atoms (the row atom and a virtual copy of the neighbour), so the work
+        and memory per chunk do not grow with the cell; symmetrised once at the end."""
+        total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
         for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
-            n_atoms, n_edges = scalars.shape[0], i.shape[0]
-            virtual = torch.arange(n_atoms, n_atoms + n_edges, device=i.device)
-            nodes = torch.cat([scalars, scalars[j]])
+            n_edges = i.shape[0]
+            rows = torch.arange(n_edges, device=i.device)
+            nodes = torch.cat([scalars[i], scalars[j]])
             blocks = self.pairs(
-                nodes[:, :, None], nodes, torch.cat([species, species[i]]), torch.stack([i, virtual]), vectors[part],
-                torch.linalg.norm(vectors[part], dim=1),
+                nodes[:, :, None], nodes, torch.cat([species[i], species[i]]), torch.stack([rows, rows + n_edges]),
+                vectors[part], torch.linalg.norm(vectors[part], dim=1),
             )
-            summed = sum_over_neighbours(blocks, i, species, n_orb)
-            total = summed if total is None else total + summed
-        return total
+            total = accumulate_over_neighbours(total, blocks, i, species, n_orb)
+        return symmetrised_blocks(total, species, n_orb)
 
 
 class EquivariantHead(torch.nn.Module):
