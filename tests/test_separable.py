@@ -339,13 +339,14 @@ def test_torch_training_path_forward_and_backward_equal_the_reference(cell16, co
     assert float((grad * torch.from_numpy(step)).sum()) == pytest.approx(directional, rel=1e-10)
 
 
-@settings(max_examples=6, deadline=None)
-@given(chunk=st.integers(1, 40), seed=st.integers(0, 2**16))
-def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_the_cell(chunk, seed):
+@settings(max_examples=8, deadline=None)
+@given(chunk=st.integers(1, 40), mixed=st.booleans(), seed=st.integers(0, 2**16))
+def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_the_cell(chunk, mixed, seed):
     """EnvironmentOnsite (the D_k head's crystal-field term): the sum over each atom's edges of its
     pair block, symmetrised, equals a per-edge reference (each block alone, with the whole cell's
-    nodes, added up by hand), in chunks of any size, forward and backward; rotating every edge
-    vector by R turns every atom's block B into D(R) B D(R)^T (SIESTA-ordered Wigner matrices)."""
+    nodes, added up by hand), in chunks of any size, with one block size or one per species, forward
+    and backward; rotating every edge vector by R turns every atom's block B into D(R) B D(R)^T
+    (SIESTA-ordered Wigner matrices)."""
     from e3nn import o3
 
     from hforge.basis.conventions import change_of_basis
@@ -354,37 +355,41 @@ def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_th
 
     torch.manual_seed(seed % 1000)
     rng = np.random.default_rng(seed)
-    projectors = ProjectorSet(1.0, 2, 2)
-    shells = [projectors.shells] * 2
+    shells = [[0, 1, 2, 0, 1], [0, 1]] if mixed else [ProjectorSet(1.0, 2, 2).shells] * 2
     config = ModelConfig(species=("B", "N"), dtype="float64", backend="torch")
     module = EnvironmentOnsite(shells, 4, 5.0, config).double()
     with torch.no_grad():
         module.pairs.weight.normal_()
-    n_atoms, n_edges, n = 7, 30, projectors.n_functions
+    n_atoms, n_edges = 7, 30
     species = torch.from_numpy(rng.integers(0, 2, n_atoms))
     edge_index = torch.from_numpy(rng.integers(0, n_atoms, (2, n_edges)))
     vectors = torch.from_numpy(rng.uniform(-2.5, 2.5, (n_edges, 3)))
-    n_orb = torch.full((2,), n)
+    n_orb = torch.tensor([sum(2 * l + 1 for l in degrees) for degrees in shells])
+    sizes = [int(n_orb[s]) for s in species]
     scalars = torch.from_numpy(rng.normal(size=(n_atoms, 4))).requires_grad_(True)
 
-    reference = torch.zeros(n_atoms, n, n, dtype=torch.float64)
+    reference = [torch.zeros(n, n, dtype=torch.float64) for n in sizes]
     for e in range(n_edges):  # one edge at a time: the row atom and a virtual copy of the neighbour
-        i, j = edge_index[:, e]
+        i, j = (int(a) for a in edge_index[:, e])
         nodes = torch.cat([scalars, scalars[j][None]])
         vector = vectors[e : e + 1]
         block = module.pairs(nodes[:, :, None], nodes, torch.cat([species, species[i][None]]),
-                             torch.tensor([[int(i)], [n_atoms]]), vector, torch.linalg.norm(vector, dim=1))
-        reference = reference.index_add(0, i[None], block.view(1, n, n))
-    reference = 0.5 * (reference + reference.transpose(1, 2))
-    got = module(scalars, species, edge_index, vectors, n_orb, chunk).view(n_atoms, n, n)
-    torch.testing.assert_close(got, reference, atol=1e-12, rtol=1e-10)
-    weights = torch.from_numpy(rng.normal(size=(n_atoms, n, n)))
-    (grad_got,) = torch.autograd.grad((weights * got).sum(), scalars)
-    (grad_ref,) = torch.autograd.grad((weights * reference).sum(), scalars)
+                             torch.tensor([[i], [n_atoms]]), vector, torch.linalg.norm(vector, dim=1))
+        reference[i] = reference[i] + block.view(sizes[i], sizes[i])
+    reference = [0.5 * (b + b.T) for b in reference]
+    flat = module(scalars, species, edge_index, vectors, n_orb, chunk)
+    got = list(torch.split(flat, [n * n for n in sizes]))
+    torch.testing.assert_close(flat, torch.cat([b.reshape(-1) for b in reference]), atol=1e-12, rtol=1e-10)
+    weights = torch.from_numpy(rng.normal(size=flat.shape[0]))
+    (grad_got,) = torch.autograd.grad((weights * flat).sum(), scalars)
+    (grad_ref,) = torch.autograd.grad((weights * torch.cat([b.reshape(-1) for b in reference])).sum(), scalars)
     torch.testing.assert_close(grad_got, grad_ref, atol=1e-12, rtol=1e-10)
 
     rotation = o3.angles_to_matrix(*torch.from_numpy(rng.uniform(0.0, 2 * np.pi, size=3)))  # Cartesian, proper
-    siesta = {l: torch.tensor(change_of_basis(l)) for l in set(projectors.shells)}
-    R = torch.block_diag(*[siesta[l] @ o3.Irrep(l, (-1) ** l).D_from_matrix(rotation) @ siesta[l].T for l in projectors.shells])
-    rotated = module(scalars, species, edge_index, vectors @ rotation.T, n_orb, chunk).view(n_atoms, n, n)
-    torch.testing.assert_close(rotated, R @ got @ R.T, atol=1e-10, rtol=1e-8)
+    siesta = {l: torch.tensor(change_of_basis(l)) for l in range(3)}
+    wigner = [torch.block_diag(*[siesta[l] @ o3.Irrep(l, (-1) ** l).D_from_matrix(rotation) @ siesta[l].T for l in degrees])
+              for degrees in shells]
+    rotated = module(scalars, species, edge_index, vectors @ rotation.T, n_orb, chunk)
+    for block, turned, s in zip(got, torch.split(rotated, [n * n for n in sizes]), species.tolist()):
+        n = int(n_orb[s])
+        torch.testing.assert_close(turned.view(n, n), wigner[s] @ block.view(n, n) @ wigner[s].T, atol=1e-10, rtol=1e-8)

@@ -434,6 +434,9 @@ def accumulate_over_neighbours(
     """Adds to ``total`` (flat ``n_i x n_i`` blocks in atom order, in place) the flat blocks ``blocks`` of
     edges centred on ``centre (E,)``, each to its centre atom's block: O(E) work; returns ``total``."""
     sizes = n_orb[species] ** 2
+    if bool((sizes == sizes[0]).all()):  # one block size: rows of an (N, n * n) view
+        total.view(len(species), -1).index_add_(0, centre, blocks.view(len(centre), -1))
+        return total
     atom_ptr = torch.cumsum(sizes, 0) - sizes
     edge_sizes = sizes[centre]
     edge_ptr = torch.cumsum(edge_sizes, 0) - edge_sizes
@@ -479,16 +482,16 @@ class EnvironmentOnsite(torch.nn.Module):
     ) -> torch.Tensor:
         """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
         ``chunk`` edges at a time (None: all at once; the same sum to float rounding).  Each chunk's
-        pairs see only its own atoms (the row atom and a virtual copy of the neighbour), so the work
-        and memory per chunk do not grow with the cell; symmetrised once at the end."""
+        pairs see only its own atoms (its centre atoms and, per edge, a virtual copy of the neighbour),
+        so the work and memory per chunk do not grow with the cell; symmetrised once at the end."""
         total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
         for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
-            n_edges = i.shape[0]
-            rows = torch.arange(n_edges, device=i.device)
-            nodes = torch.cat([scalars[i], scalars[j]])
+            centres, rows = torch.unique(i, return_inverse=True)
+            columns = torch.arange(len(centres), len(centres) + i.shape[0], device=i.device)
+            nodes = torch.cat([scalars[centres], scalars[j]])
             blocks = self.pairs(
-                nodes[:, :, None], nodes, torch.cat([species[i], species[i]]), torch.stack([rows, rows + n_edges]),
+                nodes[:, :, None], nodes, torch.cat([species[centres], species[i]]), torch.stack([rows, columns]),
                 vectors[part], torch.linalg.norm(vectors[part], dim=1),
             )
             total = accumulate_over_neighbours(total, blocks, i, species, n_orb)
