@@ -435,7 +435,8 @@ def accumulate_over_neighbours(
     edges centred on ``centre (E,)``, each to its centre atom's block: O(E) work; returns ``total``."""
     sizes = n_orb[species] ** 2
     if bool((sizes == sizes[0]).all()):  # one block size: rows of an (N, n * n) view
-        total.view(len(species), -1).index_add_(0, centre, blocks.view(len(centre), -1))
+        width = int(sizes[0])
+        total.view(len(species), width).index_add_(0, centre, blocks.view(len(centre), width))
         return total
     atom_ptr = torch.cumsum(sizes, 0) - sizes
     edge_sizes = sizes[centre]
