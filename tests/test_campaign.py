@@ -309,10 +309,25 @@ def _kill_campaign_when(command: list[str], condition, delay: float, rng: random
     process.wait()
 
 
+def _attempt_logs(out: Path, pattern: str) -> set[Path]:
+    """The attempt logs of runs ``pattern`` now (empty while a folder the glob walks is being renamed away)."""
+    try:
+        return set(out.glob(f"runs/{pattern}/*.attempt*.log"))
+    except FileNotFoundError:  # the campaign renamed a temporary folder while the glob listed it
+        return set()
+
+
 def _new_scf(out: Path, pattern: str = "*", steps: int = 2):
     """A condition: an attempt log of runs ``pattern`` that did not exist yet has ``steps`` SCF steps."""
-    before = set(out.glob(f"runs/{pattern}/*.attempt*.log"))
-    return lambda: any(log.read_text().count("scf:") >= steps for log in set(out.glob(f"runs/{pattern}/*.attempt*.log")) - before)
+    before = _attempt_logs(out, pattern)
+
+    def reached() -> bool:
+        try:
+            return any(log.read_text().count("scf:") >= steps for log in _attempt_logs(out, pattern) - before)
+        except FileNotFoundError:  # a log moved between the listing and the read: look again
+            return False
+
+    return reached
 
 
 def test_a_campaign_killed_at_any_moment_ends_like_an_uninterrupted_one(abn_dir, tmp_path, fake, monkeypatch):
