@@ -57,6 +57,7 @@ from hforge.ops.cg_blocks import (
     edge_blocks,
     irreps_to_blocks,
     onsite_blocks,
+    symmetrize_weights,
 )
 
 __all__ = ["EquivariantHSModel", "EquivariantHead", "EquivariantInputs", "OnsiteFeatures"]
@@ -215,6 +216,22 @@ class CGPairBlocks(torch.nn.Module):
         self.two_centre = TwoCentreBlocks(self.desc, edge_dim, scalar_dim, config) if two_centre else None
         self.gains = SlotGains(self.desc, channels, edge_dim, scalar_dim, slot_gains, config) if slot_gains else None
 
+    def edge_inputs(
+        self, x: torch.Tensor, scalars: torch.Tensor, species: torch.Tensor, pair_index: torch.Tensor,
+        vectors: torch.Tensor, distances: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(bessel (E, B), envelope (E,), edges, radial (E, n_paths, C))`` of the pairs: the radial
+        basis, the pair features of both sides (``edges``) and the radial weights of every path."""
+        i, j = pair_index
+        bessel, envelope = self.radial(distances, species[i], species[j])
+        terms = self.radial_mlp.node_terms(scalars)
+        edges = (bessel, bessel)
+        if self.orientation is not None:  # side 1 sees the reversed pair's features (side swap)
+            edges = tuple(torch.cat([bessel, features], dim=1) for features in self.orientation(x, i, j, vectors))
+        radial = torch.cat([self.radial_mlp(edges[0], terms, i, j), self.radial_mlp(edges[1], terms, j, i)], dim=1)
+        radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
+        return bessel, envelope, edges, radial
+
     def forward(
         self,
         x: torch.Tensor,
@@ -228,13 +245,7 @@ class CGPairBlocks(torch.nn.Module):
         """Flat blocks of the pairs ``pair_index (2, E)`` with vectors ``r_ij (E, 3)``; ``scale (n_slots,)``
         multiplies every slot (folded into the mixing weights)."""
         i, j = pair_index
-        bessel, envelope = self.radial(distances, species[i], species[j])
-        terms = self.radial_mlp.node_terms(scalars)
-        edges = (bessel, bessel)
-        if self.orientation is not None:  # side 1 sees the reversed pair's features (side swap)
-            edges = tuple(torch.cat([bessel, features], dim=1) for features in self.orientation(x, i, j, vectors))
-        radial = torch.cat([self.radial_mlp(edges[0], terms, i, j), self.radial_mlp(edges[1], terms, j, i)], dim=1)
-        radial = (radial * envelope[:, None]).view(len(distances), self.desc.n_paths, self.channels)
+        bessel, envelope, edges, radial = self.edge_inputs(x, scalars, species, pair_index, vectors, distances)
         harmonics = attributes = self.spherical_harmonics(vectors)
         if self.attributes is not None:
             scalars_i, scalars_j = rows_of(scalars, i), rows_of(scalars, j)
@@ -462,6 +473,20 @@ def symmetrised_blocks(flat: torch.Tensor, species: torch.Tensor, n_orb: torch.T
     return out
 
 
+def _sum_outer_products(centre: torch.Tensor, g: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(atoms (A,), sums (A, S, K))``: ``sums[a] = sum_{e: centre[e] = atoms[a]} g[e]^T y[e]`` for
+    ``g (E, S)``, ``y (E, K)``, as one batched product of each atom's edges (zero-padded to the
+    largest count): no ``(E, S, K)`` temporary."""
+    atoms, rows, counts = torch.unique(centre, return_inverse=True, return_counts=True)
+    order = torch.argsort(rows, stable=True)
+    rows = rows[order]
+    rank = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    width = int(counts.max()) if len(counts) else 0
+    padded_g = g.new_zeros(len(atoms), width, g.shape[1]).index_put_((rows, rank), g[order])
+    padded_y = y.new_zeros(len(atoms), width, y.shape[1]).index_put_((rows, rank), y[order])
+    return atoms, torch.bmm(padded_g.transpose(1, 2), padded_y)
+
+
 class EnvironmentOnsite(torch.nn.Module):
     """Onsite blocks as a sum over neighbours of two-centre-like blocks (the crystal-field form).
 
@@ -470,12 +495,60 @@ class EnvironmentOnsite(torch.nn.Module):
     features: ``sum_L g_abL(|r_ij|, a_i, a_j) C Y_L(r_ij)``, every ``L`` of natural parity up to
     ``pair_l_max``, from the geometry directly (node features up to ``node_l_max`` alone reach
     neither ``3o`` p-d nor, in planar sites, much else).
+
+    Evaluated in coupled irreps, where the sum is cheap: with scalar node features every path of a
+    slot ``s`` (degree ``L``) couples ``Y_L`` alone, so ``b``'s coupled irreps are
+    ``t_e[s, M] = g_e[s] (Y_L(r_e) Q_L)[M]`` with ``g_e = (x R)_e W`` (one matrix product over the
+    paths and channels, ``W`` the symmetrised mixing weights); the sum over an atom's neighbours is
+    taken there, as one batched product ``sum_e g_e^T (Y Q)_e`` per atom, and the change of basis to
+    the orbital block (:func:`irreps_to_blocks`) applied once per atom instead of once per edge.  The
+    same sum as :meth:`CGPairBlocks.forward` per edge, to float rounding (tests/test_separable.py).
+    Measured on a 4000-atom aBN cell, one thread: 0.57 s against 1.42 s for the per-edge blocks.
     """
 
     def __init__(self, shells: list[list[int]], channels: int, r_max: float, config: ModelConfig) -> None:
         super().__init__()
         n_species = len(shells)
         self.pairs = CGPairBlocks(shells, [(0, 1)], channels, channels, np.full((n_species, n_species), r_max), config)
+        desc = self.pairs.desc
+        # Q_L of every degree (the CG coefficients of 0 x L -> L, columns of Y to the slot's M), checked
+        # to be the same for every path of that degree
+        n_y = (int(desc.l_sh) + 1) ** 2
+        by_degree: dict[int, np.ndarray] = {}
+        for p in range(desc.n_paths):
+            L = int(desc.path_L[p])
+            if int(desc.path_l1[p]) != 0 or int(desc.path_l2[p]) != L:
+                raise AssertionError("EnvironmentOnsite: a path with non-scalar node features")
+            q = np.zeros((n_y, 2 * L + 1))
+            rows = slice(desc.cg_ptr[p], desc.cg_ptr[p + 1])
+            np.add.at(q, (desc.cg_m2[rows], desc.cg_M[rows]), desc.cg_val[rows])
+            if L in by_degree and not np.allclose(by_degree[L], q, atol=1e-12):
+                raise AssertionError(f"EnvironmentOnsite: paths of degree {L} with different coefficients")
+            by_degree[L] = q
+        degrees = sorted(by_degree)
+        y_offset = dict(zip(degrees, np.cumsum([0] + [2 * L + 1 for L in degrees[:-1]])))
+        coupling = np.concatenate([by_degree[L] for L in degrees], axis=1)
+        self.register_buffer("y_coupling", torch.from_numpy(coupling), persistent=False)
+        # per species, the slots of the pair type (s, s) and its coupled irreps component by component:
+        # the entry (slot, column of Y Q) of a (slots, Y columns) outer product (the descriptor's slot
+        # order is the coupled order)
+        self.components: list[tuple[np.ndarray, np.ndarray]] = []
+        for species_index in range(n_species):
+            t = species_index * n_species + species_index
+            slots = np.arange(desc.slot_ptr[t], desc.slot_ptr[t + 1])
+            comp_slot = np.repeat(np.arange(len(slots)), 2 * desc.slot_L[slots] + 1)
+            comp_y = np.concatenate([y_offset[int(L)] + np.arange(2 * L + 1) for L in desc.slot_L[slots]] or [comp_slot])
+            self.components.append((slots, comp_slot * self.y_coupling.shape[1] + comp_y))
+
+    def _slot_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(n_paths * C, n_slots)``: the symmetrised mixing weights of every slot by path and channel."""
+        desc, channels = self.pairs.desc, self.pairs.channels
+        weight = symmetrize_weights(self.pairs.weight.to(dtype), desc)
+        tb = desc.tables(weight.device, dtype)
+        rows = (tb["mix_path"][:, None] * channels + torch.arange(channels, device=weight.device)).reshape(-1)
+        cols = tb["mix_slot"].repeat_interleave(channels)
+        flat = weight.new_zeros(desc.n_paths * channels * desc.n_slots)
+        return flat.index_add_(0, rows * desc.n_slots + cols, weight.reshape(-1)).view(desc.n_paths * channels, desc.n_slots)
 
     def forward(
         self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
@@ -484,19 +557,39 @@ class EnvironmentOnsite(torch.nn.Module):
         """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
         ``chunk`` edges at a time (None: all at once; the same sum to float rounding).  Each chunk's
         pairs see only its own atoms (its centre atoms and, per edge, a virtual copy of the neighbour),
-        so the work and memory per chunk do not grow with the cell; symmetrised once at the end."""
+        so the work and memory per chunk do not grow with the cell."""
+        desc = self.pairs.desc
+        slot_weights = self._slot_weights(scalars.dtype)
+        coupling = self.y_coupling.to(scalars.dtype)
+        side = desc.tables(scalars.device, scalars.dtype)["path_side"]
         total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
         for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
             centres, rows = torch.unique(i, return_inverse=True)
             columns = torch.arange(len(centres), len(centres) + i.shape[0], device=i.device)
             nodes = torch.cat([scalars[centres], scalars[j]])
-            blocks = self.pairs(
-                nodes[:, :, None], nodes, torch.cat([species[centres], species[i]]), torch.stack([rows, columns]),
-                vectors[part], torch.linalg.norm(vectors[part], dim=1),
+            pair_index = torch.stack([rows, columns])
+            distances = torch.linalg.norm(vectors[part], dim=1)
+            _, _, _, radial = self.pairs.edge_inputs(
+                nodes[:, :, None], nodes, torch.cat([species[centres], species[i]]), pair_index, vectors[part], distances
             )
-            total = accumulate_over_neighbours(total, blocks, i, species, n_orb)
-        return symmetrised_blocks(total, species, n_orb)
+            x = torch.where((side == 0)[None, :, None], nodes[rows][:, None, :], nodes[columns][:, None, :])
+            weighted = (x * radial).reshape(len(rows), -1)  # (E, n_paths * C)
+            y = self.pairs.spherical_harmonics(vectors[part]) @ coupling  # (E, sum_L 2L + 1)
+            centre_species = species[i]
+            for s in torch.unique(centre_species).tolist():
+                slots, components = (torch.as_tensor(c, device=i.device) for c in self.components[s])
+                sel = torch.nonzero(centre_species == s).squeeze(1)
+                g = weighted[sel] @ slot_weights.index_select(1, slots)  # (E_s, slots of the pair type (s, s))
+                atoms, summed = _sum_outer_products(i[sel], g, y[sel])  # (A, slots, Y columns) per centre atom
+                total = accumulate_over_neighbours(
+                    total, summed.view(len(atoms), -1).index_select(1, components).reshape(-1), atoms, species, n_orb
+                )
+        # the coupled irreps of the pair type (s_i, s_i) have the block's size: one change of basis per atom
+        pair_species = torch.stack([species, species])
+        block_ptr = block_pointer(pair_species, desc)
+        blocks = irreps_to_blocks(total, pair_species, desc, block_ptr=block_ptr, backend=self.pairs.backend)
+        return symmetrised_blocks(blocks, species, n_orb)
 
 
 class EquivariantHead(torch.nn.Module):
