@@ -217,8 +217,13 @@ class CGPairBlocks(torch.nn.Module):
         self.gains = SlotGains(self.desc, channels, edge_dim, scalar_dim, slot_gains, config) if slot_gains else None
 
     def edge_inputs(
-        self, x: torch.Tensor, scalars: torch.Tensor, species: torch.Tensor, pair_index: torch.Tensor,
-        vectors: torch.Tensor, distances: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        scalars: torch.Tensor,
+        species: torch.Tensor,
+        pair_index: torch.Tensor,
+        vectors: torch.Tensor,
+        distances: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``(bessel (E, B), envelope (E,), edges, radial (E, n_paths, C))`` of the pairs: the radial
         basis, the pair features of both sides (``edges``) and the radial weights of every path."""
@@ -551,8 +556,13 @@ class EnvironmentOnsite(torch.nn.Module):
         return flat.index_add_(0, rows * desc.n_slots + cols, weight.reshape(-1)).view(desc.n_paths * channels, desc.n_slots)
 
     def forward(
-        self, scalars: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
-        n_orb: torch.Tensor, chunk: int | None = None,
+        self,
+        scalars: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        vectors: torch.Tensor,
+        n_orb: torch.Tensor,
+        chunk: int | None = None,
     ) -> torch.Tensor:
         """Flat onsite blocks (atom order) from ``scalars (N, C)`` and the interaction edges, summed
         ``chunk`` edges at a time (None: all at once; the same sum to float rounding).  Each chunk's
@@ -617,7 +627,13 @@ class EquivariantHead(torch.nn.Module):
         super().__init__()
         self.matrix = matrix
         self.pairs = CGPairBlocks(
-            species_shells(basis), node_spec, channels, scalar_dim, cutoffs, config, two_centre=config.two_centre,
+            species_shells(basis),
+            node_spec,
+            channels,
+            scalar_dim,
+            cutoffs,
+            config,
+            two_centre=config.two_centre,
             slot_gains=config.slot_gains if matrix == "h" else 0,
         )
         self.onsite_desc = _descriptor(species_shells(basis), onsite_spec, None)
@@ -658,8 +674,15 @@ class EquivariantHSModel(HSModel):
         if config.free_blocks:
             self.onsite_features = OnsiteFeatures(irreps, keys, channels)
             self.h_head = EquivariantHead(
-                "h", self.basis, node_spec, channels, keys, channels, channels,
-                self.basis.pair_cutoffs(include_kb=config.include_kb), config,
+                "h",
+                self.basis,
+                node_spec,
+                channels,
+                keys,
+                channels,
+                channels,
+                self.basis.pair_cutoffs(include_kb=config.include_kb),
+                config,
             )
             self.environment = EnvironmentOnsite(species_shells(self.basis), channels, config.r_max, config)
         if config.separable:
@@ -669,13 +692,24 @@ class EquivariantHSModel(HSModel):
         scalar = [(0, 1)]
         if self.learns_overlap:
             self.s_head = EquivariantHead(
-                "s", self.basis, scalar, config.s_channels, scalar, config.s_channels, config.s_channels,
-                self.basis.pair_cutoffs(), config,
+                "s",
+                self.basis,
+                scalar,
+                config.s_channels,
+                scalar,
+                config.s_channels,
+                config.s_channels,
+                self.basis.pair_cutoffs(),
+                config,
             )
         self.to(config.torch_dtype)
 
     def head_inputs(
-        self, features: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor,
+        self,
+        features: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        vectors: torch.Tensor,
         chunk: int | None = None,
     ) -> tuple[EquivariantInputs, EquivariantInputs]:
         s_inputs = None

@@ -27,6 +27,7 @@ from mace.modules.blocks import (
 
 from hforge.models.config import ModelConfig
 from hforge.models.layers import atom_slices, quiet_codegen
+from hforge.ops.conv_messages import conv_messages
 
 __all__ = ["MaceTrunk", "interaction_in_chunks", "node_irreps"]
 
@@ -106,21 +107,36 @@ class MaceTrunk(torch.nn.Module):
         edge_feats, cutoff = self.radial_embedding(lengths, node_attrs, edge_index, species)
         edge_attrs = self.spherical_harmonics(vectors)
         for interaction, product in zip(self.interactions, self.products):
-            if chunk is not None and edge_index.shape[1] > chunk and not hasattr(interaction, "conv_fusion"):
+            chunked = chunk is not None and edge_index.shape[1] > chunk
+            if (chunked or not torch.is_grad_enabled()) and not hasattr(interaction, "conv_fusion"):
                 features, sc = interaction_in_chunks(
-                    interaction, node_attrs, features, edge_attrs, edge_feats, edge_index, cutoff, chunk
+                    interaction,
+                    node_attrs,
+                    features,
+                    edge_attrs,
+                    edge_feats,
+                    edge_index,
+                    cutoff,
+                    chunk or max(1, edge_index.shape[1]),
                 )
             else:
                 features, sc = interaction(
-                    node_attrs=node_attrs, node_feats=features, edge_attrs=edge_attrs, edge_feats=edge_feats,
-                    edge_index=edge_index, cutoff=cutoff,
+                    node_attrs=node_attrs,
+                    node_feats=features,
+                    edge_attrs=edge_attrs,
+                    edge_feats=edge_feats,
+                    edge_index=edge_index,
+                    cutoff=cutoff,
                 )
             features = self._product(product, features, sc, node_attrs, chunk)
         return self.norm(features)
 
     @staticmethod
     def _product(
-        product: EquivariantProductBasisBlock, features: torch.Tensor, sc: torch.Tensor | None, node_attrs: torch.Tensor,
+        product: EquivariantProductBasisBlock,
+        features: torch.Tensor,
+        sc: torch.Tensor | None,
+        node_attrs: torch.Tensor,
         chunk: int | None,
     ) -> torch.Tensor:
         """``product`` on every atom, :func:`~hforge.models.layers.atom_slices` at a time (it is per
@@ -143,7 +159,8 @@ def interaction_in_chunks(
     chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``block``'s forward (mace-torch's, without its fused-convolution path) with the edge messages
-    computed and summed into their receivers ``chunk`` edges at a time: ``(message, skip)`` as the
+    computed and summed into their receivers ``chunk`` edges at a time (:func:`~hforge.ops.conv_messages.conv_messages`:
+    without gradients on CPU one fused numba kernel, no per-edge message tensor): ``(message, skip)`` as the
     block returns them.  The message is a sum over edges, so any split of the edges gives the same
     result to float rounding; only ``chunk`` edges' tensor products are alive at once."""
     residual = isinstance(block, RealAgnosticResidualInteractionBlock)
@@ -155,10 +172,11 @@ def interaction_in_chunks(
         weights = block.conv_tp_weights(edge_feats[part])
         if cutoff is not None:
             weights = weights * cutoff[part]
-        edge_messages = block.conv_tp(lifted[edge_index[0, part]], edge_attrs[part], weights)
         if message is None:
-            message = edge_messages.new_zeros(node_feats.shape[0], edge_messages.shape[1])
-        message.index_add_(0, edge_index[1, part], edge_messages)
+            message = weights.new_zeros(node_feats.shape[0], block.conv_tp.irreps_out.dim)
+        conv_messages(block.conv_tp, lifted, edge_attrs[part], weights, edge_index[0, part], edge_index[1, part], message)
+    if message is None:  # no edges
+        message = lifted.new_zeros(node_feats.shape[0], block.conv_tp.irreps_out.dim)
     message = block.linear(message) / block.avg_num_neighbors
     if not residual:
         message = block.skip_tp(message, node_attrs)
