@@ -97,8 +97,14 @@ def conv_messages_numba(
     out: torch.Tensor,
 ) -> torch.Tensor:
     """As :func:`hforge.ops.conv_messages.conv_messages` (CPU tensors of one float dtype, no gradient)."""
+    if sender.numel() == 0:
+        return out
     dtype = out.dtype
-    receiver_np = receiver.to(torch.int64).numpy()
+    # only the rows this call touches: senders gathered and receivers compacted (work and memory of
+    # the edges, not of the cell: calls on chunks of a large cell's edges)
+    senders, sender_rows = torch.unique(sender.to(torch.int64), return_inverse=True)
+    receivers, receiver_rows = torch.unique(receiver.to(torch.int64), return_inverse=True)
+    receiver_np = receiver_rows.numpy()
     order = np.argsort(receiver_np, kind="stable")
     edge_receiver = np.ascontiguousarray(receiver_np[order])
     n_edges = len(order)
@@ -110,14 +116,14 @@ def conv_messages_numba(
     as_np = lambda t: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
     real = np.float32 if dtype == torch.float32 else np.float64
     p = program
-    features = _channel_last(x.detach().to(dtype), p.l1, p.in1_offset, p.channels, inverse=False)
-    messages = torch.zeros_like(out)
+    features = _channel_last(x.detach()[senders].to(dtype), p.l1, p.in1_offset, p.channels, inverse=False)
+    messages = out.new_zeros(len(receivers), out.shape[1])
     with numba.parallel_chunksize(1):
         _conv_messages(
             features.numpy(),
             as_np(Y),
             as_np(weights),
-            sender.to(torch.int64).contiguous().numpy(),
+            sender_rows.numpy(),
             order.astype(np.int64),
             chunk_ptr,
             edge_receiver,
@@ -136,4 +142,4 @@ def conv_messages_numba(
             p.cg_val.astype(real),
             messages.numpy(),
         )
-    return out.add_(_channel_last(messages, p.l3, p.out_offset, p.channels, inverse=True))
+    return out.index_add_(0, receivers, _channel_last(messages, p.l3, p.out_offset, p.channels, inverse=True))
