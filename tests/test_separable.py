@@ -340,12 +340,13 @@ def test_torch_training_path_forward_and_backward_equal_the_reference(cell16, co
 
 
 @settings(max_examples=8, deadline=None)
-@given(chunk=st.integers(1, 40), mixed=st.booleans(), seed=st.integers(0, 2**16))
-def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_the_cell(chunk, mixed, seed):
+@given(chunk=st.integers(1, 40), mixed=st.booleans(), pair_l_max=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_the_cell(chunk, mixed, pair_l_max, seed):
     """EnvironmentOnsite (the D_k head's crystal-field term): the sum over each atom's edges of its
     pair block, symmetrised, equals a per-edge reference (each block alone, with the whole cell's
-    nodes, added up by hand), in chunks of any size, with one block size or one per species, forward
-    and backward; rotating every edge vector by R turns every atom's block B into D(R) B D(R)^T
+    nodes, added up by hand), in chunks of any size, with one block size or one per species, every
+    degree of the blocks reached by a path (pair_l_max 4) or not (2), forward and backward; rotating
+    every edge vector by R turns every atom's block B into D(R) B D(R)^T
     (SIESTA-ordered Wigner matrices)."""
     from e3nn import o3
 
@@ -356,7 +357,7 @@ def test_environment_term_sums_per_edge_blocks_in_any_chunks_and_rotates_with_th
     torch.manual_seed(seed % 1000)
     rng = np.random.default_rng(seed)
     shells = [[0, 1, 2, 0, 1], [0, 1]] if mixed else [ProjectorSet(1.0, 2, 2).shells] * 2
-    config = ModelConfig(species=("B", "N"), dtype="float64", backend="torch")
+    config = ModelConfig(species=("B", "N"), dtype="float64", backend="torch", pair_l_max=pair_l_max)
     module = EnvironmentOnsite(shells, 4, 5.0, config).double()
     with torch.no_grad():
         module.pairs.weight.normal_()

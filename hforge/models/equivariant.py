@@ -542,7 +542,12 @@ class EnvironmentOnsite(torch.nn.Module):
             t = species_index * n_species + species_index
             slots = np.arange(desc.slot_ptr[t], desc.slot_ptr[t + 1])
             comp_slot = np.repeat(np.arange(len(slots)), 2 * desc.slot_L[slots] + 1)
-            comp_y = np.concatenate([y_offset[int(L)] + np.arange(2 * L + 1) for L in desc.slot_L[slots]] or [comp_slot])
+            # a slot of a degree no path reaches (beyond pair_l_max, or of unnatural parity) has no
+            # mixing rows: its g is zero, any column of Y Q will do
+            if any(desc.mix_ptr[t + 1] > desc.mix_ptr[t] for t in slots if int(desc.slot_L[t]) not in y_offset):
+                raise AssertionError("EnvironmentOnsite: a slot with mixing rows but no path of its degree")
+            comp_y = [y_offset.get(int(L), 0) + np.arange(2 * L + 1) * (int(L) in y_offset) for L in desc.slot_L[slots]]
+            comp_y = np.concatenate(comp_y or [comp_slot])
             self.components.append((slots, comp_slot * self.y_coupling.shape[1] + comp_y))
 
     def _slot_weights(self, dtype: torch.dtype) -> torch.Tensor:
@@ -575,6 +580,8 @@ class EnvironmentOnsite(torch.nn.Module):
         total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
         for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
+            if not len(i):  # a cell without edges (a single atom): no term
+                continue
             centres, rows = torch.unique(i, return_inverse=True)
             columns = torch.arange(len(centres), len(centres) + i.shape[0], device=i.device)
             nodes = torch.cat([scalars[centres], scalars[j]])
