@@ -491,6 +491,37 @@ def test_streamed_files_are_what_sisl_writes(operator_predictor, cell256, tmp_pa
         assert (got.tocsr(k) != expected.tocsr(k)).nnz == 0 and got.tocsr(k).nnz == expected.tocsr(k).nnz
 
 
+def test_files_in_a_row_reuse_the_output_buffers_and_are_the_same_files(
+    operator_predictor, cell64, cell256, tmp_path, monkeypatch
+):
+    """predict_to_file keeps its output buffers after the write and fills them again for the next
+    structure that fits (no new mapping of the output's pages), dropping them for one that does not
+    and before any call that hands its matrices out; every file equals a fresh predictor's."""
+    from hforge.infer import predictor as predictor_module
+    from hforge.infer import problem as problem_module
+
+    expected = {name: operator_predictor.predict_to_file(atoms, tmp_path / f"ref_{name}.TSHS", threads=1).read_bytes()
+                for name, atoms in (("64", cell64), ("256", cell256))}
+    fresh = []
+    real = problem_module.populated_empty
+
+    def counting(shape, dtype):
+        fresh.append(shape)
+        return real(shape, dtype)
+
+    monkeypatch.setattr(problem_module, "populated_empty", counting)
+    reused = predictor_module.Predictor(operator_predictor.model, source="test")
+    for k, (name, atoms, allocations) in enumerate([("256", cell256, 2), ("256", cell256, 0), ("64", cell64, 0),
+                                                    ("256", cell256, 2)]):
+        fresh.clear()
+        path = reused.predict_to_file(atoms, tmp_path / f"run{k}.TSHS", threads=1)
+        assert len([shape for shape in fresh if np.prod(shape) >= reused.last_report.nnz]) == allocations, (k, fresh)
+        assert path.read_bytes() == expected[name], k
+    assert reused.spare_output.arrays is not None
+    reused.predict(cell64, threads=1)  # hands its matrices out: the spare buffers are let go first
+    assert reused.spare_output.arrays is None
+
+
 def test_output_is_float32_by_default_the_float64_output_rounded(predictor, cell64):
     """The default output dtype is float32: the float64 output's values, rounded once."""
     default, full = predictor.predict(cell64), predictor.predict(cell64, dtype=np.float64)

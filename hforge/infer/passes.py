@@ -25,7 +25,7 @@ import torch
 from hforge.graph.model_graph import GraphBatch, StructureArrays
 from hforge.graph.neighbours import neighbour_list
 from hforge.infer.chunks import Cluster, chunk_of_atoms, cluster_of_chunk, copy_atom_rows
-from hforge.infer.problem import Problem, populated_empty
+from hforge.infer.problem import Problem, SpareOutput, populated_empty
 from hforge.infer.report import StageTimer, progress_bar, timed_module
 from hforge.io.pairs import block_pointer
 from hforge.models.base import HSModel, NodeState
@@ -78,9 +78,11 @@ class Passes:
         timer: StageTimer | None = None,
         progress: bool | Callable[[int, int], None] = False,
         physics: "Physics | None" = None,
+        spare: SpareOutput | None = None,
     ) -> AssembledCSR:
         """The whole matrices by ranges of pairs ("whole": one range; "streamed"); ``physics``: the
-        problem's :class:`Physics` when the caller has it (its neighbour lists), else made here.
+        problem's :class:`Physics` when the caller has it (its neighbour lists), else made here;
+        ``spare``: output buffers to fill when they fit (:meth:`Problem.allocate`).
 
         The model's node pass over the whole cell once; then per slab of the cell along its sweep
         axis (:meth:`~hforge.infer.problem.Problem.ranges`: the canonical pairs whose rear atom lies
@@ -109,7 +111,7 @@ class Passes:
             )
             if plan.nnz != problem.nnz:
                 raise AssertionError("assembly planned with another nnz than the pair list's row pointer")
-            indices, data = problem.allocate(dtype, on_gpu=self.on_gpu)
+            indices, data = problem.allocate(dtype, on_gpu=self.on_gpu, spare=spare)
 
         scratch = None if self.on_gpu else Scratch(PAIR_BATCH * int(problem.n_orb.max()) ** 2, physics.dtype)
         bar = progress_bar(progress, n_ranges, "atom range")

@@ -48,7 +48,7 @@ from hforge.infer.plan import (
     output_dtype,
     plan_prediction,
 )
-from hforge.infer.problem import Problem, make_problem, read_structure
+from hforge.infer.problem import Problem, SpareOutput, make_problem, read_structure
 from hforge.infer.report import PredictionReport, StageTimer, peak_rss_bytes, thread_count, torch_threads
 from hforge.models.base import HSModel
 from hforge.ops.assemble import AssembledCSR
@@ -104,6 +104,7 @@ class Predictor:
         self.pair_cutoffs = self.builder.pair_cutoffs()
         self.passes = Passes(self.model, self.device, receptive_field(model.config, float(self.pair_cutoffs.max())))
         self.last_report = PredictionReport()
+        self.spare_output = SpareOutput()  # predict_to_file's buffers after their write, for the next one
 
     def __repr__(self) -> str:
         config = self.model.config
@@ -270,7 +271,7 @@ class Predictor:
             work); OutputError: the write failed, naming the path.
         """
         path = check_output_path(path, inputs=[structure] if isinstance(structure, (str, os.PathLike)) else [])
-        csr, problem = self._predict(structure, **options)
+        csr, problem = self._predict(structure, reuse_output=True, **options)
         report = self.last_report
         with StageTimer(report)("assembly"):
             csr = on_host(csr)
@@ -281,6 +282,7 @@ class Predictor:
             check_learned_overlap(self.model, csr.to_sisl(geometry), source=source)
         with StageTimer(report)("write"):
             write_prediction(csr, geometry, path)
+        self.spare_output.keep(csr.indices, csr.data)  # written: the next call may fill them again
         self._finish_report(source)
         return path
 
@@ -297,8 +299,14 @@ class Predictor:
         self, structure: Any, *, backend: str = "auto", dtype: Any = DEFAULT_OUTPUT_DTYPE, max_memory: int | str | None = None,
         mode: str = "auto", parts: int | None = None, species: Sequence[str] | None = None,
         nsc: Sequence[int] | None = None, progress: bool | Callable[[int, int], None] = False,
-        threads: int | None = None,
+        threads: int | None = None, reuse_output: bool = False,
     ) -> tuple[AssembledCSR, Problem]:
+        """The prediction's CSR and problem; ``reuse_output``: fill :attr:`spare_output`'s buffers when
+        they fit (only a caller that does not hand the CSR out: :meth:`predict_to_file`); any other
+        call lets them go first, so that they never add to a prediction's memory."""
+        spare = self.spare_output if reuse_output else None
+        if not reuse_output:
+            self.spare_output.drop()
         report = PredictionReport(device=str(self.device))
         self.last_report = report
         timer = StageTimer(report)
@@ -314,10 +322,11 @@ class Predictor:
         with torch_threads(threads) as report.torch_threads:
             if plan.mode in ("whole", "streamed"):
                 csr = self.passes.fill_ranges(
-                    problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress, physics=physics
+                    problem, plan.parts, dtype=dtype, backend=backend, timer=timer, progress=progress, physics=physics,
+                    spare=spare,
                 )
             else:
-                indices, data = problem.allocate(dtype)
+                indices, data = problem.allocate(dtype, spare=spare)
                 occupied = problem.occupied_chunks(plan.grid)
                 self.passes.fill_chunks(
                     problem, plan.grid, occupied, indices, data, dtype=dtype, backend=backend, timer=timer, progress=progress,
@@ -345,6 +354,7 @@ class Predictor:
         from hforge.models.predict import assemble_prediction
 
         dtype, threads = output_dtype(dtype), thread_count(threads)
+        self.spare_output.drop()
         graphs = []
         for k, structure in enumerate(structures):
             try:

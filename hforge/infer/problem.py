@@ -26,7 +26,7 @@ from hforge.ops.assemble import AssembledCSR
 from hforge.ops.assemble.layout import array_module, default_index_dtype
 from hforge.structures.validate import open_cell
 
-__all__ = ["POPULATE_BYTES", "Problem", "make_problem", "populated_empty", "read_frames", "read_structure"]
+__all__ = ["POPULATE_BYTES", "Problem", "SpareOutput", "make_problem", "populated_empty", "read_frames", "read_structure"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,34 @@ def populated_empty(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flag)
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+class SpareOutput:
+    """Output buffers a finished prediction no longer needs (a file written from them), kept for the
+    next one: their pages are mapped already, which for GB of output costs more than the writes
+    (:func:`populated_empty`).  :meth:`take` hands them out once, as views, when they are large enough
+    and of the right dtypes, and otherwise lets them go, so that at most one set is alive."""
+
+    def __init__(self) -> None:
+        self.arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def keep(self, indices: Any, data: Any) -> None:
+        """Keep host ``indices (nnz,)`` and ``data (nnz, 2)`` (anything else is not kept)."""
+        host = isinstance(indices, np.ndarray) and isinstance(data, np.ndarray) and data.ndim == 2
+        self.arrays = (indices, data) if host and data.flags.c_contiguous and indices.flags.c_contiguous else None
+
+    def drop(self) -> None:
+        self.arrays = None
+
+    def take(self, nnz: int, index_dtype: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The kept buffers' first ``nnz`` entries, or None (and nothing kept any more)."""
+        arrays, self.arrays = self.arrays, None
+        if arrays is None:
+            return None
+        indices, data = arrays
+        if indices.dtype != np.dtype(index_dtype) or data.dtype != np.dtype(dtype) or len(indices) < nnz or len(data) < nnz:
+            return None
+        return indices[:nnz], data[:nnz]
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,13 +241,16 @@ class Problem:
         """Flat indices of the chunks of ``grid`` holding atoms."""
         return np.unique(chunk_of_atoms(self.frac, grid))
 
-    def allocate(self, dtype: np.dtype, *, on_gpu: bool = False) -> tuple[Any, Any]:
+    def allocate(self, dtype: np.dtype, *, on_gpu: bool = False, spare: SpareOutput | None = None) -> tuple[Any, Any]:
         """Empty whole-matrix ``indices (nnz,)`` and ``data (nnz, 2)``: host arrays with their pages
-        mapped (:func:`populated_empty`), or CuPy arrays on the current device."""
+        mapped (:func:`populated_empty`; ``spare``'s when they fit), or CuPy arrays on the current device."""
         if on_gpu:
             import cupy
 
             return cupy.empty(self.nnz, dtype=self.index_dtype), cupy.empty((self.nnz, 2), dtype=dtype)
+        reused = spare.take(self.nnz, self.index_dtype, dtype) if spare is not None else None
+        if reused is not None:
+            return reused
         return populated_empty(self.nnz, self.index_dtype), populated_empty((self.nnz, 2), dtype)
 
     def csr(self, indices: Any, data: Any) -> AssembledCSR:

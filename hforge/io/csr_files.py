@@ -42,17 +42,25 @@ def _file_rows(
     base = indptr[row0]
     for r in numba.prange(row0, row1):
         start = np.zeros(n_s + 1, dtype=np.int64)
+        cell, end = 0, n_orbitals  # a row's columns are sorted: their supercell only grows (no division)
         for p in range(indptr[r], indptr[r + 1]):
-            start[remap[indices[p] // n_orbitals] + 1] += 1
+            while indices[p] >= end:
+                cell += 1
+                end += n_orbitals
+            start[remap[cell] + 1] += 1
         for s in range(n_s):
             start[s + 1] += start[s]
+        cell, end = 0, n_orbitals
         for p in range(indptr[r], indptr[r + 1]):
             c = indices[p]
-            s = remap[c // n_orbitals]
+            while c >= end:
+                cell += 1
+                end += n_orbitals
+            s = remap[cell]
             q = indptr[r] - base + start[s]
             start[s] += 1
             if columns:
-                out[q] = s * n_orbitals + c % n_orbitals + 1
+                out[q] = s * n_orbitals + c - (end - n_orbitals) + 1
                 continue
             source = p
             if c < n_orbitals and atom_first[r] <= c < atom_end[r]:  # onsite block: the entry (c, r)
@@ -67,21 +75,24 @@ def _file_rows(
             out[q] = data[source, channel] * scale / divisor
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def _frame_records(payload, row_bytes, out):  # pragma: no cover
     """Fortran sequential records (little-endian int32 length markers) of consecutive rows of
-    ``payload`` bytes, ``row_bytes[r]`` each, into ``out``; the bytes written."""
-    p, q = 0, 0
-    for r in range(row_bytes.shape[0]):
-        n = row_bytes[r]
+    ``payload`` bytes, ``row_bytes[r]`` each, into ``out`` (rows in parallel); the bytes written."""
+    n_rows = row_bytes.shape[0]
+    starts = np.zeros(n_rows + 1, dtype=np.int64)  # where each row's payload starts in ``payload``
+    for r in range(n_rows):
+        starts[r + 1] = starts[r] + row_bytes[r]
+    for r in numba.prange(n_rows):
+        n, p = row_bytes[r], starts[r]
+        q = p + 8 * r  # its record in ``out``: the markers of the rows before it, then its own
         for side in range(2):  # the marker, the payload, the marker again
             out[q], out[q + 1], out[q + 2], out[q + 3] = n & 255, (n >> 8) & 255, (n >> 16) & 255, (n >> 24) & 255
             q += 4
             if side == 0:
                 out[q : q + n] = payload[p : p + n]
                 q += n
-                p += n
-    return q
+    return starts[n_rows] + 8 * n_rows
 
 
 class _Rows:
@@ -105,12 +116,19 @@ class _Rows:
         ends = np.searchsorted(self.indptr, np.arange(0, int(self.indptr[-1]), CHUNK_VALUES)[1:], side="right") - 1
         bounds = np.unique(np.concatenate([[0], np.maximum(ends, 1), [self.n_orbitals]]))
         self.steps = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        #: entries and rows of the largest step: the size of the writers' reused step buffers
+        self.step_entries = max((int(self.indptr[b] - self.indptr[a]) for a, b in self.steps), default=0)
+        self.step_rows = max((b - a for a, b in self.steps), default=0)
+        # one buffer for a step's values (8 bytes each, or its int32 columns), reused by every step:
+        # a fresh one per step (tens of MB) would fault its pages again each time
+        self._step = np.empty(self.step_entries * 8, dtype=np.uint8)
 
     def values(self, row0: int, row1: int, *, channel: int = -1, scale: float = 1.0, divisor: float = 1.0) -> np.ndarray:
         """Rows ``row0:row1`` of the file: columns (int32, 1-based) for ``channel=-1``, else values
-        (float64, ``* scale / divisor``)."""
+        (float64, ``* scale / divisor``); a view of the step buffer, valid until the next call."""
         n = int(self.indptr[row1] - self.indptr[row0])
-        out = np.empty(n, dtype=np.int32 if channel < 0 else np.float64)
+        dtype = np.dtype(np.int32 if channel < 0 else np.float64)
+        out = self._step[: n * dtype.itemsize].view(dtype)
         _file_rows(
             self.indptr, self.indices, self.data, max(channel, 0), row0, row1, self.n_orbitals, self.atom_first,
             self.atom_end, self.remap, len(self.remap), scale, divisor, channel < 0, out,
@@ -126,12 +144,12 @@ def _write_tshs(path: Path, geometry: Any, rows: _Rows, n_spin: int, ev_to_ry: f
             np.asarray(geometry.firsto), n_spin, int(rows.indptr[-1]), 0.0,
         )
         f.write(_record_bytes(ncol))
+        framed = np.empty(rows.step_entries * 8 + 8 * rows.step_rows, dtype=np.uint8)  # reused by every step
         for channel, scale in [(-1, 1.0), (n_spin, 1.0)] + [(k, ev_to_ry) for k in range(n_spin)]:
             for row0, row1 in rows.steps:
                 payload = rows.values(row0, row1, channel=channel, scale=scale).view(np.uint8)
                 row_bytes = ncol[row0:row1].astype(np.int64) * (4 if channel < 0 else 8)
-                framed = np.empty(payload.size + 8 * (row1 - row0), dtype=np.uint8)
-                f.write(framed[: _frame_records(payload, row_bytes, framed)])
+                f.write(memoryview(framed)[: _frame_records(payload, row_bytes, framed)])
         f.write(_record_bytes(rows.isc.astype("<i4")))
 
 
