@@ -71,7 +71,7 @@ def test_numba_kernel_equals_the_e3nn_module(channels, l_in, l_sh, l_out, n_node
 
 
 def test_auto_backend_keeps_gradients_and_runs_the_same_sums():
-    """With inputs that need gradients ``auto`` takes the reference (autograd), without the kernel."""
+    """With inputs that need gradients ``auto`` takes the reference (autograd), and ``numba`` by name refuses."""
     tp = uvu_product(4, 2, 2, 2)
     x = torch.randn(5, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
     Y = torch.randn(20, tp.irreps_in2.dim, dtype=torch.float64)
@@ -80,6 +80,8 @@ def test_auto_backend_keeps_gradients_and_runs_the_same_sums():
     out = conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros(5, tp.irreps_out.dim, dtype=torch.float64))
     (grad,) = torch.autograd.grad(out.sum(), x)
     assert float(grad.abs().max()) > 0
+    with pytest.raises(InputError, match="no gradient"):  # asked for by name, the kernel refuses
+        conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros_like(out.detach()), backend="numba")
     with torch.no_grad():
         fused = conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros_like(out))
     torch.testing.assert_close(fused, out.detach(), rtol=0, atol=1e-12 * float(out.abs().max()))

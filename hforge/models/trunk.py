@@ -110,33 +110,20 @@ class MaceTrunk(torch.nn.Module):
             chunked = chunk is not None and edge_index.shape[1] > chunk
             if (chunked or not torch.is_grad_enabled()) and not hasattr(interaction, "conv_fusion"):
                 features, sc = interaction_in_chunks(
-                    interaction,
-                    node_attrs,
-                    features,
-                    edge_attrs,
-                    edge_feats,
-                    edge_index,
-                    cutoff,
+                    interaction, node_attrs, features, edge_attrs, edge_feats, edge_index, cutoff,
                     chunk or max(1, edge_index.shape[1]),
                 )
             else:
                 features, sc = interaction(
-                    node_attrs=node_attrs,
-                    node_feats=features,
-                    edge_attrs=edge_attrs,
-                    edge_feats=edge_feats,
-                    edge_index=edge_index,
-                    cutoff=cutoff,
+                    node_attrs=node_attrs, node_feats=features, edge_attrs=edge_attrs, edge_feats=edge_feats,
+                    edge_index=edge_index, cutoff=cutoff,
                 )
             features = self._product(product, features, sc, node_attrs, chunk)
         return self.norm(features)
 
     @staticmethod
     def _product(
-        product: EquivariantProductBasisBlock,
-        features: torch.Tensor,
-        sc: torch.Tensor | None,
-        node_attrs: torch.Tensor,
+        product: EquivariantProductBasisBlock, features: torch.Tensor, sc: torch.Tensor | None, node_attrs: torch.Tensor,
         chunk: int | None,
     ) -> torch.Tensor:
         """``product`` on every atom, :func:`~hforge.models.layers.atom_slices` at a time (it is per
@@ -166,17 +153,13 @@ def interaction_in_chunks(
     residual = isinstance(block, RealAgnosticResidualInteractionBlock)
     skip = block.skip_tp(node_feats, node_attrs) if residual else None
     lifted = block.linear_up(node_feats)
-    message = None
+    message = lifted.new_zeros(node_feats.shape[0], block.conv_tp.irreps_out.dim)
     for start in range(0, edge_index.shape[1], chunk):
         part = slice(start, start + chunk)
         weights = block.conv_tp_weights(edge_feats[part])
         if cutoff is not None:
             weights = weights * cutoff[part]
-        if message is None:
-            message = weights.new_zeros(node_feats.shape[0], block.conv_tp.irreps_out.dim)
         conv_messages(block.conv_tp, lifted, edge_attrs[part], weights, edge_index[0, part], edge_index[1, part], message)
-    if message is None:  # no edges
-        message = lifted.new_zeros(node_feats.shape[0], block.conv_tp.irreps_out.dim)
     message = block.linear(message) / block.avg_num_neighbors
     if not residual:
         message = block.skip_tp(message, node_attrs)

@@ -159,7 +159,9 @@ def conv_messages(
     """
     name = resolve_backend(backend, on_gpu=x.is_cuda, implemented=_IMPLEMENTED, op="conv_messages")
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, Y, weights, out))
-    if name == "numba" and backend == "auto" and needs_grad:
+    if name == "numba" and needs_grad:
+        if backend != "auto":  # the kernel has no backward: it would drop the gradient silently
+            raise InputError("conv_messages: the numba backend has no gradient; use backend='torch' or 'auto'")
         name = "torch"
     if name == "torch":
         from hforge.ops.conv_messages.reference import conv_messages_reference

@@ -111,7 +111,7 @@ def conv_messages_numba(
     n_chunks = max(1, min(n_edges, 16 * numba.get_num_threads()))
     cuts = (np.arange(1, n_chunks) * n_edges) // n_chunks
     # chunk boundaries moved to the next receiver change: one writer per receiver row
-    cuts = np.searchsorted(edge_receiver, edge_receiver[cuts], side="left") if n_edges else cuts
+    cuts = np.searchsorted(edge_receiver, edge_receiver[cuts], side="left")
     chunk_ptr = np.unique(np.concatenate([[0], cuts, [n_edges]])).astype(np.int64)
     as_np = lambda t: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
     real = np.float32 if dtype == torch.float32 else np.float64
