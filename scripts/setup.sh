@@ -13,7 +13,7 @@
 #
 # The stamp $VENV/.hforge-installed lists the extras installed; the environment is left as it is
 # while the stamp is newer than everything the install builds from (pyproject.toml,
-# CMakeLists.txt, this script, kernels/*.cu and their headers) and lists every extra asked for.
+# CMakeLists.txt, this script, kernels/*.cu and their headers, kernels/cpu) and lists every extra asked for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -29,7 +29,7 @@ fresh=false
 if [ -f "$stamp" ]; then
   installed=$(words "$(cat "$stamp")")
   shopt -s nullglob
-  inputs=(pyproject.toml CMakeLists.txt scripts/setup.sh kernels/*.cu kernels/*.h kernels/*.cuh kernels/host/*.h)
+  inputs=(pyproject.toml CMakeLists.txt scripts/setup.sh kernels/*.cu kernels/*.h kernels/*.cuh kernels/host/*.h kernels/cpu/*)
   newer=$(find "${inputs[@]}" -newer "$stamp" | head -n 1)
   [ -z "$newer" ] && fresh=true
 fi

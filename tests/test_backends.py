@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from hforge.errors import BackendUnavailableError
@@ -6,10 +8,20 @@ from hforge.ops.backends import backend_status, resolve_backend
 
 def test_every_backend_reports_a_reason():
     status = backend_status()
-    assert set(status) == {"torch", "numba", "triton", "cupy"}
+    assert set(status) == {"torch", "numba", "cpp", "triton", "cupy"}
     assert status["torch"].available
     for s in status.values():
         assert s.reason
+
+
+def test_compiled_cpu_kernels_are_built_under_ci():
+    """CI installs with a C++ compiler: libhforge_cpu must be there and load (auto picks it for the ops
+    that have it); elsewhere its absence is reported with the reason."""
+    status = backend_status()["cpp"]
+    if os.environ.get("CI") == "true":
+        assert status.available, status.reason
+    if status.available:
+        assert resolve_backend("auto", on_gpu=False, implemented=("cpp", "numba", "torch"), op="x") == "cpp"
 
 
 def test_auto_prefers_numba_on_cpu():

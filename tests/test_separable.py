@@ -12,9 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hforge.errors import InputError
 from hforge.io import read_hs
 from hforge.metrics.spectra import GammaLayout
 from hforge.models.separable import mean_operator_matrix
+from hforge.ops._cpu import ISAS as ISAS_ALL
+from hforge.ops.backends import backend_status
 from hforge.ops.two_centre import _pair_vectors, block_pointer, program_blocks, reference
 from hforge.ops.two_centre.projectors import ProjectorSet, projector_descriptor
 from hforge.ops.two_centre.separable import SeparableContext
@@ -212,14 +215,18 @@ def program_layout_reference(context, half, D, kb_scale):
     return out
 
 
+@pytest.mark.parametrize("backend", ["numba", "auto"])
 @pytest.mark.parametrize("kb_scale", [None, 0.7])
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-def test_packed_contraction_equals_the_reference_on_a_real_cell(cell16, kb_scale, dtype, tol):
-    """operator_blocks (packed projections in reach order, P D_k per owner inside the kernel, 2x2
-    blocked; V_KB in the same sum) equals the readable reference on every pair of a real cell, with
-    pairs built from either side (random ``swap``), in float64 and float32 (to its rounding)."""
+def test_packed_contraction_equals_the_reference_on_a_real_cell(cell16, backend, kb_scale, dtype, tol):
+    """operator_blocks (packed projections in reach order, P D_k per owner inside the kernel; V_KB in
+    the same sum) equals the readable reference on every pair of a real cell, with pairs built from
+    either side (random ``swap``), in float64 and float32 (to its rounding): the numba contraction (2x2
+    blocked) and ``auto``'s (the compiled cpp kernel where it is built, as under CI)."""
     data, half = cell16
-    context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc, kb_scale=kb_scale)
+    context = SeparableContext(
+        data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc, kb_scale=kb_scale, backend=backend
+    )
     D = random_operators(len(data.positions), context.n_proj, 0.5, 11)
     expected = program_layout_reference(context, half, D, kb_scale)
     swap = np.random.default_rng(12).random(half.n_pairs) < 0.5
@@ -230,12 +237,12 @@ def test_packed_contraction_equals_the_reference_on_a_real_cell(cell16, kb_scale
     np.testing.assert_allclose(unswapped, got, atol=tol * np.abs(expected).max(), rtol=0)
 
 
-def random_packed_problem(rng, n_atoms, n_species, n_op, width):
+def random_packed_problem(rng, n_atoms, n_species, n_op, width, max_orbitals=5):
     """Random inputs of operator_contract: atoms with random species and orbital counts, every atom's
     projector entries (random atoms and images, sorted by (atom, image)) with random packed rows
     (an even prefix in a random reach order), random symmetric D, energies and output pairs (some of
     them sharing projector atoms and images by construction: every atom sees atom 0 at image 0)."""
-    n_orb = rng.integers(1, 6, size=n_species)
+    n_orb = rng.integers(1, max_orbitals + 1, size=n_species)
     rows_pad = int(n_orb.max()) + int(n_orb.max()) % 2
     order = np.full((n_species, rows_pad), -1, dtype=np.int64)
     for s in range(n_species):
@@ -288,6 +295,77 @@ def test_operator_contract_kernel_equals_the_reference_on_random_inputs(seed, n_
     single = list(args)
     single[10], single[11], single[12] = (a.astype(np.float32) for a in args[10:13])
     np.testing.assert_allclose(kernels.operator_contract(*single), expected, atol=2e-5 * scale, rtol=0)
+
+
+def _cpp_isas():
+    """The instruction sets of the cpp kernels this machine runs (none where the library is not built)."""
+    from hforge.ops._cpu import ISAS, load_library
+
+    if not backend_status()["cpp"].available:
+        return []
+    lib = load_library().lib
+    return [name for name, code in ISAS.items() if lib.hforge_cpu_isa(code) >= 0]
+
+
+@pytest.mark.parametrize("isa", _cpp_isas())
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), n_op=st.integers(1, 30), extra=st.integers(0, 9), max_orbitals=st.integers(1, 21))
+def test_operator_contract_cpp_equals_the_reference_on_random_inputs(isa, seed, n_op, extra, max_orbitals):
+    """The compiled contraction (each instruction set built here: owners' L^T, outer-product register
+    tiles, more rows than one vector holds or one tile takes) equals the reference on random inputs,
+    float64 and float32, and gives the same bits with 1, 2 or 3 threads."""
+    from hforge.ops.two_centre import cpp
+
+    args = random_packed_problem(np.random.default_rng(seed), 5, 2, n_op, n_op + extra, max_orbitals)
+    expected = reference.operator_contract(*args)
+    scale = max(np.abs(expected).max(), 1.0)
+    np.testing.assert_allclose(cpp.operator_contract(*args, isa=isa), expected, atol=1e-12 * scale, rtol=0)
+    single = list(args)
+    single[10], single[11], single[12] = (a.astype(np.float32) for a in args[10:13])
+    one = cpp.operator_contract(*single, isa=isa, threads=1)
+    np.testing.assert_allclose(one, expected, atol=2e-5 * scale, rtol=0)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(cpp.operator_contract(*single, isa=isa, threads=threads), one)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), reach=st.sampled_from([1, 3, 1000]))
+def test_cpp_entry_keys_order_entries_and_move_with_image_shifts(seed, reach):
+    """The cpp kernel merges integer keys of (k, m): their order is (k, m)'s lexicographic order, and
+    moving an entry by an image shift n adds the shift's key to its key (the merge of a pair's lists)."""
+    from hforge.ops.two_centre.cpp import KEY_BASE, entry_keys
+
+    rng = np.random.default_rng(seed)
+    atoms = rng.integers(0, 50, size=40)
+    shifts = rng.integers(-reach, reach + 1, size=(40, 3))
+    pair_shift = rng.integers(-reach, reach + 1, size=3)
+    keys = entry_keys(atoms, shifts, pair_shift[None])
+    lexicographic = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], atoms))
+    np.testing.assert_array_equal(np.sort(keys), keys[lexicographic])
+    moved = entry_keys(atoms, shifts + pair_shift, pair_shift[None] * 0)
+    np.testing.assert_array_equal(moved, keys + (pair_shift[0] * KEY_BASE + pair_shift[1]) * KEY_BASE + pair_shift[2])
+    with pytest.raises(InputError, match="exceed the kernel's keys"):
+        entry_keys(atoms, shifts, np.array([[KEY_BASE // 2, 0, 0]]))
+
+
+def test_operator_contract_cpp_refuses_what_it_cannot_take():
+    """Wrong dtypes, an ``out`` of another size and an instruction set the CPU lacks fail clearly."""
+    if not backend_status()["cpp"].available:
+        pytest.skip("libhforge_cpu is not built here (tests/test_backends.py fails on that under CI)")
+    from hforge.errors import BackendUnavailableError
+    from hforge.ops.two_centre import cpp
+
+    args = list(random_packed_problem(np.random.default_rng(3), 4, 2, 3, 5))
+    with pytest.raises(InputError, match="out must be"):
+        cpp.operator_contract(*args, out=np.empty(3))
+    args[10] = args[10].astype(np.float16)
+    with pytest.raises(InputError, match="float16"):
+        cpp.operator_contract(*args)
+    missing = sorted(set(ISAS_ALL) - set(_cpp_isas()))
+    if missing:
+        args[10] = args[10].astype(np.float64)
+        with pytest.raises(BackendUnavailableError, match=missing[0]):
+            cpp.operator_contract(*args, isa=missing[0])
 
 
 def test_pack_kernels_equal_the_reference(cell16):

@@ -9,13 +9,17 @@ Backends:
     (numpy arrays only).
 ``numba``
     parallel CPU kernels (``numba.njit(parallel=True)``).
+``cpp``
+    compiled CPU kernels from ``kernels/cpu`` (C++17, SIMD per instruction set, threads), built by
+    CMake at install where a C++ compiler is found and loaded with ctypes (:mod:`hforge.ops._cpu`).
 ``triton``
     GPU kernels; on a CPU-only machine they run only under ``TRITON_INTERPRET=1`` (used by the tests).
 ``cupy``
     CUDA kernels from ``kernels/*.cu``, loaded as fatbins built by CMake or compiled by NVRTC.
 
 ``backend="auto"`` picks the first usable backend of an op's preference list for the
-device of its inputs: GPU backends for CUDA tensors, ``numba`` then ``torch`` on CPU.
+device of its inputs: GPU backends for CUDA tensors, ``cpp`` (where an op has it), ``numba`` then
+``torch`` on CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from hforge.errors import BackendUnavailableError
 
 __all__ = ["BACKENDS", "BackendStatus", "backend_status", "resolve_backend", "triton_interpreted"]
 
-BACKENDS = ("torch", "numba", "triton", "cupy")
+BACKENDS = ("torch", "numba", "cpp", "triton", "cupy")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ def _status_numba() -> BackendStatus:
     return BackendStatus("numba", True, f"numba {numba.__version__}, {numba.config.NUMBA_NUM_THREADS} threads", "cpu")
 
 
+def _status_cpp() -> BackendStatus:
+    from hforge.ops._cpu import load_library
+
+    try:
+        library = load_library()
+    except BackendUnavailableError as exc:
+        return BackendStatus("cpp", False, str(exc), "cpu")
+    return BackendStatus("cpp", True, f"{library.path.name}, {library.isa}", "cpu")
+
+
 def _status_triton() -> BackendStatus:
     if importlib.util.find_spec("triton") is None:
         return BackendStatus("triton", False, "triton is not installed (pip install 'hforge[gpu]')", "cuda")
@@ -93,7 +107,7 @@ def _status_cupy() -> BackendStatus:
     return BackendStatus("cupy", True, f"cupy {cupy.__version__}, {n} GPU(s)", "cuda")
 
 
-_STATUS = {"torch": _status_torch, "numba": _status_numba, "triton": _status_triton, "cupy": _status_cupy}
+_STATUS = {"torch": _status_torch, "numba": _status_numba, "cpp": _status_cpp, "triton": _status_triton, "cupy": _status_cupy}
 
 
 def backend_status() -> dict[str, BackendStatus]:

@@ -7,7 +7,8 @@ two-centre terms of the neutral-atom potential.  :mod:`.tables` holds the method
 tables and programs of a basis (built once, cached), the backends only execute programs:
 
 ``torch``  :mod:`.reference` (readable; CPU and CUDA tensors), the oracle of the tests;
-``numba``  :mod:`.numba` (parallel CPU).
+``numba``  :mod:`.numba` (parallel CPU);
+``cpp``    :mod:`.cpp` (compiled, SIMD; :func:`operator_contract` only, the inference hot spot).
 
 Public functions (lengths in Å, results in SIESTA's convention: S dimensionless, energies eV):
 
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 _IMPLEMENTED = ("numba", "torch")
+_IMPLEMENTED_CONTRACT = ("cpp", "numba", "torch")
 
 
 def block_pointer(program: BlockProgram, pair_type: np.ndarray) -> np.ndarray:
@@ -172,9 +174,13 @@ def separable_contract(*args: Any, backend: str = "auto", **kwargs: Any) -> np.n
 
 def operator_contract(*args: Any, backend: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
     """The separable operator ``sum_k P D'_k P^T`` on packed projections (arguments of
-    :func:`hforge.ops.two_centre.reference.operator_contract`), in the dtype of ``packed`` (numba;
+    :func:`hforge.ops.two_centre.reference.operator_contract`), in the dtype of ``packed`` (cpp, numba;
     float64 for the reference), written into ``out`` when given."""
-    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED_CONTRACT, op="two_centre")
+    if name == "cpp":
+        from hforge.ops.two_centre import cpp as compiled
+
+        return compiled.operator_contract(*args, out=out)
     if name == "numba":
         from hforge.ops.two_centre import numba as kernels
 

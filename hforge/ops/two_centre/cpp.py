@@ -1,0 +1,110 @@
+"""Compiled CPU kernel of the separable operator's contraction (``kernels/cpu``, C++17 SIMD, threads).
+
+``operator_contract``: the pairs in chunks taken by the prediction's threads (torch's thread count);
+per pair, the owner atom's rows ``[P D_k, P_KB E_k]`` once per run of pairs with the same owner, kept
+transposed, and for each common projector entry (a branch-free merge of the two sorted lists of entry
+keys, :func:`entry_keys`) the
+outer-product tiles of the other atom's packed rows (each element broadcast) with those rows, up to
+16 vector accumulators (one per row of the other atom) held in registers over the entry's columns;
+the packed rows of the matches four ahead are prefetched (they come from anywhere in ``packed``).
+Each pair is summed by one thread in a fixed order: the bits do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from hforge.errors import BackendUnavailableError, InputError
+from hforge.ops._cpu import ISAS, ContractArgs, load_library
+
+__all__ = ["entry_keys", "operator_contract"]
+
+KEY_BASE = 4096  # kernels/cpu/operator_contract.h: 12 bits per image component, 27 for the atom
+
+_STATUS = {1: "out of memory for the threads' scratch", 3: "sizes out of range"}
+
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def entry_keys(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.ndarray) -> np.ndarray:
+    """``(A,)`` int64 keys of projector entries ``(k, m)``, ordered as ``(k, m)`` lexicographically:
+    ``((k B + m_x + B/2) B + m_y + B/2) B + m_z + B/2`` with ``B = 4096``; moving an entry by an image
+    shift ``n`` adds ``(n_x B + n_y) B + n_z``, exact while every ``|m + n| < B/2``.
+
+    Raises:
+        InputError: an image component (an entry's plus a pair's) of 2048 cells or more, or 2^27 atoms
+            or more (a cell that the kernel's keys cannot hold).
+    """
+    reach = int(np.abs(proj_shifts).max(initial=0)) + int(np.abs(pair_shifts).max(initial=0))
+    if reach >= KEY_BASE // 2 or int(np.max(proj_atoms, initial=0)) >= 2**27:
+        raise InputError(
+            f"operator_contract (cpp): image shifts up to {reach} cells or {int(np.max(proj_atoms, initial=0)) + 1} atoms "
+            f"exceed the kernel's keys (< {KEY_BASE // 2} cells, < 2^27 atoms); use backend='numba'"
+        )
+    half = KEY_BASE // 2
+    m = np.asarray(proj_shifts, dtype=np.int64) + half
+    return ((np.asarray(proj_atoms, dtype=np.int64) * KEY_BASE + m[:, 0]) * KEY_BASE + m[:, 1]) * KEY_BASE + m[:, 2]
+
+
+def operator_contract(
+    pairs: np.ndarray, shifts: np.ndarray, swap: np.ndarray, species: np.ndarray, proj_atoms: np.ndarray,
+    proj_shifts: np.ndarray, proj_ptr: np.ndarray, entry_row: np.ndarray, entry_rows: np.ndarray, entry_cols: np.ndarray,
+    packed: np.ndarray, operators: np.ndarray, energies: np.ndarray, order: np.ndarray, n_orb: np.ndarray,
+    block_ptr: np.ndarray, out: np.ndarray | None = None, *, isa: str | None = None, threads: int | None = None,
+) -> np.ndarray:
+    """As :func:`hforge.ops.two_centre.reference.operator_contract`, in the dtype of ``packed``
+    (float32 or float64), written into ``out`` (contiguous, that dtype; no copy) when given.
+
+    Args:
+        isa: the instruction set (a key of :data:`hforge.ops._cpu.ISAS`); None: the best one here
+            (or ``HFORGE_CPU_ISA``'s).
+        threads: None: torch's thread count (the prediction's, :func:`hforge.infer.report.thread_count`).
+
+    Raises:
+        InputError: ``packed`` neither float32 nor float64, a width over 256 columns, or an ``out``
+            of another dtype or size.
+        BackendUnavailableError: the library is not built here, or lacks ``isa``.
+    """
+    library = load_library()
+    dtype = packed.dtype
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"operator_contract: packed is {dtype}, the cpp kernel takes float32 or float64")
+    if packed.shape[1] > 256:
+        raise InputError(f"operator_contract: {packed.shape[1]} projector columns, the cpp kernel takes up to 256")
+    n_out = int(block_ptr[-1])
+    if out is None:
+        out = np.empty(n_out, dtype=dtype)
+    elif out.dtype != dtype or out.shape != (n_out,) or not out.flags.c_contiguous:
+        raise InputError(f"operator_contract: out must be a contiguous ({n_out},) {dtype} array, got {out.shape} {out.dtype}")
+    arrays = {
+        "pairs": _i64(pairs), "shifts": _i64(shifts), "swap": np.ascontiguousarray(swap, dtype=np.uint8),
+        "species": _i64(species), "proj_atoms": _i64(proj_atoms), "proj_keys": entry_keys(proj_atoms, proj_shifts, shifts),
+        "proj_ptr": _i64(proj_ptr),
+        "entry_row": _i64(entry_row), "entry_rows": _i64(entry_rows), "entry_cols": _i64(entry_cols),
+        "packed": np.ascontiguousarray(packed),
+        "operators_t": np.ascontiguousarray(np.asarray(operators, dtype=dtype).transpose(0, 2, 1)),
+        "energies": np.ascontiguousarray(energies, dtype=dtype), "order": _i64(order), "n_orb": _i64(n_orb),
+        "block_ptr": _i64(block_ptr), "out": out,
+    }
+    n_pairs = arrays["pairs"].shape[1]
+    if n_pairs == 0:
+        return out
+    args = ContractArgs(
+        n_pairs=n_pairs, n_atoms=len(arrays["species"]), width=packed.shape[1], n_op=arrays["operators_t"].shape[1],
+        rows_pad=arrays["order"].shape[1], energy_stride=arrays["energies"].shape[1],
+        max_entries=max(1, int(np.diff(arrays["proj_ptr"]).max(initial=0))),
+        **{name: array.ctypes.data for name, array in arrays.items()},
+    )
+    n_threads = torch.get_num_threads() if threads is None else threads
+    function = library.lib.hforge_operator_contract_f32 if dtype == np.float32 else library.lib.hforge_operator_contract_f64
+    status = function(ctypes.byref(args), ISAS[isa] if isa else ISAS[library.isa], n_threads, min(n_pairs, 64 * n_threads))
+    if status == 2:
+        raise BackendUnavailableError(f"operator_contract: instruction set {isa} is not in {library.path} or not on this CPU")
+    if status != 0:
+        raise RuntimeError(f"operator_contract (cpp, {isa or library.isa}): {_STATUS.get(status, f'status {status}')}")
+    return out

@@ -1,0 +1,147 @@
+// The C entry points of libhforge_cpu (loaded by hforge/ops/_cpu.py with ctypes): the instruction
+// set chosen at run time from what the CPU supports (builds of operator_contract_isa.cpp for each
+// ISA CMake compiled), the pairs split into chunks taken by n_threads threads (the caller's thread
+// count; each pair is computed by one thread in a fixed order, so the result's bits do not depend
+// on the number of threads or on which thread takes which chunk).
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "operator_contract.h"
+
+#define HFORGE_DECLARE_ISA(isa)                                                                                 \
+  extern "C" void hforge_contract_f32_##isa(const HForgeContractArgs*, int64_t, int64_t, const HForgeContractScratch*); \
+  extern "C" void hforge_contract_f64_##isa(const HForgeContractArgs*, int64_t, int64_t, const HForgeContractScratch*);
+
+HFORGE_DECLARE_ISA(generic)
+#ifdef HFORGE_HAVE_AVX2
+HFORGE_DECLARE_ISA(avx2)
+#endif
+#ifdef HFORGE_HAVE_AVX512
+HFORGE_DECLARE_ISA(avx512)
+#endif
+
+namespace {
+
+enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+bool supported(int isa) {
+  switch (isa) {
+    case kGeneric: return true;
+#ifdef HFORGE_HAVE_AVX2
+    case kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+#ifdef HFORGE_HAVE_AVX512
+    case kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    default: return false;
+  }
+}
+
+int best_isa() {
+  for (int isa = kAvx512; isa > kGeneric; --isa)
+    if (supported(isa)) return isa;
+  return kGeneric;
+}
+
+using RangeFunction = void (*)(const HForgeContractArgs*, int64_t, int64_t, const HForgeContractScratch*);
+
+template <typename T>
+RangeFunction range_function(int isa);
+
+template <>
+RangeFunction range_function<float>(int isa) {
+  switch (isa) {
+#ifdef HFORGE_HAVE_AVX2
+    case kAvx2: return hforge_contract_f32_avx2;
+#endif
+#ifdef HFORGE_HAVE_AVX512
+    case kAvx512: return hforge_contract_f32_avx512;
+#endif
+    default: return hforge_contract_f32_generic;
+  }
+}
+
+template <>
+RangeFunction range_function<double>(int isa) {
+  switch (isa) {
+#ifdef HFORGE_HAVE_AVX2
+    case kAvx2: return hforge_contract_f64_avx2;
+#endif
+#ifdef HFORGE_HAVE_AVX512
+    case kAvx512: return hforge_contract_f64_avx512;
+#endif
+    default: return hforge_contract_f64_generic;
+  }
+}
+
+struct AlignedBuffer {
+  void* data = nullptr;
+  explicit AlignedBuffer(size_t bytes) {
+    data = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (data == nullptr) throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { std::free(data); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+};
+
+// Status codes: 0 done, 1 out of memory, 2 instruction set not supported here, 3 bad sizes.
+template <typename T>
+int contract(const HForgeContractArgs* A, int isa, int64_t n_threads, int64_t n_chunks) {
+  if (isa < 0) isa = best_isa();
+  if (!supported(isa)) return 2;
+  if (A->width < 1 || A->width > 256 || A->rows_pad < 1 || A->n_op > A->width || A->max_entries < 1) return 3;
+  const RangeFunction run = range_function<T>(isa);
+  const int64_t u_alloc = hforge_u_stride(A->rows_pad, sizeof(T));
+  if (n_chunks < 1) n_chunks = 1;
+  if (n_threads < 1) n_threads = 1;
+  if (n_threads > n_chunks) n_threads = n_chunks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int> status{0};
+  auto work = [&]() {
+    try {
+      AlignedBuffer left(sizeof(T) * A->max_entries * A->width * u_alloc), transposed(sizeof(T) * A->width * u_alloc),
+          block(sizeof(T) * A->rows_pad * u_alloc), matches(sizeof(int64_t) * 2 * (A->max_entries + 1));
+      const HForgeContractScratch scratch{left.data, transposed.data, block.data, static_cast<int64_t*>(matches.data)};
+      for (int64_t c = next++; c < n_chunks; c = next++) {
+        const int64_t begin = c * A->n_pairs / n_chunks, end = (c + 1) * A->n_pairs / n_chunks;
+        run(A, begin, end, &scratch);
+      }
+    } catch (const std::bad_alloc&) {
+      status = 1;
+      next = n_chunks;
+    }
+  };
+  std::vector<std::thread> threads;
+  try {
+    for (int64_t t = 1; t < n_threads; ++t) threads.emplace_back(work);
+  } catch (...) {  // fewer threads than asked: the ones started (and this one) take every chunk
+  }
+  work();
+  for (auto& thread : threads) thread.join();
+  return status;
+}
+
+}  // namespace
+
+extern "C" {
+int hforge_cpu_abi_version() { return HFORGE_CPU_ABI_VERSION; }
+
+// The instruction set `isa` (-1: the best one here) as 0 generic, 1 AVX2, 2 AVX-512, or -1 when
+// this library was built without it or the CPU lacks it.
+int hforge_cpu_isa(int isa) {
+  if (isa < 0) return best_isa();
+  return supported(isa) ? isa : -1;
+}
+
+int hforge_operator_contract_f32(const HForgeContractArgs* args, int isa, int64_t n_threads, int64_t n_chunks) {
+  return contract<float>(args, isa, n_threads, n_chunks);
+}
+
+int hforge_operator_contract_f64(const HForgeContractArgs* args, int isa, int64_t n_threads, int64_t n_chunks) {
+  return contract<double>(args, isa, n_threads, n_chunks);
+}
+}
