@@ -1,5 +1,6 @@
-"""conv_messages (MACE's channel-wise convolution, summed into receivers): the numba kernel against
-the e3nn module itself (the reference) on random tensor products, graphs and both float dtypes."""
+"""conv_messages (MACE's channel-wise convolution, summed into receivers): the numba and compiled (cpp)
+kernels against the e3nn module itself (the reference) on random tensor products, graphs and both
+float dtypes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 
 from hforge._compat import import_e3nn
 from hforge.errors import InputError
+from hforge.ops._cpu import ISAS
+from hforge.ops.backends import backend_status
 from hforge.ops.conv_messages import conv_messages, conv_program
 
 import_e3nn()
@@ -70,8 +73,52 @@ def test_numba_kernel_equals_the_e3nn_module(channels, l_in, l_sh, l_out, n_node
         assert not torch.equal(want, start)  # the messages were added
 
 
+def _cpp_isas() -> list[str]:
+    from hforge.ops._cpu import load_library
+
+    if not backend_status()["cpp"].available:  # tests/test_backends.py fails on that under CI
+        return []
+    return [name for name, code in ISAS.items() if load_library().lib.hforge_cpu_isa(code) >= 0]
+
+
+@pytest.mark.parametrize("isa", _cpp_isas())
+@settings(max_examples=10, deadline=None)
+@given(
+    channels=st.sampled_from([1, 3, 4, 8, 9, 16, 32]),
+    l_in=st.integers(0, 3),
+    l_sh=st.integers(0, 3),
+    l_out=st.integers(0, 3),
+    n_nodes=st.integers(1, 12),
+    n_edges=st.integers(1, 60),
+    double=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_cpp_kernel_equals_the_e3nn_module(isa, channels, l_in, l_sh, l_out, n_nodes, n_edges, double, seed):
+    """The compiled kernel of every instruction set built here (channels in whole vectors or not) = e3nn's
+    tensor product + ``index_add_``, and the same bits for 1, 2 or 3 threads."""
+    from hforge.ops.conv_messages.cpp import conv_messages_cpp
+
+    dtype = torch.float64 if double else torch.float32
+    tp = uvu_product(channels, l_in, l_sh, l_out, dtype)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_nodes, tp.irreps_in1.dim, generator=generator, dtype=dtype)
+    Y = torch.randn(n_edges, tp.irreps_in2.dim, generator=generator, dtype=dtype)
+    weights = torch.randn(n_edges, tp.weight_numel, generator=generator, dtype=dtype)
+    sender, receiver = torch.randint(0, n_nodes, (2, n_edges), generator=generator)
+    start = torch.randn(n_nodes, tp.irreps_out.dim, generator=generator, dtype=dtype)
+    with torch.no_grad():
+        want = conv_messages(tp, x, Y, weights, sender, receiver, start.clone(), backend="torch")
+        edges = (conv_program(tp), x, Y, weights, sender, receiver)
+        got = conv_messages_cpp(*edges, start.clone(), isa=isa, threads=1)
+        for threads in (2, 3):
+            assert torch.equal(conv_messages_cpp(*edges, start.clone(), isa=isa, threads=threads), got)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=(1e-5 if dtype == torch.float32 else 1e-12) * scale)
+
+
 def test_auto_backend_keeps_gradients_and_runs_the_same_sums():
-    """With inputs that need gradients ``auto`` takes the reference (autograd), and ``numba`` by name refuses."""
+    """With inputs that need gradients ``auto`` takes the reference (autograd), and ``numba`` or ``cpp`` by
+    name refuses; without, ``auto`` (the compiled kernel where it is built) gives the same sums."""
     tp = uvu_product(4, 2, 2, 2)
     x = torch.randn(5, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
     Y = torch.randn(20, tp.irreps_in2.dim, dtype=torch.float64)
@@ -80,8 +127,9 @@ def test_auto_backend_keeps_gradients_and_runs_the_same_sums():
     out = conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros(5, tp.irreps_out.dim, dtype=torch.float64))
     (grad,) = torch.autograd.grad(out.sum(), x)
     assert float(grad.abs().max()) > 0
-    with pytest.raises(InputError, match="no gradient"):  # asked for by name, the kernel refuses
-        conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros_like(out.detach()), backend="numba")
+    for backend in ("numba", *(["cpp"] if backend_status()["cpp"].available else [])):
+        with pytest.raises(InputError, match="no gradient"):  # asked for by name, the kernel refuses
+            conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros_like(out.detach()), backend=backend)
     with torch.no_grad():
         fused = conv_messages(tp, x, Y, weights, sender, receiver, torch.zeros_like(out))
     torch.testing.assert_close(fused, out.detach(), rtol=0, atol=1e-12 * float(out.abs().max()))

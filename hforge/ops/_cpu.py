@@ -20,9 +20,9 @@ from pathlib import Path
 import hforge
 from hforge.errors import BackendUnavailableError
 
-__all__ = ["ABI_VERSION", "ISAS", "ContractArgs", "CpuLibrary", "load_library", "requested_isa"]
+__all__ = ["ABI_VERSION", "ISAS", "ContractArgs", "ConvArgs", "CpuLibrary", "load_library", "requested_isa"]
 
-ABI_VERSION = 1  # HFORGE_CPU_ABI_VERSION of kernels/cpu/operator_contract.h
+ABI_VERSION = 2  # HFORGE_CPU_ABI_VERSION of kernels/cpu/operator_contract.h
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _LIBRARY = {"darwin": "libhforge_cpu.dylib", "win32": "hforge_cpu.dll"}.get(sys.platform, "libhforge_cpu.so")
 _SOURCES = Path(__file__).resolve().parents[2] / "kernels" / "cpu"
@@ -38,6 +38,19 @@ class ContractArgs(ctypes.Structure):
         (name, _PTR) for name in (
             "pairs", "shifts", "swap", "species", "proj_atoms", "proj_keys", "proj_ptr", "entry_row", "entry_rows",
             "entry_cols", "packed", "operators_t", "energies", "order", "n_orb", "block_ptr", "out",
+        )
+    ]
+
+
+class ConvArgs(ctypes.Structure):
+    """``HForgeConvArgs`` of kernels/cpu/conv_messages.h (sizes, then array addresses)."""
+
+    _fields_ = [
+        (name, _I64) for name in ("channels", "n_instructions", "dim_in1", "dim_in2", "dim_out", "weight_numel", "n_chunks")
+    ] + [
+        (name, _PTR) for name in (
+            "chunk_ptr", "order", "edge_receiver", "sender_rows", "l1", "l2", "l3", "in1_offset", "in2_offset", "out_offset",
+            "weight_offset", "cg_offset", "cg_row_stride", "path_weight", "cg_dense", "x", "Y", "w", "out",
         )
     ]
 
@@ -99,7 +112,10 @@ def load_library() -> CpuLibrary:
     lib.hforge_cpu_isa.argtypes = [ctypes.c_int]
     lib.hforge_cpu_isa.restype = ctypes.c_int
     for function in (lib.hforge_operator_contract_f32, lib.hforge_operator_contract_f64):
-        function.argtypes = [ctypes.POINTER(ContractArgs), ctypes.c_int, _I64, _I64]
+        function.argtypes = [ctypes.POINTER(ContractArgs), ctypes.c_int, _I64, _I64, _PTR]
+        function.restype = ctypes.c_int
+    for function in (lib.hforge_conv_messages_f32, lib.hforge_conv_messages_f64):
+        function.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_int, _I64]
         function.restype = ctypes.c_int
     wanted = requested_isa()
     code = lib.hforge_cpu_isa(ISAS[wanted] if wanted else -1)

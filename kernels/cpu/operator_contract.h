@@ -15,7 +15,7 @@
 #pragma once
 #include <cstdint>
 
-#define HFORGE_CPU_ABI_VERSION 1
+#define HFORGE_CPU_ABI_VERSION 2
 
 extern "C" {
 struct HForgeContractArgs {

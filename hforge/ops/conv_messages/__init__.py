@@ -12,6 +12,8 @@ the nonzero CG entries of every instruction, its offsets and path weight); backe
 ``reference``: the module itself on gathered features, then ``index_add_`` (the oracle).
 ``numba``: gather, product and sum fused, parallel over receivers (no ``(E, dim_out)`` temporary),
 forward only (inference; training takes the reference, which autograd differentiates).
+``cpp``: the same fusion compiled (``kernels/cpu/conv_messages_isa.cpp``, SIMD over channels, every
+output's accumulators in registers), forward only; both kernels run on a :class:`ReceiverPlan`.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import_e3nn()  # before e3nn's first import (hforge/_compat.py)
 
 from e3nn import o3  # noqa: E402
 
-__all__ = ["ConvProgram", "conv_messages", "conv_program"]
+__all__ = ["ConvProgram", "ReceiverPlan", "conv_messages", "conv_program", "receiver_plan"]
 
-_IMPLEMENTED = ("numba", "torch")
+_IMPLEMENTED = ("cpp", "numba", "torch")
+CPP_MAX_DEGREE = 7  # kernels/cpu/conv_messages_isa.cpp: kMaxDegree
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +45,7 @@ class ConvProgram:
     Attributes:
         channels: the multiplicity ``u`` of every input-1 and output irrep.
         dim_in1, dim_in2, dim_out, weight_numel: the e3nn dimensions.
-        l1, l3: ``(I,)`` degrees of every instruction's input-1 and output irrep.
+        l1, l2, l3: ``(I,)`` degrees of every instruction's input-1, input-2 (``Y``) and output irrep.
         in1_offset, in2_offset, out_offset, weight_offset: ``(I,)`` where each starts.
         path_weight: ``(I,)`` e3nn's normalization of every instruction.
         cg_ptr: ``(I + 1,)`` rows of every instruction in ``cg_i, cg_j, cg_k, cg_val`` (its nonzero
@@ -55,6 +58,7 @@ class ConvProgram:
     dim_out: int
     weight_numel: int
     l1: np.ndarray
+    l2: np.ndarray
     l3: np.ndarray
     in1_offset: np.ndarray
     in2_offset: np.ndarray
@@ -86,7 +90,7 @@ def conv_program(tp: Any) -> ConvProgram:
         raise InputError(f"conv_messages: {tp} is not a channel-wise convolution with per-edge weights")
     channels = muls.pop()
     s1, s2, so = in1.slices(), in2.slices(), out.slices()
-    rows: dict[str, list] = {name: [] for name in ("l1", "l3", "o1", "o2", "oo", "ow", "pw", "count", "i", "j", "k", "v")}
+    rows: dict[str, list] = {name: [] for name in ("l1", "l2", "l3", "o1", "o2", "oo", "ow", "pw", "count", "i", "j", "k", "v")}
     weight = 0
     for ins in tp.instructions:
         if ins.connection_mode != "uvu" or not ins.has_weight:
@@ -97,6 +101,7 @@ def conv_program(tp: Any) -> ConvProgram:
         i, j, k = np.nonzero(np.abs(cg) > 1e-14)
         for name, value in (
             ("l1", l1),
+            ("l2", l2),
             ("l3", l3),
             ("o1", s1[ins.i_in1].start),
             ("o2", s2[ins.i_in2].start),
@@ -119,6 +124,7 @@ def conv_program(tp: Any) -> ConvProgram:
         dim_out=out.dim,
         weight_numel=weight,
         l1=i64(rows["l1"]),
+        l2=i64(rows["l2"]),
         l3=i64(rows["l3"]),
         in1_offset=i64(rows["o1"]),
         in2_offset=i64(rows["o2"]),
@@ -133,6 +139,84 @@ def conv_program(tp: Any) -> ConvProgram:
     )
     _PROGRAMS[key] = (tp, program)
     return program
+
+
+@dataclass(frozen=True, eq=False)
+class ReceiverPlan:
+    """What the fused kernels take (numpy, one float dtype): the rows of ``x`` the edges send from,
+    gathered and channel-last inside every irrep (``features[row, offset + m * C + u]``), the edges
+    ordered by receiver (a stable sort: each receiver sums its edges in their given order, the same bits
+    for any thread count), chunks of ``order`` that never split a receiver (one writer per output row),
+    and ``messages`` (zeros, channel-last) for the receivers this call touches."""
+
+    program: ConvProgram
+    features: np.ndarray
+    Y: np.ndarray
+    weights: np.ndarray
+    sender_rows: np.ndarray
+    order: np.ndarray
+    edge_receiver: np.ndarray
+    chunk_ptr: np.ndarray
+    receivers: torch.Tensor
+    path_weight: np.ndarray
+    cg_val: np.ndarray
+    messages_tensor: torch.Tensor
+
+    @property
+    def messages(self) -> np.ndarray:
+        return self.messages_tensor.numpy()
+
+    def add_to(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` with the summed messages added to the receivers' rows (e3nn layout), in place."""
+        p = self.program
+        messages = _channel_last(self.messages_tensor, p.l3, p.out_offset, p.channels, inverse=True)
+        return out.index_add_(0, self.receivers, messages)
+
+
+def _channel_last(values: torch.Tensor, degrees: np.ndarray, offsets: np.ndarray, channels: int, inverse: bool) -> torch.Tensor:
+    """e3nn's mul-major irreps ``[offset + u * d + m]`` <-> channel-last ``[offset + m * C + u]``."""
+    out = torch.empty_like(values)
+    for l, offset in sorted(set(zip(degrees.tolist(), offsets.tolist()))):
+        d = 2 * l + 1
+        block = values[:, offset : offset + d * channels]
+        shape = (len(values), d, channels) if inverse else (len(values), channels, d)
+        out[:, offset : offset + d * channels] = block.reshape(shape).transpose(1, 2).reshape(len(values), -1)
+    return out
+
+
+def receiver_plan(
+    program: ConvProgram, x: torch.Tensor, Y: torch.Tensor, weights: torch.Tensor, sender: torch.Tensor,
+    receiver: torch.Tensor, dtype: torch.dtype, n_chunks: int,
+) -> ReceiverPlan:
+    """The :class:`ReceiverPlan` of ``E >= 1`` edges in ``dtype``, about ``n_chunks`` chunks of equal edge
+    counts: only the rows this call touches (senders gathered, receivers compacted: work and memory of
+    the edges, not of the cell, for calls on chunks of a large cell's edges)."""
+    senders, sender_rows = torch.unique(sender.to(torch.int64), return_inverse=True)
+    receivers, receiver_rows = torch.unique(receiver.to(torch.int64), return_inverse=True)
+    receiver_np = receiver_rows.numpy()
+    order = np.argsort(receiver_np, kind="stable")
+    edge_receiver = np.ascontiguousarray(receiver_np[order])
+    n_edges = len(order)
+    n_chunks = max(1, min(n_edges, n_chunks))
+    cuts = (np.arange(1, n_chunks) * n_edges) // n_chunks
+    cuts = np.searchsorted(edge_receiver, edge_receiver[cuts], side="left")  # moved to the next receiver change
+    as_np = lambda t: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
+    real = np.float32 if dtype == torch.float32 else np.float64
+    features = _channel_last(x.detach()[senders].to(dtype), program.l1, program.in1_offset, program.channels, inverse=False)
+    return ReceiverPlan(
+        program=program,
+        features=features.numpy(),
+        Y=as_np(Y),
+        weights=as_np(weights),
+        sender_rows=sender_rows.numpy(),
+        order=order.astype(np.int64),
+        edge_receiver=edge_receiver,
+        chunk_ptr=np.unique(np.concatenate([[0], cuts, [n_edges]])).astype(np.int64),
+        receivers=receivers,
+        path_weight=program.path_weight.astype(real),
+        cg_val=program.cg_val.astype(real),
+        messages_tensor=torch.zeros(len(receivers), program.dim_out, dtype=dtype),
+    )
 
 
 def conv_messages(
@@ -155,18 +239,27 @@ def conv_messages(
         Y: ``(E, dim_in2)`` edge attributes (spherical harmonics).
         weights: ``(E, weight_numel)`` per-edge path weights.
         sender, receiver: ``(E,)`` int64 rows of ``x`` and of ``out``.
-        backend: ``"auto"``, ``"numba"`` (no gradient) or ``"torch"``.
+        backend: ``"auto"``, ``"cpp"`` or ``"numba"`` (no gradient, float32/float64), or ``"torch"``.
     """
     name = resolve_backend(backend, on_gpu=x.is_cuda, implemented=_IMPLEMENTED, op="conv_messages")
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, Y, weights, out))
-    if name == "numba" and needs_grad:
-        if backend != "auto":  # the kernel has no backward: it would drop the gradient silently
-            raise InputError("conv_messages: the numba backend has no gradient; use backend='torch' or 'auto'")
+    if name in ("cpp", "numba") and needs_grad:
+        if backend != "auto":  # the kernels have no backward: they would drop the gradient silently
+            raise InputError(f"conv_messages: the {name} backend has no gradient; use backend='torch' or 'auto'")
         name = "torch"
     if name == "torch":
         from hforge.ops.conv_messages.reference import conv_messages_reference
 
         return conv_messages_reference(tp, x, Y, weights, sender, receiver, out)
+    program = conv_program(tp)
+    if name == "cpp" and max(int(program.l1.max(initial=0)), int(program.l3.max(initial=0))) > CPP_MAX_DEGREE:
+        if backend != "auto":
+            raise InputError(f"conv_messages: the cpp kernel takes degrees up to {CPP_MAX_DEGREE}; use backend='numba'")
+        name = "numba"
+    if name == "cpp":
+        from hforge.ops.conv_messages.cpp import conv_messages_cpp
+
+        return conv_messages_cpp(program, x, Y, weights, sender, receiver, out)
     from hforge.ops.conv_messages.numba import conv_messages_numba
 
-    return conv_messages_numba(conv_program(tp), x, Y, weights, sender, receiver, out)
+    return conv_messages_numba(program, x, Y, weights, sender, receiver, out)

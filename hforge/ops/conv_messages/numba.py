@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hforge._numba import numba  # its threads started, torch's thread count kept (hforge/_numba.py)
-from hforge.ops.conv_messages import ConvProgram
+from hforge.ops.conv_messages import ConvProgram, receiver_plan
 
 __all__ = ["conv_messages_numba"]
 
@@ -76,17 +76,6 @@ def _conv_messages(
                         out[r, row + u] += scale[u] * part[b, u]
 
 
-def _channel_last(values: torch.Tensor, degrees: np.ndarray, offsets: np.ndarray, channels: int, inverse: bool) -> torch.Tensor:
-    """e3nn's mul-major irreps ``[offset + u * d + m]`` <-> channel-last ``[offset + m * C + u]``."""
-    out = torch.empty_like(values)
-    for l, offset in sorted(set(zip(degrees.tolist(), offsets.tolist()))):
-        d = 2 * l + 1
-        block = values[:, offset : offset + d * channels]
-        shape = (len(values), d, channels) if inverse else (len(values), channels, d)
-        out[:, offset : offset + d * channels] = block.reshape(shape).transpose(1, 2).reshape(len(values), -1)
-    return out
-
-
 def conv_messages_numba(
     program: ConvProgram,
     x: torch.Tensor,
@@ -99,47 +88,12 @@ def conv_messages_numba(
     """As :func:`hforge.ops.conv_messages.conv_messages` (CPU tensors of one float dtype, no gradient)."""
     if sender.numel() == 0:
         return out
-    dtype = out.dtype
-    # only the rows this call touches: senders gathered and receivers compacted (work and memory of
-    # the edges, not of the cell: calls on chunks of a large cell's edges)
-    senders, sender_rows = torch.unique(sender.to(torch.int64), return_inverse=True)
-    receivers, receiver_rows = torch.unique(receiver.to(torch.int64), return_inverse=True)
-    receiver_np = receiver_rows.numpy()
-    order = np.argsort(receiver_np, kind="stable")
-    edge_receiver = np.ascontiguousarray(receiver_np[order])
-    n_edges = len(order)
-    n_chunks = max(1, min(n_edges, 16 * numba.get_num_threads()))
-    cuts = (np.arange(1, n_chunks) * n_edges) // n_chunks
-    # chunk boundaries moved to the next receiver change: one writer per receiver row
-    cuts = np.searchsorted(edge_receiver, edge_receiver[cuts], side="left")
-    chunk_ptr = np.unique(np.concatenate([[0], cuts, [n_edges]])).astype(np.int64)
-    as_np = lambda t: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
-    real = np.float32 if dtype == torch.float32 else np.float64
+    plan = receiver_plan(program, x, Y, weights, sender, receiver, out.dtype, 16 * numba.get_num_threads())
     p = program
-    features = _channel_last(x.detach()[senders].to(dtype), p.l1, p.in1_offset, p.channels, inverse=False)
-    messages = out.new_zeros(len(receivers), out.shape[1])
     with numba.parallel_chunksize(1):
         _conv_messages(
-            features.numpy(),
-            as_np(Y),
-            as_np(weights),
-            sender_rows.numpy(),
-            order.astype(np.int64),
-            chunk_ptr,
-            edge_receiver,
-            p.channels,
-            p.l1,
-            p.l3,
-            p.in1_offset,
-            p.in2_offset,
-            p.out_offset,
-            p.weight_offset,
-            p.path_weight.astype(real),
-            p.cg_ptr,
-            p.cg_i,
-            p.cg_j,
-            p.cg_k,
-            p.cg_val.astype(real),
-            messages.numpy(),
+            plan.features, plan.Y, plan.weights, plan.sender_rows, plan.order, plan.chunk_ptr, plan.edge_receiver,
+            p.channels, p.l1, p.l3, p.in1_offset, p.in2_offset, p.out_offset, p.weight_offset, plan.path_weight,
+            p.cg_ptr, p.cg_i, p.cg_j, p.cg_k, plan.cg_val, plan.messages,
         )
-    return out.index_add_(0, receivers, _channel_last(messages, p.l3, p.out_offset, p.channels, inverse=True))
+    return plan.add_to(out)

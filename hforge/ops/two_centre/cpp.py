@@ -1,6 +1,7 @@
 """Compiled CPU kernel of the separable operator's contraction (``kernels/cpu``, C++17 SIMD, threads).
 
-``operator_contract``: the pairs in chunks taken by the prediction's threads (torch's thread count);
+``operator_contract``: the pairs in chunks of whole owner runs (:func:`operator_chunks`) taken by the
+prediction's threads (torch's thread count);
 per pair, the owner atom's rows ``[P D_k, P_KB E_k]`` once per run of pairs with the same owner, kept
 transposed, and for each common projector entry (a branch-free merge of the two sorted lists of entry
 keys, :func:`entry_keys`) the
@@ -20,7 +21,7 @@ import torch
 from hforge.errors import BackendUnavailableError, InputError
 from hforge.ops._cpu import ISAS, ContractArgs, load_library
 
-__all__ = ["entry_keys", "operator_contract"]
+__all__ = ["entry_keys", "operator_chunks", "operator_contract"]
 
 KEY_BASE = 4096  # kernels/cpu/operator_contract.h: 12 bits per image component, 27 for the atom
 
@@ -49,6 +50,17 @@ def entry_keys(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.
     half = KEY_BASE // 2
     m = np.asarray(proj_shifts, dtype=np.int64) + half
     return ((np.asarray(proj_atoms, dtype=np.int64) * KEY_BASE + m[:, 0]) * KEY_BASE + m[:, 1]) * KEY_BASE + m[:, 2]
+
+
+def operator_chunks(owners: np.ndarray, n_threads: int, per_thread: int = 8) -> np.ndarray:
+    """``(C + 1,)`` int64 bounds of the chunks of pairs the threads take: about ``per_thread`` chunks per
+    thread of equal pair counts, each bound moved to the start of a run of pairs with the same owner
+    (``owners (E,)``), so that no owner's ``P D_k`` rows are computed twice at a bound."""
+    n_pairs = len(owners)
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    wanted = np.arange(0, n_pairs, max(1, -(-n_pairs // (per_thread * max(1, n_threads)))))
+    bounds = np.unique(starts[np.minimum(np.searchsorted(starts, wanted), len(starts) - 1)])
+    return np.r_[bounds, n_pairs].astype(np.int64)
 
 
 def operator_contract(
@@ -102,7 +114,10 @@ def operator_contract(
     )
     n_threads = torch.get_num_threads() if threads is None else threads
     function = library.lib.hforge_operator_contract_f32 if dtype == np.float32 else library.lib.hforge_operator_contract_f64
-    status = function(ctypes.byref(args), ISAS[isa] if isa else ISAS[library.isa], n_threads, min(n_pairs, 64 * n_threads))
+    chunks = operator_chunks(np.where(arrays["swap"], arrays["pairs"][1], arrays["pairs"][0]), n_threads)
+    status = function(
+        ctypes.byref(args), ISAS[isa] if isa else ISAS[library.isa], n_threads, len(chunks) - 1, chunks.ctypes.data
+    )
     if status == 2:
         raise BackendUnavailableError(f"operator_contract: instruction set {isa} is not in {library.path} or not on this CPU")
     if status != 0:
