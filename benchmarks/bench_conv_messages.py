@@ -1,5 +1,6 @@
 """MACE's channel-wise convolution summed into receivers (the trunk's ``conv_tp``): hforge's fused
-numba kernel against e3nn's module + ``index_add_`` (mace-torch's own path, and the op's reference).
+kernels (the compiled ``cpp`` one, which ``auto`` takes where it is built, and numba) against e3nn's
+module + ``index_add_`` (mace-torch's own path, and the op's reference).
 
     .venv/bin/python -m pytest benchmarks/bench_conv_messages.py --benchmark-only --benchmark-group-by=param:n_edges
 
@@ -10,7 +11,7 @@ runs in chunks of 4,096 edges (as the trunk did before the kernel: one call on 4
 hold a 2.5 GB message tensor).  cuequivariance-torch's CPU path is not a peer here: on the CPU it
 is slower than e3nn on the CG blocks (bench_cg_blocks.py), so e3nn is the strongest baseline at
 hand.  Sizes: 2x10^4 edges (small), 4x10^5 (full: a 10^4-atom cell's interaction edges).
-``extra_info``: ``ratio_*`` (e3nn / hforge per interleaved round).
+``extra_info``: ``ratio_*`` (e3nn / hforge per interleaved round; for ``cpp-vs-numba``, numba / cpp).
 """
 
 from __future__ import annotations
@@ -57,11 +58,20 @@ def _run(case: SimpleNamespace, backend: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n_edges", sizes([20_000], [400_000]))
-def test_hforge_numba_against_e3nn(benchmark, n_edges):
+@pytest.mark.parametrize("pair", ["numba-vs-e3nn", "cpp-vs-e3nn", "cpp-vs-numba"])
+def test_hforge_against_e3nn(benchmark, n_edges, pair):
+    from hforge.ops.backends import backend_status
+
+    mine, peer = pair.split("-vs-")
+    backends = {"e3nn": "torch", "numba": "numba", "cpp": "cpp"}
+    if "cpp" in (mine, peer) and not backend_status()["cpp"].available:
+        pytest.skip(f"the cpp backend is unavailable here: {backend_status()['cpp'].reason}")
     benchmark.group = "conv_messages"
     case = _case(n_edges)
-    want, got = _run(case, "torch"), _run(case, "numba")
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
-    ratio = interleaved(benchmark, lambda: _run(case, "torch"), lambda: _run(case, "numba"))
+    want = _run(case, "torch")
+    for backend in (backends[mine], backends[peer]):
+        got = _run(case, backend)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    ratio = interleaved(benchmark, lambda: _run(case, backends[peer]), lambda: _run(case, backends[mine]))
     if ratio is not None:
-        print(f"\n{n_edges} edges: e3nn / hforge-numba {ratio}")
+        print(f"\n{n_edges} edges: {peer} / hforge-{mine} {ratio}")

@@ -59,7 +59,10 @@ def test_each_command_installs_its_extras_and_the_stamp_keeps_the_union(checkout
     assert (checkout / ".venv" / ".hforge-installed").read_text().strip() == "bench,dev,dft"
 
 
-@pytest.mark.parametrize("edited", ["kernels/assemble.cu", "kernels/hforge_cuda.h", "pyproject.toml", "scripts/setup.sh"])
+@pytest.mark.parametrize(
+    "edited",
+    ["kernels/assemble.cu", "kernels/hforge_cuda.h", "kernels/cpu/conv_messages_isa.cpp", "pyproject.toml", "scripts/setup.sh"],
+)
 def test_an_edited_input_reinstalls(checkout, edited):
     _setup(checkout, "dev")
     _age_stamp(checkout)
@@ -80,11 +83,13 @@ def _configure(tmp_path: Path, *options: str, path: str | None = None) -> subpro
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_a_wheel_build_needs_no_compiler(tmp_path):
-    """pip's build (HFORGE_BUILD_TESTS=OFF) configures without C++ and, without nvcc, without CUDA."""
+    """pip's build (HFORGE_BUILD_TESTS=OFF) configures without C++ (then without the compiled CPU kernels)
+    and, without nvcc, without CUDA."""
     no_nvcc = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "nvcc").exists())
     done = _configure(tmp_path, "-DHFORGE_BUILD_TESTS=OFF", path=no_nvcc)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nvcc not found, CUDA fatbins skipped" in done.stdout
+    assert "no C++ compiler, libhforge_cpu skipped" in done.stdout  # the numba kernels run instead
     assert not (tmp_path / "build" / "kernels" / "fatbins.json").exists()
 
 
