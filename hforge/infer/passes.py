@@ -127,7 +127,7 @@ class Passes:
                 with timer("assembly"), torch.no_grad():
                     blocks = self._output_blocks(learned, *exact, dtype)
                     plan.fill(blocks, pairs=xp.asarray(batch), indices_out=indices, data_out=data)
-            physics.prepare(None)
+            physics.prepare(None, keep_buffer=k + 1 < n_ranges)
             bar(k + 1)
         bar(None)
         return problem.csr(indices, data)
@@ -370,11 +370,16 @@ class Physics:
         every = np.ones(len(self.arrays.species), dtype=bool)
         return self._separable.pack_nbytes(every, self.dtype) / len(every)
 
-    def prepare(self, edges: np.ndarray | None) -> None:
+    def prepare(self, edges: np.ndarray | None, *, keep_buffer: bool = False) -> None:
         """Pack the projections of the atoms that the pairs ``edges (2, E)`` touch (a range's), for the
-        separable blocks of any of these pairs; None drops them."""
+        separable blocks of any of these pairs; None drops them, ``keep_buffer`` keeps their memory for the
+        next range's pack (:meth:`~hforge.ops.two_centre.separable.SeparableContext.release`: the same
+        bytes as the range just done, so no higher peak)."""
+        if self.model.separable is None:
+            return
+        self._separable.release(self._packed if keep_buffer or edges is not None else None)
         self._packed = None
-        if edges is None or self.model.separable is None:
+        if edges is None:
             return
         touched = np.zeros(len(self.arrays.species), dtype=bool)
         touched[np.asarray(edges).reshape(-1)] = True

@@ -37,7 +37,7 @@ class ContractArgs(ctypes.Structure):
     _fields_ = [(name, _I64) for name in ("n_pairs", "n_atoms", "width", "n_op", "rows_pad", "energy_stride", "max_entries")] + [
         (name, _PTR) for name in (
             "pairs", "shifts", "swap", "species", "proj_atoms", "proj_keys", "proj_ptr", "entry_row", "entry_rows",
-            "entry_cols", "packed", "operators_t", "energies", "order", "n_orb", "block_ptr", "out",
+            "entry_cols", "packed", "operators", "energies", "order", "n_orb", "block_ptr", "out",
         )
     ]
 

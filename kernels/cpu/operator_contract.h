@@ -9,7 +9,7 @@
 //   (k, m); |m + pair shift| < 2048 and k < 2^27, checked by the caller, so that moving an entry by
 //   an image shift n adds (n_x * 4096 + n_y) * 4096 + n_z to its key); entry a's projections are rows
 //   entry_row[a] .. entry_row[a] + entry_rows[a] of packed (rows, width), zero beyond entry_cols[a];
-//   operators_t (N, n_op, n_op): D_k^T of projector atom k; energies (S, energy_stride): the diagonal of
+//   operators (N, n_op, n_op): D_k of projector atom k; energies (S, energy_stride): the diagonal of
 //   the other width - n_op columns, per species of k; order (S, rows_pad): the orbital of each
 //   reach-ordered row (-1: padding); n_orb (S,); block_ptr (E + 1,): the flat output blocks.
 #pragma once
@@ -23,7 +23,7 @@ struct HForgeContractArgs {
   const int64_t *pairs, *shifts;
   const uint8_t *swap;
   const int64_t *species, *proj_atoms, *proj_keys, *proj_ptr, *entry_row, *entry_rows, *entry_cols;
-  const void *packed, *operators_t, *energies;  // float or double, as the function's name says
+  const void *packed, *operators, *energies;  // float or double, as the function's name says
   const int64_t *order, *n_orb, *block_ptr;
   void *out;
 };

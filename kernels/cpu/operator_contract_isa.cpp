@@ -31,9 +31,10 @@ struct Vector {
   static constexpr int lanes = HFORGE_VECTOR_BYTES / sizeof(T);
 };
 
-// out[v] += sum_p R[v, p] * L^T[p] for VT rows v of the other atom (one vector of owner rows).
-template <typename T, int VT>
-static inline void outer_tile(const T* lt, int64_t u_stride, const T* right, int64_t width, int64_t cols, T* out) {
+// out[v] += sum_p R[v, p] * L^T[p] for VT rows v of the other atom (one vector of owner rows);
+// R[v, p] at right[v * stride + p], or at right[v + p * stride] with ByColumn (R stored transposed).
+template <typename T, int VT, bool ByColumn>
+static inline void outer_tile(const T* lt, int64_t u_stride, const T* right, int64_t stride, int64_t cols, T* out) {
   typedef typename Vector<T>::type V;
   V acc[VT];
 #pragma GCC unroll 32
@@ -41,21 +42,21 @@ static inline void outer_tile(const T* lt, int64_t u_stride, const T* right, int
   for (int64_t p = 0; p < cols; ++p) {
     const V l = *reinterpret_cast<const V*>(lt + p * u_stride);
 #pragma GCC unroll 32
-    for (int v = 0; v < VT; ++v) acc[v] += right[v * width + p] * l;
+    for (int v = 0; v < VT; ++v) acc[v] += (ByColumn ? right[v + p * stride] : right[v * stride + p]) * l;
   }
 #pragma GCC unroll 32
   for (int v = 0; v < VT; ++v) *reinterpret_cast<V*>(out + v * u_stride) += acc[v];
 }
 
-template <typename T>
-static void outer_rows(int64_t n_rows, const T* lt, int64_t u_stride, const T* right, int64_t width, int64_t cols, T* out) {
+template <typename T, bool ByColumn = false>
+static void outer_rows(int64_t n_rows, const T* lt, int64_t u_stride, const T* right, int64_t stride, int64_t cols, T* out) {
   for (int64_t v0 = 0; v0 < n_rows; v0 += HFORGE_V_TILE) {
     const int64_t n = n_rows - v0 < HFORGE_V_TILE ? n_rows - v0 : HFORGE_V_TILE;
-    const T* r = right + v0 * width;
+    const T* r = right + (ByColumn ? v0 : v0 * stride);
     T* o = out + v0 * u_stride;
     switch (n) {
 #define HFORGE_TILE_CASE(N) \
-  case N: outer_tile<T, N>(lt, u_stride, r, width, cols, o); break;
+  case N: outer_tile<T, N, ByColumn>(lt, u_stride, r, stride, cols, o); break;
       HFORGE_TILE_CASE(1) HFORGE_TILE_CASE(2) HFORGE_TILE_CASE(3) HFORGE_TILE_CASE(4) HFORGE_TILE_CASE(5)
       HFORGE_TILE_CASE(6) HFORGE_TILE_CASE(7) HFORGE_TILE_CASE(8) HFORGE_TILE_CASE(9) HFORGE_TILE_CASE(10)
       HFORGE_TILE_CASE(11) HFORGE_TILE_CASE(12)
@@ -70,12 +71,12 @@ static void outer_rows(int64_t n_rows, const T* lt, int64_t u_stride, const T* r
 
 // L^T of every entry of `owner` (entry slot a - proj_ptr[owner] at lt + slot * width * u_stride):
 // the entry's packed rows transposed into P^T (width x u_stride), then L^T[q] = sum_p D_k[p, q] P^T[p]
-// for q < n_op (the outer-product tiles, the rows of D_k^T = operators_t[k] broadcast) and E_q P^T[q]
+// for q < n_op (the outer-product tiles, D_k read by columns, each element broadcast) and E_q P^T[q]
 // for the others.
 template <typename T>
 static void owner_left(const HForgeContractArgs& A, int64_t owner, int64_t u_stride, const HForgeContractScratch& scratch) {
   const T* packed = static_cast<const T*>(A.packed);
-  const T* operators_t = static_cast<const T*>(A.operators_t);
+  const T* operators = static_cast<const T*>(A.operators);
   const T* energies = static_cast<const T*>(A.energies);
   T* lt = static_cast<T*>(scratch.left);
   T* pt = static_cast<T*>(scratch.transposed);
@@ -88,8 +89,8 @@ static void owner_left(const HForgeContractArgs& A, int64_t owner, int64_t u_str
       const T* row = packed + (A.entry_row[a] + u) * width;
       for (int64_t p = 0; p < width; ++p) pt[p * u_stride + u] = row[p];
     }
-    const T* dt = operators_t + k * n_op * n_op;
-    for (int64_t u0 = 0; u0 < rows; u0 += lanes) outer_rows<T>(n_op, pt + u0, u_stride, dt, n_op, n_op, L + u0);
+    const T* d = operators + k * n_op * n_op;
+    for (int64_t u0 = 0; u0 < rows; u0 += lanes) outer_rows<T, true>(n_op, pt + u0, u_stride, d, n_op, n_op, L + u0);
     for (int64_t q = n_op; q < width; ++q) {
       const T energy = energies[s * A.energy_stride + q - n_op];
       for (int64_t u = 0; u < u_stride; ++u) L[q * u_stride + u] = energy * pt[q * u_stride + u];

@@ -14,6 +14,7 @@ Each pair is summed by one thread in a fixed order: the bits do not depend on th
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import numpy as np
 import torch
@@ -50,6 +51,22 @@ def entry_keys(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.
     half = KEY_BASE // 2
     m = np.asarray(proj_shifts, dtype=np.int64) + half
     return ((np.asarray(proj_atoms, dtype=np.int64) * KEY_BASE + m[:, 0]) * KEY_BASE + m[:, 1]) * KEY_BASE + m[:, 2]
+
+
+_KEYS: list = [None, None, None, 0]  # weak references to the last entry lists, their keys and reach
+
+
+def _keys_of(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.ndarray) -> np.ndarray:
+    """:func:`entry_keys`, computed once per packed entry list (a range's batches share one: 10^5+
+    entries, milliseconds a call), with the pair shifts' range checked every call."""
+    atoms_ref, shifts_ref, keys, reach = _KEYS
+    if atoms_ref is None or atoms_ref() is not proj_atoms or shifts_ref() is not proj_shifts:
+        keys = entry_keys(proj_atoms, proj_shifts, np.zeros((0, 3), dtype=np.int64))
+        reach = int(np.abs(proj_shifts).max(initial=0))
+        _KEYS[:] = [weakref.ref(proj_atoms), weakref.ref(proj_shifts), keys, reach]
+    if reach + int(np.abs(pair_shifts).max(initial=0)) >= KEY_BASE // 2:
+        entry_keys(proj_atoms, proj_shifts, pair_shifts)  # raises, naming the sizes
+    return keys
 
 
 def operator_chunks(owners: np.ndarray, n_threads: int, per_thread: int = 8) -> np.ndarray:
@@ -95,11 +112,11 @@ def operator_contract(
         raise InputError(f"operator_contract: out must be a contiguous ({n_out},) {dtype} array, got {out.shape} {out.dtype}")
     arrays = {
         "pairs": _i64(pairs), "shifts": _i64(shifts), "swap": np.ascontiguousarray(swap, dtype=np.uint8),
-        "species": _i64(species), "proj_atoms": _i64(proj_atoms), "proj_keys": entry_keys(proj_atoms, proj_shifts, shifts),
+        "species": _i64(species), "proj_atoms": _i64(proj_atoms), "proj_keys": _keys_of(proj_atoms, proj_shifts, shifts),
         "proj_ptr": _i64(proj_ptr),
         "entry_row": _i64(entry_row), "entry_rows": _i64(entry_rows), "entry_cols": _i64(entry_cols),
         "packed": np.ascontiguousarray(packed),
-        "operators_t": np.ascontiguousarray(np.asarray(operators, dtype=dtype).transpose(0, 2, 1)),
+        "operators": np.ascontiguousarray(operators, dtype=dtype),
         "energies": np.ascontiguousarray(energies, dtype=dtype), "order": _i64(order), "n_orb": _i64(n_orb),
         "block_ptr": _i64(block_ptr), "out": out,
     }
@@ -107,7 +124,7 @@ def operator_contract(
     if n_pairs == 0:
         return out
     args = ContractArgs(
-        n_pairs=n_pairs, n_atoms=len(arrays["species"]), width=packed.shape[1], n_op=arrays["operators_t"].shape[1],
+        n_pairs=n_pairs, n_atoms=len(arrays["species"]), width=packed.shape[1], n_op=arrays["operators"].shape[1],
         rows_pad=arrays["order"].shape[1], energy_stride=arrays["energies"].shape[1],
         max_entries=max(1, int(np.diff(arrays["proj_ptr"]).max(initial=0))),
         **{name: array.ctypes.data for name, array in arrays.items()},

@@ -127,6 +127,7 @@ class SeparableContext:
         self.cell = np.asarray(cell, dtype=np.float64)
         self.pbc = pbc
         self.backend = backend
+        self._spare_values: np.ndarray | None = None  # release() keeps, pack() fills again
         self.kb_scale = None if kb_scale is None else float(kb_scale)
 
     @property
@@ -289,16 +290,31 @@ class SeparableContext:
         n = len(layout["rows"])
         return int(layout["entry_rows"].sum()) * self.width * np.dtype(dtype).itemsize + n * 80 + 8 * (len(self.positions) + 1)
 
+    def release(self, packed: PackedProjections | None) -> None:
+        """Keep ``packed``'s values (nothing else holding them) for the next :meth:`pack` to fill again,
+        where they are large enough and of its dtype: memory whose pages are mapped already, zeroed at
+        memory speed, instead of fresh pages faulted in one by one; None lets any kept buffer go."""
+        self._spare_values = None if packed is None else packed.values
+
     def pack(self, atoms_touched: np.ndarray, dtype: Any = np.float64) -> PackedProjections:
         """The :class:`PackedProjections` of the atoms flagged in ``atoms_touched (N,) bool``, ``dtype``
         float32 or float64 (the projections are computed in float64, straight into the packed rows,
-        only those an entry keeps, :data:`PACK_BATCH` entries a step)."""
+        only those an entry keeps, :data:`PACK_BATCH` entries a step), in the buffer :meth:`release`
+        kept where it fits (one that does not is let go before the new one is made)."""
         layout = self._layout(atoms_touched)
         rows, i, k, shift = layout["rows"], layout["i"], layout["k"], layout["shift"]
         si, sk, vectors = layout["si"], layout["sk"], layout["vectors"]
         entry_rows, entry_row, entry_cols = layout["entry_rows"], layout["entry_row"], layout["entry_cols"]
         order, _ = reach_order(self.basis)
-        values = np.zeros((int(entry_rows.sum()), self.width), dtype=dtype)
+        shape = (int(entry_rows.sum()), self.width)
+        spare, self._spare_values = self._spare_values, None
+        fits = spare is not None and spare.dtype == np.dtype(dtype) and spare.flags.c_contiguous
+        if fits and spare.size >= shape[0] * shape[1]:
+            values = spare.reshape(-1)[: shape[0] * shape[1]].reshape(shape)
+            values.fill(0)
+        else:
+            del spare
+            values = np.zeros(shape, dtype=dtype)
         rank = np.full((len(self.basis), int(self.basis.n_orbitals.max())), -1, dtype=np.int64)
         for s in range(len(self.basis)):
             rank[s, order[s][order[s] >= 0]] = np.arange(int((order[s] >= 0).sum()))
