@@ -368,6 +368,27 @@ def test_operator_contract_cpp_refuses_what_it_cannot_take():
             cpp.operator_contract(*args, isa=missing[0])
 
 
+def test_a_released_pack_is_filled_again_with_the_same_values(cell16):
+    """pack() after release() writes into the released buffer (mapped pages, zeroed first) and gives the
+    values of a fresh pack, padding included; a buffer too small or of another dtype is let go."""
+    data, _ = cell16
+    context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc, kb_scale=0.7)
+    every, some = np.ones(len(data.positions), dtype=bool), np.arange(len(data.positions)) < 5
+    fresh_some, fresh_every = context.pack(some, np.float32).values.copy(), context.pack(every, np.float32).values.copy()
+    first = context.pack(every, np.float32)
+    first.values[:] = 7.0  # garbage the refill must clear
+    context.release(first)
+    again = context.pack(some, np.float32)
+    assert np.shares_memory(again.values, first.values)
+    np.testing.assert_array_equal(again.values, fresh_some)
+    context.release(again)
+    bigger = context.pack(every, np.float32)  # the kept buffer holds only `some`'s rows now: a new one
+    assert not np.shares_memory(bigger.values, first.values)
+    np.testing.assert_array_equal(bigger.values, fresh_every)
+    context.release(bigger)
+    assert not np.shares_memory(context.pack(every, np.float64).values, bigger.values)
+
+
 def test_pack_kernels_equal_the_reference(cell16):
     """The numba packing of projection blocks into reach-ordered rows, and the program evaluated straight
     into them (only the rows an entry keeps), equal the reference's, values and padding; the rows left
