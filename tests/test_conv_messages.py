@@ -43,6 +43,17 @@ def uvu_product(channels: int, l_in: int, l_sh: int, l_out: int, dtype: torch.dt
         torch.set_default_dtype(default)
 
 
+def random_graph(tp: o3.TensorProduct, n_nodes: int, n_edges: int, dtype: torch.dtype, seed: int) -> tuple:
+    """Random node features, harmonics, per-edge weights, senders, receivers and a starting ``out``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_nodes, tp.irreps_in1.dim, generator=generator, dtype=dtype)
+    Y = torch.randn(n_edges, tp.irreps_in2.dim, generator=generator, dtype=dtype)
+    weights = torch.randn(n_edges, tp.weight_numel, generator=generator, dtype=dtype)
+    sender, receiver = torch.randint(0, n_nodes, (2, n_edges), generator=generator)
+    start = torch.randn(n_nodes, tp.irreps_out.dim, generator=generator, dtype=dtype)
+    return x, Y, weights, sender, receiver, start
+
+
 @settings(max_examples=10, deadline=None)
 @given(
     channels=st.integers(1, 9),
@@ -58,12 +69,7 @@ def test_numba_kernel_equals_the_e3nn_module(channels, l_in, l_sh, l_out, n_node
     """Forward of the fused kernel = ``index_add_`` of e3nn's own tensor product, added to what ``out`` held."""
     dtype = torch.float64 if double else torch.float32
     tp = uvu_product(channels, l_in, l_sh, l_out, dtype)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_nodes, tp.irreps_in1.dim, generator=generator, dtype=dtype)
-    Y = torch.randn(n_edges, tp.irreps_in2.dim, generator=generator, dtype=dtype)
-    weights = torch.randn(n_edges, tp.weight_numel, generator=generator, dtype=dtype)
-    sender, receiver = torch.randint(0, n_nodes, (2, n_edges), generator=generator)
-    start = torch.randn(n_nodes, tp.irreps_out.dim, generator=generator, dtype=dtype)
+    x, Y, weights, sender, receiver, start = random_graph(tp, n_nodes, n_edges, dtype, seed)
     with torch.no_grad():
         want = conv_messages(tp, x, Y, weights, sender, receiver, start.clone(), backend="torch")
         got = conv_messages(tp, x, Y, weights, sender, receiver, start.clone(), backend="numba")
@@ -100,12 +106,7 @@ def test_cpp_kernel_equals_the_e3nn_module(isa, channels, l_in, l_sh, l_out, n_n
 
     dtype = torch.float64 if double else torch.float32
     tp = uvu_product(channels, l_in, l_sh, l_out, dtype)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_nodes, tp.irreps_in1.dim, generator=generator, dtype=dtype)
-    Y = torch.randn(n_edges, tp.irreps_in2.dim, generator=generator, dtype=dtype)
-    weights = torch.randn(n_edges, tp.weight_numel, generator=generator, dtype=dtype)
-    sender, receiver = torch.randint(0, n_nodes, (2, n_edges), generator=generator)
-    start = torch.randn(n_nodes, tp.irreps_out.dim, generator=generator, dtype=dtype)
+    x, Y, weights, sender, receiver, start = random_graph(tp, n_nodes, n_edges, dtype, seed)
     with torch.no_grad():
         want = conv_messages(tp, x, Y, weights, sender, receiver, start.clone(), backend="torch")
         edges = (conv_program(tp), x, Y, weights, sender, receiver)

@@ -1,5 +1,4 @@
-// One instruction set's build of the fused convolution (compiled once per ISA by CMake, as
-// operator_contract_isa.cpp; every symbol in the ISA's namespace, nothing from the C++ library).
+// One instruction set's build of the fused convolution (isa.h).
 //
 // Per edge (receivers in order, so each output row has one writer and a fixed order of sums) and
 // instruction: A[i, k] = sum_j C[i, j, k] Y[e, j] (vectors over the flat (i, k), the CG dense), then for whole
@@ -7,38 +6,14 @@
 // vectors of channels) in registers, and out[r, k] += path_weight w[e] part[k].  Channel counts that
 // are not 1, 2, 4 or 8 vectors, and degrees above 7, take the same loops on scalars.
 #include "conv_messages.h"
-
-#ifndef HFORGE_ISA
-#error "HFORGE_ISA must name the instruction set of this build"
-#endif
-
-#define HFORGE_CAT2(a, b) a##b
-#define HFORGE_CAT(a, b) HFORGE_CAT2(a, b)
+#include "isa.h"
 
 namespace HFORGE_ISA {
-namespace conv {  // apart from operator_contract_isa.cpp's helpers of the same names
+namespace conv {  // apart from operator_contract_isa.cpp's helpers
 
 constexpr int kMaxDegree = 7;  // 2 l + 1 <= 15 rows and columns of A held per instruction
 constexpr int kMaxDim = 2 * kMaxDegree + 1;
 constexpr int kMaxA = 256;  // kMaxDim^2 rounded up to 64 bytes of doubles
-
-template <typename T>
-struct Vector {
-  typedef T type __attribute__((vector_size(HFORGE_VECTOR_BYTES)));
-  static constexpr int lanes = HFORGE_VECTOR_BYTES / sizeof(T);
-};
-
-template <typename T>
-static inline typename Vector<T>::type load(const T* p) {
-  typename Vector<T>::type v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-static inline void store(T* p, typename Vector<T>::type v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
 
 // One instruction on NV vectors of channels with D3 = 2 l3 + 1 outputs.
 template <typename T, int NV, int D3>
@@ -143,10 +118,10 @@ static void conv_chunk_any(const HForgeConvArgs& P, int64_t c) {
 }  // namespace HFORGE_ISA
 
 extern "C" {
-void HFORGE_CAT(hforge_conv_f32_, HFORGE_ISA)(const HForgeConvArgs* P, int64_t chunk) {
+void HFORGE_ISA_SYMBOL(hforge_conv_f32_)(const HForgeConvArgs* P, int64_t chunk) {
   HFORGE_ISA::conv::conv_chunk_any<float>(*P, chunk);
 }
-void HFORGE_CAT(hforge_conv_f64_, HFORGE_ISA)(const HForgeConvArgs* P, int64_t chunk) {
+void HFORGE_ISA_SYMBOL(hforge_conv_f64_)(const HForgeConvArgs* P, int64_t chunk) {
   HFORGE_ISA::conv::conv_chunk_any<double>(*P, chunk);
 }
 }

@@ -1,21 +1,12 @@
-// One instruction set's build of the contraction (compiled once per ISA by CMake with
-// -DHFORGE_ISA=<name> -DHFORGE_VECTOR_BYTES=<n> -DHFORGE_V_TILE=<n> and that ISA's flags).
+// One instruction set's build of the contraction (isa.h).
 //
 // Per pair: the owner's rows L = [P D_k, P_KB E_k] are computed once per run of pairs with the same
 // owner and kept transposed (L^T: width x u, u contiguous, zero-padded to whole vectors); the block
 // accumulates, for each common projector entry (merge of the two sorted entry lists), the outer
 // products of the other atom's packed row elements (broadcast) with L^T's rows: up to V_TILE
 // vector accumulators (one per row of the other atom) stay in registers over the entry's columns.
-// Nothing here allocates or touches the C++ library: every symbol lives in the ISA's namespace, so
-// no inline function built with wider instructions can be picked by the linker for another ISA.
+#include "isa.h"
 #include "operator_contract.h"
-
-#ifndef HFORGE_ISA
-#error "HFORGE_ISA must name the instruction set of this build"
-#endif
-
-#define HFORGE_CAT2(a, b) a##b
-#define HFORGE_CAT(a, b) HFORGE_CAT2(a, b)
 
 namespace HFORGE_ISA {
 
@@ -25,11 +16,6 @@ constexpr int64_t kPrefetchAhead = 4;
 // proj_keys: (k, m) as one integer, 12 bits per image component (operator_contract.h).
 constexpr int64_t kKeyBase = 4096;
 
-template <typename T>
-struct Vector {
-  typedef T type __attribute__((vector_size(HFORGE_VECTOR_BYTES), aligned(HFORGE_VECTOR_BYTES)));
-  static constexpr int lanes = HFORGE_VECTOR_BYTES / sizeof(T);
-};
 
 // out[v] += sum_p R[v, p] * L^T[p] for VT rows v of the other atom (one vector of owner rows);
 // R[v, p] at right[v * stride + p], or at right[v + p * stride] with ByColumn (R stored transposed).
@@ -173,11 +159,11 @@ static void contract_range(const HForgeContractArgs& A, int64_t e_begin, int64_t
 }  // namespace HFORGE_ISA
 
 extern "C" {
-void HFORGE_CAT(hforge_contract_f32_, HFORGE_ISA)(const HForgeContractArgs* A, int64_t e_begin, int64_t e_end,
+void HFORGE_ISA_SYMBOL(hforge_contract_f32_)(const HForgeContractArgs* A, int64_t e_begin, int64_t e_end,
                                                   const HForgeContractScratch* scratch) {
   HFORGE_ISA::contract_range<float>(*A, e_begin, e_end, *scratch);
 }
-void HFORGE_CAT(hforge_contract_f64_, HFORGE_ISA)(const HForgeContractArgs* A, int64_t e_begin, int64_t e_end,
+void HFORGE_ISA_SYMBOL(hforge_contract_f64_)(const HForgeContractArgs* A, int64_t e_begin, int64_t e_end,
                                                   const HForgeContractScratch* scratch) {
   HFORGE_ISA::contract_range<double>(*A, e_begin, e_end, *scratch);
 }
