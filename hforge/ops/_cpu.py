@@ -83,15 +83,31 @@ def requested_isa() -> str | None:
     return name
 
 
-@cache
 def load_library() -> CpuLibrary:
-    """Find, load and check ``libhforge_cpu`` (once per process).
+    """Find, load and check ``libhforge_cpu`` (once per process, a failure included: ``auto`` asks at
+    every op call).
 
     Raises:
         BackendUnavailableError: not built (no C++ compiler at install), built from older sources than
             the checkout's ``kernels/cpu`` (rebuild: ``make setup`` or ``pip install -e .``), of another
             ABI version, or the instruction set ``HFORGE_CPU_ISA`` names is not in it or not on this CPU.
     """
+    outcome = _load()
+    if isinstance(outcome, str):
+        raise BackendUnavailableError(outcome)
+    return outcome
+
+
+@cache
+def _load() -> CpuLibrary | str:
+    """The library, or why it is unavailable."""
+    try:
+        return _open_library()
+    except BackendUnavailableError as exc:
+        return str(exc)
+
+
+def _open_library() -> CpuLibrary:
     path = next((folder / _LIBRARY for folder in _search_path() if (folder / _LIBRARY).is_file()), None)
     if path is None:
         raise BackendUnavailableError(

@@ -53,17 +53,20 @@ def entry_keys(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.
     return ((np.asarray(proj_atoms, dtype=np.int64) * KEY_BASE + m[:, 0]) * KEY_BASE + m[:, 1]) * KEY_BASE + m[:, 2]
 
 
-_KEYS: list = [None, None, None, 0]  # weak references to the last entry lists, their keys and reach
+# The last packed entry lists (weak references), their keys and the largest image component: one
+# tuple, replaced whole, so that concurrent calls never read a mix of two lists' values.
+_LAST_KEYS: tuple = (None, None, None, 0)
 
 
 def _keys_of(proj_atoms: np.ndarray, proj_shifts: np.ndarray, pair_shifts: np.ndarray) -> np.ndarray:
     """:func:`entry_keys`, computed once per packed entry list (a range's batches share one: 10^5+
     entries, milliseconds a call), with the pair shifts' range checked every call."""
-    atoms_ref, shifts_ref, keys, reach = _KEYS
+    global _LAST_KEYS
+    atoms_ref, shifts_ref, keys, reach = _LAST_KEYS
     if atoms_ref is None or atoms_ref() is not proj_atoms or shifts_ref() is not proj_shifts:
         keys = entry_keys(proj_atoms, proj_shifts, np.zeros((0, 3), dtype=np.int64))
         reach = int(np.abs(proj_shifts).max(initial=0))
-        _KEYS[:] = [weakref.ref(proj_atoms), weakref.ref(proj_shifts), keys, reach]
+        _LAST_KEYS = (weakref.ref(proj_atoms), weakref.ref(proj_shifts), keys, reach)
     if reach + int(np.abs(pair_shifts).max(initial=0)) >= KEY_BASE // 2:
         entry_keys(proj_atoms, proj_shifts, pair_shifts)  # raises, naming the sizes
     return keys
