@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cpu_kernels import cpp_isas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hforge._compat import import_e3nn
 from hforge.errors import InputError
-from hforge.ops._cpu import ISAS
 from hforge.ops.backends import backend_status
 from hforge.ops.conv_messages import conv_messages, conv_program
 
@@ -79,15 +79,7 @@ def test_numba_kernel_equals_the_e3nn_module(channels, l_in, l_sh, l_out, n_node
         assert not torch.equal(want, start)  # the messages were added
 
 
-def _cpp_isas() -> list[str]:
-    from hforge.ops._cpu import load_library
-
-    if not backend_status()["cpp"].available:  # tests/test_backends.py fails on that under CI
-        return []
-    return [name for name, code in ISAS.items() if load_library().lib.hforge_cpu_isa(code) >= 0]
-
-
-@pytest.mark.parametrize("isa", _cpp_isas())
+@pytest.mark.parametrize("isa", cpp_isas())
 @settings(max_examples=10, deadline=None)
 @given(
     channels=st.sampled_from([1, 3, 4, 8, 9, 16, 32]),

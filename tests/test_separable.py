@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg as sla
 import torch
+from cpu_kernels import cpp_isas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ from hforge.ops._cpu import ISAS as ISAS_ALL
 from hforge.ops.backends import backend_status
 from hforge.ops.two_centre import _pair_vectors, block_pointer, program_blocks, reference
 from hforge.ops.two_centre.projectors import ProjectorSet, projector_descriptor
-from hforge.ops.two_centre.separable import SeparableContext
+from hforge.ops.two_centre.separable import SeparableContext, reach_order
 
 PROJECTORS = ProjectorSet(radius=1.2, l_max=2, n_radial=2)
 
@@ -297,17 +298,7 @@ def test_operator_contract_kernel_equals_the_reference_on_random_inputs(seed, n_
     np.testing.assert_allclose(kernels.operator_contract(*single), expected, atol=2e-5 * scale, rtol=0)
 
 
-def _cpp_isas():
-    """The instruction sets of the cpp kernels this machine runs (none where the library is not built)."""
-    from hforge.ops._cpu import ISAS, load_library
-
-    if not backend_status()["cpp"].available:
-        return []
-    lib = load_library().lib
-    return [name for name, code in ISAS.items() if lib.hforge_cpu_isa(code) >= 0]
-
-
-@pytest.mark.parametrize("isa", _cpp_isas())
+@pytest.mark.parametrize("isa", cpp_isas())
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), n_op=st.integers(1, 30), extra=st.integers(0, 9), max_orbitals=st.integers(1, 21))
 def test_operator_contract_cpp_equals_the_reference_on_random_inputs(isa, seed, n_op, extra, max_orbitals):
@@ -361,7 +352,7 @@ def test_operator_contract_cpp_refuses_what_it_cannot_take():
     args[10] = args[10].astype(np.float16)
     with pytest.raises(InputError, match="float16"):
         cpp.operator_contract(*args)
-    missing = sorted(set(ISAS_ALL) - set(_cpp_isas()))
+    missing = sorted(set(ISAS_ALL) - set(cpp_isas()))
     if missing:
         args[10] = args[10].astype(np.float64)
         with pytest.raises(BackendUnavailableError, match=missing[0]):
@@ -391,10 +382,10 @@ def test_a_released_pack_is_filled_again_with_the_same_values(cell16):
 
 def test_pack_kernels_equal_the_reference(cell16):
     """The numba packing of projection blocks into reach-ordered rows, and the program evaluated straight
-    into them (only the rows an entry keeps), equal the reference's, values and padding; the rows left
-    out (those that do not reach the entry's projector atom, a suffix in reach order) are zero."""
+    into them (only the rows an entry keeps; ``auto``'s kernel, cpp where built), equal the reference's,
+    values and padding; the rows left out (those that do not reach the entry's projector atom, a suffix
+    in reach order) are zero."""
     from hforge.ops.two_centre import numba as kernels
-    from hforge.ops.two_centre.separable import reach_order
 
     data, _ = cell16
     context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc)
@@ -408,7 +399,7 @@ def test_pack_kernels_equal_the_reference(cell16):
     got = np.zeros_like(packed.values)
     kernels.pack_projections(values, ptr, n_cols, 0, data.species[i], order, packed.entry_row, packed.entry_rows, got)
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_allclose(packed.values, expected, atol=1e-14, rtol=0)  # program_packed, numba (pack's own)
+    np.testing.assert_allclose(packed.values, expected, atol=1e-14, rtol=0)  # program_packed, auto (pack's own)
     rank = np.argsort(order[:, : data.basis.n_orbitals.max()], axis=1)
     from_reference = np.zeros_like(packed.values)
     reference.program_packed(
@@ -420,6 +411,35 @@ def test_pack_kernels_equal_the_reference(cell16):
     # every nonzero projection kept: the rows left out are zero in the program layout
     kept = sum(np.abs(values[ptr[a] : ptr[a + 1]]).sum() for a in range(len(rows)))
     assert np.abs(expected).sum() == pytest.approx(kept, rel=1e-12)
+
+
+@pytest.mark.parametrize("isa", cpp_isas())
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-14), (np.float32, 1e-7)])
+def test_program_packed_cpp_equals_the_reference(cell16, isa, dtype, tol):
+    """The compiled program writes the projections on the learned projectors (from column 0) and on the
+    KB projectors (from ``sep_width``) into the packed rows as the reference does, in float64 and in
+    float32 (computed in float64, rounded once); the rows an entry does not keep are left as they were."""
+    from hforge.ops.two_centre import cpp, two_centre_descriptor
+
+    data, _ = cell16
+    context = SeparableContext(data.basis, PROJECTORS, data.species, data.positions, data.cell, data.pbc, kb_scale=0.7)
+    packed = context.pack(np.ones(len(data.positions), dtype=bool))
+    i = context.pairs.edge_index[0, packed.rows].astype(np.int64)
+    types = data.species[i] * len(data.basis) + data.species[packed.proj_atoms]
+    vectors = _pair_vectors(data.positions, data.cell, np.stack([i, packed.proj_atoms]), packed.proj_shifts)
+    order, _ = reach_order(data.basis)
+    rank = np.argsort(order[:, : data.basis.n_orbitals.max()], axis=1)
+    kb = two_centre_descriptor(data.basis)
+    layout = (data.species[i], rank)
+    for program, tables, col0 in (
+        (context.desc.projection, context.desc.tables, 0), (kb.program("projection"), kb.tables, context.sep_width),
+    ):
+        expected = np.full(packed.values.shape, 7.0)  # 7: not written
+        reference.program_packed(program, tables, types, vectors, *layout, col0, packed.entry_row, packed.entry_rows, expected)
+        got = np.full(packed.values.shape, 7.0, dtype=dtype)
+        cpp.program_packed(program, tables, types, vectors, *layout, col0, packed.entry_row, packed.entry_rows, got, isa=isa)
+        assert (expected != 7.0).sum() > 1000
+        np.testing.assert_allclose(got, expected, atol=tol, rtol=tol)
 
 
 def test_torch_training_path_forward_and_backward_equal_the_reference(cell16, context16):

@@ -20,9 +20,9 @@ from pathlib import Path
 import hforge
 from hforge.errors import BackendUnavailableError
 
-__all__ = ["ABI_VERSION", "ISAS", "ContractArgs", "ConvArgs", "CpuLibrary", "load_library", "requested_isa"]
+__all__ = ["ABI_VERSION", "ISAS", "ContractArgs", "ConvArgs", "CpuLibrary", "ProgramArgs", "load_library", "requested_isa"]
 
-ABI_VERSION = 2  # HFORGE_CPU_ABI_VERSION of kernels/cpu/operator_contract.h
+ABI_VERSION = 3  # HFORGE_CPU_ABI_VERSION of kernels/cpu/operator_contract.h
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 _LIBRARY = {"darwin": "libhforge_cpu.dylib", "win32": "hforge_cpu.dll"}.get(sys.platform, "libhforge_cpu.so")
 _SOURCES = Path(__file__).resolve().parents[2] / "kernels" / "cpu"
@@ -51,6 +51,22 @@ class ConvArgs(ctypes.Structure):
         (name, _PTR) for name in (
             "chunk_ptr", "order", "edge_receiver", "sender_rows", "l1", "l2", "l3", "in1_offset", "in2_offset", "out_offset",
             "weight_offset", "cg_offset", "cg_row_stride", "path_weight", "cg_dense", "x", "Y", "w", "out",
+        )
+    ]
+
+
+class ProgramArgs(ctypes.Structure):
+    """``HForgeProgramArgs`` of kernels/cpu/two_centre_program.h (sizes, the grid step, then array addresses)."""
+
+    _fields_ = [
+        (name, _I64) for name in (
+            "n_pairs", "lmax", "n_knots", "max_slots", "max_entries", "mode", "accumulate", "out_double", "out_stride",
+            "col0", "rank_stride",
+        )
+    ] + [("step", ctypes.c_double)] + [
+        (name, _PTR) for name in (
+            "pair_type", "order", "slot_ptr", "slot_table", "entry_ptr", "term_ptr", "term_slot", "term_lm", "cols",
+            "vectors", "term_coef", "values", "reach", "block_ptr", "entry_species", "rank", "entry_row", "entry_rows", "out",
         )
     ]
 
@@ -133,6 +149,8 @@ def _open_library() -> CpuLibrary:
     for function in (lib.hforge_conv_messages_f32, lib.hforge_conv_messages_f64):
         function.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_int, _I64]
         function.restype = ctypes.c_int
+    lib.hforge_two_centre_program.argtypes = [ctypes.POINTER(ProgramArgs), ctypes.c_int, _I64, _I64]
+    lib.hforge_two_centre_program.restype = ctypes.c_int
     wanted = requested_isa()
     code = lib.hforge_cpu_isa(ISAS[wanted] if wanted else -1)
     if code < 0:

@@ -13,12 +13,14 @@
 
 #include "conv_messages.h"
 #include "operator_contract.h"
+#include "two_centre_program.h"
 
 #define HFORGE_DECLARE_ISA(isa)                                                                                 \
   extern "C" void hforge_contract_f32_##isa(const HForgeContractArgs*, int64_t, int64_t, const HForgeContractScratch*); \
   extern "C" void hforge_contract_f64_##isa(const HForgeContractArgs*, int64_t, int64_t, const HForgeContractScratch*); \
   extern "C" void hforge_conv_f32_##isa(const HForgeConvArgs*, int64_t);                                                \
-  extern "C" void hforge_conv_f64_##isa(const HForgeConvArgs*, int64_t);
+  extern "C" void hforge_conv_f64_##isa(const HForgeConvArgs*, int64_t);                                                \
+  extern "C" void hforge_program_##isa(const HForgeProgramArgs*, int64_t, int64_t, double*);
 
 HFORGE_DECLARE_ISA(generic)
 #ifdef HFORGE_HAVE_AVX2
@@ -167,6 +169,35 @@ int conv(const HForgeConvArgs* P, int isa, int64_t n_threads) {
   return run_chunks(n_threads, P->n_chunks, [&]() { return [=](int64_t c) { run(P, c); }; });
 }
 
+using ProgramFunction = void (*)(const HForgeProgramArgs*, int64_t, int64_t, double*);
+
+ProgramFunction program_function(int isa) {
+  switch (isa) {
+#ifdef HFORGE_HAVE_AVX2
+    case kAvx2: return hforge_program_avx2;
+#endif
+#ifdef HFORGE_HAVE_AVX512
+    case kAvx512: return hforge_program_avx512;
+#endif
+    default: return hforge_program_generic;
+  }
+}
+
+// The pairs (in A->order) in n_chunks equal ranges; each pair is one lane's own arithmetic.
+int program(const HForgeProgramArgs* A, int isa, int64_t n_threads, int64_t n_chunks) {
+  if (isa < 0) isa = best_isa();
+  if (!supported(isa)) return 2;
+  if (A->lmax < 0 || A->lmax > kHForgeProgramMaxDegree || A->n_knots < 2 || A->max_slots < 0 || A->max_entries < 1 ||
+      A->mode < 0 || A->mode > 1 || n_chunks < 1)
+    return 3;
+  const ProgramFunction run = program_function(isa);
+  const int64_t n = A->n_pairs;
+  return run_chunks(n_threads, n_chunks, [&]() {
+    auto scratch = std::make_shared<AlignedBuffer>(sizeof(double) * hforge_program_scratch(A->lmax, A->max_slots, A->max_entries));
+    return [=](int64_t c) { run(A, c * n / n_chunks, (c + 1) * n / n_chunks, static_cast<double*>(scratch->data)); };
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -192,4 +223,8 @@ int hforge_operator_contract_f64(const HForgeContractArgs* args, int isa, int64_
 int hforge_conv_messages_f32(const HForgeConvArgs* args, int isa, int64_t n_threads) { return conv<float>(args, isa, n_threads); }
 
 int hforge_conv_messages_f64(const HForgeConvArgs* args, int isa, int64_t n_threads) { return conv<double>(args, isa, n_threads); }
+
+int hforge_two_centre_program(const HForgeProgramArgs* args, int isa, int64_t n_threads, int64_t n_chunks) {
+  return program(args, isa, n_threads, n_chunks);
+}
 }

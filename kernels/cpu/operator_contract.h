@@ -15,7 +15,7 @@
 #pragma once
 #include <cstdint>
 
-#define HFORGE_CPU_ABI_VERSION 2
+#define HFORGE_CPU_ABI_VERSION 3
 
 extern "C" {
 struct HForgeContractArgs {

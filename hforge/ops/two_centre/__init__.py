@@ -8,7 +8,8 @@ tables and programs of a basis (built once, cached), the backends only execute p
 
 ``torch``  :mod:`.reference` (readable; CPU and CUDA tensors), the oracle of the tests;
 ``numba``  :mod:`.numba` (parallel CPU);
-``cpp``    :mod:`.cpp` (compiled, SIMD; :func:`operator_contract` only, the inference hot spot).
+``cpp``    :mod:`.cpp` (compiled, SIMD; the inference hot spots: :func:`program_blocks`,
+           :func:`program_packed`, :func:`operator_contract`).
 
 Public functions (lengths in Å, results in SIESTA's convention: S dimensionless, energies eV):
 
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 _IMPLEMENTED = ("numba", "torch")
-_IMPLEMENTED_CONTRACT = ("cpp", "numba", "torch")
+_IMPLEMENTED_COMPILED = ("cpp", "numba", "torch")
 
 
 def block_pointer(program: BlockProgram, pair_type: np.ndarray) -> np.ndarray:
@@ -86,7 +87,7 @@ def program_blocks(
 ) -> np.ndarray:
     """Flat float64 blocks of ``program`` for pairs of types ``pair_type (E,)`` at ``vectors (E, 3)`` (Bohr).
 
-    ``out``: a float64 buffer of ``block_ptr[-1]`` values to write into (numba; no copy), or with
+    ``out``: a float64 buffer of ``block_ptr[-1]`` values to write into (cpp, numba; no copy), or with
     ``accumulate`` to add to.
 
     Raises:
@@ -104,7 +105,11 @@ def program_blocks(
         block_ptr = expected
     elif not np.array_equal(np.asarray(block_ptr), expected):
         raise InputError(f"block_ptr does not match the block sizes of program {program.name!r}")
-    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED_COMPILED, op="two_centre")
+    if name == "cpp":
+        from hforge.ops.two_centre import cpp as compiled
+
+        return compiled.program_blocks(program, tables, pair_type, vectors, block_ptr, out=out, accumulate=accumulate)
     if name == "numba":
         from hforge.ops.two_centre import numba as kernels
 
@@ -176,7 +181,7 @@ def operator_contract(*args: Any, backend: str = "auto", out: np.ndarray | None 
     """The separable operator ``sum_k P D'_k P^T`` on packed projections (arguments of
     :func:`hforge.ops.two_centre.reference.operator_contract`), in the dtype of ``packed`` (cpp, numba;
     float64 for the reference), written into ``out`` when given."""
-    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED_CONTRACT, op="two_centre")
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED_COMPILED, op="two_centre")
     if name == "cpp":
         from hforge.ops.two_centre import cpp as compiled
 
@@ -193,7 +198,12 @@ def operator_contract(*args: Any, backend: str = "auto", out: np.ndarray | None 
 def program_packed(*args: Any, backend: str = "auto") -> None:
     """Blocks of a program straight into the packed layout of :func:`operator_contract`, only the rows
     each entry keeps (arguments of :func:`hforge.ops.two_centre.reference.program_packed`)."""
-    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED, op="two_centre")
+    name = resolve_backend(backend, on_gpu=False, implemented=_IMPLEMENTED_COMPILED, op="two_centre")
+    if name == "cpp":
+        from hforge.ops.two_centre import cpp as compiled
+
+        compiled.program_packed(*args)
+        return
     if name == "numba":
         from hforge.ops.two_centre import numba as kernels
 

@@ -1,4 +1,11 @@
-"""Compiled CPU kernel of the separable operator's contraction (``kernels/cpu``, C++17 SIMD, threads).
+"""Compiled CPU kernels of the two-centre ops (``kernels/cpu``, C++17 SIMD, threads).
+
+``program_blocks`` and ``program_packed``: a block program evaluated for many pairs at once, one pair
+per vector lane (float64): the pairs sorted by type so that a vector's lanes share the type's terms,
+per lane the harmonics and the slots' Hermite interpolation, then every block entry as a sum of
+``coef * slot * harmonic`` over vectors of lanes (no gathers), written to each pair's flat block or
+packed rows (only the rows an entry keeps are computed).  Each lane's arithmetic is its own: the bits
+do not depend on the thread count.
 
 ``operator_contract``: the pairs in chunks of whole owner runs (:func:`operator_chunks`) taken by the
 prediction's threads (torch's thread count);
@@ -20,9 +27,13 @@ import numpy as np
 import torch
 
 from hforge.errors import BackendUnavailableError, InputError
-from hforge.ops._cpu import ISAS, ContractArgs, load_library
+from hforge.ops._cpu import ISAS, ContractArgs, ProgramArgs, load_library
+from hforge.ops.two_centre.tables import BlockProgram, RadialTables
 
-__all__ = ["entry_keys", "operator_chunks", "operator_contract"]
+__all__ = ["entry_keys", "operator_chunks", "operator_contract", "program_blocks", "program_packed"]
+
+#: kernels/cpu/two_centre_program.h: the highest harmonic degree of a program.
+PROGRAM_MAX_DEGREE = 12
 
 KEY_BASE = 4096  # kernels/cpu/operator_contract.h: 12 bits per image component, 27 for the atom
 
@@ -143,3 +154,95 @@ def operator_contract(
     if status != 0:
         raise RuntimeError(f"operator_contract (cpp, {isa or library.isa}): {_STATUS.get(status, f'status {status}')}")
     return out
+
+
+def _run_program(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, out: np.ndarray,
+    isa: str | None, threads: int | None, **fields: object,
+) -> None:
+    """Run the compiled program kernel over the pairs with the output ``fields`` of ``HForgeProgramArgs``."""
+    library = load_library()
+    if program.lmax > PROGRAM_MAX_DEGREE:
+        raise InputError(
+            f"program {program.name!r}: harmonics up to l = {program.lmax}, the cpp kernel takes up to {PROGRAM_MAX_DEGREE}"
+        )
+    pair_type, vectors = _i64(pair_type), np.ascontiguousarray(vectors, dtype=np.float64).reshape(-1, 3)
+    n_pairs = len(pair_type)
+    if n_pairs == 0:
+        return
+    order = np.argsort(pair_type, kind="stable")
+    arrays = {
+        "pair_type": pair_type, "order": order, "slot_ptr": _i64(program.slot_ptr), "slot_table": _i64(program.slot_table),
+        "entry_ptr": _i64(program.entry_ptr), "term_ptr": _i64(program.term_ptr), "term_slot": _i64(program.term_slot),
+        "term_lm": _i64(program.term_lm), "cols": _i64(program.cols), "vectors": vectors,
+        "term_coef": np.ascontiguousarray(program.term_coef, dtype=np.float64),
+        "values": np.ascontiguousarray(tables.values, dtype=np.float64),
+        "reach": np.ascontiguousarray(tables.reach, dtype=np.float64),
+        "out": out,
+    }
+    arrays.update({name: value for name, value in fields.items() if isinstance(value, np.ndarray)})
+    sizes = {name: int(value) for name, value in fields.items() if not isinstance(value, np.ndarray)}
+    args = ProgramArgs(
+        n_pairs=n_pairs, lmax=program.lmax, n_knots=tables.values.shape[1], max_slots=program.max_slots,
+        max_entries=max(1, int(np.diff(program.entry_ptr).max(initial=0))), step=float(tables.step), **sizes,
+        **{name: array.ctypes.data for name, array in arrays.items()},
+    )
+    n_threads = torch.get_num_threads() if threads is None else threads
+    n_chunks = max(1, min(n_pairs // 64, 8 * n_threads))
+    code = ISAS[isa] if isa else ISAS[library.isa]
+    status = library.lib.hforge_two_centre_program(ctypes.byref(args), code, n_threads, n_chunks)
+    if status == 2:
+        raise BackendUnavailableError(f"two-centre program: instruction set {isa} is not in {library.path} or not on this CPU")
+    if status != 0:
+        raise RuntimeError(f"two-centre program (cpp, {isa or library.isa}): {_STATUS.get(status, f'status {status}')}")
+
+
+def program_blocks(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, block_ptr: np.ndarray,
+    out: np.ndarray | None = None, accumulate: bool = False, *, isa: str | None = None, threads: int | None = None,
+) -> np.ndarray:
+    """Flat float64 blocks of ``program`` (see :func:`hforge.ops.two_centre.reference.program_blocks`),
+    written into (``accumulate``: added to) ``out`` when given (contiguous float64 of ``block_ptr[-1]``
+    values; a view of a larger buffer: no copy).  ``isa``, ``threads``: as :func:`operator_contract`.
+
+    Raises:
+        InputError: an ``out`` of another dtype or size, harmonics beyond degree 12.
+        BackendUnavailableError: the library is not built here, or lacks ``isa``.
+    """
+    n_out = int(block_ptr[-1])
+    if out is None:
+        out, accumulate = np.empty(n_out), False
+    elif out.dtype != np.float64 or out.shape != (n_out,) or not out.flags.c_contiguous:
+        raise InputError(f"program_blocks: out must be a contiguous ({n_out},) float64 array, got {out.shape} {out.dtype}")
+    _run_program(
+        program, tables, pair_type, vectors, out, isa, threads, mode=0, accumulate=bool(accumulate), out_double=1,
+        out_stride=0, col0=0, rank_stride=0, block_ptr=_i64(block_ptr),
+    )
+    return out
+
+
+def program_packed(
+    program: BlockProgram, tables: RadialTables, pair_type: np.ndarray, vectors: np.ndarray, entry_species: np.ndarray,
+    rank: np.ndarray, col0: int, entry_row: np.ndarray, entry_rows: np.ndarray, out: np.ndarray, *, isa: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """The blocks of ``program`` written straight into the packed rows of ``out`` (see
+    :func:`hforge.ops.two_centre.reference.program_packed`; ``out`` C-contiguous float32 or float64, the
+    values computed in float64): only the rows an entry keeps are computed.
+
+    Raises:
+        InputError: an ``out`` of another dtype, not contiguous, or too narrow for ``col0`` and the
+            program's columns; harmonics beyond degree 12.
+        BackendUnavailableError: the library is not built here, or lacks ``isa``.
+    """
+    if out.dtype not in (np.float32, np.float64) or out.ndim != 2 or not out.flags.c_contiguous:
+        raise InputError(f"program_packed: out must be a C-contiguous 2-d float32 or float64 array, got {out.shape} {out.dtype}")
+    last = col0 + int(program.cols.max(initial=0))
+    if col0 < 0 or last > out.shape[1]:
+        raise InputError(f"program_packed: columns {col0}..{last} outside the {out.shape[1]} of out")
+    rank = _i64(rank)
+    _run_program(
+        program, tables, pair_type, vectors, out, isa, threads, mode=1, accumulate=False, out_double=int(out.dtype == np.float64),
+        out_stride=out.shape[1], col0=int(col0), rank_stride=rank.shape[1],
+        entry_species=_i64(entry_species), rank=rank, entry_row=_i64(entry_row), entry_rows=_i64(entry_rows),
+    )
