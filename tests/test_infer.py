@@ -609,7 +609,7 @@ def test_operator_model_predictions_equal_the_model_pipeline(operator_predictor,
     """Every mode of the operator model (V_KB in the separable contraction, packed projections, slabs
     of pairs built from their rear atom) gives the model's own forward pass (torch separable blocks,
     V_KB by the baseline's path: predict_many) to float64 rounding; the report times the separable
-    operator's contraction and its D_k head apart from the trunk."""
+    operator's contraction, its projections and its D_k head apart from the trunk."""
     from hforge.infer.passes import Physics
 
     reference = operator_predictor.predict_many([cell256], dtype=np.float64)[0]
@@ -617,7 +617,7 @@ def test_operator_model_predictions_equal_the_model_pipeline(operator_predictor,
     assert_same(got, reference, tol=1e-10)
     assert (got.tocsr(0) != 0).nnz > 0
     report = operator_predictor.last_report
-    assert report.seconds["separable"] > 0 and report.seconds["heads"] > 0
+    assert report.seconds["separable"] > 0 and report.seconds["heads"] > 0 and report.seconds["projections"] > 0
     physics = Physics(operator_predictor.model, operator_predictor.arrays(cell256))
     assert physics.kb_scale == 1.0 and physics.separable is not None
 

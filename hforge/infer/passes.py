@@ -116,7 +116,7 @@ class Passes:
         scratch = None if self.on_gpu else Scratch(PAIR_BATCH * int(problem.n_orb.max()) ** 2, physics.dtype)
         bar = progress_bar(progress, n_ranges, "atom range")
         for k, pairs in enumerate(problem.ranges(n_ranges)):
-            with timer("separable"):
+            with timer("projections"):
                 physics.prepare(problem.edge_index[:, pairs])
             step = PAIR_BATCH if not self.on_gpu else max(len(pairs), 1)
             for lo in range(0, len(pairs), step):
@@ -255,7 +255,7 @@ class Passes:
             hopping_blocks = self.model.pair_pass(state, torch.from_numpy(cluster_pairs), zeros, chunk=PAIR_BATCH)
             core_end = int(np.sum(n_orb[core] ** 2))  # the core atoms come first in the cluster
             learned = [torch.cat([on[:core_end], hop]) for on, hop in zip(state.onsite, hopping_blocks)]
-        with timer("separable"):
+        with timer("projections"):
             physics.prepare(problem.edge_index[:, pairs])
         exact = self._physics(problem, physics, pairs, timer)
         physics.prepare(None)

@@ -21,11 +21,13 @@ __all__ = [
 
 #: Stages timed in :attr:`PredictionReport.seconds`: the neighbour lists and model graphs; the
 #: model's node pass (trunk, head inputs, onsite blocks); the learned heads (the pair pass's hopping
-#: blocks; a separable operator's ``D_k``, taken out of the node pass); the separable operator's
-#: contraction (with the Kleinman-Bylander part of H when it joins it, hforge.infer.passes.Physics);
-#: the exact overlap S; the baseline H0 (the rest of it); CSR planning, filling and the hand-over to
-#: sisl; the output file (:meth:`~hforge.infer.Predictor.predict_to_file`).
-PREDICTION_STAGES = ("graphs", "trunk", "heads", "separable", "S", "H0", "assembly", "write")
+#: blocks; a separable operator's ``D_k``, taken out of the node pass); the exact projections of the
+#: orbitals on a separable operator's projector functions (two-centre integrals like S, packed per
+#: atom range); the separable operator's contraction (with the Kleinman-Bylander part of H when it
+#: joins it, hforge.infer.passes.Physics); the exact overlap S; the baseline H0 (the rest of it); CSR
+#: planning, filling and the hand-over to sisl; the output file
+#: (:meth:`~hforge.infer.Predictor.predict_to_file`).
+PREDICTION_STAGES = ("graphs", "trunk", "heads", "projections", "separable", "S", "H0", "assembly", "write")
 
 
 @dataclass
