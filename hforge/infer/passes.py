@@ -40,9 +40,10 @@ __all__ = ["DEVICE_EDGE_BATCH", "EDGE_BATCH", "PAIR_BATCH", "Passes", "Physics",
 PAIR_BATCH = 8192
 
 #: Interaction edges per step of the model's node pass in inference (:meth:`HSModel.node_pass`'s
-#: ``chunk``) on the CPU: the trunk's edge messages of a step stay in the heap's reused pages
-#: (docs/measurements.md).  On CUDA the steps are :data:`DEVICE_EDGE_BATCH` edges.
-EDGE_BATCH = 4096
+#: ``chunk``) on the CPU: the trunk's edge messages of a step stay in the heap's reused pages, and
+#: the Python work of a step (plans, small ops) is spread over enough edges (docs/measurements.md).
+#: On CUDA the steps are :data:`DEVICE_EDGE_BATCH` edges.
+EDGE_BATCH = 8192
 DEVICE_EDGE_BATCH = 1 << 16
 
 

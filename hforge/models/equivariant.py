@@ -503,11 +503,14 @@ class EnvironmentOnsite(torch.nn.Module):
 
     Evaluated in coupled irreps, where the sum is cheap: with scalar node features every path of a
     slot ``s`` (degree ``L``) couples ``Y_L`` alone, so ``b``'s coupled irreps are
-    ``t_e[s, M] = g_e[s] (Y_L(r_e) Q_L)[M]`` with ``g_e = (x R)_e W`` (one matrix product over the
-    paths and channels, ``W`` the symmetrised mixing weights); the sum over an atom's neighbours is
-    taken there, as one batched product ``sum_e g_e^T (Y Q)_e`` per atom, and the change of basis to
-    the orbital block (:func:`irreps_to_blocks`) applied once per atom instead of once per edge.  The
-    same sum as :meth:`CGPairBlocks.forward` per edge, to float rounding (tests/test_separable.py).
+    ``t_e[s, M] = g_e[s] (Y_L(r_e) Q_L)[M]`` with ``g_e = (x R)_e W`` (``W`` the symmetrised mixing
+    weights, paths and channels by slots).  The sum over an atom's neighbours is linear in the edge
+    terms, so it is taken before ``W``: one batched product ``T_a = sum_e (x R)_e^T (Y Q)_e`` per atom
+    (paths and channels by the columns of ``Y Q``), then per degree ``L`` the slots of that degree as
+    ``W_L^T T_a[:, L's 2L + 1 columns]`` (only the ``(s, M)`` components a block has, instead of every
+    slot against every column), and the change of basis to the orbital block (:func:`irreps_to_blocks`)
+    once per atom instead of once per edge.  The same sum as :meth:`CGPairBlocks.forward` per edge, to
+    float rounding (tests/test_separable.py).
     """
 
     def __init__(self, shells: list[list[int]], channels: int, r_max: float, config: ModelConfig) -> None:
@@ -533,23 +536,33 @@ class EnvironmentOnsite(torch.nn.Module):
         y_offset = dict(zip(degrees, np.cumsum([0] + [2 * L + 1 for L in degrees[:-1]])))
         coupling = np.concatenate([by_degree[L] for L in degrees], axis=1)
         self.register_buffer("y_coupling", torch.from_numpy(coupling), persistent=False)
-        # per species, the slots of the pair type (s, s) and its coupled irreps component by component:
-        # the entry (slot, column of Y Q) of a (slots, Y columns) outer product (the descriptor's slot
-        # order is the coupled order)
-        self.components: list[tuple[np.ndarray, np.ndarray]] = []
+        # per species, the slots of the pair type (s, s) by degree (the descriptor's slot order is the
+        # coupled order, a slot's 2L + 1 components consecutive): each degree's slots, its columns of
+        # Y Q, and where the components of W_L^T T land among the type's components (then the
+        # components of slots of a degree no path reaches, which stay zero)
+        self.degree_slots: list[list[tuple[np.ndarray, int, int]]] = []
+        self.component_order: list[np.ndarray] = []
+        self.n_unreached: list[int] = []
         for species_index in range(n_species):
             t = species_index * n_species + species_index
             slots = np.arange(desc.slot_ptr[t], desc.slot_ptr[t + 1])
-            comp_slot = np.repeat(np.arange(len(slots)), 2 * desc.slot_L[slots] + 1)
+            widths = 2 * desc.slot_L[slots] + 1
+            first = np.cumsum(widths) - widths  # each slot's first component
             # a slot of a degree no path reaches (beyond pair_l_max, or of unnatural parity) has no
-            # mixing rows: its g is zero, any column of Y Q will do
-            unreached = [s for s in slots if int(desc.slot_L[s]) not in y_offset]
-            if any(desc.mix_ptr[s + 1] > desc.mix_ptr[s] for s in unreached):
+            # mixing rows: its components are zero
+            reached = np.isin(desc.slot_L[slots], degrees)
+            if any(desc.mix_ptr[s + 1] > desc.mix_ptr[s] for s in slots[~reached]):
                 raise AssertionError("EnvironmentOnsite: a slot with mixing rows but no path of its degree")
-            comp_y = [y_offset[int(L)] + np.arange(2 * L + 1) if int(L) in y_offset else np.zeros(2 * L + 1, dtype=np.int64)
-                      for L in desc.slot_L[slots]]
-            comp_y = np.concatenate(comp_y or [comp_slot])
-            self.components.append((slots, comp_slot * self.y_coupling.shape[1] + comp_y))
+            groups, positions = [], []
+            for L in degrees:
+                members = np.flatnonzero(desc.slot_L[slots] == L)
+                if len(members):
+                    groups.append((slots[members], int(y_offset[L]), 2 * L + 1))
+                    positions.append((first[members][:, None] + np.arange(2 * L + 1)).reshape(-1))
+            positions += [(first[m] + np.arange(widths[m])) for m in np.flatnonzero(~reached)]
+            self.degree_slots.append(groups)
+            self.component_order.append(np.argsort(np.concatenate(positions or [np.zeros(0, dtype=np.int64)])))
+            self.n_unreached.append(int(widths[~reached].sum()))
 
     def _slot_weights(self, dtype: torch.dtype) -> torch.Tensor:
         """``(n_paths * C, n_slots)``: the symmetrised mixing weights of every slot by path and channel."""
@@ -571,6 +584,9 @@ class EnvironmentOnsite(torch.nn.Module):
         so the work and memory per chunk do not grow with the cell."""
         desc = self.pairs.desc
         slot_weights = self._slot_weights(scalars.dtype)
+        degree_weights = [[slot_weights[:, torch.as_tensor(slots, device=scalars.device)].T for slots, _, _ in groups]
+                          for groups in self.degree_slots]  # per species and degree: W_L^T (slots, n_paths * C)
+        component_order = [torch.as_tensor(order, device=scalars.device) for order in self.component_order]
         coupling = self.y_coupling.to(scalars.dtype)
         side = desc.tables(scalars.device, scalars.dtype)["path_side"]
         total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
@@ -591,13 +607,13 @@ class EnvironmentOnsite(torch.nn.Module):
             y = self.pairs.spherical_harmonics(vectors[part]) @ coupling  # (E, sum_L 2L + 1)
             centre_species = species[i]
             for s in torch.unique(centre_species).tolist():
-                slots, components = (torch.as_tensor(c, device=i.device) for c in self.components[s])
                 sel = torch.nonzero(centre_species == s).squeeze(1)
-                g = weighted[sel] @ slot_weights.index_select(1, slots)  # (E_s, slots of the pair type (s, s))
-                atoms, summed = _sum_outer_products(i[sel], g, y[sel])  # (A, slots, Y columns) per centre atom
-                total = accumulate_over_neighbours(
-                    total, summed.view(len(atoms), -1).index_select(1, components).reshape(-1), atoms, species, n_orb
-                )
+                atoms, summed = _sum_outer_products(i[sel], weighted[sel], y[sel])  # (A, n_paths * C, Y columns)
+                parts = [torch.matmul(w, summed[:, :, start : start + width]).reshape(len(atoms), -1)
+                         for w, (_, start, width) in zip(degree_weights[s], self.degree_slots[s])]
+                parts.append(summed.new_zeros(len(atoms), self.n_unreached[s]))
+                components = torch.cat(parts, 1).index_select(1, component_order[s])  # (A, the type's components)
+                total = accumulate_over_neighbours(total, components.reshape(-1), atoms, species, n_orb)
         # the coupled irreps of the pair type (s_i, s_i) have the block's size: one change of basis per atom
         pair_species = torch.stack([species, species])
         block_ptr = block_pointer(pair_species, desc)
