@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hforge
 from hforge.basis.radial import KBProjector, RadialFunction, SpeciesRadials
@@ -28,7 +30,7 @@ from hforge.errors import (
 )
 from hforge.files import temp_path
 from hforge.infer import Predictor, check_output_path, predict_hamiltonian, pretrained_names, write_hamiltonian
-from hforge.infer.chunks import chunk_grid, csr_row_pointer
+from hforge.infer.chunks import chunk_grid, csr_row_pointer, morton_codes
 from hforge.infer.predictor import resolve_device
 from hforge.infer.problem import populated_empty
 from hforge.models import ModelConfig, build_model, save_model
@@ -299,6 +301,31 @@ def test_chunk_grid_is_at_least_the_count_asked():
         grid = chunk_grid(cell, n)
         assert np.prod(grid) >= n
     assert chunk_grid(cell, 2) == (1, 1, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(*[st.floats(0.0, 1.0, exclude_max=True)] * 3), min_size=1, max_size=20), st.integers(1, 20))
+def test_morton_codes_interleave_the_cells_bits(points, bits):
+    """Each code is the three grid cells' bits interleaved (bit b of axis a at 3 b + a), one bit at a time."""
+    frac = np.array(points)
+    cells = np.minimum((frac * 2**bits).astype(np.int64), 2**bits - 1)
+    expected = [sum(((int(c[a]) >> b) & 1) << (3 * b + a) for b in range(bits) for a in range(3)) for c in cells]
+    np.testing.assert_array_equal(morton_codes(frac, bits), expected)
+
+
+def test_ranges_take_every_pair_once_with_each_owner_consecutive(predictor, cell256):
+    """The ranges of pairs partition the canonical pairs; a range's owners lie in its slab, each owner's
+    pairs consecutive, owners in Morton order."""
+    problem = predictor.prepare(cell256)
+    owner = np.where(problem.flipped, problem.edge_index[1], problem.edge_index[0])
+    ranges = problem.ranges(3)
+    np.testing.assert_array_equal(np.sort(np.concatenate(ranges)), np.arange(problem.edge_index.shape[1]))
+    codes = morton_codes(problem.frac)
+    for r, pairs in enumerate(ranges):
+        assert np.all(np.floor(problem.frac[owner[pairs], problem.sweep_axis] * 3) == r)
+        runs = owner[pairs][np.r_[True, owner[pairs][1:] != owner[pairs][:-1]]]
+        assert len(np.unique(runs)) == len(runs)  # one run per owner
+        assert np.all(np.diff(codes[runs]) >= 0)
 
 
 def test_structure_kinds_agree(predictor, cell64, tmp_path):

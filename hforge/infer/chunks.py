@@ -27,6 +27,7 @@ __all__ = [
     "cluster_of_chunk",
     "copy_atom_rows",
     "csr_row_pointer",
+    "morton_codes",
     "receptive_field",
 ]
 
@@ -56,6 +57,20 @@ def fractional(positions: np.ndarray, cell: np.ndarray) -> tuple[np.ndarray, np.
     frac[over] -= 1.0
     wrap[over] += 1.0
     return frac, wrap.astype(np.int64)
+
+
+def morton_codes(frac: np.ndarray, bits: int = 10) -> np.ndarray:
+    """``(N,)`` int64 Morton (Z-order) codes of fractional coordinates ``frac (N, 3)`` in ``[0, 1)``:
+    each coordinate on a grid of ``2**bits`` cells (``bits <= 20``), the cells' bits interleaved
+    (bit ``b`` of axis ``a`` at bit ``3 b + a``), so that atoms close in the code are close in space."""
+    if not 0 < bits <= 20:
+        raise ValueError(f"morton_codes: bits must be 1..20, got {bits}")
+    cells = np.clip((np.asarray(frac, dtype=np.float64) * (1 << bits)).astype(np.int64), 0, (1 << bits) - 1)
+    codes = np.zeros(len(cells), dtype=np.int64)
+    for b in range(bits):
+        for axis in range(3):
+            codes |= ((cells[:, axis] >> b) & 1) << (3 * b + axis)
+    return codes
 
 
 def interplanar_spacings(cell: np.ndarray) -> np.ndarray:
