@@ -6,13 +6,19 @@
   generator's random aBN start at 2.2 g/cm³ (10^3 and 10^4 atoms: 1.3e5 and 1.3e6 blocks of up to
   13 x 13): the numba backend against the readable torch reference (numpy-level vectorised, one
   gather per pair type and chunk; interleaved round by round with numba, ``extra_info["ratio_*"]``
-  = torch / numba) and a numpy copy of the output bytes (the memory-bandwidth floor).
+  = torch / numba), the compiled ``cpp`` program (pairs in vector lanes) against numba (interleaved,
+  ``ratio_*`` = numba / cpp) and a numpy copy of the output bytes (the memory-bandwidth floor).
 - ``baseline``: H0 = T + V_KB + two-centre V_NA of the same pairs (numba), KB contraction included.
 - ``separable``: inference's separable operator ``sum_k P D_k P^T + V_KB`` (the bundled abn-dzp's
   projectors, 27 learned + 8 KB functions per atom, random symmetric ``D_k``) on every canonical pair
   of the same cells (10^3 atoms; 10^3 and 4x10^3 for ``full``), float32, projections packed once:
   the compiled ``cpp`` contraction (kernels/cpu, the best instruction set here) against the numba
   kernel it replaced, interleaved (``ratio_*`` = numba / cpp), and a numpy copy of the output bytes.
+- ``projections``: the packing of those projections for every atom of the same cells (the
+  ``projections`` stage of a prediction: layout, zeroing the kept buffer, the projection programs of
+  the learned and KB projectors into the packed rows), float32, refilling the buffer of the previous
+  round as a prediction's ranges do: the ``cpp`` program against numba's (interleaved, ``ratio_*`` =
+  numba / cpp), and a numpy copy of the packed bytes.
 
 Before anything is timed, every result is checked: the tables rebuilt equal the first build, the
 numba S and H0 equal the torch reference on the first 2,000 pairs (to 1e-12), the copy its
@@ -75,8 +81,18 @@ def test_tables(benchmark):
     benchmark.extra_info["tables"] = desc.tables.n_tables
 
 
+def _cpp_or_skip(benchmark) -> None:
+    """Skip where the cpp backend is not built; record its instruction set."""
+    from hforge.ops.backends import backend_status
+
+    status = backend_status()["cpp"]
+    if not status.available:
+        pytest.skip(f"the cpp backend is unavailable here: {status.reason}")
+    benchmark.extra_info["isa"] = status.reason
+
+
 @pytest.mark.parametrize("n_atoms", SIZES)
-@pytest.mark.parametrize("impl", ["numba", "torch", "numpy-copy"])
+@pytest.mark.parametrize("impl", ["cpp-vs-numba", "numba", "torch", "numpy-copy"])
 def test_overlap(benchmark, n_atoms, impl):
     species, positions, cell, edges, shifts, ptr = case(n_atoms)
     args = (basis(), species, positions, cell, edges, shifts)
@@ -94,6 +110,14 @@ def test_overlap(benchmark, n_atoms, impl):
     numba = lambda: overlap_blocks(*args, block_ptr=ptr, backend="numba", out=out)  # noqa: E731
     if impl == "numba":
         timed(benchmark, numba, rounds=5)
+    elif impl == "cpp-vs-numba":
+        _cpp_or_skip(benchmark)
+        compiled_out = np.empty_like(fast)
+        compiled = lambda: overlap_blocks(*args, block_ptr=ptr, backend="cpp", out=compiled_out)  # noqa: E731
+        np.testing.assert_allclose(compiled()[: len(expected)], expected, rtol=0, atol=1e-12)
+        ratio = interleaved(benchmark, numba, compiled)
+        if ratio is not None:
+            print(f"\n{n_atoms} atoms, overlap: numba / cpp {ratio}")
     else:
         reference = lambda: overlap_blocks(*args, block_ptr=ptr, backend="torch")  # noqa: E731
         interleaved(benchmark, reference, numba)
@@ -139,8 +163,6 @@ def separable_case(n_atoms: int):
 @pytest.mark.parametrize("n_atoms", SEPARABLE_SIZES)
 @pytest.mark.parametrize("impl", ["cpp-vs-numba", "numpy-copy"])
 def test_separable(benchmark, n_atoms, impl):
-    from hforge.ops.backends import backend_status
-
     contexts, packed, edges, shifts, ptr, operators = separable_case(n_atoms)
     benchmark.group = "separable"
     benchmark.extra_info.update(n_atoms=n_atoms, n_pairs=edges.shape[1], n_values=int(ptr[-1]))
@@ -148,10 +170,7 @@ def test_separable(benchmark, n_atoms, impl):
         source = np.ones(int(ptr[-1]), dtype=np.float32)
         timed(benchmark, source.copy, rounds=5)
         return
-    status = backend_status()["cpp"]
-    if not status.available:
-        pytest.skip(f"the cpp backend is unavailable here: {status.reason}")
-    benchmark.extra_info["isa"] = status.reason
+    _cpp_or_skip(benchmark)
     out = {backend: np.empty(int(ptr[-1]), dtype=np.float32) for backend in contexts}
 
     def run(backend: str) -> np.ndarray:
@@ -162,3 +181,27 @@ def test_separable(benchmark, n_atoms, impl):
     ratio = interleaved(benchmark, lambda: run("numba"), lambda: run("auto"))
     if ratio is not None:
         print(f"\n{n_atoms} atoms, separable contraction: numba / cpp {ratio}")
+
+
+@pytest.mark.parametrize("n_atoms", SEPARABLE_SIZES)
+@pytest.mark.parametrize("impl", ["cpp-vs-numba", "numpy-copy"])
+def test_projections(benchmark, n_atoms, impl):
+    contexts, packed, edges, _, _, _ = separable_case(n_atoms)
+    benchmark.group = "projections"
+    every = np.ones(n_atoms, dtype=bool)
+    benchmark.extra_info.update(n_atoms=n_atoms, packed_rows=packed.values.shape[0], packed_bytes=packed.values.nbytes)
+    if impl == "numpy-copy":  # the bandwidth floor: writing as many float32 values as the packed rows have
+        source = np.ones_like(packed.values)
+        timed(benchmark, source.copy, rounds=5)
+        return
+    _cpp_or_skip(benchmark)
+    want = contexts["numba"].pack(every, np.float32)
+    np.testing.assert_allclose(contexts["auto"].pack(every, np.float32).values, want.values, rtol=0, atol=1e-6)
+
+    def run(backend: str) -> None:  # the kept buffer refilled, as from a prediction's second range on
+        context = contexts[backend]
+        context.release(context.pack(every, np.float32))
+
+    ratio = interleaved(benchmark, lambda: run("numba"), lambda: run("auto"))
+    if ratio is not None:
+        print(f"\n{n_atoms} atoms, projections packed: numba / cpp {ratio}")
