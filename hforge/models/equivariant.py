@@ -588,7 +588,7 @@ class EnvironmentOnsite(torch.nn.Module):
                           for groups in self.degree_slots]  # per species and degree: W_L^T (slots, n_paths * C)
         component_order = [torch.as_tensor(order, device=scalars.device) for order in self.component_order]
         coupling = self.y_coupling.to(scalars.dtype)
-        side = desc.tables(scalars.device, scalars.dtype)["path_side"]
+        side = desc.tables(scalars.device, scalars.dtype)["path_side"].to(torch.int64)
         total = scalars.new_zeros(int((n_orb[species] ** 2).sum()))
         for part in chunk_slices(edge_index.shape[1], chunk):
             i, j = edge_index[:, part]
@@ -596,19 +596,23 @@ class EnvironmentOnsite(torch.nn.Module):
                 continue
             centres, rows = torch.unique(i, return_inverse=True)
             columns = torch.arange(len(centres), len(centres) + i.shape[0], device=i.device)
-            nodes = torch.cat([scalars[centres], scalars[j]])
+            neighbours = rows_of(scalars, j)
+            nodes = torch.cat([rows_of(scalars, centres), neighbours])
             pair_index = torch.stack([rows, columns])
             distances = torch.linalg.norm(vectors[part], dim=1)
+            centre_species = rows_of(species, i)
             _, _, _, radial = self.pairs.edge_inputs(
-                nodes[:, :, None], nodes, torch.cat([species[centres], species[i]]), pair_index, vectors[part], distances
+                nodes[:, :, None], nodes, torch.cat([rows_of(species, centres), centre_species]), pair_index, vectors[part],
+                distances,
             )
-            x = torch.where((side == 0)[None, :, None], nodes[rows][:, None, :], nodes[columns][:, None, :])
+            x = torch.stack([rows_of(scalars, i), neighbours], 1).index_select(1, side)  # (E, n_paths, C): each path's side
             weighted = (x * radial).reshape(len(rows), -1)  # (E, n_paths * C)
             y = self.pairs.spherical_harmonics(vectors[part]) @ coupling  # (E, sum_L 2L + 1)
-            centre_species = species[i]
             for s in torch.unique(centre_species).tolist():
                 sel = torch.nonzero(centre_species == s).squeeze(1)
-                atoms, summed = _sum_outer_products(i[sel], weighted[sel], y[sel])  # (A, n_paths * C, Y columns)
+                atoms, summed = _sum_outer_products(  # (A, n_paths * C, Y columns)
+                    rows_of(i, sel), rows_of(weighted, sel), rows_of(y, sel)
+                )
                 parts = [torch.matmul(w, summed[:, :, start : start + width]).reshape(len(atoms), -1)
                          for w, (_, start, width) in zip(degree_weights[s], self.degree_slots[s])]
                 parts.append(summed.new_zeros(len(atoms), self.n_unreached[s]))
