@@ -375,7 +375,8 @@ def fit_loglog(rows: Sequence[dict[str, Any]], *, min_atoms: int = 1000, key: st
 def heads_share(row: dict[str, Any]) -> float:
     """The learned heads' share of a row's wall time: the stages ``heads`` (pair pass, ``D_k``) and
     ``separable`` (the separable contraction; with the operator baseline it holds V_KB too, so this
-    is an upper bound) over the wall time."""
+    is an upper bound) over the wall time.  The ``projections`` stage (the exact two-centre integrals
+    the contraction reads, like S) is not a head's."""
     stages = row.get("stages_s", {})
     return (stages.get("heads", 0.0) + stages.get("separable", 0.0)) / row["wall_s"]
 
